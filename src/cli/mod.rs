@@ -1,0 +1,69 @@
+//! The command line, defined once with clap. Every option has a long help; values are checked
+//! and turned into a [`crate::config::MountConfig`] by the config module.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Mount a WebDAV server as a local drive.
+#[derive(Debug, Parser)]
+#[command(name = "davdrive", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount a WebDAV collection on a local directory.
+    Mount(MountArgs),
+    /// Unmount a davdrive mount; the daemon serving it exits.
+    Unmount {
+        /// The directory where the drive is mounted.
+        mountpoint: PathBuf,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct MountArgs {
+    /// The collection to mount, e.g. https://server/webdav/ (no password in it).
+    pub url: String,
+    /// An existing, empty directory to mount on.
+    pub mountpoint: PathBuf,
+
+    /// User name for the server. The password comes from DAVDRIVE_PASSWORD or the secrets
+    /// file, never from the command line.
+    #[arg(short, long, env = "DAVDRIVE_USER", help_heading = "Credentials")]
+    pub user: Option<String>,
+    /// A davfs2-style secrets file (`URL user password` per line); refused unless mode 0600.
+    #[arg(long, env = "DAVDRIVE_SECRETS", help_heading = "Credentials")]
+    pub secrets_file: Option<PathBuf>,
+
+    /// Stay in the foreground (logs go to stderr) instead of detaching.
+    #[arg(short, long, help_heading = "Mount")]
+    pub foreground: bool,
+    /// Refuse every write.
+    #[arg(long, help_heading = "Mount")]
+    pub read_only: bool,
+    /// Let other users (and root) use the mount. Off by default: the mount is private.
+    #[arg(long, help_heading = "Mount")]
+    pub allow_other: bool,
+
+    /// Seconds a directory listing is trusted before it is fetched again.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", help_heading = "Caching")]
+    pub dir_cache_ttl: u64,
+    /// Seconds the kernel may cache names and attributes before asking davdrive again.
+    #[arg(long, default_value_t = 1, value_name = "SECONDS", help_heading = "Caching")]
+    pub kernel_ttl: u64,
+
+    /// Seconds to wait for a TCP/TLS connection.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", help_heading = "Network")]
+    pub connect_timeout: u64,
+    /// Seconds without any progress before a request fails (a transfer that keeps moving is
+    /// never cut).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", help_heading = "Network")]
+    pub timeout: u64,
+}

@@ -1,0 +1,107 @@
+//! Where passwords come from. Nothing else in davdrive reads them.
+//!
+//! Order: `DAVDRIVE_PASSWORD` in the environment, then a davfs2-style secrets file
+//! (`URL-or-mountpoint user password` per line, `#` comments, refused unless its mode is
+//! 0600 or stricter). Passwords are never accepted as command-line arguments, where `ps`
+//! would show them. The OS keyring (`davdrive login`) comes with the authentication issue.
+
+use std::path::Path;
+
+use url::Url;
+
+use crate::dav::{Credentials, Secret};
+
+/// Finds credentials for `url`. `None` when no user name is known.
+pub fn resolve(
+    url: &Url,
+    user: Option<&str>,
+    secrets_file: Option<&Path>,
+) -> Result<Option<Credentials>, String> {
+    let url_user = (!url.username().is_empty()).then(|| url.username().to_owned());
+    let user = user.map(str::to_owned).or(url_user);
+    if let Ok(pw) = std::env::var("DAVDRIVE_PASSWORD") {
+        let Some(user) = user else {
+            return Err("DAVDRIVE_PASSWORD is set but no user: pass --user or DAVDRIVE_USER".into());
+        };
+        return Ok(Some(Credentials {
+            user,
+            password: Secret::new(pw),
+        }));
+    }
+    if let Some(path) = secrets_file {
+        return from_secrets_file(path, url, user.as_deref());
+    }
+    Ok(None)
+}
+
+fn from_secrets_file(path: &Path, url: &Url, user: Option<&str>) -> Result<Option<Credentials>, String> {
+    check_private(path)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read secrets file {}: {e}", path.display()))?;
+    let want = url.as_str().trim_end_matches('/');
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let (Some(target), Some(u), Some(pw)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if target.trim_end_matches('/') != want {
+            continue;
+        }
+        if user.is_some_and(|wanted| wanted != u) {
+            continue;
+        }
+        return Ok(Some(Credentials {
+            user: u.to_owned(),
+            password: Secret::new(pw),
+        }));
+    }
+    Ok(None)
+}
+
+#[cfg(unix)]
+fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read secrets file {}: {e}", path.display()))?;
+    let mode = md.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "secrets file {} has mode {mode:03o}; run `chmod 600 {}` first",
+            path.display(),
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_private(_path: &Path) -> Result<(), String> {
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn secrets_file_must_be_private_and_matches_url() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("secrets");
+        std::fs::write(&f, "# comment\nhttp://h/other/ bob pw0\nhttp://h/dav/ alice s3cret\n")
+            .expect("write");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let url = Url::parse("http://h/dav").expect("url");
+        let err = from_secrets_file(&f, &url, None).expect_err("refused");
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let c = from_secrets_file(&f, &url, None).expect("ok").expect("found");
+        assert_eq!(c.user, "alice");
+        assert_eq!(c.password.expose(), "s3cret");
+        assert!(from_secrets_file(&f, &url, Some("carol")).expect("ok").is_none());
+    }
+}

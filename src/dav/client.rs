@@ -1,0 +1,926 @@
+//! The WebDAV client: one method per protocol operation, on reqwest + tokio.
+//!
+//! Design:
+//! - Every request goes through [`DavClient::send`], which owns authentication, the single
+//!   retry of idempotent requests that met a dead pooled connection (Orthanc closes idle
+//!   connections after 1 s, so a reused connection can die under us), request counting and
+//!   the translation of reqwest errors into [`DavError::Transport`].
+//! - Timeouts are about progress: a connect timeout and a read timeout that restarts with
+//!   every chunk, never a wall-clock limit on a whole transfer.
+//! - No `Expect: 100-continue` (reqwest never sends it; Orthanc never answers it).
+//! - PROPFIND always sends `Depth: 0` or `1` (Orthanc refuses `infinity` and a missing Depth)
+//!   and an explicit property list. Bodies of multistatus answers are bounded in size.
+//! - Redirects are not followed yet: a 3xx is an error that names the status.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Response, StatusCode};
+use url::Url;
+
+use super::auth::{Credentials, offered_schemes};
+use super::error::{DavError, TransportKind};
+use super::href::{DavPath, Root};
+use super::multistatus::{self, Multistatus};
+
+/// The properties davdrive asks for; nothing else (allprop costs Nextcloud and IIS dearly).
+pub const PROPFIND_BODY: &str = concat!(
+    r#"<?xml version="1.0" encoding="utf-8"?>"#,
+    r#"<D:propfind xmlns:D="DAV:"><D:prop>"#,
+    "<D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/>",
+    "<D:creationdate/><D:displayname/><D:quota-available-bytes/><D:quota-used-bytes/>",
+    "</D:prop></D:propfind>"
+);
+
+const LOCK_BODY: &str = concat!(
+    r#"<?xml version="1.0" encoding="utf-8"?>"#,
+    r#"<D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>"#,
+    "<D:locktype><D:write/></D:locktype><D:owner>davdrive</D:owner></D:lockinfo>"
+);
+
+/// How the client connects.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The collection to mount. May not carry a password: use `credentials`.
+    pub url: Url,
+    pub credentials: Option<Credentials>,
+    pub connect_timeout: Duration,
+    /// Longest time without any progress (bytes sent or received) before a request fails.
+    pub progress_timeout: Duration,
+    /// Largest multistatus body accepted (about 430 bytes per entry with our property list).
+    pub max_listing_bytes: usize,
+    pub user_agent: String,
+}
+
+impl ClientConfig {
+    pub fn new(url: Url) -> Self {
+        ClientConfig {
+            url,
+            credentials: None,
+            connect_timeout: Duration::from_secs(10),
+            progress_timeout: Duration::from_secs(30),
+            max_listing_bytes: 64 * 1024 * 1024,
+            user_agent: format!("davdrive/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// PROPFIND depth. Infinity is deliberately absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    Zero,
+    One,
+}
+
+/// What OPTIONS said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Compliance classes from the `DAV` header (`1`, `2`, `3`, ...). Empty: not WebDAV.
+    pub dav_classes: Vec<String>,
+    /// Methods from the `Allow` header, upper-case.
+    pub allow: Vec<String>,
+}
+
+impl Capabilities {
+    pub fn is_webdav(&self) -> bool {
+        !self.dav_classes.is_empty()
+    }
+
+    /// Whether `method` is allowed; an absent `Allow` header allows everything.
+    pub fn allows(&self, method: &str) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|m| m.eq_ignore_ascii_case(method))
+    }
+}
+
+/// Metadata from GET/HEAD/PUT response headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseMeta {
+    pub content_length: Option<u64>,
+    pub etag: Option<String>,
+    pub last_modified: Option<SystemTime>,
+    pub content_type: Option<String>,
+}
+
+/// A byte range asked of GET: `start..=end`, or `start..` when `end` is `None`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+/// `Content-Range: bytes start-end/total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRange {
+    pub start: u64,
+    pub end: u64,
+    pub total: Option<u64>,
+}
+
+/// A GET in progress; the body is read chunk by chunk.
+#[derive(Debug)]
+pub struct GetStream {
+    /// `Some` when the server honoured the range (206); `None` when it sent the whole body.
+    pub range: Option<ContentRange>,
+    pub meta: ResponseMeta,
+    response: Response,
+    method: &'static str,
+    path: String,
+}
+
+impl GetStream {
+    /// The next chunk of the body, `None` at its end.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, DavError> {
+        self.response
+            .chunk()
+            .await
+            .map_err(|e| transport_error(self.method, &self.path, &e))
+    }
+}
+
+/// Conditions that make a write safe against lost updates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preconditions {
+    /// `If-Match`: the entity tag we read.
+    pub if_match: Option<String>,
+    /// `If-None-Match: *`: create only.
+    pub if_none_match_any: bool,
+    /// A lock token we hold on the resource.
+    pub lock_token: Option<String>,
+}
+
+/// A body for PUT.
+pub enum PutBody {
+    /// Replayable in memory: retried once on a dead connection, resent after a challenge.
+    Bytes(Bytes),
+    /// A stream sent as it is produced. With `len`, sent with Content-Length; without,
+    /// chunked. Sent once: the caller holds the data for any retry.
+    Stream {
+        stream: Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static>,
+        len: Option<u64>,
+    },
+}
+
+/// A lock we hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockInfo {
+    pub token: String,
+    pub timeout: Option<Duration>,
+}
+
+/// Requests sent, by method; tests use it to prove caching.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    by_method: Mutex<BTreeMap<String, u64>>,
+}
+
+impl RequestStats {
+    fn record(&self, method: &str) {
+        if let Ok(mut m) = self.by_method.lock() {
+            *m.entry(method.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// A copy of the counters.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.by_method.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.snapshot().values().sum()
+    }
+}
+
+enum ReqBody {
+    Empty,
+    Bytes(Bytes),
+    Xml(&'static str),
+    Stream(reqwest::Body),
+}
+
+impl ReqBody {
+    fn replayable(&self) -> bool {
+        !matches!(self, ReqBody::Stream(_))
+    }
+}
+
+struct Inner {
+    http: reqwest::Client,
+    root: Root,
+    credentials: Option<Credentials>,
+    /// Set once the server challenged us; from then on credentials go out preemptively.
+    challenged: AtomicBool,
+    stats: RequestStats,
+    max_listing_bytes: usize,
+}
+
+/// A WebDAV client bound to one mounted collection. Cheap to clone.
+#[derive(Clone)]
+pub struct DavClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DavClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DavClient")
+            .field("root", &redact_url(self.inner.root.url()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A URL without userinfo, for messages.
+pub fn redact_url(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+impl DavClient {
+    pub fn new(config: ClientConfig) -> Result<Self, DavError> {
+        if config.url.password().is_some() {
+            return Err(DavError::Invalid(
+                "put no password in the URL: use `davdrive login`, a secrets file or DAVDRIVE_PASSWORD"
+                    .into(),
+            ));
+        }
+        let root = Root::new(&config.url)?;
+        let http = reqwest::Client::builder()
+            .user_agent(config.user_agent.clone())
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.progress_timeout)
+            .pool_idle_timeout(Duration::from_secs(20))
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never())
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| DavError::Invalid(format!("cannot build the HTTP client: {e}")))?;
+        Ok(DavClient {
+            inner: Arc::new(Inner {
+                http,
+                root,
+                credentials: config.credentials,
+                challenged: AtomicBool::new(false),
+                stats: RequestStats::default(),
+                max_listing_bytes: config.max_listing_bytes,
+            }),
+        })
+    }
+
+    pub fn root(&self) -> &Root {
+        &self.inner.root
+    }
+
+    pub fn stats(&self) -> &RequestStats {
+        &self.inner.stats
+    }
+
+    /// OPTIONS on the root: is this WebDAV, and what may we do?
+    pub async fn options(&self) -> Result<Capabilities, DavError> {
+        let path = DavPath::root();
+        let url = self.inner.root.url_for(&path, true);
+        let resp = self
+            .send("OPTIONS", &url, &path, HeaderMap::new(), ReqBody::Empty, true)
+            .await?;
+        let resp = check("OPTIONS", &path, resp).await?;
+        let list = |name: &str| -> Vec<String> {
+            resp.headers()
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        Ok(Capabilities {
+            dav_classes: list("dav"),
+            allow: list("allow")
+                .into_iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect(),
+        })
+    }
+
+    /// PROPFIND with our property list. `collection` picks the URL form (trailing slash).
+    pub async fn propfind(
+        &self,
+        path: &DavPath,
+        depth: Depth,
+        collection: bool,
+    ) -> Result<Multistatus, DavError> {
+        let url = self.inner.root.url_for(path, collection);
+        let mut h = HeaderMap::new();
+        h.insert(
+            HeaderName::from_static("depth"),
+            HeaderValue::from_static(match depth {
+                Depth::Zero => "0",
+                Depth::One => "1",
+            }),
+        );
+        h.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/xml; charset=utf-8"),
+        );
+        let resp = self
+            .send("PROPFIND", &url, path, h, ReqBody::Xml(PROPFIND_BODY), true)
+            .await?;
+        let resp = check("PROPFIND", path, resp).await?;
+        if resp.status() != StatusCode::MULTI_STATUS {
+            return Err(DavError::InvalidResponse {
+                method: "PROPFIND".into(),
+                path: path.to_string(),
+                reason: format!(
+                    "expected 207 Multi-Status, got {} (is this a WebDAV URL?)",
+                    resp.status().as_u16()
+                ),
+            });
+        }
+        let body = read_bounded(resp, self.inner.max_listing_bytes, "PROPFIND", path).await?;
+        multistatus::parse(&body, &url, &self.inner.root).map_err(|e| DavError::InvalidResponse {
+            method: "PROPFIND".into(),
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// GET, whole or a range, optionally only if the entity still has tag `if_range`.
+    ///
+    /// A server that ignores Range answers 200 with the whole body: `GetStream::range` is then
+    /// `None` and the caller must skip to the offset it wanted.
+    pub async fn get(
+        &self,
+        path: &DavPath,
+        range: Option<ByteRange>,
+        if_range: Option<&str>,
+    ) -> Result<GetStream, DavError> {
+        let url = self.inner.root.url_for(path, false);
+        let mut h = HeaderMap::new();
+        if let Some(r) = range {
+            let v = match r.end {
+                Some(end) => format!("bytes={}-{}", r.start, end),
+                None => format!("bytes={}-", r.start),
+            };
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(reqwest::header::RANGE, v);
+            }
+            // If-Range needs a strong validator (RFC 9110 13.1.5).
+            if let Some(tag) = if_range.filter(|t| !t.starts_with("W/"))
+                && let Ok(v) = HeaderValue::from_str(tag)
+            {
+                h.insert(reqwest::header::IF_RANGE, v);
+            }
+        }
+        let resp = self
+            .send("GET", &url, path, h, ReqBody::Empty, true)
+            .await?;
+        let resp = check("GET", path, resp).await?;
+        let range = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let cr = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_content_range)
+                .ok_or_else(|| DavError::InvalidResponse {
+                    method: "GET".into(),
+                    path: path.to_string(),
+                    reason: "206 without a usable Content-Range".into(),
+                })?;
+            Some(cr)
+        } else {
+            None
+        };
+        Ok(GetStream {
+            range,
+            meta: response_meta(resp.headers()),
+            response: resp,
+            method: "GET",
+            path: path.to_string(),
+        })
+    }
+
+    /// GET the whole body into memory (small files, tests).
+    pub async fn get_bytes(&self, path: &DavPath) -> Result<Bytes, DavError> {
+        let mut s = self.get(path, None, None).await?;
+        let mut out = Vec::new();
+        while let Some(c) = s.chunk().await? {
+            out.extend_from_slice(&c);
+        }
+        Ok(out.into())
+    }
+
+    /// HEAD. Orthanc answers `Content-Length: 0` for every file: trust listings for sizes.
+    pub async fn head(&self, path: &DavPath) -> Result<ResponseMeta, DavError> {
+        let url = self.inner.root.url_for(path, false);
+        let resp = self
+            .send("HEAD", &url, path, HeaderMap::new(), ReqBody::Empty, true)
+            .await?;
+        let resp = check("HEAD", path, resp).await?;
+        Ok(response_meta(resp.headers()))
+    }
+
+    /// PUT a file. Returns the response headers' metadata (the new ETag when the server says).
+    pub async fn put(
+        &self,
+        path: &DavPath,
+        body: PutBody,
+        pre: &Preconditions,
+    ) -> Result<ResponseMeta, DavError> {
+        let url = self.inner.root.url_for(path, false);
+        let mut h = precondition_headers(pre, &url);
+        let body = match body {
+            PutBody::Bytes(b) => ReqBody::Bytes(b),
+            PutBody::Stream { stream, len } => {
+                if let Some(n) = len {
+                    h.insert(reqwest::header::CONTENT_LENGTH, HeaderValue::from(n));
+                }
+                ReqBody::Stream(reqwest::Body::wrap_stream(Box::into_pin(stream)))
+            }
+        };
+        let resp = self.send("PUT", &url, path, h, body, true).await?;
+        let resp = check("PUT", path, resp).await?;
+        Ok(response_meta(resp.headers()))
+    }
+
+    /// MKCOL.
+    pub async fn mkcol(&self, path: &DavPath) -> Result<(), DavError> {
+        let url = self.inner.root.url_for(path, true);
+        let resp = self
+            .send("MKCOL", &url, path, HeaderMap::new(), ReqBody::Empty, false)
+            .await?;
+        check("MKCOL", path, resp).await.map(drop)
+    }
+
+    /// DELETE a file or (recursively, on the server) a collection.
+    pub async fn delete(
+        &self,
+        path: &DavPath,
+        collection: bool,
+        pre: &Preconditions,
+    ) -> Result<(), DavError> {
+        if path.is_root() {
+            return Err(DavError::Invalid("refusing to DELETE the mounted root".into()));
+        }
+        let url = self.inner.root.url_for(path, collection);
+        let h = precondition_headers(pre, &url);
+        let resp = self
+            .send("DELETE", &url, path, h, ReqBody::Empty, true)
+            .await?;
+        let resp = check("DELETE", path, resp).await?;
+        multistatus_failure("DELETE", path, resp).await
+    }
+
+    /// MOVE `from` to `to`.
+    pub async fn move_to(
+        &self,
+        from: &DavPath,
+        to: &DavPath,
+        collection: bool,
+        overwrite: bool,
+    ) -> Result<(), DavError> {
+        self.transfer("MOVE", from, to, collection, overwrite).await
+    }
+
+    /// COPY `from` to `to` (Depth infinity for collections, as RFC 4918 requires).
+    pub async fn copy_to(
+        &self,
+        from: &DavPath,
+        to: &DavPath,
+        collection: bool,
+        overwrite: bool,
+    ) -> Result<(), DavError> {
+        self.transfer("COPY", from, to, collection, overwrite).await
+    }
+
+    async fn transfer(
+        &self,
+        method: &'static str,
+        from: &DavPath,
+        to: &DavPath,
+        collection: bool,
+        overwrite: bool,
+    ) -> Result<(), DavError> {
+        if from.is_root() || to.is_root() {
+            return Err(DavError::Invalid(format!(
+                "refusing to {method} the mounted root"
+            )));
+        }
+        let url = self.inner.root.url_for(from, collection);
+        let dest = self.inner.root.url_for(to, collection);
+        let mut h = HeaderMap::new();
+        let dest = HeaderValue::from_str(dest.as_str())
+            .map_err(|_| DavError::Invalid("destination is not a valid header".into()))?;
+        h.insert(HeaderName::from_static("destination"), dest);
+        h.insert(
+            HeaderName::from_static("overwrite"),
+            HeaderValue::from_static(if overwrite { "T" } else { "F" }),
+        );
+        let resp = self
+            .send(method, &url, from, h, ReqBody::Empty, false)
+            .await?;
+        let resp = check(method, from, resp).await?;
+        multistatus_failure(method, from, resp).await
+    }
+
+    /// LOCK (exclusive write, depth 0).
+    pub async fn lock(&self, path: &DavPath, timeout: Duration) -> Result<LockInfo, DavError> {
+        let url = self.inner.root.url_for(path, false);
+        let mut h = HeaderMap::new();
+        h.insert(HeaderName::from_static("depth"), HeaderValue::from_static("0"));
+        if let Ok(v) = HeaderValue::from_str(&format!("Second-{}", timeout.as_secs())) {
+            h.insert(HeaderName::from_static("timeout"), v);
+        }
+        h.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/xml; charset=utf-8"),
+        );
+        let resp = self
+            .send("LOCK", &url, path, h, ReqBody::Xml(LOCK_BODY), false)
+            .await?;
+        let resp = check("LOCK", path, resp).await?;
+        let token = resp
+            .headers()
+            .get("lock-token")
+            .and_then(|v| v.to_str().ok())
+            .map(|t| t.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| DavError::InvalidResponse {
+                method: "LOCK".into(),
+                path: path.to_string(),
+                reason: "no Lock-Token header".into(),
+            })?;
+        let timeout = resp
+            .headers()
+            .get("timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_timeout)
+            .or(Some(timeout));
+        Ok(LockInfo { token, timeout })
+    }
+
+    /// Refreshes a lock we hold.
+    pub async fn refresh_lock(
+        &self,
+        path: &DavPath,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<(), DavError> {
+        let url = self.inner.root.url_for(path, false);
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&format!("(<{token}>)")) {
+            h.insert(HeaderName::from_static("if"), v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("Second-{}", timeout.as_secs())) {
+            h.insert(HeaderName::from_static("timeout"), v);
+        }
+        let resp = self
+            .send("LOCK", &url, path, h, ReqBody::Empty, true)
+            .await?;
+        check("LOCK", path, resp).await.map(drop)
+    }
+
+    /// UNLOCK.
+    pub async fn unlock(&self, path: &DavPath, token: &str) -> Result<(), DavError> {
+        let url = self.inner.root.url_for(path, false);
+        let mut h = HeaderMap::new();
+        let v = HeaderValue::from_str(&format!("<{token}>"))
+            .map_err(|_| DavError::Invalid("lock token is not a valid header".into()))?;
+        h.insert(HeaderName::from_static("lock-token"), v);
+        let resp = self
+            .send("UNLOCK", &url, path, h, ReqBody::Empty, true)
+            .await?;
+        check("UNLOCK", path, resp).await.map(drop)
+    }
+
+    /// Sends one request: authentication, one retry of an idempotent replayable request on a
+    /// broken connection, counting. Returns whatever status came back.
+    async fn send(
+        &self,
+        method: &'static str,
+        url: &Url,
+        path: &DavPath,
+        headers: HeaderMap,
+        body: ReqBody,
+        idempotent: bool,
+    ) -> Result<Response, DavError> {
+        let m = Method::from_bytes(method.as_bytes())
+            .map_err(|_| DavError::Invalid(format!("bad method {method}")))?;
+        let replayable = body.replayable();
+        let mut body = Some(body);
+        let mut retried = false;
+        let mut authed_retry = false;
+        loop {
+            let mut req = self.inner.http.request(m.clone(), url.clone());
+            req = req.headers(headers.clone());
+            if let Some(c) = &self.inner.credentials
+                && self.inner.challenged.load(Ordering::Relaxed)
+                && let Ok(mut v) = HeaderValue::from_str(&c.basic_header())
+            {
+                v.set_sensitive(true);
+                req = req.header(reqwest::header::AUTHORIZATION, v);
+            }
+            let this_body = if replayable {
+                match body.as_ref() {
+                    Some(ReqBody::Bytes(b)) => Some(reqwest::Body::from(b.clone())),
+                    Some(ReqBody::Xml(s)) => Some(reqwest::Body::from(*s)),
+                    _ => None,
+                }
+            } else {
+                match body.take() {
+                    Some(ReqBody::Stream(s)) => Some(s),
+                    _ => None,
+                }
+            };
+            if let Some(b) = this_body {
+                req = req.body(b);
+            }
+            self.inner.stats.record(method);
+            tracing::trace!(method, path = %path, "request");
+            match req.send().await {
+                Err(e) => {
+                    let err = transport_error(method, &path.to_string(), &e);
+                    if idempotent && replayable && !retried && err.is_retryable_transport() {
+                        tracing::debug!(method, path = %path, error = %err, "retrying once on a fresh connection");
+                        retried = true;
+                        continue;
+                    }
+                    return Err(err);
+                }
+                Ok(resp) => {
+                    if resp.status() == StatusCode::UNAUTHORIZED
+                        && self.inner.credentials.is_some()
+                        && !authed_retry
+                        && !self.inner.challenged.load(Ordering::Relaxed)
+                    {
+                        let schemes = offered_schemes(
+                            resp.headers()
+                                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                                .iter()
+                                .filter_map(|v| v.to_str().ok()),
+                        );
+                        if schemes.iter().any(|s| s == "basic") {
+                            self.inner.challenged.store(true, Ordering::Relaxed);
+                            if replayable {
+                                authed_retry = true;
+                                continue;
+                            }
+                        }
+                    }
+                    return Ok(resp);
+                }
+            }
+        }
+    }
+}
+
+fn precondition_headers(pre: &Preconditions, url: &Url) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    if let Some(tag) = &pre.if_match
+        && let Ok(v) = HeaderValue::from_str(tag)
+    {
+        h.insert(reqwest::header::IF_MATCH, v);
+    }
+    if pre.if_none_match_any {
+        h.insert(reqwest::header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+    }
+    if let Some(token) = &pre.lock_token
+        && let Ok(v) = HeaderValue::from_str(&format!("<{url}> (<{token}>)"))
+    {
+        h.insert(HeaderName::from_static("if"), v);
+    }
+    h
+}
+
+/// Turns a non-success status into a service error carrying a short server message.
+async fn check(method: &'static str, path: &DavPath, resp: Response) -> Result<Response, DavError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let reason = status.canonical_reason().unwrap_or("").to_owned();
+    let mut message = reason;
+    if status == StatusCode::UNAUTHORIZED {
+        let schemes = offered_schemes(
+            resp.headers()
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        message = format!(
+            "the server wants credentials (offers: {}); wrong or missing password?",
+            if schemes.is_empty() {
+                "nothing".to_owned()
+            } else {
+                schemes.join(", ")
+            }
+        );
+    } else if status.is_redirection() {
+        let loc = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| Url::parse(l).ok().map(|u| redact_url(&u)).or(Some(l.to_owned())))
+            .unwrap_or_default();
+        message = format!("redirect to {loc}; mount that URL instead");
+    }
+    Err(DavError::Service {
+        method: method.into(),
+        path: path.to_string(),
+        status: status.as_u16(),
+        message,
+    })
+}
+
+/// A 207 to DELETE/MOVE/COPY lists members that failed: report the first failure.
+async fn multistatus_failure(
+    method: &'static str,
+    path: &DavPath,
+    resp: Response,
+) -> Result<(), DavError> {
+    if resp.status() != StatusCode::MULTI_STATUS {
+        return Ok(());
+    }
+    let body = read_bounded(resp, 1024 * 1024, method, path).await?;
+    let text = String::from_utf8_lossy(&body);
+    // Any status line inside the body that is not 2xx means a member failed.
+    let failed = text
+        .split("HTTP/1.")
+        .skip(1)
+        .filter_map(|s| s.get(2..5).and_then(|c| c.trim().parse::<u16>().ok()))
+        .find(|s| !(200..300).contains(s));
+    match failed {
+        None => Ok(()),
+        Some(status) => Err(DavError::Service {
+            method: method.into(),
+            path: path.to_string(),
+            status,
+            message: "failed for a member (207 Multi-Status)".into(),
+        }),
+    }
+}
+
+async fn read_bounded(
+    mut resp: Response,
+    limit: usize,
+    method: &'static str,
+    path: &DavPath,
+) -> Result<Vec<u8>, DavError> {
+    if let Some(len) = resp.content_length()
+        && len > limit as u64
+    {
+        return Err(too_large(method, path, limit));
+    }
+    let mut out = Vec::with_capacity(resp.content_length().unwrap_or(8192).min(limit as u64) as usize);
+    while let Some(c) = resp
+        .chunk()
+        .await
+        .map_err(|e| transport_error(method, &path.to_string(), &e))?
+    {
+        if out.len() + c.len() > limit {
+            return Err(too_large(method, path, limit));
+        }
+        out.extend_from_slice(&c);
+    }
+    Ok(out)
+}
+
+fn too_large(method: &str, path: &DavPath, limit: usize) -> DavError {
+    DavError::InvalidResponse {
+        method: method.into(),
+        path: path.to_string(),
+        reason: format!("response body larger than {limit} bytes"),
+    }
+}
+
+fn response_meta(h: &HeaderMap) -> ResponseMeta {
+    let s = |name: reqwest::header::HeaderName| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    ResponseMeta {
+        content_length: s(reqwest::header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+        etag: s(reqwest::header::ETAG),
+        last_modified: s(reqwest::header::LAST_MODIFIED)
+            .as_deref()
+            .and_then(super::dates::parse_any),
+        content_type: s(reqwest::header::CONTENT_TYPE),
+    }
+}
+
+/// `bytes 0-99/1234` or `bytes 0-99/*`.
+pub fn parse_content_range(v: &str) -> Option<ContentRange> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (span, total) = rest.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    let start: u64 = start.trim().parse().ok()?;
+    let end: u64 = end.trim().parse().ok()?;
+    if end < start {
+        return None;
+    }
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    if let Some(t) = total
+        && end >= t
+    {
+        return None;
+    }
+    Some(ContentRange { start, end, total })
+}
+
+/// `Second-3600` or `Infinite`.
+fn parse_timeout(v: &str) -> Option<Duration> {
+    let first = v.split(',').next()?.trim();
+    first
+        .strip_prefix("Second-")
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+}
+
+/// Classifies a reqwest error. TLS failures surface as connect errors whose causes mention
+/// certificates or the handshake; they get their own kind so the message can say what to do.
+fn transport_error(method: &str, path: &str, e: &reqwest::Error) -> DavError {
+    let mut detail = e.to_string();
+    let mut chain = String::new();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(s) = src {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        src = s.source();
+    }
+    detail.push_str(&chain);
+    let lower = chain.to_ascii_lowercase();
+    let tls = lower.contains("certificate")
+        || lower.contains("tls")
+        || lower.contains("handshake")
+        || lower.contains("unknownissuer");
+    let kind = if e.is_timeout() {
+        TransportKind::Timeout
+    } else if tls {
+        TransportKind::Tls
+    } else if e.is_connect() {
+        TransportKind::Connect
+    } else if e.is_body() || e.is_request() || e.is_decode() {
+        TransportKind::Broken
+    } else {
+        TransportKind::Other
+    };
+    DavError::Transport {
+        method: method.into(),
+        path: path.into(),
+        kind,
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(
+            parse_content_range("bytes 0-99/1234"),
+            Some(ContentRange {
+                start: 0,
+                end: 99,
+                total: Some(1234)
+            })
+        );
+        assert_eq!(
+            parse_content_range("bytes 5-5/*"),
+            Some(ContentRange {
+                start: 5,
+                end: 5,
+                total: None
+            })
+        );
+        for bad in ["bytes 9-1/10", "bytes 0-10/10", "items 0-1/2", "bytes x-1/2", ""] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn lock_timeouts() {
+        assert_eq!(
+            parse_timeout("Second-3599"),
+            Some(Duration::from_secs(3599))
+        );
+        assert_eq!(parse_timeout("Infinite"), None);
+    }
+
+    #[test]
+    fn urls_with_passwords_are_refused_and_redacted() {
+        let url = Url::parse("https://bob:secret@h/dav/").expect("url");
+        let err = DavClient::new(ClientConfig::new(url.clone())).expect_err("refused");
+        assert!(!err.to_string().contains("secret"));
+        assert_eq!(redact_url(&url), "https://h/dav/");
+    }
+}

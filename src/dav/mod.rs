@@ -1,0 +1,24 @@
+//! The WebDAV protocol client. Knows nothing about filesystems.
+//!
+//! - [`client`]: one async method per WebDAV operation, retries and authentication.
+//! - [`multistatus`]: streaming, namespace-correct parsing of 207 bodies.
+//! - [`href`]: decoded paths under the mounted root, and the href rules that keep a server's
+//!   answers inside it.
+//! - [`error`]: service vs transport errors and the one mapping to neutral kinds.
+//! - [`dates`], [`auth`]: date formats servers use; credentials and challenges.
+
+pub mod auth;
+pub mod client;
+pub mod dates;
+pub mod error;
+pub mod href;
+pub mod multistatus;
+
+pub use auth::{Credentials, Secret};
+pub use client::{
+    ByteRange, Capabilities, ClientConfig, ContentRange, DavClient, Depth, GetStream, LockInfo,
+    Preconditions, PutBody, ResponseMeta,
+};
+pub use error::{DavError, ErrorKind, TransportKind};
+pub use href::{DavPath, Root};
+pub use multistatus::{Multistatus, Resource};

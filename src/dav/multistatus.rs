@@ -1,0 +1,560 @@
+//! Parsing of `207 Multi-Status` bodies (RFC 4918 section 13) into [`Resource`]s.
+//!
+//! A pull parser (quick-xml's `NsReader`) walks the body once; there is no DOM. Elements are
+//! recognised by namespace URI and local name, whatever prefix the server bound (`D:`, `d:`,
+//! `lp1:`, a default namespace). The rules that real servers make necessary:
+//!
+//! - Per-propstat status: a property inside a propstat whose status is not 2xx is absent
+//!   (Apache reports missing properties in a `404 Not Found` propstat).
+//! - A response-level `<status>` that is not 2xx drops the response.
+//! - Hrefs are matched by decoded-path equality, never by position: Orthanc answers a Depth 0
+//!   PROPFIND on a file with the parent collection first.
+//! - The same path twice keeps the first occurrence (Orthanc's by-uids lists duplicates).
+//! - An href outside the mounted root, or not decodable, is skipped and reported in
+//!   [`Multistatus::skipped`], never followed.
+//! - Dates in RFC 1123 or ISO 8601; junk dates are treated as absent.
+//!
+//! Hostile input is bounded: nesting depth, text length per element and the number of
+//! responses are limited, undefined entities are an error (so entity expansion bombs cannot
+//! expand), and non-UTF-8 text is an error. The caller bounds the body size.
+
+use std::time::SystemTime;
+
+use quick_xml::NsReader;
+use quick_xml::events::Event;
+use quick_xml::name::{Namespace, ResolveResult};
+use url::Url;
+
+use super::dates;
+use super::href::{DavPath, HrefError, Root};
+
+const DAV_NS: &str = "DAV:";
+const MAX_DEPTH: usize = 64;
+const MAX_TEXT: usize = 64 * 1024;
+const MAX_RESPONSES: usize = 2_000_000;
+
+/// One resource as listed by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// Decoded path relative to the mount root.
+    pub path: DavPath,
+    pub is_collection: bool,
+    pub content_length: Option<u64>,
+    pub last_modified: Option<SystemTime>,
+    pub created: Option<SystemTime>,
+    /// The entity tag exactly as the server wrote it (quotes and `W/` included).
+    pub etag: Option<String>,
+    pub content_type: Option<String>,
+    pub display_name: Option<String>,
+    pub quota_available: Option<u64>,
+    pub quota_used: Option<u64>,
+}
+
+/// The parsed body.
+#[derive(Debug, Clone, Default)]
+pub struct Multistatus {
+    pub resources: Vec<Resource>,
+    /// Hrefs that were refused, with the reason; logged by the caller.
+    pub skipped: Vec<HrefError>,
+}
+
+impl Multistatus {
+    /// The resource at `path`, if listed.
+    pub fn get(&self, path: &DavPath) -> Option<&Resource> {
+        self.resources.iter().find(|r| &r.path == path)
+    }
+}
+
+/// Why a body is not an acceptable multistatus.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("malformed XML at byte {position}: {message}")]
+    Xml { position: u64, message: String },
+    #[error("the document is not a DAV: multistatus (root element {0})")]
+    NotMultistatus(String),
+    #[error("the document ends inside the multistatus")]
+    Truncated,
+    #[error("the document nests deeper than {MAX_DEPTH} elements")]
+    TooDeep,
+    #[error("an element's text is longer than {MAX_TEXT} bytes")]
+    TextTooLong,
+    #[error("more than {MAX_RESPONSES} responses")]
+    TooManyResponses,
+    #[error("undefined entity &{0};")]
+    UndefinedEntity(String),
+    #[error("invalid value {value:?} for {property}")]
+    BadValue { property: &'static str, value: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prop {
+    ResourceType,
+    ContentLength,
+    LastModified,
+    CreationDate,
+    ETag,
+    ContentType,
+    DisplayName,
+    QuotaAvailable,
+    QuotaUsed,
+}
+
+impl Prop {
+    fn from_local(name: &str) -> Option<Prop> {
+        Some(match name {
+            "resourcetype" => Prop::ResourceType,
+            "getcontentlength" => Prop::ContentLength,
+            "getlastmodified" => Prop::LastModified,
+            "creationdate" => Prop::CreationDate,
+            "getetag" => Prop::ETag,
+            "getcontenttype" => Prop::ContentType,
+            "displayname" => Prop::DisplayName,
+            "quota-available-bytes" => Prop::QuotaAvailable,
+            "quota-used-bytes" => Prop::QuotaUsed,
+            _ => return None,
+        })
+    }
+}
+
+/// Where the parser stands; one entry per open element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    Multistatus,
+    Response,
+    Href,
+    ResponseStatus,
+    Propstat,
+    PropstatStatus,
+    PropContainer,
+    Property(Prop),
+    /// `collection` inside `resourcetype`.
+    Collection,
+    /// Anything we do not interpret (other namespaces, unknown properties, error bodies).
+    Other,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Props {
+    resourcetype_seen: bool,
+    is_collection: bool,
+    content_length: Option<String>,
+    last_modified: Option<String>,
+    created: Option<String>,
+    etag: Option<String>,
+    content_type: Option<String>,
+    display_name: Option<String>,
+    quota_available: Option<String>,
+    quota_used: Option<String>,
+}
+
+impl Props {
+    fn merge(&mut self, other: Props) {
+        if other.resourcetype_seen {
+            self.resourcetype_seen = true;
+            self.is_collection |= other.is_collection;
+        }
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(
+            content_length,
+            last_modified,
+            created,
+            etag,
+            content_type,
+            display_name,
+            quota_available,
+            quota_used
+        );
+    }
+}
+
+#[derive(Debug, Default)]
+struct RawResponse {
+    hrefs: Vec<String>,
+    status: Option<u16>,
+    props: Props,
+}
+
+#[derive(Debug, Default)]
+struct PropstatState {
+    status: Option<u16>,
+    props: Props,
+}
+
+/// Parses a multistatus body answering a request to `request_url`, below `root`.
+pub fn parse(body: &[u8], request_url: &Url, root: &Root) -> Result<Multistatus, ParseError> {
+    let raw = parse_raw(body)?;
+    let mut out = Multistatus::default();
+    let mut seen = std::collections::HashSet::new();
+    for r in raw {
+        if let Some(s) = r.status
+            && !(200..300).contains(&s)
+        {
+            continue;
+        }
+        for href in &r.hrefs {
+            let path = match root.resolve_href(request_url, href) {
+                Ok(p) => p,
+                Err(e) => {
+                    out.skipped.push(e);
+                    continue;
+                }
+            };
+            if !seen.insert(path.clone()) {
+                continue;
+            }
+            out.resources.push(build_resource(path, &r.props)?);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_u64(property: &'static str, v: &Option<String>) -> Result<Option<u64>, ParseError> {
+    match v.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) => s.parse::<u64>().map(Some).map_err(|_| ParseError::BadValue {
+            property,
+            value: s.chars().take(64).collect(),
+        }),
+    }
+}
+
+fn build_resource(path: DavPath, p: &Props) -> Result<Resource, ParseError> {
+    let content_length = if p.is_collection {
+        // Some servers report a size for collections (IIS: 0, SabreDAV: none); meaningless.
+        parse_u64("getcontentlength", &p.content_length).unwrap_or(None)
+    } else {
+        parse_u64("getcontentlength", &p.content_length)?
+    };
+    let non_empty = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    Ok(Resource {
+        path,
+        is_collection: p.is_collection,
+        content_length,
+        last_modified: p.last_modified.as_deref().and_then(dates::parse_any),
+        created: p.created.as_deref().and_then(dates::parse_any),
+        etag: non_empty(&p.etag),
+        content_type: non_empty(&p.content_type),
+        display_name: p.display_name.clone().filter(|s| !s.is_empty()),
+        // Quotas are advisory: a bad value is ignored rather than failing the listing.
+        quota_available: parse_u64("quota-available-bytes", &p.quota_available).unwrap_or(None),
+        quota_used: parse_u64("quota-used-bytes", &p.quota_used).unwrap_or(None),
+    })
+}
+
+/// Parses `HTTP/1.1 404 Not Found` into 404.
+fn parse_status_line(s: &str) -> Option<u16> {
+    let mut it = s.split_whitespace();
+    let _version = it.next()?;
+    it.next()?.parse().ok()
+}
+
+fn parse_raw(body: &[u8]) -> Result<Vec<RawResponse>, ParseError> {
+    let mut reader = NsReader::from_reader(body);
+    {
+        let cfg = reader.config_mut();
+        cfg.expand_empty_elements = true;
+        cfg.check_end_names = true;
+        cfg.trim_text(false);
+    }
+    let mut stack: Vec<Node> = Vec::with_capacity(16);
+    let mut responses: Vec<RawResponse> = Vec::new();
+    let mut current: Option<RawResponse> = None;
+    let mut propstat: Option<PropstatState> = None;
+    let mut text = String::new();
+    let mut saw_root = false;
+
+    loop {
+        let (ns, event) = match reader.read_resolved_event() {
+            Ok(v) => v,
+            Err(e) => {
+                let message = e.to_string();
+                return Err(ParseError::Xml {
+                    position: reader.error_position(),
+                    message,
+                });
+            }
+        };
+        match event {
+            Event::Start(start) => {
+                if stack.len() >= MAX_DEPTH {
+                    return Err(ParseError::TooDeep);
+                }
+                let is_dav = matches!(ns, ResolveResult::Bound(Namespace(DAV_NS)));
+                let local = start.local_name();
+                let local = local.as_ref();
+                let parent = stack.last().copied();
+                let node = match (parent, is_dav, local) {
+                    (None, true, "multistatus") => {
+                        saw_root = true;
+                        Node::Multistatus
+                    }
+                    (None, _, _) => {
+                        return Err(ParseError::NotMultistatus(
+                            start.name().as_ref().to_owned(),
+                        ));
+                    }
+                    (Some(Node::Multistatus), true, "response") => {
+                        if responses.len() >= MAX_RESPONSES {
+                            return Err(ParseError::TooManyResponses);
+                        }
+                        current = Some(RawResponse::default());
+                        Node::Response
+                    }
+                    (Some(Node::Response), true, "href") => Node::Href,
+                    (Some(Node::Response), true, "status") => Node::ResponseStatus,
+                    (Some(Node::Response), true, "propstat") => {
+                        propstat = Some(PropstatState::default());
+                        Node::Propstat
+                    }
+                    (Some(Node::Propstat), true, "status") => Node::PropstatStatus,
+                    (Some(Node::Propstat), true, "prop") => Node::PropContainer,
+                    (Some(Node::PropContainer), true, name) => match Prop::from_local(name) {
+                        Some(p) => {
+                            if p == Prop::ResourceType
+                                && let Some(ps) = propstat.as_mut()
+                            {
+                                ps.props.resourcetype_seen = true;
+                            }
+                            Node::Property(p)
+                        }
+                        None => Node::Other,
+                    },
+                    (Some(Node::Property(Prop::ResourceType)), true, "collection") => {
+                        Node::Collection
+                    }
+                    _ => Node::Other,
+                };
+                text.clear();
+                stack.push(node);
+            }
+            Event::End(_) => {
+                let node = stack.pop().ok_or(ParseError::Truncated)?;
+                match node {
+                    Node::Href => {
+                        if let Some(r) = current.as_mut() {
+                            r.hrefs.push(std::mem::take(&mut text));
+                        }
+                    }
+                    Node::ResponseStatus => {
+                        if let Some(r) = current.as_mut() {
+                            r.status = parse_status_line(&text);
+                        }
+                    }
+                    Node::PropstatStatus => {
+                        if let Some(ps) = propstat.as_mut() {
+                            ps.status = parse_status_line(&text);
+                        }
+                    }
+                    Node::Collection => {
+                        if let Some(ps) = propstat.as_mut() {
+                            ps.props.is_collection = true;
+                        }
+                    }
+                    Node::Property(p) => {
+                        if let Some(ps) = propstat.as_mut() {
+                            let v = Some(std::mem::take(&mut text));
+                            let props = &mut ps.props;
+                            match p {
+                                Prop::ResourceType => {}
+                                Prop::ContentLength => props.content_length = v,
+                                Prop::LastModified => props.last_modified = v,
+                                Prop::CreationDate => props.created = v,
+                                Prop::ETag => props.etag = v,
+                                Prop::ContentType => props.content_type = v,
+                                Prop::DisplayName => props.display_name = v,
+                                Prop::QuotaAvailable => props.quota_available = v,
+                                Prop::QuotaUsed => props.quota_used = v,
+                            }
+                        }
+                    }
+                    Node::Propstat => {
+                        if let (Some(ps), Some(r)) = (propstat.take(), current.as_mut()) {
+                            // No status at all is taken as success: some servers omit it.
+                            let ok = ps.status.is_none_or(|s| (200..300).contains(&s));
+                            if ok {
+                                r.props.merge(ps.props);
+                            }
+                        }
+                    }
+                    Node::Response => {
+                        if let Some(r) = current.take() {
+                            responses.push(r);
+                        }
+                    }
+                    Node::Multistatus => {
+                        return Ok(responses);
+                    }
+                    Node::PropContainer | Node::Other => {}
+                }
+                text.clear();
+            }
+            Event::Text(t) => {
+                if collecting(&stack) {
+                    push_text(&mut text, &t)?;
+                }
+            }
+            Event::CData(c) => {
+                if collecting(&stack) {
+                    push_text(&mut text, &c)?;
+                }
+            }
+            Event::GeneralRef(r) => {
+                let resolved: String = if r.is_char_ref() {
+                    match r.resolve_char_ref() {
+                        Ok(Some(c)) => c.to_string(),
+                        _ => return Err(ParseError::UndefinedEntity(r.to_string())),
+                    }
+                } else {
+                    match quick_xml::escape::resolve_predefined_entity(&r) {
+                        Some(s) => s.to_owned(),
+                        None => return Err(ParseError::UndefinedEntity(r.to_string())),
+                    }
+                };
+                if collecting(&stack) {
+                    push_text(&mut text, &resolved)?;
+                }
+            }
+            Event::Empty(_) => {
+                // expand_empty_elements is on: never produced.
+            }
+            Event::Eof => {
+                return Err(if saw_root {
+                    ParseError::Truncated
+                } else {
+                    ParseError::NotMultistatus("none".into())
+                });
+            }
+            Event::Decl(_) | Event::PI(_) | Event::DocType(_) | Event::Comment(_) => {}
+        }
+    }
+}
+
+fn collecting(stack: &[Node]) -> bool {
+    matches!(
+        stack.last(),
+        Some(
+            Node::Href
+                | Node::ResponseStatus
+                | Node::PropstatStatus
+                | Node::Property(
+                    Prop::ContentLength
+                        | Prop::LastModified
+                        | Prop::CreationDate
+                        | Prop::ETag
+                        | Prop::ContentType
+                        | Prop::DisplayName
+                        | Prop::QuotaAvailable
+                        | Prop::QuotaUsed
+                )
+        )
+    )
+}
+
+fn push_text(buf: &mut String, s: &str) -> Result<(), ParseError> {
+    if buf.len() + s.len() > MAX_TEXT {
+        return Err(ParseError::TextTooLong);
+    }
+    buf.push_str(s);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> Root {
+        Root::new(&Url::parse("http://h/dav/").expect("url")).expect("root")
+    }
+
+    fn parse_str(s: &str) -> Result<Multistatus, ParseError> {
+        let r = root();
+        parse(s.as_bytes(), r.url(), &r)
+    }
+
+    #[test]
+    fn namespace_prefixes_do_not_matter() {
+        for doc in [
+            r#"<D:multistatus xmlns:D="DAV:"><D:response><D:href>/dav/a</D:href><D:propstat><D:prop><D:getcontentlength>5</D:getcontentlength><D:resourcetype/></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response></D:multistatus>"#,
+            r#"<multistatus xmlns="DAV:"><response><href>/dav/a</href><propstat><prop><getcontentlength>5</getcontentlength></prop><status>HTTP/1.1 200 OK</status></propstat></response></multistatus>"#,
+            r#"<z:multistatus xmlns:z="DAV:" xmlns:q="urn:x"><z:response><z:href>/dav/a</z:href><z:propstat><z:prop><z:getcontentlength>5</z:getcontentlength><q:getcontentlength>9</q:getcontentlength></z:prop></z:propstat></z:response></z:multistatus>"#,
+        ] {
+            let ms = parse_str(doc).expect("parse");
+            assert_eq!(ms.resources.len(), 1, "{doc}");
+            assert_eq!(ms.resources[0].content_length, Some(5), "{doc}");
+            assert_eq!(ms.resources[0].path, DavPath::parse("/a").expect("p"));
+        }
+    }
+
+    #[test]
+    fn wrong_namespace_is_not_a_multistatus() {
+        let e = parse_str(r#"<multistatus xmlns="urn:not-dav"><response/></multistatus>"#);
+        assert!(matches!(e, Err(ParseError::NotMultistatus(_))), "{e:?}");
+        let e = parse_str(r#"<multistatus><response/></multistatus>"#);
+        assert!(matches!(e, Err(ParseError::NotMultistatus(_))), "{e:?}");
+        let e = parse_str(r#"<html><body>Login</body></html>"#);
+        assert!(matches!(e, Err(ParseError::NotMultistatus(_))), "{e:?}");
+    }
+
+    #[test]
+    fn failed_propstat_means_absent_property() {
+        let doc = r#"<D:multistatus xmlns:D="DAV:"><D:response><D:href>/dav/f</D:href>
+        <D:propstat><D:prop><D:resourcetype/><D:getetag>"e1"</D:getetag></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>
+        <D:propstat><D:prop><D:getcontentlength>77</D:getcontentlength><D:resourcetype><D:collection/></D:resourcetype></D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>
+        </D:response></D:multistatus>"#;
+        let ms = parse_str(doc).expect("parse");
+        let r = &ms.resources[0];
+        assert!(!r.is_collection);
+        assert_eq!(r.content_length, None);
+        assert_eq!(r.etag.as_deref(), Some("\"e1\""));
+    }
+
+    #[test]
+    fn response_status_404_drops_the_response_and_duplicates_keep_the_first() {
+        let doc = r#"<D:multistatus xmlns:D="DAV:">
+        <D:response><D:href>/dav/gone</D:href><D:status>HTTP/1.1 404 Not Found</D:status></D:response>
+        <D:response><D:href>/dav/a</D:href><D:propstat><D:prop><D:getcontentlength>1</D:getcontentlength></D:prop></D:propstat></D:response>
+        <D:response><D:href>/dav/a/</D:href><D:propstat><D:prop><D:getcontentlength>2</D:getcontentlength></D:prop></D:propstat></D:response>
+        </D:multistatus>"#;
+        let ms = parse_str(doc).expect("parse");
+        assert_eq!(ms.resources.len(), 1);
+        assert_eq!(ms.resources[0].content_length, Some(1));
+    }
+
+    #[test]
+    fn hrefs_outside_root_are_skipped() {
+        let doc = r#"<D:multistatus xmlns:D="DAV:">
+        <D:response><D:href>/etc/passwd</D:href><D:propstat><D:prop/></D:propstat></D:response>
+        <D:response><D:href>/dav/../etc/shadow</D:href><D:propstat><D:prop/></D:propstat></D:response>
+        <D:response><D:href>/dav/ok</D:href><D:propstat><D:prop/></D:propstat></D:response>
+        </D:multistatus>"#;
+        let ms = parse_str(doc).expect("parse");
+        assert_eq!(ms.resources.len(), 1);
+        assert_eq!(ms.skipped.len(), 2);
+    }
+
+    #[test]
+    fn entities_and_cdata() {
+        let doc = r#"<D:multistatus xmlns:D="DAV:"><D:response><D:href>/dav/a&amp;b&#x20;c</D:href><D:propstat><D:prop><D:getetag>&quot;x&quot;</D:getetag><D:displayname><![CDATA[<n>]]></D:displayname></D:prop></D:propstat></D:response></D:multistatus>"#;
+        let ms = parse_str(doc).expect("parse");
+        let r = &ms.resources[0];
+        assert_eq!(r.path, DavPath::parse("/a&b c").expect("p"));
+        assert_eq!(r.etag.as_deref(), Some("\"x\""));
+        assert_eq!(r.display_name.as_deref(), Some("<n>"));
+    }
+
+    #[test]
+    fn bad_content_length_is_an_error_for_files() {
+        let doc = r#"<D:multistatus xmlns:D="DAV:"><D:response><D:href>/dav/a</D:href><D:propstat><D:prop><D:getcontentlength>-3</D:getcontentlength></D:prop></D:propstat></D:response></D:multistatus>"#;
+        assert!(matches!(
+            parse_str(doc),
+            Err(ParseError::BadValue { .. })
+        ));
+    }
+}

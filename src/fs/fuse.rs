@@ -1,0 +1,381 @@
+//! The FUSE adapter (fuser): kernel callback → core call → reply. No policy lives here.
+//!
+//! Each callback hands its work to the tokio runtime and replies from the task, so one slow
+//! request never stalls the others. Errors map to errno in [`errno_for`], one exhaustive
+//! match over the core's kinds.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, MountOption, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    SessionACL,
+};
+use tokio::runtime::Handle;
+
+use crate::vfs::{Attr, ErrorKind, FileKind, Vfs, VfsError};
+
+/// The errno of each core error kind.
+pub fn errno_for(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::NotFound => libc::ENOENT,
+        ErrorKind::PermissionDenied => libc::EACCES,
+        ErrorKind::AuthRequired => libc::EACCES,
+        ErrorKind::AlreadyExists => libc::EEXIST,
+        ErrorKind::NotEmpty => libc::ENOTEMPTY,
+        ErrorKind::IsADirectory => libc::EISDIR,
+        ErrorKind::NotADirectory => libc::ENOTDIR,
+        ErrorKind::Locked => libc::EBUSY,
+        ErrorKind::NoSpace => libc::ENOSPC,
+        ErrorKind::TooLarge => libc::EFBIG,
+        ErrorKind::Stale => libc::ESTALE,
+        ErrorKind::Conflict => libc::EIO,
+        ErrorKind::Unsupported => libc::EOPNOTSUPP,
+        ErrorKind::CrossDevice => libc::EXDEV,
+        ErrorKind::Busy => libc::EAGAIN,
+        ErrorKind::Unreachable => libc::EHOSTUNREACH,
+        ErrorKind::TimedOut => libc::ETIMEDOUT,
+        ErrorKind::InvalidName => libc::EINVAL,
+        ErrorKind::ReadOnly => libc::EROFS,
+        ErrorKind::TlsFailure => libc::EIO,
+        ErrorKind::Protocol => libc::EIO,
+        ErrorKind::Io => libc::EIO,
+    }
+}
+
+fn errno(e: &VfsError) -> Errno {
+    if e.is_expected() {
+        tracing::debug!("{e}");
+    } else {
+        tracing::warn!("{e}");
+    }
+    Errno::from_i32(errno_for(e.kind))
+}
+
+/// Mount-time choices of the FUSE frontend.
+#[derive(Debug, Clone)]
+pub struct FuseOptions {
+    /// Shown as the mount's source in /proc/mounts (a URL without userinfo).
+    pub fsname: String,
+    pub allow_other: bool,
+    pub read_only: bool,
+}
+
+/// The fuser filesystem.
+pub struct FuseAdapter {
+    vfs: Arc<Vfs>,
+    rt: Handle,
+    ttl: Duration,
+}
+
+impl FuseAdapter {
+    pub fn new(vfs: Arc<Vfs>, rt: Handle) -> Self {
+        let ttl = vfs.config().kernel_ttl;
+        FuseAdapter { vfs, rt, ttl }
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    let (kind, nlink) = match a.kind {
+        FileKind::File => (FileType::RegularFile, 1),
+        FileKind::Directory => (FileType::Directory, 2),
+    };
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind,
+        perm: a.perm,
+        nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 1 << 20,
+        flags: 0,
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Large kernel read-ahead means fewer, larger reads; the core streams them.
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO
+                | InitFlags::FUSE_PARALLEL_DIROPS,
+        );
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some(name) = name.to_str().map(str::to_owned) else {
+            // Every name we show is UTF-8; a non-UTF-8 name cannot be one of ours.
+            reply.error(Errno::from_i32(libc::ENOENT));
+            return;
+        };
+        let (vfs, ttl) = (self.vfs.clone(), self.ttl);
+        self.rt.spawn(async move {
+            match vfs.lookup(parent.0, &name).await {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.vfs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let (vfs, ttl) = (self.vfs.clone(), self.ttl);
+        self.rt.spawn(async move {
+            match vfs.getattr(ino.0).await {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY
+            || flags.0 & (libc::O_TRUNC | libc::O_APPEND) != 0;
+        let vfs = self.vfs.clone();
+        self.rt.spawn(async move {
+            match vfs.open(ino.0, write).await {
+                Ok(o) => {
+                    let f = if o.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(o.fh), f)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        let vfs = self.vfs.clone();
+        self.rt.spawn(async move {
+            match vfs.read(fh.0, offset, size).await {
+                Ok(b) => reply.data(&b),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.vfs.release(fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let vfs = self.vfs.clone();
+        self.rt.spawn(async move {
+            match vfs.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.vfs.readdir(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let parent = self.vfs.parent_of(ino.0);
+        // Offsets: 1 = ".", 2 = "..", 3 + i = entries[i]; the kernel passes back the last one.
+        let dots = [(ino.0, "."), (parent, "..")];
+        for (i, (dino, name)) in dots.iter().enumerate() {
+            let off = i as u64 + 1;
+            if offset < off && reply.add(INodeNo(*dino), off, FileType::Directory, name) {
+                return reply.ok();
+            }
+        }
+        for (i, e) in entries.iter().enumerate() {
+            let off = i as u64 + 3;
+            if offset < off && reply.add(INodeNo(e.attr.ino), off, file_type(e.attr.kind), &e.name)
+            {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.vfs.readdir(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let ttl = self.ttl;
+        for (i, e) in entries.iter().enumerate() {
+            let off = i as u64 + 3;
+            if offset >= off {
+                continue;
+            }
+            if reply.add(
+                INodeNo(e.attr.ino),
+                off,
+                &e.name,
+                &ttl,
+                &file_attr(&e.attr),
+                Generation(0),
+            ) {
+                break;
+            }
+            // The kernel takes a lookup reference for each entry it accepted.
+            self.vfs.remember(e.attr.ino);
+        }
+        let _ = ino;
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.vfs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let vfs = self.vfs.clone();
+        self.rt.spawn(async move {
+            match vfs.statfs().await {
+                Ok(s) => reply.statfs(
+                    s.blocks,
+                    s.blocks_free,
+                    s.blocks_free,
+                    s.files,
+                    s.files_free,
+                    s.block_size,
+                    s.name_max,
+                    s.block_size,
+                ),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+}
+
+/// Mounts `vfs` at `mountpoint` with FUSE. The mount exists when this returns; the caller
+/// runs the session (`Session::run`) and may unmount it from another thread through
+/// `Session::unmount_callable`.
+pub fn mount(
+    vfs: Arc<Vfs>,
+    rt: Handle,
+    mountpoint: &Path,
+    opts: &FuseOptions,
+) -> io::Result<fuser::Session<FuseAdapter>> {
+    let mut mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("davdrive".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    if opts.read_only {
+        mount_options.push(MountOption::RO);
+    }
+    let mut cfg = Config::default();
+    cfg.mount_options = mount_options;
+    cfg.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    cfg.n_threads = Some(2);
+    fuser::Session::new(FuseAdapter::new(vfs, rt), mountpoint, &cfg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_table() {
+        use ErrorKind::*;
+        let table = [
+            (NotFound, libc::ENOENT),
+            (PermissionDenied, libc::EACCES),
+            (AuthRequired, libc::EACCES),
+            (AlreadyExists, libc::EEXIST),
+            (NotEmpty, libc::ENOTEMPTY),
+            (IsADirectory, libc::EISDIR),
+            (NotADirectory, libc::ENOTDIR),
+            (Locked, libc::EBUSY),
+            (NoSpace, libc::ENOSPC),
+            (TooLarge, libc::EFBIG),
+            (Stale, libc::ESTALE),
+            (Conflict, libc::EIO),
+            (Unsupported, libc::EOPNOTSUPP),
+            (CrossDevice, libc::EXDEV),
+            (Busy, libc::EAGAIN),
+            (Unreachable, libc::EHOSTUNREACH),
+            (TimedOut, libc::ETIMEDOUT),
+            (InvalidName, libc::EINVAL),
+            (ReadOnly, libc::EROFS),
+            (TlsFailure, libc::EIO),
+            (Protocol, libc::EIO),
+            (Io, libc::EIO),
+        ];
+        for (kind, want) in table {
+            assert_eq!(errno_for(kind), want, "{kind:?}");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! davdrive: mount a WebDAV server as a local drive.
+//!
+//! Layers, from the wire up (each knows nothing of the ones above it):
+//! - [`dav`]: the WebDAV protocol client (requests, multistatus parsing, hrefs, errors).
+//! - [`vfs`]: the platform-neutral filesystem core (inodes, caches, read streams).
+//! - [`fs`]: thin kernel adapters (FUSE on Linux, WinFsp on Windows).
+//! - [`cli`], [`config`], [`credentials`]: the user-facing surface.
+
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod dav;
+pub mod fs;
+pub mod vfs;

@@ -1,0 +1,214 @@
+//! The composition root: parse the command line, build the configuration, start the runtime
+//! and the frontend of this OS.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use davdrive::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Mount(args) => platform::mount(&args),
+        Command::Unmount { mountpoint } => platform::unmount(&mountpoint),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            let _ = writeln!(std::io::stderr(), "davdrive: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "davdrive=info",
+        1 => "davdrive=debug",
+        _ => "davdrive=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+#[cfg(target_os = "linux")]
+mod platform {
+    use std::io::{BufRead, BufReader, Write};
+    use std::path::Path;
+    use std::process::{Command as Proc, Stdio};
+
+    use davdrive::cli::MountArgs;
+    use davdrive::config::MountConfig;
+    use davdrive::dav::DavClient;
+    use davdrive::dav::client::redact_url;
+    use davdrive::fs::fuse::{self, FuseOptions};
+    use davdrive::vfs::Vfs;
+
+    /// The line a foreground mount prints on stdout once the mount is usable.
+    const READY: &str = "davdrive: mounted";
+    /// Set in the environment of the detached child of a background mount.
+    const DETACHED: &str = "DAVDRIVE_DETACHED";
+
+    pub fn mount(args: &MountArgs) -> Result<(), String> {
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let cfg = MountConfig::from_args(args, uid, gid).map_err(|e| e.to_string())?;
+        if !cfg.foreground && std::env::var_os(DETACHED).is_none() {
+            return spawn_detached();
+        }
+        run_foreground(cfg)
+    }
+
+    /// Re-runs this command detached from the terminal and waits until the child says the
+    /// mount is ready (or failed), so that `davdrive mount` returns only for a usable mount.
+    fn spawn_detached() -> Result<(), String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+        let mut cmd = Proc::new(exe);
+        cmd.args(std::env::args_os().skip(1))
+            .env(DETACHED, "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: setsid is async-signal-safe; it detaches the child from our session so
+        // that closing the terminal does not kill the mount.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start the daemon: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no pipe to the daemon")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| format!("daemon: {e}"))?;
+        if line.starts_with(READY) {
+            print!("{line}");
+            return Ok(());
+        }
+        let status = child.wait().map_err(|e| format!("daemon: {e}"))?;
+        Err(format!("the mount failed ({status})"))
+    }
+
+    fn run_foreground(cfg: MountConfig) -> Result<(), String> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("davdrive-io")
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))?;
+        let shown_url = redact_url(&cfg.url);
+        let client = DavClient::new(cfg.client.clone()).map_err(|e| e.to_string())?;
+        let vfs = Vfs::new(client, cfg.vfs.clone());
+        rt.block_on(vfs.probe())
+            .map_err(|e| format!("cannot mount {shown_url}: {e}"))?;
+        let opts = FuseOptions {
+            fsname: shown_url.clone(),
+            allow_other: cfg.allow_other,
+            read_only: cfg.vfs.read_only,
+        };
+        let mut session = fuse::mount(vfs, rt.handle().clone(), &cfg.mountpoint, &opts)
+            .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
+        let mut unmounter = session.unmount_callable();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let runner = std::thread::Builder::new()
+            .name("davdrive-fuse".into())
+            .spawn(move || {
+                let r = session.run();
+                let _ = done_tx.send(());
+                r
+            })
+            .map_err(|e| format!("cannot start the FUSE loop: {e}"))?;
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{READY} {shown_url} on {}", cfg.mountpoint.display());
+            let _ = out.flush();
+        }
+        tracing::info!(url = %shown_url, mountpoint = %cfg.mountpoint.display(), "mounted");
+        let signalled = rt.block_on(async {
+            use tokio::signal::unix::{SignalKind, signal};
+            async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            let mut term = signal(SignalKind::terminate()).ok();
+            let mut int = signal(SignalKind::interrupt()).ok();
+            let mut hup = signal(SignalKind::hangup()).ok();
+            tokio::select! {
+                _ = recv(term.as_mut()) => true,
+                _ = recv(int.as_mut()) => true,
+                _ = recv(hup.as_mut()) => true,
+                _ = done_rx => false,
+            }
+        });
+        if signalled {
+            tracing::info!("unmounting on signal");
+            if let Err(e) = unmounter.unmount() {
+                tracing::warn!("unmount failed ({e}); detaching lazily");
+                lazy_unmount(&cfg.mountpoint);
+            }
+        }
+        match runner.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("FUSE loop ended: {e}"),
+            Err(_) => return Err("the FUSE loop panicked".into()),
+        }
+        rt.shutdown_timeout(std::time::Duration::from_secs(2));
+        Ok(())
+    }
+
+    fn lazy_unmount(mountpoint: &Path) {
+        let _ = Proc::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(mountpoint)
+            .status();
+    }
+
+    pub fn unmount(mountpoint: &Path) -> Result<(), String> {
+        let out = Proc::new("fusermount3")
+            .arg("-u")
+            .arg(mountpoint)
+            .output()
+            .or_else(|_| Proc::new("umount").arg(mountpoint).output())
+            .map_err(|e| format!("cannot run fusermount3 or umount: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let msg = String::from_utf8_lossy(&out.stderr);
+        Err(format!(
+            "cannot unmount {}: {}",
+            mountpoint.display(),
+            msg.trim()
+        ))
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod platform {
+    use std::path::Path;
+
+    use davdrive::cli::MountArgs;
+
+    pub fn mount(_args: &MountArgs) -> Result<(), String> {
+        Err("mounting on this OS comes with its frontend (WinFsp on Windows, macFUSE on macOS)".into())
+    }
+
+    pub fn unmount(_mountpoint: &Path) -> Result<(), String> {
+        Err("unmounting on this OS comes with its frontend".into())
+    }
+}

@@ -1,0 +1,243 @@
+//! The inode table: stable numbers for server paths, kernel lookup counts, cached metadata
+//! and directory listings.
+//!
+//! Invariants:
+//! - A path keeps its inode number for the lifetime of the mount, even across `forget`
+//!   (tools such as `find` and `rsync` compare inode numbers). A node is dropped only when the
+//!   kernel has forgotten it *and* the server no longer lists it.
+//! - Metadata and listings carry the `tokio::time::Instant` at which the server said them;
+//!   freshness is decided by the caller against its TTLs, so tests can pause time.
+//! - A listing maps *local* names (see [`super::names`]) to inodes; the node keeps the
+//!   server path, so a mapped name always leads back to the exact server name.
+//!
+//! The table lives behind one `std::sync::Mutex` in [`super::Vfs`]; no lock is held across
+//! an await.
+
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+use crate::dav::{DavPath, Resource};
+
+pub type Ino = u64;
+pub const ROOT_INO: Ino = 1;
+
+/// File or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Directory,
+}
+
+/// What the server told us about a resource, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: FileKind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub etag: Option<String>,
+    pub fetched: Instant,
+}
+
+impl Meta {
+    pub fn from_resource(r: &Resource, now: Instant, fallback_time: SystemTime) -> Self {
+        let mtime = r.last_modified.or(r.created).unwrap_or(fallback_time);
+        Meta {
+            kind: if r.is_collection {
+                FileKind::Directory
+            } else {
+                FileKind::File
+            },
+            size: if r.is_collection {
+                0
+            } else {
+                r.content_length.unwrap_or(0)
+            },
+            mtime,
+            ctime: r.created.unwrap_or(mtime),
+            etag: r.etag.clone(),
+            fetched: now,
+        }
+    }
+
+    /// Whether two sightings describe the same version of the content.
+    pub fn same_version(&self, other: &Meta) -> bool {
+        self.kind == other.kind
+            && self.size == other.size
+            && self.mtime == other.mtime
+            && self.etag == other.etag
+    }
+}
+
+/// A directory's children as last listed.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub fetched: Instant,
+    /// Local names in server order.
+    pub order: Vec<(String, Ino)>,
+    pub by_name: HashMap<String, Ino>,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub path: DavPath,
+    pub parent: Ino,
+    pub meta: Option<Meta>,
+    pub listing: Option<Listing>,
+    /// Kernel lookup count (FUSE `lookup` minus `forget`).
+    pub lookups: u64,
+    /// No longer listed by the server.
+    pub gone: bool,
+    /// The content version last handed to an opener, for the kernel's page cache.
+    pub cached_version: Option<Meta>,
+}
+
+#[derive(Debug)]
+pub(crate) struct InodeTable {
+    nodes: HashMap<Ino, Node>,
+    by_path: HashMap<DavPath, Ino>,
+    next: Ino,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InodeTable {
+    pub fn new() -> Self {
+        let mut t = InodeTable {
+            nodes: HashMap::new(),
+            by_path: HashMap::new(),
+            next: ROOT_INO + 1,
+        };
+        t.nodes.insert(
+            ROOT_INO,
+            Node {
+                path: DavPath::root(),
+                parent: ROOT_INO,
+                meta: None,
+                listing: None,
+                lookups: 1,
+                gone: false,
+                cached_version: None,
+            },
+        );
+        t.by_path.insert(DavPath::root(), ROOT_INO);
+        t
+    }
+
+    pub fn get(&self, ino: Ino) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: Ino) -> Option<&mut Node> {
+        self.nodes.get_mut(&ino)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The inode of `path` under `parent`, created if new.
+    pub fn ensure(&mut self, parent: Ino, path: &DavPath) -> Ino {
+        if let Some(ino) = self.by_path.get(path) {
+            if let Some(n) = self.nodes.get_mut(ino) {
+                n.gone = false;
+            }
+            return *ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.nodes.insert(
+            ino,
+            Node {
+                path: path.clone(),
+                parent,
+                meta: None,
+                listing: None,
+                lookups: 0,
+                gone: false,
+                cached_version: None,
+            },
+        );
+        self.by_path.insert(path.clone(), ino);
+        ino
+    }
+
+    /// Marks a node as no longer on the server; drops it if the kernel holds no reference.
+    pub fn mark_gone(&mut self, ino: Ino) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let drop_it = match self.nodes.get_mut(&ino) {
+            Some(n) => {
+                n.gone = true;
+                n.meta = None;
+                n.listing = None;
+                n.lookups == 0
+            }
+            None => false,
+        };
+        if drop_it {
+            self.remove(ino);
+        }
+    }
+
+    /// The kernel forgets `n` references.
+    pub fn forget(&mut self, ino: Ino, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let drop_it = match self.nodes.get_mut(&ino) {
+            Some(node) => {
+                node.lookups = node.lookups.saturating_sub(n);
+                node.lookups == 0 && node.gone
+            }
+            None => false,
+        };
+        if drop_it {
+            self.remove(ino);
+        }
+    }
+
+    fn remove(&mut self, ino: Ino) {
+        if let Some(n) = self.nodes.remove(&ino) {
+            self.by_path.remove(&n.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> DavPath {
+        DavPath::parse(s).expect("path")
+    }
+
+    #[test]
+    fn inodes_are_stable_and_forget_is_counted() {
+        let mut t = InodeTable::new();
+        let a = t.ensure(ROOT_INO, &p("/a"));
+        assert_eq!(t.ensure(ROOT_INO, &p("/a")), a);
+        t.get_mut(a).expect("a").lookups = 2;
+        t.forget(a, 1);
+        assert!(t.get(a).is_some());
+        t.forget(a, 1);
+        assert!(t.get(a).is_some(), "still listed: kept for stable numbers");
+        t.mark_gone(a);
+        assert!(t.get(a).is_none(), "gone and forgotten: dropped");
+        let b = t.ensure(ROOT_INO, &p("/b"));
+        t.get_mut(b).expect("b").lookups = 1;
+        t.mark_gone(b);
+        assert!(t.get(b).is_some(), "kernel still holds it");
+        t.forget(b, 1);
+        assert!(t.get(b).is_none());
+        t.forget(ROOT_INO, 100);
+        assert!(t.get(ROOT_INO).is_some());
+    }
+}

@@ -1,0 +1,609 @@
+//! The platform-neutral filesystem core. Knows nothing about FUSE or WinFsp.
+//!
+//! The core answers questions in terms of inodes and local names ([`Vfs::lookup`],
+//! [`Vfs::getattr`], [`Vfs::opendir`], [`Vfs::read`], ...) and of whole paths
+//! ([`Vfs::resolve`], for WinFsp, which opens by path). Every answer comes from the
+//! directory cache when it is fresh; otherwise from ONE `PROPFIND Depth: 1` of the parent.
+//!
+//! Why the parent, even for a single name: a listing is the only trustworthy source on some
+//! servers (Orthanc answers 207 for paths that do not exist, and answers a PROPFIND on a file
+//! with its parent first), and one listing serves every later lookup in that directory, so
+//! `ls -l` costs one request and `stat` of every listed entry costs none. A name absent from
+//! a fresh listing is "not found" without a request: that is the negative cache.
+//!
+//! Freshness: listings and metadata are trusted for `dir_ttl` (tokio clock). The kernel is
+//! given `kernel_ttl` for entries and attributes, and asks us again after it; we answer
+//! from our cache until `dir_ttl` expires.
+//!
+//! Concurrency: the inode table is one `std::sync::Mutex`, never held across an await.
+//! Listings of the same directory are single-flight: concurrent callers wait for one request.
+//! Lock order: `listing_locks` entry, then `table`.
+
+mod inode;
+pub mod names;
+mod read;
+
+pub mod error;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+pub use crate::dav::ErrorKind;
+use crate::dav::{DavClient, DavPath, Depth};
+pub use error::{VfsError, VfsResult};
+pub use inode::{FileKind, Ino, ROOT_INO};
+use inode::{InodeTable, Listing, Meta};
+pub use names::NamePolicy;
+use read::ReadHandle;
+pub use read::ReadTuning;
+
+/// Settings of the core, with documented defaults (docs/CONFIGURATION.md).
+#[derive(Debug, Clone)]
+pub struct VfsConfig {
+    /// How long a directory listing and the metadata in it are trusted. Default 30 s.
+    pub dir_ttl: Duration,
+    /// Entry and attribute TTL handed to the kernel. Default 1 s.
+    pub kernel_ttl: Duration,
+    pub read_only: bool,
+    pub uid: u32,
+    pub gid: u32,
+    /// Permission bits of files and directories (before the read-only mask).
+    pub file_mode: u16,
+    pub dir_mode: u16,
+    pub names: NamePolicy,
+    pub read: ReadTuning,
+}
+
+impl Default for VfsConfig {
+    fn default() -> Self {
+        VfsConfig {
+            dir_ttl: Duration::from_secs(30),
+            kernel_ttl: Duration::from_secs(1),
+            read_only: true,
+            uid: 0,
+            gid: 0,
+            file_mode: 0o644,
+            dir_mode: 0o755,
+            names: NamePolicy::native(),
+            read: ReadTuning::default(),
+        }
+    }
+}
+
+/// Attributes of a node, in neutral form; frontends convert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One entry of a directory snapshot.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+/// Filesystem statistics for statfs / GetVolumeInfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsStats {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u32,
+}
+
+/// The result of opening a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// The content did not change since the last open: the kernel may keep its page cache.
+    pub keep_cache: bool,
+}
+
+/// Reported free space when the server reports no quota: 1 PiB. File managers refuse to
+/// copy onto a volume that reports 0 free bytes, and a finite number keeps `df` readable.
+const UNKNOWN_SPACE: u64 = 1 << 50;
+const BLOCK: u64 = 4096;
+
+/// The filesystem core of one mount.
+pub struct Vfs {
+    client: DavClient,
+    cfg: VfsConfig,
+    table: Mutex<InodeTable>,
+    listing_locks: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
+    handles: Mutex<HashMap<u64, Arc<ReadHandle>>>,
+    dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+    quota: Mutex<(Option<u64>, Option<u64>)>,
+    mounted_at: SystemTime,
+}
+
+impl std::fmt::Debug for Vfs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vfs").field("client", &self.client).finish_non_exhaustive()
+    }
+}
+
+impl Vfs {
+    pub fn new(client: DavClient, cfg: VfsConfig) -> Arc<Self> {
+        Arc::new(Vfs {
+            client,
+            cfg,
+            table: Mutex::new(InodeTable::new()),
+            listing_locks: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dir_handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            quota: Mutex::new((None, None)),
+            mounted_at: SystemTime::now(),
+        })
+    }
+
+    pub fn config(&self) -> &VfsConfig {
+        &self.cfg
+    }
+
+    pub fn client(&self) -> &DavClient {
+        &self.client
+    }
+
+    fn table(&self) -> MutexGuard<'_, InodeTable> {
+        // A panic while holding the table cannot leave it half-updated in a way that matters
+        // more than stopping every later operation would.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fresh(&self, fetched: Instant) -> bool {
+        Instant::now().saturating_duration_since(fetched) < self.cfg.dir_ttl
+    }
+
+    fn attr_of(&self, ino: Ino, meta: &Meta) -> Attr {
+        let ro = if self.cfg.read_only { 0o222 } else { 0 };
+        let perm = match meta.kind {
+            FileKind::File => self.cfg.file_mode,
+            FileKind::Directory => self.cfg.dir_mode,
+        } & !ro;
+        Attr {
+            ino,
+            kind: meta.kind,
+            size: meta.size,
+            mtime: meta.mtime,
+            ctime: meta.ctime,
+            perm,
+            uid: self.cfg.uid,
+            gid: self.cfg.gid,
+        }
+    }
+
+    /// Checks that the mount point is a WebDAV collection we can list: OPTIONS, then
+    /// PROPFIND Depth 0 of the root. Used before mounting so that a wrong URL fails at once.
+    pub async fn probe(&self) -> VfsResult<()> {
+        let caps = self.client.options().await?;
+        if !caps.is_webdav() {
+            return Err(VfsError::new(
+                ErrorKind::Protocol,
+                "the server answered OPTIONS without a DAV header: this URL is not WebDAV",
+            ));
+        }
+        self.refresh_root().await?;
+        Ok(())
+    }
+
+    async fn refresh_root(&self) -> VfsResult<Meta> {
+        let ms = self
+            .client
+            .propfind(&DavPath::root(), Depth::Zero, true)
+            .await?;
+        let r = ms.get(&DavPath::root()).ok_or_else(|| {
+            VfsError::new(
+                ErrorKind::Protocol,
+                "the server's PROPFIND answer does not describe the mounted URL itself",
+            )
+        })?;
+        if !r.is_collection {
+            return Err(VfsError::new(
+                ErrorKind::NotADirectory,
+                "the mounted URL is a file, not a collection",
+            ));
+        }
+        self.note_quota(r.quota_available, r.quota_used);
+        let meta = Meta::from_resource(r, Instant::now(), self.mounted_at);
+        if let Some(n) = self.table().get_mut(ROOT_INO) {
+            n.meta = Some(meta.clone());
+        }
+        Ok(meta)
+    }
+
+    fn note_quota(&self, avail: Option<u64>, used: Option<u64>) {
+        if avail.is_some() || used.is_some() {
+            let mut q = self.quota.lock().unwrap_or_else(|e| e.into_inner());
+            *q = (avail, used);
+        }
+    }
+
+    /// The single-flight lock of a directory's listing.
+    fn listing_lock(&self, dir: Ino) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.listing_locks.lock().unwrap_or_else(|e| e.into_inner());
+        if locks.len() > 4096 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(dir).or_default().clone()
+    }
+
+    /// A fresh listing of directory `dir`, from the cache or one PROPFIND Depth 1.
+    async fn listing(&self, dir: Ino) -> VfsResult<Listing> {
+        if let Some(l) = self.cached_listing(dir)? {
+            return Ok(l);
+        }
+        let lock = self.listing_lock(dir);
+        let _guard = lock.lock().await;
+        if let Some(l) = self.cached_listing(dir)? {
+            return Ok(l);
+        }
+        let path = {
+            let t = self.table();
+            let n = t.get(dir).ok_or_else(|| VfsError::not_found(format!("inode {dir}")))?;
+            n.path.clone()
+        };
+        let ms = match self.client.propfind(&path, Depth::One, true).await {
+            Ok(ms) => ms,
+            Err(e) => {
+                let err = VfsError::from(e);
+                if err.kind == ErrorKind::NotFound {
+                    self.table().mark_gone(dir);
+                }
+                return Err(err);
+            }
+        };
+        for skipped in &ms.skipped {
+            tracing::warn!(dir = %path, "skipping an entry: {skipped}");
+        }
+        let now = Instant::now();
+        let mut t = self.table();
+        // The directory itself: Orthanc lists it with a trailing slash, others without.
+        if let Some(me) = ms.get(&path) {
+            if !me.is_collection {
+                return Err(VfsError::new(
+                    ErrorKind::NotADirectory,
+                    format!("{path}: not a directory"),
+                ));
+            }
+            if dir == ROOT_INO {
+                drop(t);
+                self.note_quota(me.quota_available, me.quota_used);
+                t = self.table();
+            }
+            let meta = Meta::from_resource(me, now, self.mounted_at);
+            if let Some(n) = t.get_mut(dir) {
+                n.meta = Some(meta);
+            }
+        }
+        let old: Vec<Ino> = t
+            .get(dir)
+            .and_then(|n| n.listing.as_ref())
+            .map(|l| l.order.iter().map(|(_, i)| *i).collect())
+            .unwrap_or_default();
+        let mut order = Vec::new();
+        let mut by_name = HashMap::new();
+        for r in &ms.resources {
+            if r.path.parent().as_ref() != Some(&path) {
+                continue;
+            }
+            let Some(server_name) = r.path.name() else {
+                continue;
+            };
+            let mut local = self.cfg.names.to_local(server_name);
+            if by_name.contains_key(&local) {
+                // Two server names that map to one local name (only possible after mapping):
+                // disambiguate deterministically rather than hide one.
+                local = self.cfg.names.to_local(&format!("{server_name}~dup"));
+                if by_name.contains_key(&local) {
+                    tracing::warn!(dir = %path, name = server_name, "skipping a duplicate name");
+                    continue;
+                }
+            }
+            if local != server_name {
+                tracing::debug!(dir = %path, server = server_name, local = %local, "mapped a name");
+            }
+            let ino = t.ensure(dir, &r.path);
+            let meta = Meta::from_resource(r, now, self.mounted_at);
+            if let Some(n) = t.get_mut(ino) {
+                n.meta = Some(meta);
+            }
+            by_name.insert(local.clone(), ino);
+            order.push((local, ino));
+        }
+        for ino in old {
+            if !by_name.values().any(|i| *i == ino) {
+                t.mark_gone(ino);
+            }
+        }
+        let listing = Listing {
+            fetched: now,
+            order,
+            by_name,
+        };
+        if let Some(n) = t.get_mut(dir) {
+            n.listing = Some(listing.clone());
+        }
+        Ok(listing)
+    }
+
+    fn cached_listing(&self, dir: Ino) -> VfsResult<Option<Listing>> {
+        let t = self.table();
+        let n = t
+            .get(dir)
+            .ok_or_else(|| VfsError::not_found(format!("inode {dir}")))?;
+        if let Some(m) = &n.meta
+            && m.kind == FileKind::File
+        {
+            return Err(VfsError::new(
+                ErrorKind::NotADirectory,
+                format!("{}: not a directory", n.path),
+            ));
+        }
+        Ok(n.listing.as_ref().filter(|l| self.fresh(l.fetched)).cloned())
+    }
+
+    /// Looks up `name` in directory `parent`; counts a kernel reference on success.
+    pub async fn lookup(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+        let attr = self.child_attr(parent, name).await?;
+        if let Some(n) = self.table().get_mut(attr.ino) {
+            n.lookups += 1;
+        }
+        Ok(attr)
+    }
+
+    async fn child_attr(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+        let listing = self.listing(parent).await?;
+        let ino = *listing.by_name.get(name).ok_or_else(|| {
+            VfsError::not_found(format!("{name:?} in inode {parent}"))
+        })?;
+        let t = self.table();
+        let n = t
+            .get(ino)
+            .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
+        let meta = n
+            .meta
+            .as_ref()
+            .ok_or_else(|| VfsError::not_found(format!("{}", n.path)))?;
+        Ok(self.attr_of(ino, meta))
+    }
+
+    /// Counts one more kernel reference (readdirplus entries).
+    pub fn remember(&self, ino: Ino) {
+        if let Some(n) = self.table().get_mut(ino) {
+            n.lookups += 1;
+        }
+    }
+
+    /// The kernel drops `n` references.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.table().forget(ino, n);
+    }
+
+    /// Attributes of `ino`: cached while fresh, else from the parent's listing.
+    pub async fn getattr(&self, ino: Ino) -> VfsResult<Attr> {
+        let (parent, cached) = {
+            let t = self.table();
+            let n = t
+                .get(ino)
+                .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
+            if n.gone {
+                return Err(VfsError::not_found(&n.path));
+            }
+            let cached = n
+                .meta
+                .as_ref()
+                .filter(|m| self.fresh(m.fetched))
+                .map(|m| self.attr_of(ino, m));
+            (n.parent, cached)
+        };
+        if let Some(a) = cached {
+            return Ok(a);
+        }
+        if ino == ROOT_INO {
+            let meta = self.refresh_root().await?;
+            return Ok(self.attr_of(ino, &meta));
+        }
+        self.listing(parent).await?;
+        let t = self.table();
+        let n = t
+            .get(ino)
+            .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
+        match (&n.meta, n.gone) {
+            (Some(m), false) => Ok(self.attr_of(ino, m)),
+            _ => Err(VfsError::not_found(&n.path)),
+        }
+    }
+
+    /// Resolves a whole local path such as `/a/b` (for frontends that open by path).
+    pub async fn resolve(&self, path: &str) -> VfsResult<Attr> {
+        let mut attr = self.getattr(ROOT_INO).await?;
+        for name in path.split(['/', '\\']).filter(|s| !s.is_empty()) {
+            if attr.kind != FileKind::Directory {
+                return Err(VfsError::new(
+                    ErrorKind::NotADirectory,
+                    format!("{path}: a component is not a directory"),
+                ));
+            }
+            attr = self.child_attr(attr.ino, name).await?;
+        }
+        Ok(attr)
+    }
+
+    /// Opens a directory: a snapshot of its entries, served by [`Vfs::readdir`].
+    pub async fn opendir(&self, ino: Ino) -> VfsResult<u64> {
+        let listing = self.listing(ino).await?;
+        let entries: Vec<DirEntry> = {
+            let t = self.table();
+            listing
+                .order
+                .iter()
+                .filter_map(|(name, i)| {
+                    let n = t.get(*i)?;
+                    let m = n.meta.as_ref()?;
+                    Some(DirEntry {
+                        name: name.clone(),
+                        attr: self.attr_of(*i, m),
+                    })
+                })
+                .collect()
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dir_handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// The snapshot taken at `opendir` (without `.` and `..`).
+    pub fn readdir(&self, fh: u64) -> VfsResult<Arc<Vec<DirEntry>>> {
+        self.dir_handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| VfsError::new(ErrorKind::Io, format!("no open directory {fh}")))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dir_handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+    }
+
+    /// The parent of a directory inode (for `..`).
+    pub fn parent_of(&self, ino: Ino) -> Ino {
+        self.table().get(ino).map(|n| n.parent).unwrap_or(ROOT_INO)
+    }
+
+    /// Opens a file for reading. Makes no request: data is fetched on the first read.
+    pub async fn open(&self, ino: Ino, write: bool) -> VfsResult<Opened> {
+        if write {
+            // Writes come with upload sessions; until then every mount is read-only.
+            return Err(VfsError::new(
+                ErrorKind::ReadOnly,
+                "this mount is read-only",
+            ));
+        }
+        let attr = self.getattr(ino).await?;
+        if attr.kind == FileKind::Directory {
+            return Err(VfsError::new(
+                ErrorKind::IsADirectory,
+                "cannot open a directory as a file",
+            ));
+        }
+        let (path, meta, keep_cache) = {
+            let mut t = self.table();
+            let n = t
+                .get_mut(ino)
+                .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
+            let meta = n
+                .meta
+                .clone()
+                .ok_or_else(|| VfsError::not_found(&n.path))?;
+            let keep = n
+                .cached_version
+                .as_ref()
+                .is_some_and(|v| v.same_version(&meta));
+            n.cached_version = Some(meta.clone());
+            (n.path.clone(), meta, keep)
+        };
+        let handle = ReadHandle::new(
+            ino,
+            path,
+            meta.size,
+            meta.etag.clone(),
+            self.cfg.read.clone(),
+        );
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(fh, Arc::new(handle));
+        Ok(Opened {
+            fh,
+            keep_cache,
+        })
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<bytes::Bytes> {
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| VfsError::new(ErrorKind::Io, format!("no open file {fh}")))?;
+        match h.read(&self.client, offset, size).await {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                if e.kind == ErrorKind::Stale || e.kind == ErrorKind::NotFound {
+                    // The file changed or vanished under us: forget what we knew so that the
+                    // next open sees the server's current state.
+                    self.invalidate(h.ino());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+    }
+
+    /// Forgets cached metadata of `ino` and its parent's listing.
+    pub fn invalidate(&self, ino: Ino) {
+        let mut t = self.table();
+        let parent = t.get(ino).map(|n| n.parent);
+        if let Some(n) = t.get_mut(ino) {
+            n.meta = None;
+            n.cached_version = None;
+        }
+        if let Some(p) = parent
+            && let Some(n) = t.get_mut(p)
+        {
+            n.listing = None;
+        }
+    }
+
+    /// Space and limits, from RFC 4331 quota properties when the server gives them.
+    pub async fn statfs(&self) -> VfsResult<FsStats> {
+        let (avail, used) = *self.quota.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, free) = match (avail, used) {
+            (Some(a), Some(u)) => (a.saturating_add(u), a),
+            (Some(a), None) => (a, a),
+            (None, Some(u)) => (u.saturating_add(UNKNOWN_SPACE), UNKNOWN_SPACE),
+            (None, None) => (UNKNOWN_SPACE, UNKNOWN_SPACE),
+        };
+        let files = self.table().len() as u64;
+        Ok(FsStats {
+            block_size: BLOCK as u32,
+            blocks: total.div_ceil(BLOCK),
+            blocks_free: free / BLOCK,
+            files,
+            files_free: u32::MAX as u64,
+            name_max: 255,
+        })
+    }
+}

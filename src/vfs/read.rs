@@ -1,0 +1,318 @@
+//! Read streams: ranged GETs with an adaptive read-ahead window.
+//!
+//! A handle never downloads a whole file on open. Reads are served from one open GET whose
+//! body is consumed as the application reads:
+//!
+//! - Sequential reads (each starting where the previous ended, or slightly ahead, as the
+//!   kernel's asynchronous read-ahead delivers them out of order) continue the same response.
+//!   When a ranged response is used up, the next range is requested with a window twice as
+//!   large, up to `max_window`.
+//! - A seek outside the retained bytes drops the response and starts a new range with the
+//!   window reset to `min_window`, so random reads fetch small ranges.
+//! - A few MiB behind the read position are retained so that reads arriving slightly out of
+//!   order cost no request. Memory per handle is bounded by `keep_behind` plus one chunk.
+//! - Versions are never mixed: every range after the first carries `If-Range` with the
+//!   entity tag of the first response (and the size is checked against `Content-Range`);
+//!   a server answering 200 to it means the file changed, and the read fails with `Stale`.
+//!   The first response is checked against the version the listing described.
+//! - Servers that ignore Range (Orthanc answers 200 with the whole body) are detected on the
+//!   first response; sequential reads then use that one body for the whole pass, skipping
+//!   forward as needed, and only a backward seek starts a new GET.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Mutex;
+
+use super::error::{VfsError, VfsResult};
+use super::inode::Ino;
+use crate::dav::{ByteRange, DavClient, DavPath, ErrorKind, GetStream};
+
+/// Read-ahead settings.
+#[derive(Debug, Clone)]
+pub struct ReadTuning {
+    /// First window, and the window after a seek. Default 1 MiB.
+    pub min_window: u64,
+    /// Largest window. Default 64 MiB.
+    pub max_window: u64,
+    /// Bytes retained behind the read position. Default 4 MiB.
+    pub keep_behind: u64,
+    /// A forward gap up to this size is read through rather than a new request. Default 1 MiB.
+    pub max_skip: u64,
+}
+
+impl Default for ReadTuning {
+    fn default() -> Self {
+        ReadTuning {
+            min_window: 1 << 20,
+            max_window: 64 << 20,
+            keep_behind: 4 << 20,
+            max_skip: 1 << 20,
+        }
+    }
+}
+
+struct Active {
+    get: GetStream,
+    /// Offset of the next byte the response will yield.
+    pos: u64,
+    /// Exclusive end of what this response covers.
+    end: u64,
+}
+
+struct State {
+    active: Option<Active>,
+    /// Retained bytes, contiguous, ending at `active.pos` (or at `buf_end` after it closed).
+    buf: VecDeque<Bytes>,
+    buf_start: u64,
+    buf_end: u64,
+    window: u64,
+    /// The entity tag of the version this handle reads.
+    etag: Option<String>,
+    /// Learned from the first ranged response: does the server honour Range?
+    ranges: Option<bool>,
+}
+
+pub(super) struct ReadHandle {
+    ino: Ino,
+    path: DavPath,
+    size: u64,
+    tuning: ReadTuning,
+    state: Mutex<State>,
+}
+
+impl ReadHandle {
+    pub(super) fn new(
+        ino: Ino,
+        path: DavPath,
+        size: u64,
+        etag: Option<String>,
+        tuning: ReadTuning,
+    ) -> Self {
+        ReadHandle {
+            ino,
+            path,
+            size,
+            state: Mutex::new(State {
+                active: None,
+                buf: VecDeque::new(),
+                buf_start: 0,
+                buf_end: 0,
+                window: tuning.min_window,
+                etag,
+                ranges: None,
+            }),
+            tuning,
+        }
+    }
+
+    pub(super) fn ino(&self) -> Ino {
+        self.ino
+    }
+
+    fn stale(&self, why: &str) -> VfsError {
+        VfsError::new(
+            ErrorKind::Stale,
+            format!("{}: changed on the server while reading ({why})", self.path),
+        )
+    }
+
+    pub(super) async fn read(&self, client: &DavClient, offset: u64, size: u32) -> VfsResult<Bytes> {
+        if offset >= self.size || size == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = (offset + u64::from(size)).min(self.size);
+        let mut st = self.state.lock().await;
+
+        // Served entirely from retained bytes?
+        if offset >= st.buf_start && end <= st.buf_end {
+            return Ok(copy_range(&st, offset, end));
+        }
+
+        let sequential = offset >= st.buf_start && offset <= st.buf_end + self.tuning.max_skip;
+        let can_continue = match &st.active {
+            Some(a) => {
+                a.pos <= st.buf_end
+                    && offset >= st.buf_start
+                    && (offset <= a.pos + self.tuning.max_skip || st.ranges == Some(false))
+                    && offset < a.end
+            }
+            None => false,
+        };
+        if !can_continue {
+            let (start, window) = if sequential && st.active.is_none() && st.buf_end > 0 {
+                // The previous range was used up: continue at its end with a larger window.
+                let grown = (st.window * 2).min(self.tuning.max_window);
+                (st.buf_end, grown)
+            } else if sequential && st.buf_end > 0 {
+                (st.buf_end, st.window)
+            } else {
+                // A seek: start afresh with a small window.
+                st.buf.clear();
+                st.buf_start = offset;
+                st.buf_end = offset;
+                (offset, self.tuning.min_window)
+            };
+            st.window = window.max(end - start);
+            let win = st.window;
+            self.start_get(client, &mut st, start, win).await?;
+        }
+
+        // Pull from the response until `end` is retained.
+        while st.buf_end < end {
+            let need_new = match &st.active {
+                Some(a) => a.pos >= a.end,
+                None => true,
+            };
+            if need_new {
+                let grown = (st.window * 2).min(self.tuning.max_window);
+                st.window = grown.max(end - st.buf_end);
+                let (from, win) = (st.buf_end, st.window);
+                self.start_get(client, &mut st, from, win).await?;
+            }
+            let Some(active) = st.active.as_mut() else {
+                return Err(VfsError::new(ErrorKind::Io, "no response to read from"));
+            };
+            let chunk = active.get.chunk().await.map_err(VfsError::from)?;
+            let Some(chunk) = chunk else {
+                if active.pos < active.end {
+                    st.active = None;
+                    return Err(VfsError::new(
+                        ErrorKind::Io,
+                        format!("{}: the server ended the body early", self.path),
+                    ));
+                }
+                st.active = None;
+                continue;
+            };
+            let chunk = if active.pos + chunk.len() as u64 > active.end {
+                chunk.slice(..(active.end - active.pos) as usize)
+            } else {
+                chunk
+            };
+            let chunk_start = active.pos;
+            active.pos += chunk.len() as u64;
+            let chunk_end = active.pos;
+            // Bytes before `buf_end` (skipping forward on a 200 response) are dropped.
+            let keep_from = st.buf_end.max(chunk_start);
+            if keep_from < chunk_end {
+                let piece = chunk.slice((keep_from - chunk_start) as usize..);
+                if st.buf_end < keep_from {
+                    st.buf.clear();
+                    st.buf_start = keep_from;
+                }
+                st.buf_end = chunk_end;
+                st.buf.push_back(piece);
+            }
+            trim(&mut st, self.tuning.keep_behind, offset);
+        }
+        if st.active.as_ref().is_some_and(|a| a.pos >= a.end) {
+            st.active = None;
+        }
+        Ok(copy_range(&st, offset, end))
+    }
+
+    async fn start_get(
+        &self,
+        client: &DavClient,
+        st: &mut State,
+        start: u64,
+        window: u64,
+    ) -> VfsResult<()> {
+        st.active = None;
+        let want_end = (start + window).min(self.size);
+        let first = st.ranges.is_none();
+        let range = ByteRange {
+            start,
+            end: Some(want_end - 1),
+        };
+        // A range that covers the whole file asks nothing of Range support.
+        let range = if start == 0 && want_end == self.size && first {
+            None
+        } else {
+            Some(range)
+        };
+        let get = client
+            .get(&self.path, range, st.etag.as_deref())
+            .await
+            .map_err(VfsError::from)?;
+        // Version checks against what we believe.
+        if let (Some(ours), Some(theirs)) = (&st.etag, &get.meta.etag)
+            && ours != theirs
+        {
+            return Err(self.stale("entity tag differs"));
+        }
+        let (pos, end) = match get.range {
+            Some(cr) => {
+                if cr.start != start {
+                    return Err(VfsError::new(
+                        ErrorKind::Protocol,
+                        format!("{}: asked for bytes from {start}, got {}", self.path, cr.start),
+                    ));
+                }
+                if cr.total.is_some_and(|t| t != self.size) {
+                    return Err(self.stale("size differs"));
+                }
+                st.ranges = Some(true);
+                (cr.start, cr.end + 1)
+            }
+            None => {
+                if range.is_some() && st.ranges == Some(true) {
+                    // 200 to a request with If-Range: the entity changed.
+                    return Err(self.stale("If-Range failed"));
+                }
+                if get.meta.content_length.is_some_and(|l| l != self.size) {
+                    return Err(self.stale("size differs"));
+                }
+                if range.is_some() {
+                    st.ranges = Some(false);
+                }
+                (0, self.size)
+            }
+        };
+        if st.etag.is_none() {
+            st.etag = get.meta.etag.clone();
+        }
+        if pos > st.buf_end || pos < st.buf_start {
+            st.buf.clear();
+            st.buf_start = start;
+            st.buf_end = start;
+        }
+        st.active = Some(Active { get, pos, end });
+        Ok(())
+    }
+}
+
+/// Drops retained bytes more than `keep` behind `offset`.
+fn trim(st: &mut State, keep: u64, offset: u64) {
+    let floor = offset.saturating_sub(keep);
+    while let Some(front) = st.buf.front() {
+        let len = front.len() as u64;
+        if st.buf_start + len <= floor {
+            st.buf_start += len;
+            st.buf.pop_front();
+        } else {
+            break;
+        }
+    }
+}
+
+fn copy_range(st: &State, start: u64, end: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity((end - start) as usize);
+    let mut pos = st.buf_start;
+    for chunk in &st.buf {
+        let len = chunk.len() as u64;
+        let (c_start, c_end) = (pos, pos + len);
+        pos = c_end;
+        if c_end <= start {
+            continue;
+        }
+        if c_start >= end {
+            break;
+        }
+        let from = start.max(c_start) - c_start;
+        let to = end.min(c_end) - c_start;
+        out.extend_from_slice(&chunk[from as usize..to as usize]);
+    }
+    out.freeze()
+}

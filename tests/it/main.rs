@@ -1,0 +1,15 @@
+//! Integration tests: one binary, so the servers start once and linking happens once.
+//!
+//! - `fixtures`: the multistatus parser on captured responses of real servers, and on
+//!   hostile XML.
+//! - `client`: every WebDAV method of the protocol client against Apache, Orthanc and an
+//!   in-process dav-server.
+//! - `mount_read`: real FUSE mounts driven with std::fs, ls and cat.
+//! - `layering`: the core stays free of frontend crates.
+
+mod support;
+
+mod client;
+mod fixtures;
+mod layering;
+mod mount_read;

@@ -1,0 +1,266 @@
+//! Apache httpd 2.4 with mod_dav + mod_dav_fs, configured from scratch in a temp dir.
+//!
+//! `/dav/` serves `docroot` without authentication; `/auth/` serves `authroot` behind Basic
+//! authentication (user `alice`, password [`PASSWORD`]). The access log has one tab-separated
+//! line per request: method, decoded path, status, bytes sent (headers included), Range.
+//! Apache drops root for `www-data`, so test data is handed to that user.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::{START_TIMEOUT, free_port, have, spawn_owned, wait_for_port};
+
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct Apache {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub docroot: PathBuf,
+    pub authroot: PathBuf,
+    log: PathBuf,
+    _tmp: tempfile::TempDir,
+    _child: Mutex<Child>,
+}
+
+/// One logged request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub bytes_out: u64,
+    pub range: String,
+}
+
+/// The shared Apache of this test binary, or `None` when it is not installed (outside CI).
+pub fn apache() -> Option<&'static Apache> {
+    static APACHE: OnceLock<Option<Apache>> = OnceLock::new();
+    APACHE
+        .get_or_init(|| {
+            if !have("apache2") {
+                return None;
+            }
+            Some(Apache::start())
+        })
+        .as_ref()
+}
+
+fn www_data() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for l in passwd.lines() {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.first() == Some(&"www-data")
+            && let (Some(u), Some(g)) = (f.get(2), f.get(3))
+            && let (Ok(u), Ok(g)) = (u.parse(), g.parse())
+        {
+            return (u, g);
+        }
+    }
+    (33, 33)
+}
+
+/// Gives `path` (recursively) to the user Apache runs as.
+pub fn give_to_server(path: &Path) {
+    let (u, g) = www_data();
+    let walk = walk(path);
+    for p in walk {
+        let _ = std::os::unix::fs::lchown(&p, Some(u), Some(g));
+    }
+}
+
+fn walk(p: &Path) -> Vec<PathBuf> {
+    let mut out = vec![p.to_path_buf()];
+    if p.is_dir()
+        && let Ok(rd) = std::fs::read_dir(p)
+    {
+        for e in rd.flatten() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
+}
+
+impl Apache {
+    fn start() -> Apache {
+        let tmp = tempfile::Builder::new()
+            .prefix("davdrive-apache")
+            .tempdir()
+            .expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let docroot = dir.join("www");
+        let authroot = dir.join("authwww");
+        let run = dir.join("run");
+        for d in [&docroot, &authroot, &run] {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        give_to_server(&dir);
+        let status = Command::new("htpasswd")
+            .arg("-cbB")
+            .arg(dir.join("htpasswd"))
+            .arg(USER)
+            .arg(PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("htpasswd (apache2-utils)");
+        assert!(status.success(), "htpasswd failed");
+        let port = free_port();
+        let m = "/usr/lib/apache2/modules";
+        let log = dir.join("access.log");
+        let conf = format!(
+            r#"ServerRoot "{dir}"
+ServerName 127.0.0.1
+Listen 127.0.0.1:{port}
+PidFile "{dir}/httpd.pid"
+DefaultRuntimeDir "{run}"
+ErrorLog "{dir}/error.log"
+LogLevel warn
+User www-data
+Group www-data
+LoadModule mpm_event_module {m}/mod_mpm_event.so
+LoadModule authz_core_module {m}/mod_authz_core.so
+LoadModule authn_core_module {m}/mod_authn_core.so
+LoadModule authn_file_module {m}/mod_authn_file.so
+LoadModule auth_basic_module {m}/mod_auth_basic.so
+LoadModule authz_user_module {m}/mod_authz_user.so
+LoadModule alias_module {m}/mod_alias.so
+LoadModule dav_module {m}/mod_dav.so
+LoadModule dav_fs_module {m}/mod_dav_fs.so
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 5
+EnableSendfile On
+LimitRequestBody 0
+Timeout 60
+DavLockDB "{run}/davlock"
+LogFormat "%m\t%U\t%>s\t%O\t%{{Range}}i" davlog
+CustomLog "{log}" davlog
+DocumentRoot "{docroot}"
+<Directory />
+    AllowOverride None
+    Require all denied
+</Directory>
+Alias /dav/ "{docroot}/"
+<Directory "{docroot}">
+    Dav On
+    Options None
+    Require all granted
+</Directory>
+Alias /auth/ "{authroot}/"
+<Directory "{authroot}">
+    Dav On
+    Options None
+    AuthType Basic
+    AuthName "davdrive test"
+    AuthUserFile "{dir}/htpasswd"
+    Require valid-user
+</Directory>
+"#,
+            dir = dir.display(),
+            run = run.display(),
+            docroot = docroot.display(),
+            authroot = authroot.display(),
+            log = log.display(),
+        );
+        let conf_path = dir.join("httpd.conf");
+        std::fs::write(&conf_path, conf).expect("write conf");
+        let mut cmd = Command::new("apache2");
+        cmd.arg("-f")
+            .arg(&conf_path)
+            .arg("-DFOREGROUND")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let mut child = spawn_owned(cmd).expect("spawn apache2");
+        wait_for_port(port, &mut child, START_TIMEOUT);
+        Apache {
+            port,
+            dir,
+            docroot,
+            authroot,
+            log,
+            _tmp: tmp,
+            _child: Mutex::new(child),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/dav/<sub>/`.
+    pub fn url(&self, sub: &str) -> String {
+        if sub.is_empty() {
+            format!("http://127.0.0.1:{}/dav/", self.port)
+        } else {
+            format!("http://127.0.0.1:{}/dav/{}/", self.port, sub)
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/auth/<sub>/`.
+    pub fn auth_url(&self, sub: &str) -> String {
+        format!("http://127.0.0.1:{}/auth/{}/", self.port, sub)
+    }
+
+    /// A fresh directory `docroot/<name>` owned by the server user.
+    pub fn fresh_dir(&self, name: &str) -> PathBuf {
+        let p = self.docroot.join(name);
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("mkdir");
+        give_to_server(&p);
+        p
+    }
+
+    /// Requests logged so far whose decoded path starts with `/dav/<prefix>`.
+    ///
+    /// Apache writes the line when the response is done; callers that just finished a
+    /// request see it, as the log is unbuffered.
+    pub fn requests(&self, prefix: &str) -> Vec<Logged> {
+        let want = format!("/dav/{prefix}");
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                if f.len() < 5 {
+                    return None;
+                }
+                Some(Logged {
+                    method: f[0].to_owned(),
+                    path: f[1].to_owned(),
+                    status: f[2].parse().unwrap_or(0),
+                    bytes_out: f[3].parse().unwrap_or(0),
+                    range: f[4].to_owned(),
+                })
+            })
+            .filter(|r| r.path.starts_with(&want))
+            .collect()
+    }
+
+    /// The requests under `prefix` once every request sent before this call is logged.
+    ///
+    /// Apache logs a request after the client has seen the response, so a count taken right
+    /// after a file operation could miss its last request. This sends a sentinel request and
+    /// waits (bounded) until it appears in the log; sentinels are not returned.
+    pub fn settled_requests(&self, prefix: &str) -> Vec<Logged> {
+        use std::io::{Read, Write};
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sentinel = format!("/dav/{prefix}/.sentinel-{n}");
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            let _ = write!(s, "HEAD {sentinel} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let all = self.requests(prefix);
+            if all.iter().any(|r| r.path == sentinel) {
+                return all
+                    .into_iter()
+                    .filter(|r| !r.path.contains("/.sentinel-"))
+                    .collect();
+            }
+            assert!(Instant::now() < deadline, "Apache did not log the sentinel request");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! An in-process `dav-server` (LocalFs) on 127.0.0.1, with every request recorded.
+//!
+//! Each call to [`DavServer::start`] serves its own temp dir on its own port, on its own
+//! runtime thread, so tests do not share state.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use dav_server::{DavHandler, fakels::FakeLs, localfs::LocalFs};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+pub struct DavServer {
+    pub port: u16,
+    pub root: PathBuf,
+    log: Arc<Mutex<Vec<(String, String)>>>,
+    _tmp: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DavServer {
+    pub fn start() -> DavServer {
+        let tmp = tempfile::Builder::new()
+            .prefix("davdrive-davserver")
+            .tempdir()
+            .expect("tempdir");
+        let root = tmp.path().to_path_buf();
+        let log: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let port = std_listener.local_addr().expect("addr").port();
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let handler = DavHandler::builder()
+            .filesystem(LocalFs::new(&root, true, false, false))
+            .locksystem(FakeLs::new())
+            .build_handler();
+        let log2 = log.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+                loop {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = &mut rx => break,
+                    };
+                    let Ok((stream, _)) = accepted else { continue };
+                    let handler = handler.clone();
+                    let log = log2.clone();
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let handler = handler.clone();
+                            if let Ok(mut l) = log.lock() {
+                                l.push((req.method().to_string(), req.uri().path().to_owned()));
+                            }
+                            async move { Ok::<_, Infallible>(handler.handle(req).await) }
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        DavServer {
+            port,
+            root,
+            log,
+            _tmp: tmp,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    /// (method, raw path) of every request so far.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut l) = self.log.lock() {
+            l.clear();
+        }
+    }
+}
+
+impl Drop for DavServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

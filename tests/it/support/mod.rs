@@ -1,0 +1,291 @@
+//! The test harness: real WebDAV servers on 127.0.0.1, started by the tests themselves, and
+//! real FUSE mounts of the `davdrive` binary.
+//!
+//! - [`apache`]: Apache httpd with mod_dav/mod_dav_fs, own config in a temp dir, a plain
+//!   location `/dav/` and a Basic-auth location `/auth/`; one line per request in its access
+//!   log, which tests read to count requests.
+//! - [`orthanc`]: Orthanc (Debian package) with WebDAV, loaded with the DICOM samples in
+//!   `tests/data/dicom` through its REST API.
+//! - [`dav_server`]: an in-process `dav-server` serving a temp dir, counting requests.
+//! - [`Mount`]: `davdrive mount --foreground`, ready when it prints its ready line, unmounted
+//!   (and the daemon reaped) on drop.
+//!
+//! Shared servers start once per test binary. Their processes are spawned from one long-lived
+//! thread with `PR_SET_PDEATHSIG`, so they die with the test binary even when it is killed.
+//! With `CI=true` a missing server binary fails the test instead of skipping it.
+
+#![allow(dead_code)]
+
+pub mod apache;
+pub mod dav_server;
+pub mod orthanc;
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a server or a mount may take to come up before the test fails.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether we run in CI, where a missing server is a failure, never a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns `false` (and says so) when `binary` is missing outside CI; panics in CI.
+pub fn have(binary: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {binary}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if in_ci() {
+            panic!("{binary} is not installed; CI must install it (scripts/test does)");
+        }
+        eprintln!("SKIPPED: {binary} is not installed (run scripts/test to install it)");
+    }
+    found
+}
+
+/// Whether FUSE mounts are possible here; panics in CI when not.
+pub fn have_fuse() -> bool {
+    let ok = Path::new("/dev/fuse").exists() && have("fusermount3");
+    if !ok && in_ci() {
+        panic!("/dev/fuse or fusermount3 is missing");
+    }
+    ok
+}
+
+type SpawnReq = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `cmd` from a thread that lives as long as the test binary, with the child set to
+/// die when that thread's process dies (PR_SET_PDEATHSIG fires on the *thread's* exit).
+pub fn spawn_owned(cmd: Command) -> std::io::Result<Child> {
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnReq>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnReq>();
+        std::thread::Builder::new()
+            .name("server-keeper".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    use std::os::unix::process::CommandExt;
+                    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+                    unsafe {
+                        cmd.pre_exec(|| {
+                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                            Ok(())
+                        });
+                    }
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("keeper thread");
+        Mutex::new(tx)
+    });
+    let (tx, rx) = mpsc::channel();
+    keeper
+        .lock()
+        .expect("keeper lock")
+        .send((cmd, tx))
+        .expect("keeper alive");
+    rx.recv().expect("keeper answered")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Waits until something accepts connections on `port`, or fails after `timeout`.
+/// Servers give no other signal that they listen; the wait is bounded.
+pub fn wait_for_port(port: u16, child: &mut Child, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("server exited during start-up: {status}");
+        }
+        assert!(Instant::now() < deadline, "server did not listen on {port} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The project's root directory.
+pub fn project_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A live `davdrive mount --foreground` of `url`.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    stderr: std::sync::Arc<Mutex<String>>,
+}
+
+impl Mount {
+    /// Mounts `url` with extra arguments, waiting for the ready line (bounded).
+    pub fn new(url: &str, extra: &[&str]) -> Mount {
+        Self::try_new(url, extra, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As `new`, with extra environment variables; returns the daemon's stderr on failure.
+    pub fn try_new(url: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Mount, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("davdrive-mnt")
+            .tempdir()
+            .expect("mount dir");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_davdrive"));
+        cmd.arg("mount")
+            .arg(url)
+            .arg(dir.path())
+            .arg("--foreground")
+            .args(extra)
+            .env_remove("DAVDRIVE_PASSWORD")
+            .env_remove("DAVDRIVE_USER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = spawn_owned(cmd).expect("spawn davdrive");
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr_pipe = child.stderr.take().expect("stderr");
+        let stderr = std::sync::Arc::new(Mutex::new(String::new()));
+        {
+            let stderr = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+                    if let Ok(mut s) = stderr.lock() {
+                        s.push_str(&line);
+                        s.push('\n');
+                    }
+                }
+            });
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next().and_then(Result::ok);
+            let _ = tx.send(first);
+            for _ in lines {}
+        });
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(line)) if line.starts_with("davdrive: mounted") => Ok(Mount {
+                dir,
+                child: Some(child),
+                stderr,
+            }),
+            other => {
+                let _ = child.kill();
+                let status = child.wait();
+                let err = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                Err(format!(
+                    "mount of {url} failed: {other:?}, {status:?}, stderr:\n{err}"
+                ))
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Unmounts with `davdrive unmount` and waits (bounded) for the daemon to exit.
+    pub fn unmount(mut self) -> std::process::ExitStatus {
+        self.unmount_inner().expect("daemon exit status")
+    }
+
+    fn unmount_inner(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let out = Command::new(env!("CARGO_BIN_EXE_davdrive"))
+            .arg("unmount")
+            .arg(self.dir.path())
+            .output()
+            .expect("run davdrive unmount");
+        if !out.status.success() {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(self.dir.path())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("davdrive did not exit within 20 s of being unmounted");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() && !std::thread::panicking() {
+            self.unmount_inner();
+        } else if let Some(mut child) = self.child.take() {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(self.dir.path())
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether `path` is a mount point now (from /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|mp| mp == want))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A small runtime for tests that call the async client directly.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
