@@ -239,13 +239,31 @@ fn build_resource(path: DavPath, p: &Props) -> Result<Resource, ParseError> {
         content_length,
         last_modified: p.last_modified.as_deref().and_then(dates::parse_any),
         created: p.created.as_deref().and_then(dates::parse_any),
-        etag: non_empty(&p.etag),
+        etag: non_empty(&p.etag).map(|t| normalize_etag(&t)),
         content_type: non_empty(&p.content_type),
         display_name: p.display_name.clone().filter(|s| !s.is_empty()),
         // Quotas are advisory: a bad value is ignored rather than failing the listing.
         quota_available: parse_u64("quota-available-bytes", &p.quota_available).unwrap_or(None),
         quota_used: parse_u64("quota-used-bytes", &p.quota_used).unwrap_or(None),
     })
+}
+
+/// Entity tags as HTTP headers carry them. Some servers put the bare tag in `getetag`
+/// (dav-server, WsgiDAV: `12a-5f3c`) while their `ETag` header says `"12a-5f3c"`; quoting
+/// bare tags makes the two comparable and usable in `If-Match` / `If-Range`.
+pub fn normalize_etag(tag: &str) -> String {
+    let t = tag.trim();
+    if t.starts_with('"') || t.starts_with("W/\"") {
+        t.to_owned()
+    } else {
+        format!("\"{t}\"")
+    }
+}
+
+/// Weak comparison (RFC 9110 8.8.3.2): the same tag, ignoring `W/`.
+pub fn etags_match(a: &str, b: &str) -> bool {
+    let strip = |s: &str| normalize_etag(s).trim_start_matches("W/").to_owned();
+    strip(a) == strip(b)
 }
 
 /// Parses `HTTP/1.1 404 Not Found` into 404.

@@ -26,6 +26,7 @@ use tokio::sync::Mutex;
 
 use super::error::{VfsError, VfsResult};
 use super::inode::Ino;
+use crate::dav::multistatus::etags_match;
 use crate::dav::{ByteRange, DavClient, DavPath, ErrorKind, GetStream};
 
 /// Read-ahead settings.
@@ -238,7 +239,7 @@ impl ReadHandle {
             .map_err(VfsError::from)?;
         // Version checks against what we believe.
         if let (Some(ours), Some(theirs)) = (&st.etag, &get.meta.etag)
-            && ours != theirs
+            && !etags_match(ours, theirs)
         {
             return Err(self.stale("entity tag differs"));
         }

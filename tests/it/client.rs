@@ -247,6 +247,11 @@ fn unreachable_server_is_a_transport_error() {
 fn orthanc_methods_and_quirks() {
     let Some(o) = orthanc() else { return };
     assert_eq!(o.instances, 130, "the sample set loads 130 instances");
+    let s = manifest()
+        .into_iter()
+        .find(|s| s.path.ends_with("CT_small.dcm"))
+        .expect("CT_small in manifest");
+    let oracle = o.instance_file(&s.orthanc_id);
     rt().block_on(async {
         let c = client(&o.webdav_url());
         let caps = c.options().await.expect("OPTIONS");
@@ -262,10 +267,6 @@ fn orthanc_methods_and_quirks() {
         assert_eq!(names, ["by-dates", "by-patients", "by-studies", "by-uids", "uploads"]);
 
         // A file by its UIDs; PROPFIND Depth 0 answers parent first, we match by path.
-        let s = manifest()
-            .into_iter()
-            .find(|s| s.path.ends_with("CT_small.dcm"))
-            .expect("CT_small in manifest");
         let file = p(&format!(
             "/by-uids/{}/{}/{}.dcm",
             s.study_uid, s.series_uid, s.sop_uid
@@ -275,7 +276,6 @@ fn orthanc_methods_and_quirks() {
         let r = ms0.get(&file).expect("file entry");
         assert!(!r.is_collection);
         assert_eq!(r.etag, None, "Orthanc sends no ETag");
-        let oracle = o.instance_file(&s.orthanc_id);
         assert_eq!(r.content_length, Some(oracle.len() as u64));
         assert_eq!(c.get_bytes(&file).await.expect("GET"), oracle);
 

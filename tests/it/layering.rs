@@ -24,7 +24,12 @@ fn core_does_not_import_frontends_or_libc() {
     }
     assert!(files.len() >= 8, "found {} files", files.len());
     for f in files {
-        let text = std::fs::read_to_string(&f).expect("read");
+        let text: String = std::fs::read_to_string(&f)
+            .expect("read")
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
         for banned in ["fuser", "winfsp", "windows::", "windows_sys", "libc::", "use libc", "crate::fs::"] {
             assert!(
                 !text.contains(banned),

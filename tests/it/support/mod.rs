@@ -161,7 +161,7 @@ impl Mount {
         let stdout = child.stdout.take().expect("stdout");
         let stderr_pipe = child.stderr.take().expect("stderr");
         let stderr = std::sync::Arc::new(Mutex::new(String::new()));
-        {
+        let stderr_reader = {
             let stderr = stderr.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
@@ -170,8 +170,8 @@ impl Mount {
                         s.push('\n');
                     }
                 }
-            });
-        }
+            })
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
@@ -188,6 +188,8 @@ impl Mount {
             other => {
                 let _ = child.kill();
                 let status = child.wait();
+                // The pipe closes with the child: the reader finishes, bounded by that.
+                let _ = stderr_reader.join();
                 let err = stderr.lock().map(|s| s.clone()).unwrap_or_default();
                 Err(format!(
                     "mount of {url} failed: {other:?}, {status:?}, stderr:\n{err}"
