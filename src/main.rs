@@ -87,7 +87,9 @@ mod platform {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| format!("cannot start the daemon: {e}"))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the daemon: {e}"))?;
         let stdout = child.stdout.take().ok_or("no pipe to the daemon")?;
         let mut line = String::new();
         BufReader::new(stdout)
@@ -205,7 +207,10 @@ mod platform {
     use davdrive::cli::MountArgs;
 
     pub fn mount(_args: &MountArgs) -> Result<(), String> {
-        Err("mounting on this OS comes with its frontend (WinFsp on Windows, macFUSE on macOS)".into())
+        Err(
+            "mounting on this OS comes with its frontend (WinFsp on Windows, macFUSE on macOS)"
+                .into(),
+        )
     }
 
     pub fn unmount(_mountpoint: &Path) -> Result<(), String> {

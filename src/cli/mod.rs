@@ -53,17 +53,37 @@ pub struct MountArgs {
     pub allow_other: bool,
 
     /// Seconds a directory listing is trusted before it is fetched again.
-    #[arg(long, default_value_t = 30, value_name = "SECONDS", help_heading = "Caching")]
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_name = "SECONDS",
+        help_heading = "Caching"
+    )]
     pub dir_cache_ttl: u64,
     /// Seconds the kernel may cache names and attributes before asking davdrive again.
-    #[arg(long, default_value_t = 1, value_name = "SECONDS", help_heading = "Caching")]
+    #[arg(
+        long,
+        default_value_t = 1,
+        value_name = "SECONDS",
+        help_heading = "Caching"
+    )]
     pub kernel_ttl: u64,
 
     /// Seconds to wait for a TCP/TLS connection.
-    #[arg(long, default_value_t = 10, value_name = "SECONDS", help_heading = "Network")]
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "SECONDS",
+        help_heading = "Network"
+    )]
     pub connect_timeout: u64,
     /// Seconds without any progress before a request fails (a transfer that keeps moving is
     /// never cut).
-    #[arg(long, default_value_t = 30, value_name = "SECONDS", help_heading = "Network")]
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_name = "SECONDS",
+        help_heading = "Network"
+    )]
     pub timeout: u64,
 }

@@ -44,20 +44,17 @@ impl MountConfig {
                 "put no password in the URL: use DAVDRIVE_PASSWORD or a secrets file".into(),
             ));
         }
-        let md = std::fs::metadata(&args.mountpoint).map_err(|e| {
-            ConfigError(format!(
-                "mount point {}: {e}",
-                args.mountpoint.display()
-            ))
-        })?;
+        let md = std::fs::metadata(&args.mountpoint)
+            .map_err(|e| ConfigError(format!("mount point {}: {e}", args.mountpoint.display())))?;
         if !md.is_dir() {
             return Err(ConfigError(format!(
                 "mount point {} is not a directory",
                 args.mountpoint.display()
             )));
         }
-        let credentials = credentials::resolve(&url, args.user.as_deref(), args.secrets_file.as_deref())
-            .map_err(ConfigError)?;
+        let credentials =
+            credentials::resolve(&url, args.user.as_deref(), args.secrets_file.as_deref())
+                .map_err(ConfigError)?;
         let mut client = ClientConfig::new(url.clone());
         client.credentials = credentials.clone();
         client.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));

@@ -21,7 +21,9 @@ pub fn resolve(
     let user = user.map(str::to_owned).or(url_user);
     if let Ok(pw) = std::env::var("DAVDRIVE_PASSWORD") {
         let Some(user) = user else {
-            return Err("DAVDRIVE_PASSWORD is set but no user: pass --user or DAVDRIVE_USER".into());
+            return Err(
+                "DAVDRIVE_PASSWORD is set but no user: pass --user or DAVDRIVE_USER".into(),
+            );
         };
         return Ok(Some(Credentials {
             user,
@@ -34,7 +36,11 @@ pub fn resolve(
     Ok(None)
 }
 
-fn from_secrets_file(path: &Path, url: &Url, user: Option<&str>) -> Result<Option<Credentials>, String> {
+fn from_secrets_file(
+    path: &Path,
+    url: &Url,
+    user: Option<&str>,
+) -> Result<Option<Credentials>, String> {
     check_private(path)?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read secrets file {}: {e}", path.display()))?;
@@ -92,16 +98,25 @@ mod tests {
     fn secrets_file_must_be_private_and_matches_url() {
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("secrets");
-        std::fs::write(&f, "# comment\nhttp://h/other/ bob pw0\nhttp://h/dav/ alice s3cret\n")
-            .expect("write");
+        std::fs::write(
+            &f,
+            "# comment\nhttp://h/other/ bob pw0\nhttp://h/dav/ alice s3cret\n",
+        )
+        .expect("write");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let url = Url::parse("http://h/dav").expect("url");
         let err = from_secrets_file(&f, &url, None).expect_err("refused");
         assert!(err.contains("chmod 600"), "{err}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        let c = from_secrets_file(&f, &url, None).expect("ok").expect("found");
+        let c = from_secrets_file(&f, &url, None)
+            .expect("ok")
+            .expect("found");
         assert_eq!(c.user, "alice");
         assert_eq!(c.password.expose(), "s3cret");
-        assert!(from_secrets_file(&f, &url, Some("carol")).expect("ok").is_none());
+        assert!(
+            from_secrets_file(&f, &url, Some("carol"))
+                .expect("ok")
+                .is_none()
+        );
     }
 }

@@ -284,7 +284,14 @@ impl DavClient {
         let path = DavPath::root();
         let url = self.inner.root.url_for(&path, true);
         let resp = self
-            .send("OPTIONS", &url, &path, HeaderMap::new(), ReqBody::Empty, true)
+            .send(
+                "OPTIONS",
+                &url,
+                &path,
+                HeaderMap::new(),
+                ReqBody::Empty,
+                true,
+            )
             .await?;
         let resp = check("OPTIONS", &path, resp).await?;
         let list = |name: &str| -> Vec<String> {
@@ -463,7 +470,9 @@ impl DavClient {
         pre: &Preconditions,
     ) -> Result<(), DavError> {
         if path.is_root() {
-            return Err(DavError::Invalid("refusing to DELETE the mounted root".into()));
+            return Err(DavError::Invalid(
+                "refusing to DELETE the mounted root".into(),
+            ));
         }
         let url = self.inner.root.url_for(path, collection);
         let h = precondition_headers(pre, &url);
@@ -530,7 +539,10 @@ impl DavClient {
     pub async fn lock(&self, path: &DavPath, timeout: Duration) -> Result<LockInfo, DavError> {
         let url = self.inner.root.url_for(path, false);
         let mut h = HeaderMap::new();
-        h.insert(HeaderName::from_static("depth"), HeaderValue::from_static("0"));
+        h.insert(
+            HeaderName::from_static("depth"),
+            HeaderValue::from_static("0"),
+        );
         if let Ok(v) = HeaderValue::from_str(&format!("Second-{}", timeout.as_secs())) {
             h.insert(HeaderName::from_static("timeout"), v);
         }
@@ -546,7 +558,12 @@ impl DavClient {
             .headers()
             .get("lock-token")
             .and_then(|v| v.to_str().ok())
-            .map(|t| t.trim().trim_start_matches('<').trim_end_matches('>').to_owned())
+            .map(|t| {
+                t.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_owned()
+            })
             .filter(|t| !t.is_empty())
             .ok_or_else(|| DavError::InvalidResponse {
                 method: "LOCK".into(),
@@ -685,7 +702,10 @@ fn precondition_headers(pre: &Preconditions, url: &Url) -> HeaderMap {
         h.insert(reqwest::header::IF_MATCH, v);
     }
     if pre.if_none_match_any {
-        h.insert(reqwest::header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        h.insert(
+            reqwest::header::IF_NONE_MATCH,
+            HeaderValue::from_static("*"),
+        );
     }
     if let Some(token) = &pre.lock_token
         && let Ok(v) = HeaderValue::from_str(&format!("<{url}> (<{token}>)"))
@@ -723,7 +743,12 @@ async fn check(method: &'static str, path: &DavPath, resp: Response) -> Result<R
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|l| Url::parse(l).ok().map(|u| redact_url(&u)).or(Some(l.to_owned())))
+            .and_then(|l| {
+                Url::parse(l)
+                    .ok()
+                    .map(|u| redact_url(&u))
+                    .or(Some(l.to_owned()))
+            })
             .unwrap_or_default();
         message = format!("redirect to {loc}; mount that URL instead");
     }
@@ -774,7 +799,8 @@ async fn read_bounded(
     {
         return Err(too_large(method, path, limit));
     }
-    let mut out = Vec::with_capacity(resp.content_length().unwrap_or(8192).min(limit as u64) as usize);
+    let mut out =
+        Vec::with_capacity(resp.content_length().unwrap_or(8192).min(limit as u64) as usize);
     while let Some(c) = resp
         .chunk()
         .await
@@ -902,7 +928,13 @@ mod tests {
                 total: None
             })
         );
-        for bad in ["bytes 9-1/10", "bytes 0-10/10", "items 0-1/2", "bytes x-1/2", ""] {
+        for bad in [
+            "bytes 9-1/10",
+            "bytes 0-10/10",
+            "items 0-1/2",
+            "bytes x-1/2",
+            "",
+        ] {
             assert_eq!(parse_content_range(bad), None, "{bad}");
         }
     }

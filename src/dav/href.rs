@@ -32,8 +32,7 @@ pub struct DavPath {
 
 /// Why a name cannot be a path segment.
 pub fn check_segment(name: &str) -> Result<(), DavError> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0')
-    {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
         return Err(DavError::Invalid(format!(
             "{name:?} cannot be a name on a WebDAV server"
         )));

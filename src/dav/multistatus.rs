@@ -83,7 +83,10 @@ pub enum ParseError {
     #[error("undefined entity &{0};")]
     UndefinedEntity(String),
     #[error("invalid value {value:?} for {property}")]
-    BadValue { property: &'static str, value: String },
+    BadValue {
+        property: &'static str,
+        value: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,10 +216,13 @@ pub fn parse(body: &[u8], request_url: &Url, root: &Root) -> Result<Multistatus,
 fn parse_u64(property: &'static str, v: &Option<String>) -> Result<Option<u64>, ParseError> {
     match v.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(s) => s.parse::<u64>().map(Some).map_err(|_| ParseError::BadValue {
-            property,
-            value: s.chars().take(64).collect(),
-        }),
+        Some(s) => s
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| ParseError::BadValue {
+                property,
+                value: s.chars().take(64).collect(),
+            }),
     }
 }
 
@@ -314,9 +320,7 @@ fn parse_raw(body: &[u8]) -> Result<Vec<RawResponse>, ParseError> {
                         Node::Multistatus
                     }
                     (None, _, _) => {
-                        return Err(ParseError::NotMultistatus(
-                            start.name().as_ref().to_owned(),
-                        ));
+                        return Err(ParseError::NotMultistatus(start.name().as_ref().to_owned()));
                     }
                     (Some(Node::Multistatus), true, "response") => {
                         if responses.len() >= MAX_RESPONSES {
@@ -570,9 +574,6 @@ mod tests {
     #[test]
     fn bad_content_length_is_an_error_for_files() {
         let doc = r#"<D:multistatus xmlns:D="DAV:"><D:response><D:href>/dav/a</D:href><D:propstat><D:prop><D:getcontentlength>-3</D:getcontentlength></D:prop></D:propstat></D:response></D:multistatus>"#;
-        assert!(matches!(
-            parse_str(doc),
-            Err(ParseError::BadValue { .. })
-        ));
+        assert!(matches!(parse_str(doc), Err(ParseError::BadValue { .. })));
     }
 }

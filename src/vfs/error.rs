@@ -6,8 +6,8 @@
 
 use std::fmt;
 
-pub use crate::dav::ErrorKind;
 use crate::dav::DavError;
+pub use crate::dav::ErrorKind;
 
 /// An error of a filesystem operation.
 #[derive(Debug)]

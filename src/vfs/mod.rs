@@ -133,7 +133,9 @@ pub struct Vfs {
 
 impl std::fmt::Debug for Vfs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vfs").field("client", &self.client).finish_non_exhaustive()
+        f.debug_struct("Vfs")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
     }
 }
 
@@ -255,7 +257,9 @@ impl Vfs {
         }
         let path = {
             let t = self.table();
-            let n = t.get(dir).ok_or_else(|| VfsError::not_found(format!("inode {dir}")))?;
+            let n = t
+                .get(dir)
+                .ok_or_else(|| VfsError::not_found(format!("inode {dir}")))?;
             n.path.clone()
         };
         let ms = match self.client.propfind(&path, Depth::One, true).await {
@@ -355,7 +359,10 @@ impl Vfs {
                 format!("{}: not a directory", n.path),
             ));
         }
-        Ok(n.listing.as_ref().filter(|l| self.fresh(l.fetched)).cloned())
+        Ok(n.listing
+            .as_ref()
+            .filter(|l| self.fresh(l.fetched))
+            .cloned())
     }
 
     /// Looks up `name` in directory `parent`; counts a kernel reference on success.
@@ -369,9 +376,10 @@ impl Vfs {
 
     async fn child_attr(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
         let listing = self.listing(parent).await?;
-        let ino = *listing.by_name.get(name).ok_or_else(|| {
-            VfsError::not_found(format!("{name:?} in inode {parent}"))
-        })?;
+        let ino = *listing
+            .by_name
+            .get(name)
+            .ok_or_else(|| VfsError::not_found(format!("{name:?} in inode {parent}")))?;
         let t = self.table();
         let n = t
             .get(ino)
@@ -514,10 +522,7 @@ impl Vfs {
             let n = t
                 .get_mut(ino)
                 .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
-            let meta = n
-                .meta
-                .clone()
-                .ok_or_else(|| VfsError::not_found(&n.path))?;
+            let meta = n.meta.clone().ok_or_else(|| VfsError::not_found(&n.path))?;
             let keep = n
                 .cached_version
                 .as_ref()
@@ -537,10 +542,7 @@ impl Vfs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(fh, Arc::new(handle));
-        Ok(Opened {
-            fh,
-            keep_cache,
-        })
+        Ok(Opened { fh, keep_cache })
     }
 
     /// Reads up to `size` bytes at `offset`.

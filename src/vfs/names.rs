@@ -141,7 +141,14 @@ mod tests {
     #[test]
     fn legal_names_are_unchanged() {
         let p = NamePolicy::posix();
-        for n in ["a", "a b", "100% #1?+&", "Ünïcødé ✓", "a:b*c?\"d<e>f|g", "x."] {
+        for n in [
+            "a",
+            "a b",
+            "100% #1?+&",
+            "Ünïcødé ✓",
+            "a:b*c?\"d<e>f|g",
+            "x.",
+        ] {
             assert_eq!(p.to_local(n), n);
         }
     }

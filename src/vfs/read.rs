@@ -118,7 +118,12 @@ impl ReadHandle {
         )
     }
 
-    pub(super) async fn read(&self, client: &DavClient, offset: u64, size: u32) -> VfsResult<Bytes> {
+    pub(super) async fn read(
+        &self,
+        client: &DavClient,
+        offset: u64,
+        size: u32,
+    ) -> VfsResult<Bytes> {
         if offset >= self.size || size == 0 {
             return Ok(Bytes::new());
         }
@@ -248,7 +253,10 @@ impl ReadHandle {
                 if cr.start != start {
                     return Err(VfsError::new(
                         ErrorKind::Protocol,
-                        format!("{}: asked for bytes from {start}, got {}", self.path, cr.start),
+                        format!(
+                            "{}: asked for bytes from {start}, got {}",
+                            self.path, cr.start
+                        ),
                     ));
                 }
                 if cr.total.is_some_and(|t| t != self.size) {

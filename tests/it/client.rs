@@ -41,19 +41,35 @@ async fn exercise_every_method(c: &DavClient) {
     assert_eq!(head.content_length, Some(300_000));
 
     // PROPFIND Depth 0 and 1, with our explicit properties.
-    let ms = c.propfind(&DavPath::root(), Depth::One, true).await.expect("PROPFIND 1");
+    let ms = c
+        .propfind(&DavPath::root(), Depth::One, true)
+        .await
+        .expect("PROPFIND 1");
     let me = ms.get(&DavPath::root()).expect("self entry");
     assert!(me.is_collection);
     let entry = ms.get(&f).expect("file listed");
     assert_eq!(entry.content_length, Some(300_000));
     assert!(entry.last_modified.is_some());
     let etag = entry.etag.clone().expect("etag");
-    let ms0 = c.propfind(&f, Depth::Zero, false).await.expect("PROPFIND 0");
-    assert_eq!(ms0.get(&f).expect("self").etag.as_deref(), Some(etag.as_str()));
+    let ms0 = c
+        .propfind(&f, Depth::Zero, false)
+        .await
+        .expect("PROPFIND 0");
+    assert_eq!(
+        ms0.get(&f).expect("self").etag.as_deref(),
+        Some(etag.as_str())
+    );
 
     // Range, and If-Range with the current and with a stale tag.
     let mut g = c
-        .get(&f, Some(ByteRange { start: 1000, end: Some(1999) }), Some(&etag))
+        .get(
+            &f,
+            Some(ByteRange {
+                start: 1000,
+                end: Some(1999),
+            }),
+            Some(&etag),
+        )
         .await
         .expect("ranged GET");
     let cr = g.range.expect("206");
@@ -64,15 +80,27 @@ async fn exercise_every_method(c: &DavClient) {
     }
     assert_eq!(&got[..], &data[1000..2000]);
     let g = c
-        .get(&f, Some(ByteRange { start: 10, end: Some(19) }), Some("\"stale\""))
+        .get(
+            &f,
+            Some(ByteRange {
+                start: 10,
+                end: Some(19),
+            }),
+            Some("\"stale\""),
+        )
         .await
         .expect("GET with stale If-Range");
-    assert!(g.range.is_none(), "a stale If-Range must give the whole entity");
+    assert!(
+        g.range.is_none(),
+        "a stale If-Range must give the whole entity"
+    );
 
     // PUT from a stream, with and without a length.
     let streamed = p("/streamed.bin");
-    let chunks: Vec<Result<Bytes, std::io::Error>> =
-        data.chunks(65536).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = data
+        .chunks(65536)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
     c.put(
         &streamed,
         PutBody::Stream {
@@ -116,13 +144,18 @@ async fn exercise_every_method(c: &DavClient) {
     c.mkcol(&d).await.expect("MKCOL");
     let e = c.mkcol(&d).await.expect_err("MKCOL on existing");
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
-    let e = c.mkcol(&p("/missing/child")).await.expect_err("MKCOL without parent");
+    let e = c
+        .mkcol(&p("/missing/child"))
+        .await
+        .expect_err("MKCOL without parent");
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
     let copy = d.join("copy.bin").expect("p");
     c.copy_to(&f, &copy, false, false).await.expect("COPY");
     assert_eq!(c.get_bytes(&copy).await.expect("GET copy"), data);
     let moved = d.join("moved.bin").expect("p");
-    c.move_to(&streamed, &moved, false, false).await.expect("MOVE");
+    c.move_to(&streamed, &moved, false, false)
+        .await
+        .expect("MOVE");
     let e = c.head(&streamed).await.expect_err("moved away");
     assert_eq!(e.kind(), ErrorKind::NotFound);
     let e = c
@@ -130,7 +163,9 @@ async fn exercise_every_method(c: &DavClient) {
         .await
         .expect_err("MOVE onto an existing file without Overwrite");
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
-    c.move_to(&copy, &moved, false, true).await.expect("MOVE with Overwrite");
+    c.move_to(&copy, &moved, false, true)
+        .await
+        .expect("MOVE with Overwrite");
 
     // LOCK, refresh, UNLOCK; a locked file refuses a PUT without the token.
     let lock = c.lock(&f, Duration::from_secs(60)).await.expect("LOCK");
@@ -140,8 +175,12 @@ async fn exercise_every_method(c: &DavClient) {
         .expect("refresh");
     c.unlock(&f, &lock.token).await.expect("UNLOCK");
 
-    c.delete(&d, true, &Preconditions::default()).await.expect("DELETE dir");
-    c.delete(&f, false, &Preconditions::default()).await.expect("DELETE file");
+    c.delete(&d, true, &Preconditions::default())
+        .await
+        .expect("DELETE dir");
+    c.delete(&f, false, &Preconditions::default())
+        .await
+        .expect("DELETE file");
     let e = c.get_bytes(&f).await.expect_err("deleted");
     assert_eq!(e.kind(), ErrorKind::NotFound);
     let e = c
@@ -172,12 +211,20 @@ fn lock_tokens_are_enforced_by_apache() {
     rt().block_on(async {
         let c = client(&a.url("client-locks"));
         let f = p("/locked.txt");
-        c.put(&f, PutBody::Bytes(Bytes::from_static(b"v1")), &Preconditions::default())
-            .await
-            .expect("PUT");
+        c.put(
+            &f,
+            PutBody::Bytes(Bytes::from_static(b"v1")),
+            &Preconditions::default(),
+        )
+        .await
+        .expect("PUT");
         let lock = c.lock(&f, Duration::from_secs(60)).await.expect("LOCK");
         let e = c
-            .put(&f, PutBody::Bytes(Bytes::from_static(b"v2")), &Preconditions::default())
+            .put(
+                &f,
+                PutBody::Bytes(Bytes::from_static(b"v2")),
+                &Preconditions::default(),
+            )
             .await
             .expect_err("PUT without the token");
         assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
@@ -258,20 +305,31 @@ fn orthanc_methods_and_quirks() {
         assert!(caps.is_webdav());
         assert!(!caps.allows("MOVE"), "{caps:?}");
 
-        let ms = c.propfind(&DavPath::root(), Depth::One, true).await.expect("PROPFIND");
-        let names: Vec<&str> = ms
-            .resources
-            .iter()
-            .filter_map(|r| r.path.name())
-            .collect();
-        assert_eq!(names, ["by-dates", "by-patients", "by-studies", "by-uids", "uploads"]);
+        let ms = c
+            .propfind(&DavPath::root(), Depth::One, true)
+            .await
+            .expect("PROPFIND");
+        let names: Vec<&str> = ms.resources.iter().filter_map(|r| r.path.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "by-dates",
+                "by-patients",
+                "by-studies",
+                "by-uids",
+                "uploads"
+            ]
+        );
 
         // A file by its UIDs; PROPFIND Depth 0 answers parent first, we match by path.
         let file = p(&format!(
             "/by-uids/{}/{}/{}.dcm",
             s.study_uid, s.series_uid, s.sop_uid
         ));
-        let ms0 = c.propfind(&file, Depth::Zero, false).await.expect("PROPFIND 0");
+        let ms0 = c
+            .propfind(&file, Depth::Zero, false)
+            .await
+            .expect("PROPFIND 0");
         assert_eq!(ms0.resources.len(), 2, "Orthanc answers parent + file");
         let r = ms0.get(&file).expect("file entry");
         assert!(!r.is_collection);
@@ -281,7 +339,14 @@ fn orthanc_methods_and_quirks() {
 
         // Range is ignored: 200 with the whole body.
         let g = c
-            .get(&file, Some(ByteRange { start: 100, end: Some(199) }), None)
+            .get(
+                &file,
+                Some(ByteRange {
+                    start: 100,
+                    end: Some(199),
+                }),
+                None,
+            )
             .await
             .expect("GET range");
         assert!(g.range.is_none());
@@ -293,23 +358,36 @@ fn orthanc_methods_and_quirks() {
         let sub = p("/uploads/client-test");
         c.mkcol(&sub).await.expect("MKCOL");
         let dropped = sub.join("empty.bin").expect("p");
-        c.put(&dropped, PutBody::Bytes(Bytes::new()), &Preconditions::default())
-            .await
-            .expect("PUT");
+        c.put(
+            &dropped,
+            PutBody::Bytes(Bytes::new()),
+            &Preconditions::default(),
+        )
+        .await
+        .expect("PUT");
         let e = c
             .move_to(&dropped, &sub.join("renamed.bin").expect("p"), false, false)
             .await
             .expect_err("MOVE");
         assert_eq!(e.kind(), ErrorKind::CrossDevice, "{e}");
         let e = c
-            .put(&p("/by-patients/x.dcm"), PutBody::Bytes(Bytes::new()), &Preconditions::default())
+            .put(
+                &p("/by-patients/x.dcm"),
+                PutBody::Bytes(Bytes::new()),
+                &Preconditions::default(),
+            )
             .await
             .expect_err("PUT outside uploads");
         assert_eq!(e.kind(), ErrorKind::PermissionDenied);
-        let lock = c.lock(&dropped, Duration::from_secs(60)).await.expect("fake LOCK");
+        let lock = c
+            .lock(&dropped, Duration::from_secs(60))
+            .await
+            .expect("fake LOCK");
         assert!(lock.token.starts_with("opaquelocktoken:"), "{lock:?}");
         c.unlock(&dropped, &lock.token).await.expect("fake UNLOCK");
-        c.delete(&sub, true, &Preconditions::default()).await.expect("DELETE");
+        c.delete(&sub, true, &Preconditions::default())
+            .await
+            .expect("DELETE");
 
         // Depth: infinity is never sent; Orthanc would answer 400 (checked by the server).
         // Connections idle longer than Orthanc's 1 s keep-alive are retried transparently.

@@ -28,7 +28,11 @@ fn read_expect(path: &std::path::Path) -> Expect {
             root = v.to_owned();
         }
     }
-    assert!(!base.is_empty() && !root.is_empty(), "{}: bad header", path.display());
+    assert!(
+        !base.is_empty() && !root.is_empty(),
+        "{}: bad header",
+        path.display()
+    );
     let rows = lines
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
         .map(|l| {
@@ -205,8 +209,9 @@ fn non_utf8_is_an_error_not_a_panic() {
 
 #[test]
 fn random_mutations_never_panic() {
-    let base = std::fs::read(project_dir().join("tests/fixtures/multistatus/apache-root-depth1.xml"))
-        .expect("fixture");
+    let base =
+        std::fs::read(project_dir().join("tests/fixtures/multistatus/apache-root-depth1.xml"))
+            .expect("fixture");
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..3000 {
         let mut doc = base.clone();

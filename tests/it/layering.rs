@@ -30,7 +30,15 @@ fn core_does_not_import_frontends_or_libc() {
             .filter(|l| !l.trim_start().starts_with("//"))
             .collect::<Vec<_>>()
             .join("\n");
-        for banned in ["fuser", "winfsp", "windows::", "windows_sys", "libc::", "use libc", "crate::fs::"] {
+        for banned in [
+            "fuser",
+            "winfsp",
+            "windows::",
+            "windows_sys",
+            "libc::",
+            "use libc",
+            "crate::fs::",
+        ] {
             assert!(
                 !text.contains(banned),
                 "{} mentions {banned}: the core must stay platform-neutral",

@@ -23,7 +23,11 @@ fn ls_l(dir: &Path) -> String {
         .arg(dir)
         .output()
         .expect("run ls");
-    assert!(out.status.success(), "ls -l failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ls -l failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -76,7 +80,10 @@ fn apache_listing_costs_one_propfind_then_nothing() {
     // Cold `ls -l`: one PROPFIND Depth 1, and nothing else.
     let listing = ls_l(m.path());
     for (name, _) in &files {
-        assert!(listing.contains(name.as_str()), "{name} missing from:\n{listing}");
+        assert!(
+            listing.contains(name.as_str()),
+            "{name} missing from:\n{listing}"
+        );
     }
     let reqs = a.settled_requests("mount-counts");
     let new = &reqs[before..];
@@ -111,7 +118,11 @@ fn apache_listing_costs_one_propfind_then_nothing() {
     // Small files cost one GET each; re-reading them hits the kernel page cache or one GET.
     let reqs = a.settled_requests("mount-counts");
     let gets = count(&reqs, "GET");
-    assert!(gets <= files.len() + 1, "{gets} GETs for {} files", files.len());
+    assert!(
+        gets <= files.len() + 1,
+        "{gets} GETs for {} files",
+        files.len()
+    );
     // Writes are refused on a read-only mount.
     let e = std::fs::write(m.path().join("new.txt"), b"x").expect_err("read-only");
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
@@ -135,7 +146,10 @@ fn apache_reads_are_byte_identical_at_random_offsets() {
     assert!(whole == data, "sequential read differs");
     let reqs = a.settled_requests("mount-random");
     let gets = count(&reqs, "GET");
-    assert!(gets <= 8, "sequential read of 24 MiB took {gets} GETs: {reqs:?}");
+    assert!(
+        gets <= 8,
+        "sequential read of 24 MiB took {gets} GETs: {reqs:?}"
+    );
 
     // Random offsets and sizes through pread on a fresh descriptor (no page cache: new
     // mount data is cached, so drop it by reading through a second open with O_DIRECT-like
@@ -156,7 +170,10 @@ fn apache_reads_are_byte_identical_at_random_offsets() {
     }
     // Past the end: nothing.
     let mut buf = [0u8; 16];
-    assert_eq!(f.read_at(&mut buf, data.len() as u64 + 5).expect("pread"), 0);
+    assert_eq!(
+        f.read_at(&mut buf, data.len() as u64 + 5).expect("pread"),
+        0
+    );
     drop(f);
     assert!(m.unmount().success());
 }
@@ -187,7 +204,11 @@ fn apache_head_of_a_large_file_fetches_little() {
         .filter(|r| r.method == "GET")
         .map(|r| r.bytes_out)
         .sum();
-    assert!(fetched <= 4 << 20, "head -c 1M fetched {fetched} bytes: {:?}", &reqs[before..]);
+    assert!(
+        fetched <= 4 << 20,
+        "head -c 1M fetched {fetched} bytes: {:?}",
+        &reqs[before..]
+    );
     assert!(m.unmount().success());
 }
 
@@ -218,7 +239,11 @@ fn apache_file_changed_during_read_is_old_new_or_error() {
         }
         Ok(_) => {
             got.extend_from_slice(&rest);
-            assert!(got == old || got == new, "mixed versions ({} bytes)", got.len());
+            assert!(
+                got == old || got == new,
+                "mixed versions ({} bytes)",
+                got.len()
+            );
         }
     }
     drop(f);
@@ -239,7 +264,9 @@ fn apache_basic_auth_mount_with_password_from_environment() {
     std::fs::write(dir.join("secret.txt"), b"top secret").expect("write");
     apache::give_to_server(&dir);
     let url = a.auth_url("mount-auth");
-    let err = Mount::try_new(&url, &[], &[]).err().expect("mount without password fails");
+    let err = Mount::try_new(&url, &[], &[])
+        .err()
+        .expect("mount without password fails");
     assert!(err.contains("credentials"), "{err}");
     let m = Mount::try_new(
         &url,
@@ -266,7 +293,10 @@ fn failing_mounts_say_what_is_wrong_at_once() {
         .err()
         .expect("nothing listens");
     assert!(start.elapsed() < Duration::from_secs(15));
-    assert!(err.contains("cannot mount") && err.contains("cannot connect"), "{err}");
+    assert!(
+        err.contains("cannot mount") && err.contains("cannot connect"),
+        "{err}"
+    );
     let Some(a) = apache() else { return };
     let err = Mount::try_new(&format!("http://127.0.0.1:{}/not-dav/", a.port), &[], &[])
         .err()
@@ -330,7 +360,11 @@ fn dav_server_mount_reads_odd_names() {
         .collect();
     for (name, data) in &files {
         assert!(names.contains(name), "{name} not in {names:?}");
-        assert_eq!(&std::fs::read(m.path().join(name)).expect("read"), data, "{name}");
+        assert_eq!(
+            &std::fs::read(m.path().join(name)).expect("read"),
+            data,
+            "{name}"
+        );
     }
     let propfinds = s.requests().iter().filter(|(m, _)| m == "PROPFIND").count();
     assert!(propfinds <= 3, "{:?}", s.requests());
@@ -364,10 +398,16 @@ fn orthanc_tree_browses_and_reads_byte_identical() {
         .collect();
     assert_eq!(
         top,
-        ["by-dates", "by-patients", "by-studies", "by-uids", "uploads"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "by-dates",
+            "by-patients",
+            "by-studies",
+            "by-uids",
+            "uploads"
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     );
     let ids: BTreeSet<String> = manifest().into_iter().map(|s| s.orthanc_id).collect();
     for view in ["by-patients", "by-studies"] {
@@ -384,7 +424,11 @@ fn orthanc_tree_browses_and_reads_byte_identical() {
             assert!(ids.contains(id), "{view}: unexpected file {name}");
             let got = std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             if view == "by-patients" {
-                assert!(got == o.instance_file(id), "{} differs from REST", f.display());
+                assert!(
+                    got == o.instance_file(id),
+                    "{} differs from REST",
+                    f.display()
+                );
             }
         }
     }

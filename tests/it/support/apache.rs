@@ -259,7 +259,10 @@ Alias /auth/ "{authroot}/"
                     .filter(|r| !r.path.contains("/.sentinel-"))
                     .collect();
             }
-            assert!(Instant::now() < deadline, "Apache did not log the sentinel request");
+            assert!(
+                Instant::now() < deadline,
+                "Apache did not log the sentinel request"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }

@@ -114,7 +114,10 @@ pub fn wait_for_port(port: u16, child: &mut Child, timeout: Duration) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("server exited during start-up: {status}");
         }
-        assert!(Instant::now() < deadline, "server did not listen on {port} within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "server did not listen on {port} within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -125,7 +125,11 @@ impl Orthanc {
     }
 
     pub fn rest_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{}", self.port, path.trim_start_matches('/'))
+        format!(
+            "http://127.0.0.1:{}/{}",
+            self.port,
+            path.trim_start_matches('/')
+        )
     }
 
     /// REST `GET /instances/{id}/file`: the oracle for WebDAV reads.
@@ -173,7 +177,12 @@ fn load_samples(port: u16) -> usize {
                 .send()
                 .await
                 .expect("POST /instances");
-            assert!(r.status().is_success(), "{}: {}", s.path.display(), r.status());
+            assert!(
+                r.status().is_success(),
+                "{}: {}",
+                s.path.display(),
+                r.status()
+            );
         }
         let r = http
             .get(format!("{base}/instances"))
