@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Read-path benchmark (issue: browse and read). Runs by hand, not in CI:
+#
+#   cargo build --release && bench/read.sh
+#
+# Against one local Apache mod_dav, in the same run, it compares davdrive with curl and
+# prints ratios:
+#   - sequential read of a 1 GiB file: throughput ratio (target >= 0.8 x curl)
+#   - `head -c 1M` of that file: time ratio (target <= 2 x curl) and bytes fetched (<= 4 MiB)
+#   - `ls -l` of a 10,000-file directory: cold time ratio to curl's PROPFIND (<= 1.3 x),
+#     requests of a warm `ls -l` (target 0)
+#   - daemon peak RSS during the 1 GiB read (target < 48 MiB)
+# Each figure is the median of RUNS runs (default 3). Needs root, apache2, fuse3, curl.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${DAVDRIVE_BIN:-$ROOT/target/release/davdrive}
+WORK=${BENCH_DIR:-/tmp/davdrive-bench}
+PORT=${BENCH_PORT:-18181}
+RUNS=${RUNS:-3}
+SIZE_MIB=${SIZE_MIB:-1024}
+. "$ROOT/bench/apache.sh"
+
+[ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+mkdir -p "$WORK"
+if [ ! -f "$WORK/www/big.bin" ] || [ "$(stat -c %s "$WORK/www/big.bin")" != $((SIZE_MIB << 20)) ]; then
+  mkdir -p "$WORK/www/small10k"
+  echo "generating data in $WORK/www ..." >&2
+  head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/www/big.bin"
+  for i in $(seq -w 1 10000); do head -c 1024 /dev/zero > "$WORK/www/small10k/f$i.txt"; done
+fi
+start_apache "$WORK" "$PORT"
+MNT=$(mktemp -d /tmp/davdrive-bench-mnt.XXXXXX)
+DAEMON=
+cleanup() {
+  [ -n "$DAEMON" ] && { "$BIN" unmount "$MNT" 2>/dev/null || fusermount3 -uz "$MNT" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; }
+  stop_apache "$WORK"; rmdir "$MNT" 2>/dev/null || true
+}
+trap cleanup EXIT
+URL="http://127.0.0.1:$PORT/dav/"
+PROPS='<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/><D:creationdate/><D:displayname/><D:quota-available-bytes/><D:quota-used-bytes/></D:prop></D:propfind>'
+
+now() { date +%s%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+loglines() { wc -l < "$WORK/access.log"; }
+mount_dav() {
+  "$BIN" mount "$URL" "$MNT" --foreground > "$WORK/mount.out" 2> "$WORK/mount.err" &
+  DAEMON=$!
+  local i
+  for i in $(seq 1 400); do
+    grep -q "davdrive: mounted" "$WORK/mount.out" 2>/dev/null && return 0
+    kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/mount.err" >&2; return 1; }
+    sleep 0.025
+  done
+  return 1
+}
+unmount_dav() { "$BIN" unmount "$MNT"; wait "$DAEMON" || true; DAEMON=; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+# Warm the server's page cache once for everybody.
+cat "$WORK/www/big.bin" > /dev/null
+
+echo "== sequential read of $SIZE_MIB MiB"
+c=(); d=(); rss=()
+for r in $(seq 1 "$RUNS"); do
+  s=$(now); curl -s -o /dev/null "$URL/big.bin"; e=$(now); c+=("$(secs "$s" "$e")")
+  mount_dav
+  s=$(now); cat "$MNT/big.bin" > /dev/null; e=$(now); d+=("$(secs "$s" "$e")")
+  rss+=("$(awk '/VmHWM/ { print $2 }' "/proc/$DAEMON/status")")
+  unmount_dav
+done
+cs=$(printf '%s\n' "${c[@]}" | median); ds=$(printf '%s\n' "${d[@]}" | median)
+rk=$(printf '%s\n' "${rss[@]}" | median)
+echo "curl: ${cs}s ($(awk -v s="$cs" -v m="$SIZE_MIB" 'BEGIN{printf "%.0f", m/s}') MiB/s)  davdrive: ${ds}s ($(awk -v s="$ds" -v m="$SIZE_MIB" 'BEGIN{printf "%.0f", m/s}') MiB/s)"
+echo "throughput ratio davdrive/curl: $(ratio "$cs" "$ds")   (target >= 0.80)"
+echo "daemon peak RSS: $((rk / 1024)) MiB   (target < 48 MiB)"
+
+echo "== head -c 1M of the $SIZE_MIB MiB file"
+c=(); d=(); bytes=()
+for r in $(seq 1 "$RUNS"); do
+  s=$(now); curl -s -r 0-1048575 -o /dev/null "$URL/big.bin"; e=$(now); c+=("$(secs "$s" "$e")")
+  mount_dav
+  before=$(loglines)
+  s=$(now); head -c 1048576 "$MNT/big.bin" > /dev/null; e=$(now); d+=("$(secs "$s" "$e")")
+  unmount_dav
+  bytes+=("$(tail -n +"$((before + 1))" "$WORK/access.log" | awk -F'\t' '$1 == "GET" { n += $4 } END { print n + 0 }')")
+done
+cs=$(printf '%s\n' "${c[@]}" | median); ds=$(printf '%s\n' "${d[@]}" | median)
+bm=$(printf '%s\n' "${bytes[@]}" | median)
+echo "curl: ${cs}s  davdrive: ${ds}s  time ratio: $(ratio "$ds" "$cs")   (target <= 2.0)"
+echo "fetched by davdrive: $(awk -v b="$bm" 'BEGIN{printf "%.2f", b/1048576}') MiB   (target <= 4 MiB)"
+
+echo "== ls -l of a 10,000-file directory"
+c=(); d=(); w=(); wr=()
+for r in $(seq 1 "$RUNS"); do
+  s=$(now); curl -s -o /dev/null -X PROPFIND -H 'Depth: 1' -H 'Content-Type: application/xml' --data "$PROPS" "$URL/small10k/"; e=$(now); c+=("$(secs "$s" "$e")")
+  mount_dav
+  s=$(now); ls -l "$MNT/small10k" > /dev/null; e=$(now); d+=("$(secs "$s" "$e")")
+  before=$(loglines)
+  s=$(now); ls -l "$MNT/small10k" > /dev/null; e=$(now); w+=("$(secs "$s" "$e")")
+  wr+=("$(( $(loglines) - before ))")
+  unmount_dav
+done
+cs=$(printf '%s\n' "${c[@]}" | median); ds=$(printf '%s\n' "${d[@]}" | median)
+ws=$(printf '%s\n' "${w[@]}" | median); wq=$(printf '%s\n' "${wr[@]}" | sort -g | tail -1)
+echo "curl PROPFIND: ${cs}s  davdrive cold ls -l: ${ds}s  ratio: $(ratio "$ds" "$cs")   (target <= 1.3)"
+echo "davdrive warm ls -l: ${ws}s with $wq requests (max over runs; target 0)"
