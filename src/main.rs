@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Mount(args) => platform::mount(&args),
         Command::Unmount { mountpoint } => platform::unmount(&mountpoint),
+        Command::Status { cache_dir } => status(cache_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -21,6 +22,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Lists what is kept in recovery folders.
+fn status(cache_dir: Option<std::path::PathBuf>) -> Result<(), String> {
+    let base = cache_dir.unwrap_or_else(davdrive::vfs::cache_dir::default_base);
+    let kept = davdrive::vfs::cache_dir::list_recovered(&base);
+    let mut out = std::io::stdout().lock();
+    if kept.is_empty() {
+        let _ = writeln!(out, "no files waiting in recovery folders under {}", base.display());
+        return Ok(());
+    }
+    let _ = writeln!(
+        out,
+        "{} file(s) could not be uploaded and are kept locally:",
+        kept.len()
+    );
+    for r in kept {
+        let field = |k: &str| {
+            r.info
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("?")
+                .to_owned()
+        };
+        let _ = writeln!(
+            out,
+            "  {}\n    was going to {}{} ({})",
+            r.data.display(),
+            field("url="),
+            field("path=").trim_start_matches('/'),
+            field("reason=")
+        );
+    }
+    Ok(())
 }
 
 fn init_logging(verbose: u8) {
@@ -111,7 +146,7 @@ mod platform {
             .map_err(|e| format!("cannot start the runtime: {e}"))?;
         let shown_url = redact_url(&cfg.url);
         let client = DavClient::new(cfg.client.clone()).map_err(|e| e.to_string())?;
-        let vfs = Vfs::new(client, cfg.vfs.clone());
+        let vfs = Vfs::new(client, cfg.vfs.clone()).map_err(|e| e.to_string())?;
         rt.block_on(vfs.probe())
             .map_err(|e| format!("cannot mount {shown_url}: {e}"))?;
         let opts = FuseOptions {
@@ -119,7 +154,7 @@ mod platform {
             allow_other: cfg.allow_other,
             read_only: cfg.vfs.read_only,
         };
-        let mut session = fuse::mount(vfs, rt.handle().clone(), &cfg.mountpoint, &opts)
+        let mut session = fuse::mount(vfs.clone(), rt.handle().clone(), &cfg.mountpoint, &opts)
             .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
         let mut unmounter = session.unmount_callable();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -159,6 +194,7 @@ mod platform {
         });
         if signalled {
             tracing::info!("unmounting on signal");
+            rt.block_on(vfs.wait_for_uploads());
             if let Err(e) = unmounter.unmount() {
                 tracing::warn!("unmount failed ({e}); detaching lazily");
                 lazy_unmount(&cfg.mountpoint);
@@ -169,6 +205,8 @@ mod platform {
             Ok(Err(e)) => tracing::warn!("FUSE loop ended: {e}"),
             Err(_) => return Err("the FUSE loop panicked".into()),
         }
+        // Releases the kernel sent last may still be uploading.
+        rt.block_on(vfs.wait_for_uploads());
         rt.shutdown_timeout(std::time::Duration::from_secs(2));
         Ok(())
     }

@@ -20,11 +20,28 @@ pub struct Cli {
 pub enum Command {
     /// Mount a WebDAV collection on a local directory.
     Mount(MountArgs),
-    /// Unmount a davdrive mount; the daemon serving it exits.
+    /// Unmount a davdrive mount; the daemon serving it exits once uploads are done.
     Unmount {
         /// The directory where the drive is mounted.
         mountpoint: PathBuf,
     },
+    /// Show what needs attention: files kept in recovery folders after failed uploads.
+    Status {
+        /// The cache directory (default: $XDG_CACHE_HOME/davdrive or ~/.cache/davdrive).
+        #[arg(long, env = "DAVDRIVE_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+}
+
+/// How new files reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UploadMode {
+    /// Stream while the application writes where a probe shows the server handles it.
+    Auto,
+    /// Always stream (chunked transfer encoding).
+    Stream,
+    /// Always keep a local copy and upload it with Content-Length on close.
+    Spool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -51,6 +68,13 @@ pub struct MountArgs {
     /// Let other users (and root) use the mount. Off by default: the mount is private.
     #[arg(long, help_heading = "Mount")]
     pub allow_other: bool,
+
+    /// Where journals, spool files and the recovery folder live.
+    #[arg(long, env = "DAVDRIVE_CACHE_DIR", value_name = "DIR", help_heading = "Writing")]
+    pub cache_dir: Option<PathBuf>,
+    /// How new files are uploaded.
+    #[arg(long, value_enum, default_value_t = UploadMode::Auto, help_heading = "Writing")]
+    pub upload: UploadMode,
 
     /// Seconds a directory listing is trusted before it is fetched again.
     #[arg(

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::cli::MountArgs;
+use crate::cli::{MountArgs, UploadMode};
 use crate::credentials;
 use crate::dav::{ClientConfig, Credentials, DavError};
-use crate::vfs::VfsConfig;
+use crate::dav::client::redact_url;
+use crate::vfs::cache_dir::{default_base, mount_key};
+use crate::vfs::{UploadPolicy, VfsConfig};
 
 /// Everything needed to mount.
 #[derive(Debug, Clone)]
@@ -59,13 +61,23 @@ impl MountConfig {
         client.credentials = credentials.clone();
         client.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
         client.progress_timeout = Duration::from_secs(args.timeout.max(1));
+        let base = args.cache_dir.clone().unwrap_or_else(default_base);
+        let key = mount_key(
+            &redact_url(&url),
+            credentials.as_ref().map(|c| c.user.as_str()),
+        );
         let vfs = VfsConfig {
             dir_ttl: Duration::from_secs(args.dir_cache_ttl),
             kernel_ttl: Duration::from_secs(args.kernel_ttl),
-            // Writes come with the upload sessions; until then every mount is read-only.
-            read_only: true,
+            read_only: args.read_only,
             uid,
             gid,
+            cache_dir: base.join(key),
+            upload: match args.upload {
+                UploadMode::Auto => UploadPolicy::Auto,
+                UploadMode::Stream => UploadPolicy::Stream,
+                UploadMode::Spool => UploadPolicy::Spool,
+            },
             ..VfsConfig::default()
         };
         Ok(MountConfig {

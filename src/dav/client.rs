@@ -160,7 +160,7 @@ pub enum PutBody {
     /// A stream sent as it is produced. With `len`, sent with Content-Length; without,
     /// chunked. Sent once: the caller holds the data for any retry.
     Stream {
-        stream: Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + Sync + 'static>,
+        stream: Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static>,
         len: Option<u64>,
     },
 }

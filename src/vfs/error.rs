@@ -10,7 +10,7 @@ use crate::dav::DavError;
 pub use crate::dav::ErrorKind;
 
 /// An error of a filesystem operation.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct VfsError {
     pub kind: ErrorKind,
     pub message: String,

@@ -92,6 +92,8 @@ pub struct Node {
     pub gone: bool,
     /// The content version last handed to an opener, for the kernel's page cache.
     pub cached_version: Option<Meta>,
+    /// The open write session of this file, if any (its size is the truth while open).
+    pub writer: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -124,6 +126,7 @@ impl InodeTable {
                 lookups: 1,
                 gone: false,
                 cached_version: None,
+                writer: None,
             },
         );
         t.by_path.insert(DavPath::root(), ROOT_INO);
@@ -162,6 +165,7 @@ impl InodeTable {
                 lookups: 0,
                 gone: false,
                 cached_version: None,
+                writer: None,
             },
         );
         self.by_path.insert(path.clone(), ino);
@@ -204,6 +208,43 @@ impl InodeTable {
         }
     }
 
+    /// `ino` now lives at `new_path` under `new_parent`; descendants move with it. A node
+    /// that was at `new_path` before is replaced (marked gone).
+    pub fn rename(&mut self, ino: Ino, new_parent: Ino, new_path: &DavPath) {
+        if let Some(old) = self.by_path.get(new_path).copied()
+            && old != ino
+        {
+            self.mark_gone(old);
+            self.by_path.remove(new_path);
+        }
+        let Some(old_path) = self.nodes.get(&ino).map(|n| n.path.clone()) else {
+            return;
+        };
+        let moved: Vec<Ino> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.path.starts_with(&old_path))
+            .map(|(i, _)| *i)
+            .collect();
+        for i in moved {
+            let Some(n) = self.nodes.get_mut(&i) else {
+                continue;
+            };
+            let tail = n.path.segments()[old_path.segments().len()..].to_vec();
+            let mut segs = new_path.segments().to_vec();
+            segs.extend(tail);
+            let Ok(p) = DavPath::from_segments(segs) else {
+                continue;
+            };
+            self.by_path.remove(&n.path);
+            n.path = p.clone();
+            if i == ino {
+                n.parent = new_parent;
+            }
+            self.by_path.insert(p, i);
+        }
+    }
+
     fn remove(&mut self, ino: Ino) {
         if let Some(n) = self.nodes.remove(&ino) {
             self.by_path.remove(&n.path);
@@ -239,5 +280,18 @@ mod tests {
         assert!(t.get(b).is_none());
         t.forget(ROOT_INO, 100);
         assert!(t.get(ROOT_INO).is_some());
+    }
+
+    #[test]
+    fn rename_moves_descendants_and_replaces_the_target() {
+        let mut t = InodeTable::new();
+        let d = t.ensure(ROOT_INO, &p("/d"));
+        let f = t.ensure(d, &p("/d/f"));
+        let target = t.ensure(ROOT_INO, &p("/e"));
+        t.rename(d, ROOT_INO, &p("/e"));
+        assert_eq!(t.get(d).expect("d").path, p("/e"));
+        assert_eq!(t.get(f).expect("f").path, p("/e/f"));
+        assert!(t.get(target).is_none(), "replaced target dropped");
+        assert_eq!(t.ensure(ROOT_INO, &p("/e/f")), f);
     }
 }

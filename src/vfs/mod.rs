@@ -19,13 +19,17 @@
 //! Listings of the same directory are single-flight: concurrent callers wait for one request.
 //! Lock order: `listing_locks` entry, then `table`.
 
+pub mod cache_dir;
 mod inode;
+mod mutate;
 pub mod names;
 mod read;
+mod write;
 
 pub mod error;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -37,9 +41,12 @@ use crate::dav::{DavClient, DavPath, Depth};
 pub use error::{VfsError, VfsResult};
 pub use inode::{FileKind, Ino, ROOT_INO};
 use inode::{InodeTable, Listing, Meta};
+pub use mutate::SetAttr;
 pub use names::NamePolicy;
+use cache_dir::CacheDir;
 use read::ReadHandle;
 pub use read::ReadTuning;
+use write::WriteHandle;
 
 /// Settings of the core, with documented defaults (docs/CONFIGURATION.md).
 #[derive(Debug, Clone)]
@@ -56,6 +63,20 @@ pub struct VfsConfig {
     pub dir_mode: u16,
     pub names: NamePolicy,
     pub read: ReadTuning,
+    /// This mount's cache directory (journals, spool files, recovery folder).
+    pub cache_dir: PathBuf,
+    pub upload: UploadPolicy,
+}
+
+/// How new files are uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadPolicy {
+    /// Stream where a probe showed the server stores chunked bodies correctly, else spool.
+    Auto,
+    /// Always stream (chunked transfer encoding).
+    Stream,
+    /// Always spool locally and PUT with Content-Length on close.
+    Spool,
 }
 
 impl Default for VfsConfig {
@@ -63,13 +84,37 @@ impl Default for VfsConfig {
         VfsConfig {
             dir_ttl: Duration::from_secs(30),
             kernel_ttl: Duration::from_secs(1),
-            read_only: true,
+            read_only: false,
             uid: 0,
             gid: 0,
             file_mode: 0o644,
             dir_mode: 0o755,
             names: NamePolicy::native(),
             read: ReadTuning::default(),
+            cache_dir: cache_dir::default_base().join("default"),
+            upload: UploadPolicy::Auto,
+        }
+    }
+}
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenMode {
+    pub write: bool,
+    pub truncate: bool,
+    pub append: bool,
+}
+
+enum Handle {
+    Read(Arc<ReadHandle>),
+    Write(Arc<WriteHandle>),
+}
+
+impl Clone for Handle {
+    fn clone(&self) -> Self {
+        match self {
+            Handle::Read(h) => Handle::Read(h.clone()),
+            Handle::Write(h) => Handle::Write(h.clone()),
         }
     }
 }
@@ -124,11 +169,18 @@ pub struct Vfs {
     cfg: VfsConfig,
     table: Mutex<InodeTable>,
     listing_locks: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
-    handles: Mutex<HashMap<u64, Arc<ReadHandle>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
     dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
     quota: Mutex<(Option<u64>, Option<u64>)>,
     mounted_at: SystemTime,
+    cache: CacheDir,
+    /// Whether chunked uploads are safe on this server: (verdict, probes tried).
+    stream_ok: tokio::sync::Mutex<(Option<bool>, u32)>,
+    /// Directories where the server refused a write (403): later writes fail at once.
+    forbidden: Mutex<HashSet<Ino>>,
+    /// Uploads that have not finished (flush or release in progress), for unmount.
+    uploads: tokio::sync::watch::Sender<usize>,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -140,8 +192,16 @@ impl std::fmt::Debug for Vfs {
 }
 
 impl Vfs {
-    pub fn new(client: DavClient, cfg: VfsConfig) -> Arc<Self> {
-        Arc::new(Vfs {
+    /// Creates the core; opens (creating) the cache directory.
+    pub fn new(client: DavClient, cfg: VfsConfig) -> VfsResult<Arc<Self>> {
+        let url = crate::dav::client::redact_url(client.root().url());
+        let cache = CacheDir::open(cfg.cache_dir.clone(), &url).map_err(|e| {
+            VfsError::new(
+                ErrorKind::Io,
+                format!("cannot use the cache directory {}: {e}", cfg.cache_dir.display()),
+            )
+        })?;
+        Ok(Arc::new(Vfs {
             client,
             cfg,
             table: Mutex::new(InodeTable::new()),
@@ -151,7 +211,16 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             quota: Mutex::new((None, None)),
             mounted_at: SystemTime::now(),
-        })
+            cache,
+            stream_ok: tokio::sync::Mutex::new((None, 0)),
+            forbidden: Mutex::new(HashSet::new()),
+            uploads: tokio::sync::watch::channel(0).0,
+        }))
+    }
+
+    /// The recovery folder of this mount.
+    pub fn recovery_dir(&self) -> PathBuf {
+        self.cache.recovery_dir()
     }
 
     pub fn config(&self) -> &VfsConfig {
@@ -420,7 +489,10 @@ impl Vfs {
                 .map(|m| self.attr_of(ino, m));
             (n.parent, cached)
         };
-        if let Some(a) = cached {
+        if let Some(mut a) = cached {
+            if let Some(size) = self.writer_size(ino).await {
+                a.size = size;
+            }
             return Ok(a);
         }
         if ino == ROOT_INO {
@@ -501,14 +573,11 @@ impl Vfs {
         self.table().get(ino).map(|n| n.parent).unwrap_or(ROOT_INO)
     }
 
-    /// Opens a file for reading. Makes no request: data is fetched on the first read.
-    pub async fn open(&self, ino: Ino, write: bool) -> VfsResult<Opened> {
-        if write {
-            // Writes come with upload sessions; until then every mount is read-only.
-            return Err(VfsError::new(
-                ErrorKind::ReadOnly,
-                "this mount is read-only",
-            ));
+    /// Opens a file. Reading makes no request: data is fetched on the first read. Writing
+    /// starts a write session (see `write.rs`).
+    pub async fn open(&self, ino: Ino, mode: OpenMode) -> VfsResult<Opened> {
+        if mode.write {
+            return self.open_for_write(ino, mode).await;
         }
         let attr = self.getattr(ino).await?;
         if attr.kind == FileKind::Directory {
@@ -522,7 +591,10 @@ impl Vfs {
             let n = t
                 .get_mut(ino)
                 .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
-            let meta = n.meta.clone().ok_or_else(|| VfsError::not_found(&n.path))?;
+            let meta = n
+                .meta
+                .clone()
+                .ok_or_else(|| VfsError::not_found(&n.path))?;
             let keep = n
                 .cached_version
                 .as_ref()
@@ -537,23 +609,34 @@ impl Vfs {
             meta.etag.clone(),
             self.cfg.read.clone(),
         );
+        let fh = self.add_handle(Handle::Read(Arc::new(handle)));
+        Ok(Opened { fh, keep_cache })
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, Arc::new(handle));
-        Ok(Opened { fh, keep_cache })
+            .insert(fh, h);
+        fh
     }
 
-    /// Reads up to `size` bytes at `offset`.
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<bytes::Bytes> {
-        let h = self
-            .handles
+    fn handle(&self, fh: u64) -> VfsResult<Handle> {
+        self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh)
             .cloned()
-            .ok_or_else(|| VfsError::new(ErrorKind::Io, format!("no open file {fh}")))?;
+            .ok_or_else(|| VfsError::new(ErrorKind::Io, format!("no open file {fh}")))
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<bytes::Bytes> {
+        let h = match self.handle(fh)? {
+            Handle::Write(w) => return w.read(&self.client, offset, size).await,
+            Handle::Read(h) => h,
+        };
         match h.read(&self.client, offset, size).await {
             Ok(b) => Ok(b),
             Err(e) => {
@@ -565,13 +648,6 @@ impl Vfs {
                 Err(e)
             }
         }
-    }
-
-    pub fn release(&self, fh: u64) {
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
     }
 
     /// Forgets cached metadata of `ino` and its parent's listing.

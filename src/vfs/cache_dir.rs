@@ -1,0 +1,253 @@
+//! The mount's cache directory: journals of uploads in flight, spool files of random writes,
+//! and the recovery folder where data that could not be uploaded is kept.
+//!
+//! Layout, below `<cache>/davdrive/<mount key>/` (mode 0700):
+//!
+//! ```text
+//! journal/<id>.data   bytes of a streaming upload, written before they are sent
+//! journal/<id>.info   what the data is: server URL and path (a text file)
+//! spool/<id>.data     the local copy of a file being modified at random offsets
+//! recovery/<time>-<name>        data of an upload that failed for good
+//! recovery/<time>-<name>.info   where it was going and why it failed
+//! ```
+//!
+//! Journal and spool files are deleted once the server acknowledged the data. Nothing in the
+//! recovery folder is ever deleted by davdrive; `davdrive status` lists it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::dav::DavPath;
+
+/// The cache directory of one mount.
+#[derive(Debug)]
+pub struct CacheDir {
+    root: PathBuf,
+    url: String,
+    seq: AtomicU64,
+}
+
+/// A file kept in a recovery folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub data: PathBuf,
+    pub info: String,
+}
+
+fn private_dir(p: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(p)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// `$XDG_CACHE_HOME/davdrive`, or `~/.cache/davdrive`, or the system temp dir.
+pub fn default_base() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("davdrive");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".cache").join("davdrive");
+    }
+    if let Some(h) = std::env::var_os("LOCALAPPDATA").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join("davdrive");
+    }
+    std::env::temp_dir().join("davdrive")
+}
+
+/// A stable directory name for a mount of `url` (without userinfo) by `user`.
+pub fn mount_key(url: &str, user: Option<&str>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in url.bytes().chain([0]).chain(user.unwrap_or("").bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let host: String = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(40)
+        .collect();
+    format!("{host}-{h:016x}")
+}
+
+fn timestamp() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // UTC date and time from days since the epoch (no time zone database needed).
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+impl CacheDir {
+    /// Opens (creating) the cache directory `root` of a mount of `url`.
+    pub fn open(root: PathBuf, url: &str) -> io::Result<Self> {
+        for sub in ["", "journal", "spool", "recovery"] {
+            private_dir(&root.join(sub))?;
+        }
+        Ok(CacheDir {
+            root,
+            url: url.to_owned(),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn recovery_dir(&self) -> PathBuf {
+        self.root.join("recovery")
+    }
+
+    fn unique(&self) -> String {
+        format!(
+            "{}-{}-{}",
+            std::process::id(),
+            timestamp(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A new journal file for an upload of `target`; its `.info` names the target.
+    pub fn new_journal(&self, target: &DavPath) -> io::Result<PathBuf> {
+        let id = self.unique();
+        let data = self.root.join("journal").join(format!("{id}.data"));
+        std::fs::write(
+            self.root.join("journal").join(format!("{id}.info")),
+            format!("url={}\npath={target}\n", self.url),
+        )?;
+        create_private_file(&data)?;
+        Ok(data)
+    }
+
+    /// A new, empty spool file.
+    pub fn new_spool(&self) -> io::Result<PathBuf> {
+        let data = self.root.join("spool").join(format!("{}.data", self.unique()));
+        create_private_file(&data)?;
+        Ok(data)
+    }
+
+    /// Deletes a journal or spool file and its `.info`.
+    pub fn discard(&self, data: &Path) {
+        let _ = std::fs::remove_file(data);
+        let _ = std::fs::remove_file(data.with_extension("info"));
+    }
+
+    /// Moves `data` into the recovery folder with a note of where it was going and why.
+    /// Returns where it is now.
+    pub fn recover(&self, data: &Path, target: &DavPath, reason: &str) -> io::Result<PathBuf> {
+        let name = target.name().unwrap_or("unnamed");
+        let safe: String = name
+            .chars()
+            .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
+            .take(120)
+            .collect();
+        let dest = self
+            .recovery_dir()
+            .join(format!("{}-{}-{safe}", timestamp(), self.seq.fetch_add(1, Ordering::Relaxed)));
+        if std::fs::rename(data, &dest).is_err() {
+            std::fs::copy(data, &dest)?;
+            let _ = std::fs::remove_file(data);
+        }
+        let _ = std::fs::remove_file(data.with_extension("info"));
+        let info = format!(
+            "url={}\npath={target}\nreason={reason}\nsaved={}\n",
+            self.url,
+            timestamp()
+        );
+        let mut info_path = dest.clone().into_os_string();
+        info_path.push(".info");
+        std::fs::write(PathBuf::from(info_path), info)?;
+        Ok(dest)
+    }
+}
+
+fn create_private_file(p: &Path) -> io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(p).map(drop)
+}
+
+/// Every file in the recovery folders below `base` (all mounts), oldest first.
+pub fn list_recovered(base: &Path) -> Vec<Recovered> {
+    let mut out = Vec::new();
+    let Ok(mounts) = std::fs::read_dir(base) else {
+        return out;
+    };
+    for m in mounts.flatten() {
+        let Ok(files) = std::fs::read_dir(m.path().join("recovery")) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let p = f.path();
+            if p.extension().is_some_and(|e| e == "info") {
+                continue;
+            }
+            let mut info_path = p.clone().into_os_string();
+            info_path.push(".info");
+            let info = std::fs::read_to_string(PathBuf::from(info_path)).unwrap_or_default();
+            out.push(Recovered { data: p, info });
+        }
+    }
+    out.sort_by(|a, b| a.data.file_name().cmp(&b.data.file_name()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_recovery_and_listing() {
+        let tmp = std::env::temp_dir().join(format!("davdrive-cachedir-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let key = mount_key("http://h/dav/", Some("alice"));
+        assert_ne!(key, mount_key("http://h/dav/", Some("bob")));
+        let cd = CacheDir::open(tmp.join(&key), "http://h/dav/").expect("open");
+        let target = DavPath::parse("/dir/report.pdf").expect("path");
+        let j = cd.new_journal(&target).expect("journal");
+        std::fs::write(&j, b"precious").expect("write");
+        let kept = cd.recover(&j, &target, "server gone").expect("recover");
+        assert!(!j.exists());
+        assert_eq!(std::fs::read(&kept).expect("read"), b"precious");
+        let all = list_recovered(&tmp);
+        assert_eq!(all.len(), 1);
+        assert!(all[0].info.contains("path=/dir/report.pdf"), "{}", all[0].info);
+        assert!(all[0].info.contains("reason=server gone"));
+        let s = cd.new_spool().expect("spool");
+        cd.discard(&s);
+        assert!(!s.exists());
+        assert!(timestamp().len() == 16, "{}", timestamp());
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}

@@ -1,0 +1,542 @@
+//! Everything that changes the server: write sessions, create, truncate, mkdir, rmdir,
+//! unlink, rename, and keeping the caches coherent with our own changes.
+//!
+//! After each successful change the directory cache is updated in place (the new entry with
+//! its size and time, or the entry removed), so a listing right after a write shows it
+//! without another PROPFIND.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::error::{VfsError, VfsResult};
+use super::inode::{FileKind, Ino, Listing, Meta};
+use super::write::{Uploaded, WriteHandle};
+use super::{Attr, Handle, OpenMode, Opened, UploadPolicy, Vfs};
+use crate::dav::{DavPath, Depth, ErrorKind, Preconditions, PutBody};
+
+/// What `setattr` was asked to change.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub size: Option<u64>,
+    /// Mode, owner or times: accepted and not stored (WebDAV servers cannot store them).
+    pub other: bool,
+}
+
+impl Vfs {
+    fn check_writable(&self) -> VfsResult<()> {
+        if self.cfg.read_only {
+            return Err(VfsError::new(ErrorKind::ReadOnly, "this mount is read-only"));
+        }
+        Ok(())
+    }
+
+    fn check_not_forbidden(&self, dir: Ino, what: &str) -> VfsResult<()> {
+        let forbidden = self
+            .forbidden
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&dir);
+        if forbidden {
+            return Err(VfsError::new(
+                ErrorKind::PermissionDenied,
+                format!("{what}: the server refuses writes in this directory"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn note_forbidden(&self, dir: Ino, e: &VfsError) {
+        if e.kind == ErrorKind::PermissionDenied {
+            self.forbidden
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(dir);
+        }
+    }
+
+    fn path_of(&self, ino: Ino) -> VfsResult<DavPath> {
+        self.table()
+            .get(ino)
+            .map(|n| n.path.clone())
+            .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))
+    }
+
+    /// The size of the open write session of `ino`, if any.
+    pub(super) async fn writer_size(&self, ino: Ino) -> Option<u64> {
+        let fh = self.table().get(ino).and_then(|n| n.writer)?;
+        match self.handle(fh).ok()? {
+            Handle::Write(w) => Some(w.size().await),
+            Handle::Read(_) => None,
+        }
+    }
+
+    /// Records `name` → a node at `path` with `meta` in `parent`'s listing (if cached).
+    fn insert_child(&self, parent: Ino, name: &str, path: &DavPath, meta: Meta) -> Ino {
+        let mut t = self.table();
+        let ino = t.ensure(parent, path);
+        if let Some(n) = t.get_mut(ino) {
+            n.meta = Some(meta);
+            n.parent = parent;
+        }
+        if let Some(l) = t.get_mut(parent).and_then(|n| n.listing.as_mut())
+            && !l.by_name.contains_key(name)
+        {
+            l.by_name.insert(name.to_owned(), ino);
+            l.order.push((name.to_owned(), ino));
+        }
+        ino
+    }
+
+    /// Removes `name` from `parent`'s cached listing.
+    fn remove_child(&self, parent: Ino, name: &str) {
+        let mut t = self.table();
+        if let Some(l) = t.get_mut(parent).and_then(|n| n.listing.as_mut())
+            && l.by_name.remove(name).is_some()
+        {
+            l.order.retain(|(n, _)| n != name);
+        }
+    }
+
+    fn file_meta(size: u64, etag: Option<String>) -> Meta {
+        let now = SystemTime::now();
+        Meta {
+            kind: FileKind::File,
+            size,
+            mtime: now,
+            ctime: now,
+            etag,
+            fetched: Instant::now(),
+        }
+    }
+
+    /// Whether new files may be streamed (chunked) to this server. Decided once by a probe:
+    /// a small chunked PUT next to the first file created, checked by PROPFIND, then deleted.
+    /// Some nginx/PHP setups answer 201 to a chunked PUT and store 0 bytes.
+    async fn can_stream(&self, dir: &DavPath) -> bool {
+        match self.cfg.upload {
+            UploadPolicy::Stream => return true,
+            UploadPolicy::Spool => return false,
+            UploadPolicy::Auto => {}
+        }
+        let mut g = self.stream_ok.lock().await;
+        if let Some(v) = g.0 {
+            return v;
+        }
+        if g.1 >= 3 {
+            return false;
+        }
+        g.1 += 1;
+        let name = format!(
+            ".davdrive-probe-{}-{}",
+            std::process::id(),
+            self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let Ok(probe) = dir.join(&name) else {
+            return false;
+        };
+        const PIECE: &[u8] = b"davdrive chunked upload probe\n";
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            (0..3).map(|_| Ok(Bytes::from_static(PIECE))).collect();
+        let put = self
+            .client
+            .put(
+                &probe,
+                PutBody::Stream {
+                    stream: Box::new(futures_util::stream::iter(chunks)),
+                    len: None,
+                },
+                &Preconditions::default(),
+            )
+            .await;
+        if put.is_err() {
+            return false;
+        }
+        let verdict = match self.client.propfind(&probe, Depth::Zero, false).await {
+            Ok(ms) => ms
+                .get(&probe)
+                .map(|r| r.content_length == Some(3 * PIECE.len() as u64)),
+            Err(_) => None,
+        };
+        let _ = self
+            .client
+            .delete(&probe, false, &Preconditions::default())
+            .await;
+        match verdict {
+            Some(v) => {
+                if !v {
+                    tracing::info!("the server does not store chunked uploads correctly; spooling uploads");
+                }
+                g.0 = Some(v);
+                v
+            }
+            // Inconclusive (e.g. a drop box that ingests files at once): spool this time.
+            None => false,
+        }
+    }
+
+    /// Creates and opens `name` in `parent`.
+    pub async fn create(&self, parent: Ino, name: &str) -> VfsResult<(Attr, Opened)> {
+        self.check_writable()?;
+        let dir = self.path_of(parent)?;
+        let path = dir.join(name)?;
+        self.check_not_forbidden(parent, &path.to_string())?;
+        let stream = self.can_stream(&dir).await;
+        let meta = Self::file_meta(0, None);
+        let ino = self.insert_child(parent, name, &path, meta.clone());
+        let pre = Preconditions {
+            if_none_match_any: true,
+            ..Default::default()
+        };
+        let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?;
+        let fh = self.add_handle(Handle::Write(Arc::new(w)));
+        if let Some(n) = self.table().get_mut(ino) {
+            n.writer = Some(fh);
+            n.lookups += 1;
+        }
+        Ok((
+            self.attr_of(ino, &meta),
+            Opened {
+                fh,
+                keep_cache: false,
+            },
+        ))
+    }
+
+    pub(super) async fn open_for_write(&self, ino: Ino, mode: OpenMode) -> VfsResult<Opened> {
+        self.check_writable()?;
+        let attr = self.getattr(ino).await?;
+        if attr.kind == FileKind::Directory {
+            return Err(VfsError::new(
+                ErrorKind::IsADirectory,
+                "cannot write to a directory",
+            ));
+        }
+        let (path, parent, etag) = {
+            let t = self.table();
+            let n = t
+                .get(ino)
+                .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
+            (
+                n.path.clone(),
+                n.parent,
+                n.meta.as_ref().and_then(|m| m.etag.clone()),
+            )
+        };
+        self.check_not_forbidden(parent, &path.to_string())?;
+        let pre = Preconditions {
+            if_match: etag,
+            ..Default::default()
+        };
+        let w = if mode.truncate {
+            let dir = path.parent().unwrap_or_default();
+            let stream = self.can_stream(&dir).await;
+            WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?
+        } else {
+            WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre)?
+        };
+        let fh = self.add_handle(Handle::Write(Arc::new(w)));
+        if let Some(n) = self.table().get_mut(ino) {
+            n.writer = Some(fh);
+        }
+        Ok(Opened {
+            fh,
+            keep_cache: false,
+        })
+    }
+
+    /// Writes `data` at `offset`; returns how many bytes were taken.
+    pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> VfsResult<u32> {
+        match self.handle(fh)? {
+            Handle::Write(w) => w.write(&self.client, offset, data).await,
+            Handle::Read(_) => Err(VfsError::new(
+                ErrorKind::PermissionDenied,
+                "file not open for writing",
+            )),
+        }
+    }
+
+    fn apply_upload(&self, ino: Ino, up: &Uploaded) {
+        let mut t = self.table();
+        if let Some(n) = t.get_mut(ino) {
+            if n.gone {
+                return;
+            }
+            n.meta = Some(Self::file_meta(up.size, up.etag.clone()));
+            n.cached_version = None;
+        }
+    }
+
+    /// close() and fsync(): returns once the server holds the data.
+    pub async fn flush(&self, fh: u64) -> VfsResult<()> {
+        let Handle::Write(w) = self.handle(fh)? else {
+            return Ok(());
+        };
+        self.uploads.send_modify(|n| *n += 1);
+        let r = w.flush(&self.client).await;
+        self.uploads.send_modify(|n| *n -= 1);
+        match r {
+            Ok(Some(up)) => {
+                self.apply_upload(w.ino(), &up);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                let parent = self.table().get(w.ino()).map(|n| n.parent);
+                if let Some(p) = parent {
+                    self.note_forbidden(p, &e);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The last close of a handle.
+    pub async fn release(&self, fh: u64) {
+        let h = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh);
+        let Some(Handle::Write(w)) = h else {
+            return;
+        };
+        let ino = w.ino();
+        let gone = self.table().get(ino).is_none_or(|n| n.gone);
+        self.uploads.send_modify(|n| *n += 1);
+        let r = w.release(&self.client, &self.cache, gone).await;
+        self.uploads.send_modify(|n| *n -= 1);
+        let mut failed_new = false;
+        match r {
+            Ok(Some(up)) => self.apply_upload(ino, &up),
+            Ok(None) => {}
+            Err(_) => failed_new = true,
+        }
+        let mut t = self.table();
+        if let Some(n) = t.get_mut(ino) {
+            if n.writer == Some(fh) {
+                n.writer = None;
+            }
+            if failed_new && n.meta.as_ref().is_some_and(|m| m.etag.is_none()) {
+                // What the listing shows may not exist on the server: ask again next time.
+                n.meta = None;
+            }
+        }
+        drop(t);
+        if failed_new {
+            self.invalidate(ino);
+        }
+        tracing::debug!(path = %w.path(), "write session closed");
+    }
+
+    /// Waits until no upload is in progress, saying what it waits for.
+    pub async fn wait_for_uploads(&self) {
+        let mut rx = self.uploads.subscribe();
+        let busy = *rx.borrow();
+        if busy > 0 {
+            tracing::info!("waiting for {busy} upload(s) to finish before unmounting");
+        }
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Truncation and metadata changes.
+    pub async fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
+        if let Some(size) = set.size {
+            self.check_writable()?;
+            let writer = fh
+                .and_then(|f| match self.handle(f).ok()? {
+                    Handle::Write(w) => Some(w),
+                    Handle::Read(_) => None,
+                })
+                .or_else(|| {
+                    let fh = self.table().get(ino).and_then(|n| n.writer)?;
+                    match self.handle(fh).ok()? {
+                        Handle::Write(w) => Some(w),
+                        Handle::Read(_) => None,
+                    }
+                });
+            match writer {
+                Some(w) => w.set_size(&self.client, size).await?,
+                None => self.truncate_closed(ino, size).await?,
+            }
+        }
+        // chmod, chown, utimens: WebDAV servers cannot store them. Succeeding keeps cp -a,
+        // rsync -a and file managers going; the values are not kept (docs/SEMANTICS.md).
+        let _ = set.other;
+        self.getattr(ino).await
+    }
+
+    async fn truncate_closed(&self, ino: Ino, size: u64) -> VfsResult<()> {
+        let attr = self.getattr(ino).await?;
+        if attr.kind == FileKind::Directory {
+            return Err(VfsError::new(ErrorKind::IsADirectory, "cannot truncate a directory"));
+        }
+        if attr.size == size {
+            return Ok(());
+        }
+        let (path, etag) = {
+            let t = self.table();
+            let n = t
+                .get(ino)
+                .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
+            (n.path.clone(), n.meta.as_ref().and_then(|m| m.etag.clone()))
+        };
+        let pre = Preconditions {
+            if_match: etag,
+            ..Default::default()
+        };
+        let w = WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre)?;
+        w.set_size(&self.client, size).await?;
+        match w.release(&self.client, &self.cache, false).await? {
+            Some(up) => self.apply_upload(ino, &up),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// mkdir: MKCOL. The new directory is known to be empty: listing it costs nothing.
+    pub async fn mkdir(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+        self.check_writable()?;
+        let dir = self.path_of(parent)?;
+        let path = dir.join(name)?;
+        self.check_not_forbidden(parent, &path.to_string())?;
+        if let Err(e) = self.client.mkcol(&path).await {
+            let e = VfsError::from(e);
+            self.note_forbidden(parent, &e);
+            return Err(e);
+        }
+        let now = SystemTime::now();
+        let meta = Meta {
+            kind: FileKind::Directory,
+            size: 0,
+            mtime: now,
+            ctime: now,
+            etag: None,
+            fetched: Instant::now(),
+        };
+        let ino = self.insert_child(parent, name, &path, meta.clone());
+        if let Some(n) = self.table().get_mut(ino) {
+            n.listing = Some(Listing {
+                fetched: Instant::now(),
+                order: Vec::new(),
+                by_name: Default::default(),
+            });
+            n.lookups += 1;
+        }
+        Ok(self.attr_of(ino, &meta))
+    }
+
+    async fn child(&self, parent: Ino, name: &str) -> VfsResult<(Ino, FileKind)> {
+        let attr = self.child_attr(parent, name).await?;
+        Ok((attr.ino, attr.kind))
+    }
+
+    /// unlink: DELETE of a file.
+    pub async fn unlink(&self, parent: Ino, name: &str) -> VfsResult<()> {
+        self.check_writable()?;
+        let (ino, kind) = self.child(parent, name).await?;
+        if kind == FileKind::Directory {
+            return Err(VfsError::new(ErrorKind::IsADirectory, format!("{name}: is a directory")));
+        }
+        let path = self.path_of(ino)?;
+        let has_writer = self.table().get(ino).is_some_and(|n| n.writer.is_some());
+        match self.client.delete(&path, false, &Preconditions::default()).await {
+            Ok(()) => {}
+            // A file still being written may not exist on the server yet.
+            Err(e) if has_writer && e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.remove_child(parent, name);
+        self.table().mark_gone(ino);
+        Ok(())
+    }
+
+    /// rmdir: refused with ENOTEMPTY when the listing is not empty, without a DELETE.
+    pub async fn rmdir(&self, parent: Ino, name: &str) -> VfsResult<()> {
+        self.check_writable()?;
+        let (ino, kind) = self.child(parent, name).await?;
+        if kind != FileKind::Directory {
+            return Err(VfsError::new(ErrorKind::NotADirectory, format!("{name}: not a directory")));
+        }
+        let listing = self.listing(ino).await?;
+        if !listing.order.is_empty() {
+            return Err(VfsError::new(ErrorKind::NotEmpty, format!("{name}: directory not empty")));
+        }
+        let path = self.path_of(ino)?;
+        self.client
+            .delete(&path, true, &Preconditions::default())
+            .await?;
+        self.remove_child(parent, name);
+        self.table().mark_gone(ino);
+        Ok(())
+    }
+
+    /// rename: MOVE with POSIX overwrite semantics. `noreplace` keeps an existing target.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &str,
+        new_parent: Ino,
+        new_name: &str,
+        noreplace: bool,
+    ) -> VfsResult<()> {
+        self.check_writable()?;
+        let (ino, kind) = self.child(parent, name).await?;
+        let new_dir = self.path_of(new_parent)?;
+        let to = new_dir.join(new_name)?;
+        let from = self.path_of(ino)?;
+        if from == to {
+            return Ok(());
+        }
+        if to.starts_with(&from) {
+            return Err(VfsError::new(
+                ErrorKind::InvalidName,
+                "cannot move a directory into itself",
+            ));
+        }
+        let existing = match self.child(new_parent, new_name).await {
+            Ok(x) => Some(x),
+            Err(e) if e.kind == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some((dst, dkind)) = existing {
+            if noreplace {
+                return Err(VfsError::new(ErrorKind::AlreadyExists, format!("{to} exists")));
+            }
+            match (kind, dkind) {
+                (FileKind::Directory, FileKind::File) => {
+                    return Err(VfsError::new(ErrorKind::NotADirectory, format!("{to} is a file")));
+                }
+                (FileKind::File, FileKind::Directory) => {
+                    return Err(VfsError::new(ErrorKind::IsADirectory, format!("{to} is a directory")));
+                }
+                (FileKind::Directory, FileKind::Directory) => {
+                    if !self.listing(dst).await?.order.is_empty() {
+                        return Err(VfsError::new(
+                            ErrorKind::NotEmpty,
+                            format!("{to}: directory not empty"),
+                        ));
+                    }
+                }
+                (FileKind::File, FileKind::File) => {}
+            }
+        }
+        let collection = kind == FileKind::Directory;
+        self.client
+            .move_to(&from, &to, collection, !noreplace)
+            .await?;
+        let meta = self.table().get(ino).and_then(|n| n.meta.clone());
+        self.remove_child(parent, name);
+        self.remove_child(new_parent, new_name);
+        {
+            let mut t = self.table();
+            t.rename(ino, new_parent, &to);
+        }
+        if let Some(m) = meta {
+            self.insert_child(new_parent, new_name, &to, m);
+        }
+        Ok(())
+    }
+}

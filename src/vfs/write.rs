@@ -1,0 +1,515 @@
+//! Write sessions: one per file opened for writing.
+//!
+//! Two ways to get bytes to the server:
+//!
+//! - **Streaming** (a file created or truncated and written from offset 0 onwards): a PUT
+//!   starts at open and its body is fed as the application writes, through a small bounded
+//!   channel, so a 10 GiB copy neither waits for a local spool nor sits in memory, and the
+//!   writer's progress is the upload's progress. Every byte also goes to a journal file
+//!   before it is sent, so a failed upload can be retried or recovered. Used only where the
+//!   server was proven to store chunked bodies correctly (see `Vfs::can_stream`).
+//! - **Spooling** (seek, pwrite, truncate to non-zero, append, open without O_TRUNC): the
+//!   file lives in a local spool file, filled from the server's version (one GET) only when
+//!   a byte of it is needed, and is PUT with Content-Length on flush/fsync/close.
+//!
+//! A streaming session that meets a non-sequential write, a read, or a broken connection
+//! turns into a spooling session: the journal holds every byte written so far and becomes
+//! the spool. `flush` (close, fsync) returns after the server acknowledged, or with the error.
+//! A session whose data could not be uploaded leaves it in the recovery folder; `release`
+//! says where in the log.
+//!
+//! Lost updates: a PUT over an existing file carries `If-Match` with the entity tag read at
+//! open; a new file carries `If-None-Match: *`. A 412 is a conflict: nothing is overwritten.
+
+use std::io;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::JoinHandle;
+
+use super::cache_dir::CacheDir;
+use super::error::{VfsError, VfsResult};
+use super::inode::Ino;
+use crate::dav::{DavClient, DavError, DavPath, ErrorKind, Preconditions, PutBody, ResponseMeta};
+
+/// Chunks in flight between the writer and the HTTP body. With 1 MiB FUSE writes this keeps
+/// at most ~8 MiB in memory per upload.
+const CHANNEL_DEPTH: usize = 8;
+
+type Chunk = Result<Bytes, io::Error>;
+
+struct Streaming {
+    tx: mpsc::Sender<Chunk>,
+    task: JoinHandle<Result<ResponseMeta, DavError>>,
+}
+
+struct State {
+    file: std::fs::File,
+    file_path: PathBuf,
+    stream: Option<Streaming>,
+    /// Logical size of the file as written so far.
+    size: u64,
+    /// Whether `file` holds all of the file's bytes (false until the original is fetched).
+    complete: bool,
+    /// Size of the server's version, fetched into the spool when needed.
+    original_size: u64,
+    dirty: bool,
+    pre: Preconditions,
+    /// A failure that makes further writes pointless (403, 507, 413, 412, disk full).
+    failed: Option<VfsError>,
+}
+
+/// What a successful upload tells the caches.
+#[derive(Debug, Clone)]
+pub(super) struct Uploaded {
+    pub size: u64,
+    pub etag: Option<String>,
+}
+
+pub(super) struct WriteHandle {
+    ino: Ino,
+    path: DavPath,
+    state: Mutex<State>,
+}
+
+fn io_err(path: &DavPath, what: &str, e: &io::Error) -> VfsError {
+    let kind = if e.raw_os_error() == Some(28) || e.kind() == io::ErrorKind::StorageFull {
+        ErrorKind::NoSpace
+    } else {
+        ErrorKind::Io
+    };
+    VfsError::new(kind, format!("{path}: {what} in the cache directory: {e}"))
+}
+
+#[cfg(unix)]
+fn write_at(f: &std::fs::File, buf: &[u8], off: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(buf, off)
+}
+
+#[cfg(windows)]
+fn write_at(f: &std::fs::File, mut buf: &[u8], mut off: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = f.seek_write(buf, off)?;
+        buf = &buf[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn read_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], off + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+#[cfg(windows)]
+fn read_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    use std::os::windows::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.seek_read(&mut buf[done..], off + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
+
+fn open_rw(p: &std::path::Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().read(true).write(true).open(p)
+}
+
+/// Starts a PUT whose body is fed through the returned sender.
+fn start_stream(client: &DavClient, path: &DavPath, pre: &Preconditions) -> Streaming {
+    let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let client = client.clone();
+    let path = path.clone();
+    let pre = pre.clone();
+    let task = tokio::spawn(async move {
+        client
+            .put(
+                &path,
+                PutBody::Stream {
+                    stream: Box::new(body),
+                    len: None,
+                },
+                &pre,
+            )
+            .await
+    });
+    Streaming { tx, task }
+}
+
+/// Whether a failed upload should be retried from the local copy rather than given up.
+fn transient(e: &VfsError) -> bool {
+    matches!(
+        e.kind,
+        ErrorKind::Io | ErrorKind::Unreachable | ErrorKind::TimedOut | ErrorKind::Busy
+    )
+}
+
+impl WriteHandle {
+    /// A new file, or an existing one truncated to 0 (`etag` of the replaced version).
+    pub(super) fn new_empty(
+        client: &DavClient,
+        cache: &CacheDir,
+        ino: Ino,
+        path: DavPath,
+        pre: Preconditions,
+        stream: bool,
+    ) -> VfsResult<Self> {
+        let file_path = if stream {
+            cache.new_journal(&path)
+        } else {
+            cache.new_spool()
+        }
+        .map_err(|e| io_err(&path, "cannot create a journal", &e))?;
+        let file = open_rw(&file_path).map_err(|e| io_err(&path, "cannot open the journal", &e))?;
+        let stream = stream.then(|| start_stream(client, &path, &pre));
+        Ok(WriteHandle {
+            ino,
+            state: Mutex::new(State {
+                file,
+                file_path,
+                stream,
+                size: 0,
+                complete: true,
+                original_size: 0,
+                dirty: true,
+                pre,
+                failed: None,
+            }),
+            path,
+        })
+    }
+
+    /// An existing file opened for writing without truncation: spooled, original fetched
+    /// when first needed.
+    pub(super) fn new_existing(
+        cache: &CacheDir,
+        ino: Ino,
+        path: DavPath,
+        size: u64,
+        pre: Preconditions,
+    ) -> VfsResult<Self> {
+        let file_path = cache
+            .new_spool()
+            .map_err(|e| io_err(&path, "cannot create a spool file", &e))?;
+        let file = open_rw(&file_path).map_err(|e| io_err(&path, "cannot open the spool", &e))?;
+        Ok(WriteHandle {
+            ino,
+            state: Mutex::new(State {
+                file,
+                file_path,
+                stream: None,
+                size,
+                complete: size == 0,
+                original_size: size,
+                dirty: false,
+                pre,
+                failed: None,
+            }),
+            path,
+        })
+    }
+
+    pub(super) fn ino(&self) -> Ino {
+        self.ino
+    }
+
+    pub(super) fn path(&self) -> &DavPath {
+        &self.path
+    }
+
+    /// Current logical size (for getattr while the file is open).
+    pub(super) async fn size(&self) -> u64 {
+        self.state.lock().await.size
+    }
+
+    /// Stops streaming: the journal becomes the spool. Aborts the PUT so the server keeps
+    /// nothing half-written.
+    async fn to_spool(&self, st: &mut State) {
+        if let Some(s) = st.stream.take() {
+            let _ = s
+                .tx
+                .send(Err(io::Error::other("switching to a spooled upload")))
+                .await;
+            drop(s.tx);
+            s.task.abort();
+            let _ = s.task.await;
+        }
+    }
+
+    /// Fetches the server's version into the spool, if not done yet.
+    async fn load_original(&self, client: &DavClient, st: &mut State) -> VfsResult<()> {
+        if st.complete {
+            return Ok(());
+        }
+        let mut get = client.get(&self.path, None, None).await?;
+        let mut off = 0u64;
+        while let Some(chunk) = get.chunk().await? {
+            // Bytes the application already wrote beyond the original win: only fill below
+            // the original size and never past what we have written since.
+            let end = off + chunk.len() as u64;
+            let limit = st.original_size.min(end);
+            if off < limit {
+                let piece = &chunk[..(limit - off) as usize];
+                write_at(&st.file, piece, off).map_err(|e| io_err(&self.path, "write", &e))?;
+            }
+            off = end;
+        }
+        if off != st.original_size {
+            return Err(VfsError::new(
+                ErrorKind::Stale,
+                format!(
+                    "{}: changed on the server (expected {} bytes, got {off})",
+                    self.path, st.original_size
+                ),
+            ));
+        }
+        st.complete = true;
+        Ok(())
+    }
+
+    pub(super) async fn write(&self, client: &DavClient, offset: u64, data: Bytes) -> VfsResult<u32> {
+        let mut st = self.state.lock().await;
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        let sequential = st.stream.is_some() && offset == st.size;
+        if st.stream.is_some() && !sequential {
+            self.to_spool(&mut st).await;
+        }
+        if st.stream.is_none() && !st.complete {
+            // Writing into an existing file: the bytes around must come from the server.
+            let covers_all = offset == 0 && data.len() as u64 >= st.original_size;
+            if covers_all {
+                st.complete = true;
+            } else {
+                self.load_original(client, &mut st).await?;
+            }
+        }
+        if let Err(e) = write_at(&st.file, &data, offset) {
+            let err = io_err(&self.path, "cannot keep the written data", &e);
+            // Never let the server complete a file we could not journal.
+            self.to_spool(&mut st).await;
+            st.failed = Some(err.clone());
+            return Err(err);
+        }
+        st.size = st.size.max(offset + data.len() as u64);
+        st.dirty = true;
+        let len = data.len() as u32;
+        if sequential && let Some(s) = &st.stream {
+            if s.tx.send(Ok(data)).await.is_err() {
+                // The PUT ended early: find out why.
+                let mut s = st.stream.take().expect("stream present");
+                let res = (&mut s.task).await;
+                if let Ok(Err(e)) = res {
+                    let err = VfsError::from(e);
+                    if !transient(&err) {
+                        st.failed = Some(err.clone());
+                        return Err(err);
+                    }
+                }
+                tracing::debug!(path = %self.path, "streaming upload broke; spooling instead");
+            }
+        }
+        Ok(len)
+    }
+
+    pub(super) async fn read(&self, client: &DavClient, offset: u64, size: u32) -> VfsResult<Bytes> {
+        let mut st = self.state.lock().await;
+        if st.stream.is_none() && !st.complete {
+            self.load_original(client, &mut st).await?;
+        }
+        if offset >= st.size {
+            return Ok(Bytes::new());
+        }
+        let n = (u64::from(size)).min(st.size - offset) as usize;
+        let mut buf = vec![0u8; n];
+        let got = read_at(&st.file, &mut buf, offset).map_err(|e| io_err(&self.path, "read", &e))?;
+        // Holes (truncate up) read as zeros.
+        buf.truncate(got);
+        buf.resize(n, 0);
+        Ok(Bytes::from(buf))
+    }
+
+    pub(super) async fn set_size(&self, client: &DavClient, size: u64) -> VfsResult<()> {
+        let mut st = self.state.lock().await;
+        if st.size == size && !(st.stream.is_none() && !st.complete) {
+            return Ok(());
+        }
+        self.to_spool(&mut st).await;
+        if size > 0 && !st.complete {
+            self.load_original(client, &mut st).await?;
+        }
+        st.file
+            .set_len(size)
+            .map_err(|e| io_err(&self.path, "truncate", &e))?;
+        st.size = size;
+        st.complete = true;
+        st.dirty = true;
+        Ok(())
+    }
+
+    /// Makes the server hold what was written: ends the streaming PUT, or PUTs the spool.
+    /// Returns what was uploaded, or `None` when there was nothing to do.
+    pub(super) async fn flush(&self, client: &DavClient) -> VfsResult<Option<Uploaded>> {
+        let mut st = self.state.lock().await;
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        if !st.dirty {
+            return Ok(None);
+        }
+        let mut result = None;
+        if let Some(s) = st.stream.take() {
+            drop(s.tx);
+            match s.task.await {
+                Ok(Ok(meta)) => result = Some(meta),
+                Ok(Err(e)) => {
+                    let err = VfsError::from(e);
+                    if !transient(&err) {
+                        st.failed = Some(err.clone());
+                        return Err(err);
+                    }
+                    tracing::info!(path = %self.path, "streaming upload failed ({err}); sending it again");
+                }
+                Err(_) => {}
+            }
+        }
+        let meta = match result {
+            Some(m) => m,
+            None => {
+                let mut last = None;
+                let mut meta = None;
+                // Two attempts from the local copy: a dropped connection is retried once.
+                for _ in 0..2 {
+                    match self.put_file(client, &st).await {
+                        Ok(m) => {
+                            meta = Some(m);
+                            break;
+                        }
+                        Err(e) => {
+                            let retry = transient(&e);
+                            last = Some(e);
+                            if !retry {
+                                break;
+                            }
+                        }
+                    }
+                }
+                match meta {
+                    Some(m) => m,
+                    None => {
+                        let err = last.unwrap_or_else(|| VfsError::new(ErrorKind::Io, "upload failed"));
+                        if !transient(&err) {
+                            st.failed = Some(err.clone());
+                        }
+                        return Err(err);
+                    }
+                }
+            }
+        };
+        st.dirty = false;
+        // From now on we overwrite our own version.
+        st.pre = Preconditions {
+            if_match: meta.etag.clone(),
+            if_none_match_any: false,
+            lock_token: st.pre.lock_token.clone(),
+        };
+        Ok(Some(Uploaded {
+            size: st.size,
+            etag: meta.etag,
+        }))
+    }
+
+    async fn put_file(&self, client: &DavClient, st: &State) -> VfsResult<ResponseMeta> {
+        let file = tokio::fs::File::open(&st.file_path)
+            .await
+            .map_err(|e| io_err(&self.path, "cannot reopen the local copy", &e))?;
+        let len = st.size;
+        let reader = tokio::io::AsyncReadExt::take(file, len);
+        let stream = tokio_util_stream(reader);
+        Ok(client
+            .put(
+                &self.path,
+                PutBody::Stream {
+                    stream: Box::new(stream),
+                    len: Some(len),
+                },
+                &st.pre,
+            )
+            .await?)
+    }
+
+    /// Ends the session: uploads what is left, keeps failed data in the recovery folder, and
+    /// deletes the local copy. `discard` (the file was deleted meanwhile) uploads nothing.
+    pub(super) async fn release(
+        &self,
+        client: &DavClient,
+        cache: &CacheDir,
+        discard: bool,
+    ) -> VfsResult<Option<Uploaded>> {
+        let outcome = if discard {
+            let mut st = self.state.lock().await;
+            self.to_spool(&mut st).await;
+            st.dirty = false;
+            Ok(None)
+        } else {
+            self.flush(client).await
+        };
+        let st = self.state.lock().await;
+        match &outcome {
+            Err(e) if st.size > 0 || st.dirty => {
+                match cache.recover(&st.file_path, &self.path, &e.to_string()) {
+                    Ok(kept) => tracing::warn!(
+                        "could not upload {}: {e}. The data is kept in {}",
+                        self.path,
+                        kept.display()
+                    ),
+                    Err(io) => tracing::error!(
+                        "could not upload {} ({e}) nor keep it locally ({io}); it stays in {}",
+                        self.path,
+                        st.file_path.display()
+                    ),
+                }
+            }
+            _ => cache.discard(&st.file_path),
+        }
+        outcome
+    }
+}
+
+/// Reads an AsyncRead as a stream of chunks (256 KiB), for PUT bodies from disk.
+fn tokio_util_stream<R>(reader: R) -> impl futures_util::Stream<Item = Chunk> + Send + 'static
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    futures_util::stream::unfold(reader, |mut r| async move {
+        let mut buf = vec![0u8; 256 * 1024];
+        match tokio::io::AsyncReadExt::read(&mut r, &mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), r))
+            }
+            Err(e) => Some((Err(e), r)),
+        }
+    })
+}
