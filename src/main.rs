@@ -30,7 +30,11 @@ fn status(cache_dir: Option<std::path::PathBuf>) -> Result<(), String> {
     let kept = davdrive::vfs::cache_dir::list_recovered(&base);
     let mut out = std::io::stdout().lock();
     if kept.is_empty() {
-        let _ = writeln!(out, "no files waiting in recovery folders under {}", base.display());
+        let _ = writeln!(
+            out,
+            "no files waiting in recovery folders under {}",
+            base.display()
+        );
         return Ok(());
     }
     let _ = writeln!(

@@ -70,7 +70,12 @@ pub struct MountArgs {
     pub allow_other: bool,
 
     /// Where journals, spool files and the recovery folder live.
-    #[arg(long, env = "DAVDRIVE_CACHE_DIR", value_name = "DIR", help_heading = "Writing")]
+    #[arg(
+        long,
+        env = "DAVDRIVE_CACHE_DIR",
+        value_name = "DIR",
+        help_heading = "Writing"
+    )]
     pub cache_dir: Option<PathBuf>,
     /// How new files are uploaded.
     #[arg(long, value_enum, default_value_t = UploadMode::Auto, help_heading = "Writing")]

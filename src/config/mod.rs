@@ -9,8 +9,8 @@ use url::Url;
 
 use crate::cli::{MountArgs, UploadMode};
 use crate::credentials;
-use crate::dav::{ClientConfig, Credentials, DavError};
 use crate::dav::client::redact_url;
+use crate::dav::{ClientConfig, Credentials, DavError};
 use crate::vfs::cache_dir::{default_base, mount_key};
 use crate::vfs::{UploadPolicy, VfsConfig};
 

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use fuser::{
     BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow,
-    WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -291,7 +290,14 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let vfs = self.vfs.clone();
         self.rt.spawn(async move {
             match vfs.flush(fh.0).await {
@@ -321,7 +327,11 @@ impl Filesystem for FuseAdapter {
     ) {
         let set = SetAttr {
             size,
-            other: mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some(),
+            other: mode.is_some()
+                || uid.is_some()
+                || gid.is_some()
+                || atime.is_some()
+                || mtime.is_some(),
         };
         let (vfs, ttl) = (self.vfs.clone(), self.ttl);
         self.rt.spawn(async move {
@@ -392,13 +402,18 @@ impl Filesystem for FuseAdapter {
         let (Some(name), Some(newname)) = (utf8(name), utf8(newname)) else {
             return reply.error(Errno::from_i32(libc::EINVAL));
         };
-        if flags.contains(RenameFlags::RENAME_EXCHANGE) || flags.contains(RenameFlags::RENAME_WHITEOUT) {
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            || flags.contains(RenameFlags::RENAME_WHITEOUT)
+        {
             return reply.error(Errno::from_i32(libc::EINVAL));
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let vfs = self.vfs.clone();
         self.rt.spawn(async move {
-            match vfs.rename(parent.0, &name, newparent.0, &newname, noreplace).await {
+            match vfs
+                .rename(parent.0, &name, newparent.0, &newname, noreplace)
+                .await
+            {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }

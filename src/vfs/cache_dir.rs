@@ -147,7 +147,10 @@ impl CacheDir {
 
     /// A new, empty spool file.
     pub fn new_spool(&self) -> io::Result<PathBuf> {
-        let data = self.root.join("spool").join(format!("{}.data", self.unique()));
+        let data = self
+            .root
+            .join("spool")
+            .join(format!("{}.data", self.unique()));
         create_private_file(&data)?;
         Ok(data)
     }
@@ -164,12 +167,20 @@ impl CacheDir {
         let name = target.name().unwrap_or("unnamed");
         let safe: String = name
             .chars()
-            .map(|c| if c == '/' || c == '\\' || c.is_control() { '_' } else { c })
+            .map(|c| {
+                if c == '/' || c == '\\' || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
             .take(120)
             .collect();
-        let dest = self
-            .recovery_dir()
-            .join(format!("{}-{}-{safe}", timestamp(), self.seq.fetch_add(1, Ordering::Relaxed)));
+        let dest = self.recovery_dir().join(format!(
+            "{}-{}-{safe}",
+            timestamp(),
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        ));
         if std::fs::rename(data, &dest).is_err() {
             std::fs::copy(data, &dest)?;
             let _ = std::fs::remove_file(data);
@@ -229,7 +240,8 @@ mod tests {
 
     #[test]
     fn journal_recovery_and_listing() {
-        let tmp = std::env::temp_dir().join(format!("davdrive-cachedir-test-{}", std::process::id()));
+        let tmp =
+            std::env::temp_dir().join(format!("davdrive-cachedir-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         let key = mount_key("http://h/dav/", Some("alice"));
         assert_ne!(key, mount_key("http://h/dav/", Some("bob")));
@@ -242,7 +254,11 @@ mod tests {
         assert_eq!(std::fs::read(&kept).expect("read"), b"precious");
         let all = list_recovered(&tmp);
         assert_eq!(all.len(), 1);
-        assert!(all[0].info.contains("path=/dir/report.pdf"), "{}", all[0].info);
+        assert!(
+            all[0].info.contains("path=/dir/report.pdf"),
+            "{}",
+            all[0].info
+        );
         assert!(all[0].info.contains("reason=server gone"));
         let s = cd.new_spool().expect("spool");
         cd.discard(&s);

@@ -38,12 +38,12 @@ use tokio::time::Instant;
 
 pub use crate::dav::ErrorKind;
 use crate::dav::{DavClient, DavPath, Depth};
+use cache_dir::CacheDir;
 pub use error::{VfsError, VfsResult};
 pub use inode::{FileKind, Ino, ROOT_INO};
 use inode::{InodeTable, Listing, Meta};
 pub use mutate::SetAttr;
 pub use names::NamePolicy;
-use cache_dir::CacheDir;
 use read::ReadHandle;
 pub use read::ReadTuning;
 use write::WriteHandle;
@@ -179,6 +179,8 @@ pub struct Vfs {
     stream_ok: tokio::sync::Mutex<(Option<bool>, u32)>,
     /// Directories where the server refused a write (403): later writes fail at once.
     forbidden: Mutex<HashSet<Ino>>,
+    /// Directories where a write succeeded (or that we created): no check before creating.
+    writable: Mutex<HashSet<Ino>>,
     /// Uploads that have not finished (flush or release in progress), for unmount.
     uploads: tokio::sync::watch::Sender<usize>,
 }
@@ -198,7 +200,10 @@ impl Vfs {
         let cache = CacheDir::open(cfg.cache_dir.clone(), &url).map_err(|e| {
             VfsError::new(
                 ErrorKind::Io,
-                format!("cannot use the cache directory {}: {e}", cfg.cache_dir.display()),
+                format!(
+                    "cannot use the cache directory {}: {e}",
+                    cfg.cache_dir.display()
+                ),
             )
         })?;
         Ok(Arc::new(Vfs {
@@ -214,6 +219,7 @@ impl Vfs {
             cache,
             stream_ok: tokio::sync::Mutex::new((None, 0)),
             forbidden: Mutex::new(HashSet::new()),
+            writable: Mutex::new(HashSet::new()),
             uploads: tokio::sync::watch::channel(0).0,
         }))
     }
@@ -591,10 +597,7 @@ impl Vfs {
             let n = t
                 .get_mut(ino)
                 .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
-            let meta = n
-                .meta
-                .clone()
-                .ok_or_else(|| VfsError::not_found(&n.path))?;
+            let meta = n.meta.clone().ok_or_else(|| VfsError::not_found(&n.path))?;
             let keep = n
                 .cached_version
                 .as_ref()

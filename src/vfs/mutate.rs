@@ -28,7 +28,10 @@ pub struct SetAttr {
 impl Vfs {
     fn check_writable(&self) -> VfsResult<()> {
         if self.cfg.read_only {
-            return Err(VfsError::new(ErrorKind::ReadOnly, "this mount is read-only"));
+            return Err(VfsError::new(
+                ErrorKind::ReadOnly,
+                "this mount is read-only",
+            ));
         }
         Ok(())
     }
@@ -46,6 +49,20 @@ impl Vfs {
             ));
         }
         Ok(())
+    }
+
+    fn is_writable(&self, dir: Ino) -> bool {
+        self.writable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&dir)
+    }
+
+    fn note_writable(&self, dir: Ino) {
+        self.writable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dir);
     }
 
     fn note_forbidden(&self, dir: Ino, e: &VfsError) {
@@ -132,7 +149,8 @@ impl Vfs {
         let name = format!(
             ".davdrive-probe-{}-{}",
             std::process::id(),
-            self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            self.next_fh
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let Ok(probe) = dir.join(&name) else {
             return false;
@@ -167,7 +185,9 @@ impl Vfs {
         match verdict {
             Some(v) => {
                 if !v {
-                    tracing::info!("the server does not store chunked uploads correctly; spooling uploads");
+                    tracing::info!(
+                        "the server does not store chunked uploads correctly; spooling uploads"
+                    );
                 }
                 g.0 = Some(v);
                 v
@@ -183,13 +203,42 @@ impl Vfs {
         let dir = self.path_of(parent)?;
         let path = dir.join(name)?;
         self.check_not_forbidden(parent, &path.to_string())?;
-        let stream = self.can_stream(&dir).await;
-        let meta = Self::file_meta(0, None);
-        let ino = self.insert_child(parent, name, &path, meta.clone());
-        let pre = Preconditions {
+        let mut pre = Preconditions {
             if_none_match_any: true,
             ..Default::default()
         };
+        let mut meta = Self::file_meta(0, None);
+        if !self.is_writable(parent) {
+            // The first file in a directory not yet known to be writable is created empty at
+            // once, so that a server refusing writes here (Orthanc outside uploads/, a
+            // read-only share) fails the create itself with EACCES rather than a close()
+            // that many programs never check. Later files in the directory skip this.
+            match self
+                .client
+                .put(&path, PutBody::Bytes(Bytes::new()), &pre)
+                .await
+            {
+                Ok(m) => {
+                    self.note_writable(parent);
+                    pre = Preconditions {
+                        if_match: m.etag.clone(),
+                        ..Default::default()
+                    };
+                    meta = Self::file_meta(0, m.etag);
+                }
+                Err(e) => {
+                    let status = e.status();
+                    let mut e = VfsError::from(e);
+                    if status == Some(412) {
+                        e = VfsError::new(ErrorKind::AlreadyExists, format!("{path} exists"));
+                    }
+                    self.note_forbidden(parent, &e);
+                    return Err(e);
+                }
+            }
+        }
+        let stream = self.can_stream(&dir).await;
+        let ino = self.insert_child(parent, name, &path, meta.clone());
         let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?;
         let fh = self.add_handle(Handle::Write(Arc::new(w)));
         if let Some(n) = self.table().get_mut(ino) {
@@ -275,11 +324,15 @@ impl Vfs {
             return Ok(());
         };
         self.uploads.send_modify(|n| *n += 1);
-        let r = w.flush(&self.client).await;
+        let r = w.flush(&self.client, &self.cache).await;
         self.uploads.send_modify(|n| *n -= 1);
         match r {
             Ok(Some(up)) => {
                 self.apply_upload(w.ino(), &up);
+                let parent = self.table().get(w.ino()).map(|n| n.parent);
+                if let Some(p) = parent {
+                    self.note_writable(p);
+                }
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -371,7 +424,10 @@ impl Vfs {
     async fn truncate_closed(&self, ino: Ino, size: u64) -> VfsResult<()> {
         let attr = self.getattr(ino).await?;
         if attr.kind == FileKind::Directory {
-            return Err(VfsError::new(ErrorKind::IsADirectory, "cannot truncate a directory"));
+            return Err(VfsError::new(
+                ErrorKind::IsADirectory,
+                "cannot truncate a directory",
+            ));
         }
         if attr.size == size {
             return Ok(());
@@ -389,9 +445,8 @@ impl Vfs {
         };
         let w = WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre)?;
         w.set_size(&self.client, size).await?;
-        match w.release(&self.client, &self.cache, false).await? {
-            Some(up) => self.apply_upload(ino, &up),
-            None => {}
+        if let Some(up) = w.release(&self.client, &self.cache, false).await? {
+            self.apply_upload(ino, &up);
         }
         Ok(())
     }
@@ -417,6 +472,8 @@ impl Vfs {
             fetched: Instant::now(),
         };
         let ino = self.insert_child(parent, name, &path, meta.clone());
+        self.note_writable(ino);
+        self.note_writable(parent);
         if let Some(n) = self.table().get_mut(ino) {
             n.listing = Some(Listing {
                 fetched: Instant::now(),
@@ -438,11 +495,18 @@ impl Vfs {
         self.check_writable()?;
         let (ino, kind) = self.child(parent, name).await?;
         if kind == FileKind::Directory {
-            return Err(VfsError::new(ErrorKind::IsADirectory, format!("{name}: is a directory")));
+            return Err(VfsError::new(
+                ErrorKind::IsADirectory,
+                format!("{name}: is a directory"),
+            ));
         }
         let path = self.path_of(ino)?;
         let has_writer = self.table().get(ino).is_some_and(|n| n.writer.is_some());
-        match self.client.delete(&path, false, &Preconditions::default()).await {
+        match self
+            .client
+            .delete(&path, false, &Preconditions::default())
+            .await
+        {
             Ok(()) => {}
             // A file still being written may not exist on the server yet.
             Err(e) if has_writer && e.kind() == ErrorKind::NotFound => {}
@@ -458,11 +522,17 @@ impl Vfs {
         self.check_writable()?;
         let (ino, kind) = self.child(parent, name).await?;
         if kind != FileKind::Directory {
-            return Err(VfsError::new(ErrorKind::NotADirectory, format!("{name}: not a directory")));
+            return Err(VfsError::new(
+                ErrorKind::NotADirectory,
+                format!("{name}: not a directory"),
+            ));
         }
         let listing = self.listing(ino).await?;
         if !listing.order.is_empty() {
-            return Err(VfsError::new(ErrorKind::NotEmpty, format!("{name}: directory not empty")));
+            return Err(VfsError::new(
+                ErrorKind::NotEmpty,
+                format!("{name}: directory not empty"),
+            ));
         }
         let path = self.path_of(ino)?;
         self.client
@@ -503,14 +573,23 @@ impl Vfs {
         };
         if let Some((dst, dkind)) = existing {
             if noreplace {
-                return Err(VfsError::new(ErrorKind::AlreadyExists, format!("{to} exists")));
+                return Err(VfsError::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{to} exists"),
+                ));
             }
             match (kind, dkind) {
                 (FileKind::Directory, FileKind::File) => {
-                    return Err(VfsError::new(ErrorKind::NotADirectory, format!("{to} is a file")));
+                    return Err(VfsError::new(
+                        ErrorKind::NotADirectory,
+                        format!("{to} is a file"),
+                    ));
                 }
                 (FileKind::File, FileKind::Directory) => {
-                    return Err(VfsError::new(ErrorKind::IsADirectory, format!("{to} is a directory")));
+                    return Err(VfsError::new(
+                        ErrorKind::IsADirectory,
+                        format!("{to} is a directory"),
+                    ));
                 }
                 (FileKind::Directory, FileKind::Directory) => {
                     if !self.listing(dst).await?.order.is_empty() {

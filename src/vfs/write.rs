@@ -58,6 +58,10 @@ struct State {
     pre: Preconditions,
     /// A failure that makes further writes pointless (403, 507, 413, 412, disk full).
     failed: Option<VfsError>,
+    /// Where a copy of the data was kept after a failed flush, and whether the data changed
+    /// since that copy was made.
+    recovered: Option<PathBuf>,
+    changed_since_recovery: bool,
 }
 
 /// What a successful upload tells the caches.
@@ -193,6 +197,8 @@ impl WriteHandle {
                 dirty: true,
                 pre,
                 failed: None,
+                recovered: None,
+                changed_since_recovery: false,
             }),
             path,
         })
@@ -223,6 +229,8 @@ impl WriteHandle {
                 dirty: false,
                 pre,
                 failed: None,
+                recovered: None,
+                changed_since_recovery: false,
             }),
             path,
         })
@@ -245,10 +253,9 @@ impl WriteHandle {
     /// nothing half-written.
     async fn to_spool(&self, st: &mut State) {
         if let Some(s) = st.stream.take() {
-            let _ = s
-                .tx
-                .send(Err(io::Error::other("switching to a spooled upload")))
-                .await;
+            let _ =
+                s.tx.send(Err(io::Error::other("switching to a spooled upload")))
+                    .await;
             drop(s.tx);
             s.task.abort();
             let _ = s.task.await;
@@ -286,7 +293,12 @@ impl WriteHandle {
         Ok(())
     }
 
-    pub(super) async fn write(&self, client: &DavClient, offset: u64, data: Bytes) -> VfsResult<u32> {
+    pub(super) async fn write(
+        &self,
+        client: &DavClient,
+        offset: u64,
+        data: Bytes,
+    ) -> VfsResult<u32> {
         let mut st = self.state.lock().await;
         if let Some(e) = &st.failed {
             return Err(e.clone());
@@ -313,26 +325,32 @@ impl WriteHandle {
         }
         st.size = st.size.max(offset + data.len() as u64);
         st.dirty = true;
+        st.changed_since_recovery = true;
         let len = data.len() as u32;
-        if sequential && let Some(s) = &st.stream {
-            if s.tx.send(Ok(data)).await.is_err() {
-                // The PUT ended early: find out why.
-                let mut s = st.stream.take().expect("stream present");
-                let res = (&mut s.task).await;
-                if let Ok(Err(e)) = res {
-                    let err = VfsError::from(e);
-                    if !transient(&err) {
-                        st.failed = Some(err.clone());
-                        return Err(err);
-                    }
+        let sent = match (&st.stream, sequential) {
+            (Some(s), true) => s.tx.send(Ok(data)).await.is_ok(),
+            _ => true,
+        };
+        if !sent && let Some(s) = st.stream.take() {
+            // The PUT ended early: find out why.
+            if let Ok(Err(e)) = s.task.await {
+                let err = VfsError::from(e);
+                if !transient(&err) {
+                    st.failed = Some(err.clone());
+                    return Err(err);
                 }
-                tracing::debug!(path = %self.path, "streaming upload broke; spooling instead");
             }
+            tracing::debug!(path = %self.path, "streaming upload broke; spooling instead");
         }
         Ok(len)
     }
 
-    pub(super) async fn read(&self, client: &DavClient, offset: u64, size: u32) -> VfsResult<Bytes> {
+    pub(super) async fn read(
+        &self,
+        client: &DavClient,
+        offset: u64,
+        size: u32,
+    ) -> VfsResult<Bytes> {
         let mut st = self.state.lock().await;
         if st.stream.is_none() && !st.complete {
             self.load_original(client, &mut st).await?;
@@ -342,7 +360,8 @@ impl WriteHandle {
         }
         let n = (u64::from(size)).min(st.size - offset) as usize;
         let mut buf = vec![0u8; n];
-        let got = read_at(&st.file, &mut buf, offset).map_err(|e| io_err(&self.path, "read", &e))?;
+        let got =
+            read_at(&st.file, &mut buf, offset).map_err(|e| io_err(&self.path, "read", &e))?;
         // Holes (truncate up) read as zeros.
         buf.truncate(got);
         buf.resize(n, 0);
@@ -351,7 +370,7 @@ impl WriteHandle {
 
     pub(super) async fn set_size(&self, client: &DavClient, size: u64) -> VfsResult<()> {
         let mut st = self.state.lock().await;
-        if st.size == size && !(st.stream.is_none() && !st.complete) {
+        if st.size == size && (st.stream.is_some() || st.complete) {
             return Ok(());
         }
         self.to_spool(&mut st).await;
@@ -364,13 +383,87 @@ impl WriteHandle {
         st.size = size;
         st.complete = true;
         st.dirty = true;
+        st.changed_since_recovery = true;
         Ok(())
     }
 
     /// Makes the server hold what was written: ends the streaming PUT, or PUTs the spool.
-    /// Returns what was uploaded, or `None` when there was nothing to do.
-    pub(super) async fn flush(&self, client: &DavClient) -> VfsResult<Option<Uploaded>> {
+    /// Returns what was uploaded, or `None` when there was nothing to do. When it fails, a
+    /// copy of the data goes to the recovery folder at once and the log says where.
+    pub(super) async fn flush(
+        &self,
+        client: &DavClient,
+        cache: &CacheDir,
+    ) -> VfsResult<Option<Uploaded>> {
         let mut st = self.state.lock().await;
+        let r = self.flush_locked(client, &mut st).await;
+        match &r {
+            Ok(Some(_)) => {
+                if let Some(p) = st.recovered.take() {
+                    // Uploaded after all: the kept copy is no longer needed.
+                    let _ = std::fs::remove_file(&p);
+                    let _ = std::fs::remove_file(info_path(&p));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.keep_copy(cache, &mut st, e),
+        }
+        r
+    }
+
+    /// Copies the data into the recovery folder (once per version of the data).
+    fn keep_copy(&self, cache: &CacheDir, st: &mut State, e: &VfsError) {
+        if st.recovered.is_some() && !st.changed_since_recovery {
+            return;
+        }
+        if let Some(old) = st.recovered.take() {
+            let _ = std::fs::remove_file(&old);
+            let _ = std::fs::remove_file(info_path(&old));
+        }
+        let _ = st.file.sync_data();
+        let copy = match cache.new_spool() {
+            Ok(c) => c,
+            Err(io) => {
+                tracing::error!(
+                    "could not upload {} ({e}) nor copy it aside ({io}); it stays in {}",
+                    self.path,
+                    st.file_path.display()
+                );
+                return;
+            }
+        };
+        let copied = std::fs::copy(&st.file_path, &copy)
+            .and_then(|_| {
+                let f = std::fs::OpenOptions::new().write(true).open(&copy)?;
+                f.set_len(st.size)
+            })
+            .and_then(|_| cache.recover(&copy, &self.path, &e.to_string()));
+        match copied {
+            Ok(kept) => {
+                tracing::warn!(
+                    "could not upload {}: {e}. The data is kept in {}",
+                    self.path,
+                    kept.display()
+                );
+                st.recovered = Some(kept);
+                st.changed_since_recovery = false;
+            }
+            Err(io) => {
+                cache.discard(&copy);
+                tracing::error!(
+                    "could not upload {} ({e}) nor copy it aside ({io}); it stays in {}",
+                    self.path,
+                    st.file_path.display()
+                );
+            }
+        }
+    }
+
+    async fn flush_locked(
+        &self,
+        client: &DavClient,
+        st: &mut State,
+    ) -> VfsResult<Option<Uploaded>> {
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
@@ -400,7 +493,7 @@ impl WriteHandle {
                 let mut meta = None;
                 // Two attempts from the local copy: a dropped connection is retried once.
                 for _ in 0..2 {
-                    match self.put_file(client, &st).await {
+                    match self.put_file(client, st).await {
                         Ok(m) => {
                             meta = Some(m);
                             break;
@@ -417,7 +510,8 @@ impl WriteHandle {
                 match meta {
                     Some(m) => m,
                     None => {
-                        let err = last.unwrap_or_else(|| VfsError::new(ErrorKind::Io, "upload failed"));
+                        let err =
+                            last.unwrap_or_else(|| VfsError::new(ErrorKind::Io, "upload failed"));
                         if !transient(&err) {
                             st.failed = Some(err.clone());
                         }
@@ -458,8 +552,9 @@ impl WriteHandle {
             .await?)
     }
 
-    /// Ends the session: uploads what is left, keeps failed data in the recovery folder, and
-    /// deletes the local copy. `discard` (the file was deleted meanwhile) uploads nothing.
+    /// Ends the session: uploads what is left (a failure leaves the data in the recovery
+    /// folder, see `flush`) and deletes the local copy. `discard` (the file was deleted
+    /// meanwhile) uploads nothing.
     pub(super) async fn release(
         &self,
         client: &DavClient,
@@ -472,28 +567,22 @@ impl WriteHandle {
             st.dirty = false;
             Ok(None)
         } else {
-            self.flush(client).await
+            self.flush(client, cache).await
         };
         let st = self.state.lock().await;
-        match &outcome {
-            Err(e) if st.size > 0 || st.dirty => {
-                match cache.recover(&st.file_path, &self.path, &e.to_string()) {
-                    Ok(kept) => tracing::warn!(
-                        "could not upload {}: {e}. The data is kept in {}",
-                        self.path,
-                        kept.display()
-                    ),
-                    Err(io) => tracing::error!(
-                        "could not upload {} ({e}) nor keep it locally ({io}); it stays in {}",
-                        self.path,
-                        st.file_path.display()
-                    ),
-                }
-            }
-            _ => cache.discard(&st.file_path),
+        if outcome.is_err() && st.recovered.is_none() && (st.size > 0 || st.dirty) {
+            // No copy could be made aside: leave the only copy where it is.
+            return outcome;
         }
+        cache.discard(&st.file_path);
         outcome
     }
+}
+
+fn info_path(p: &std::path::Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".info");
+    PathBuf::from(s)
 }
 
 /// Reads an AsyncRead as a stream of chunks (256 KiB), for PUT bodies from disk.

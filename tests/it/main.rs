@@ -13,3 +13,4 @@ mod client;
 mod fixtures;
 mod layering;
 mod mount_read;
+mod mount_write;

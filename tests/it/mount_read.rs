@@ -74,7 +74,7 @@ fn apache_listing_costs_one_propfind_then_nothing() {
     }
     let dir = a.fresh_dir("mount-counts");
     let files = populate(&dir, 100);
-    let m = Mount::new(&a.url("mount-counts"), &[]);
+    let m = Mount::new(&a.url("mount-counts"), &["--read-only"]);
     let before = a.settled_requests("mount-counts").len();
 
     // Cold `ls -l`: one PROPFIND Depth 1, and nothing else.

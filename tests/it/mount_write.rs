@@ -1,0 +1,436 @@
+//! Writes through real mounts: cp -r in and out, SQLite, namespace operations, lost-update
+//! protection, a server that dies mid-upload, and Orthanc's drop box.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::apache::{self, apache};
+use crate::support::dav_server::DavServer;
+use crate::support::orthanc::orthanc;
+use crate::support::{Mount, have, have_fuse, pattern, project_dir};
+
+fn run(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A mixed tree: nested dirs, empty file, odd names, a file of a few MiB.
+fn make_tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let entries: &[(&str, usize)] = &[
+        ("a.txt", 10),
+        ("empty", 0),
+        ("with space/b c.bin", 70_000),
+        ("with space/deeper/100% #1?.dat", 5_000),
+        ("ünï ✓/x+y&z.txt", 123),
+        ("big/blob.bin", 5 << 20),
+    ];
+    for (i, (rel, len)) in entries.iter().enumerate() {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        let data = pattern(*len, 100 + i as u64);
+        std::fs::write(&p, &data).expect("write");
+        files.push((PathBuf::from(rel), data));
+    }
+    std::fs::create_dir_all(root.join("empty dir")).expect("mkdir");
+    files
+}
+
+fn assert_tree(root: &Path, files: &[(PathBuf, Vec<u8>)]) {
+    for (rel, data) in files {
+        let got =
+            std::fs::read(root.join(rel)).unwrap_or_else(|e| panic!("{}: {e}", rel.display()));
+        assert!(
+            &got == data,
+            "{} differs ({} vs {} bytes)",
+            rel.display(),
+            got.len(),
+            data.len()
+        );
+    }
+    assert!(root.join("empty dir").is_dir());
+}
+
+fn cp_round_trip(url: &str, server_dir: Option<&Path>) {
+    let src = tempfile::tempdir().expect("src");
+    let files = make_tree(src.path());
+    let m = Mount::new(url, &[]);
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(src.path())
+        .arg(m.path().join("tree")));
+    // Visible at once through the mount, from the caches.
+    assert_tree(&m.path().join("tree"), &files);
+    if let Some(dir) = server_dir {
+        assert_tree(&dir.join("tree"), &files);
+    }
+    // And after a remount, from the server.
+    assert!(m.unmount().success());
+    let m = Mount::new(url, &[]);
+    let out = tempfile::tempdir().expect("out");
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(m.path().join("tree"))
+        .arg(out.path().join("back")));
+    assert_tree(&out.path().join("back"), &files);
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn cp_r_round_trip_apache() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("write-cp");
+    cp_round_trip(&a.url("write-cp"), Some(&dir));
+}
+
+#[test]
+fn cp_r_round_trip_dav_server() {
+    if !have_fuse() {
+        return;
+    }
+    let s = DavServer::start();
+    cp_round_trip(&s.url(), Some(&s.root));
+}
+
+#[test]
+fn apache_write_request_counts_and_cache_coherence() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    a.fresh_dir("write-counts");
+    let src = tempfile::tempdir().expect("src");
+    for i in 0..50 {
+        std::fs::write(
+            src.path().join(format!("f{i:02}.bin")),
+            pattern(100 * 1024, i),
+        )
+        .expect("w");
+    }
+    let m = Mount::new(&a.url("write-counts"), &[]);
+    let before = a.settled_requests("write-counts").len();
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(src.path())
+        .arg(m.path().join("in")));
+    let reqs = a.settled_requests("write-counts");
+    let new = &reqs[before..];
+    let puts = new.iter().filter(|r| r.method == "PUT").count();
+    let other: Vec<_> = new
+        .iter()
+        .filter(|r| r.method != "PUT" && !r.path.contains(".davdrive-probe"))
+        .collect();
+    // One PUT per file, one MKCOL, the lookup of the target name and a one-off probe.
+    assert_eq!(
+        puts - new
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path.contains(".davdrive-probe"))
+            .count(),
+        50
+    );
+    assert!(other.len() <= 3, "{other:?}");
+    // A listing right after shows the new sizes without another request.
+    let n = reqs.len();
+    for i in 0..50 {
+        let md = std::fs::metadata(m.path().join(format!("in/f{i:02}.bin"))).expect("stat");
+        assert_eq!(md.len(), 100 * 1024);
+    }
+    let out = Command::new("ls")
+        .arg("-l")
+        .arg(m.path().join("in"))
+        .output()
+        .expect("ls");
+    assert!(out.status.success());
+    assert_eq!(
+        a.settled_requests("write-counts").len(),
+        n,
+        "listing after writes cost requests"
+    );
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn namespace_operations_on_apache() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("write-ns");
+    let m = Mount::new(&a.url("write-ns"), &[]);
+    let root = m.path();
+    std::fs::create_dir(root.join("d")).expect("mkdir");
+    assert!(dir.join("d").is_dir());
+    let e = std::fs::create_dir(root.join("d")).expect_err("mkdir again");
+    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+    std::fs::write(root.join("d/f.txt"), b"one").expect("write");
+    // rmdir of a non-empty directory: ENOTEMPTY without a DELETE.
+    let before = a.settled_requests("write-ns").len();
+    let e = std::fs::remove_dir(root.join("d")).expect_err("not empty");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY));
+    let reqs = a.settled_requests("write-ns");
+    assert!(
+        reqs[before..].iter().all(|r| r.method != "DELETE"),
+        "{:?}",
+        &reqs[before..]
+    );
+    // rename over an existing file replaces it (POSIX).
+    std::fs::write(root.join("d/g.txt"), b"two").expect("write");
+    std::fs::rename(root.join("d/f.txt"), root.join("d/g.txt")).expect("rename over");
+    assert_eq!(std::fs::read(root.join("d/g.txt")).expect("read"), b"one");
+    assert!(!root.join("d/f.txt").exists());
+    assert_eq!(std::fs::read(dir.join("d/g.txt")).expect("server"), b"one");
+    // rename a directory; its children follow.
+    std::fs::rename(root.join("d"), root.join("e")).expect("rename dir");
+    assert_eq!(std::fs::read(root.join("e/g.txt")).expect("read"), b"one");
+    assert!(dir.join("e/g.txt").is_file());
+    // A directory cannot replace a file, nor a file a non-empty directory.
+    std::fs::write(root.join("file"), b"x").expect("write");
+    let e = std::fs::rename(root.join("e"), root.join("file")).expect_err("dir over file");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTDIR));
+    // unlink, rmdir.
+    std::fs::remove_file(root.join("e/g.txt")).expect("unlink");
+    assert!(!dir.join("e/g.txt").exists());
+    let e = std::fs::remove_file(root.join("e")).expect_err("unlink dir");
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::EISDIR) | Some(libc::EPERM)),
+        "{e}"
+    );
+    std::fs::remove_dir(root.join("e")).expect("rmdir");
+    assert!(!dir.join("e").exists());
+    // truncate, append, overwrite in the middle.
+    let p = root.join("t.bin");
+    std::fs::write(&p, pattern(100_000, 5)).expect("write");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .expect("open");
+    f.set_len(1000).expect("truncate");
+    drop(f);
+    assert_eq!(
+        std::fs::read(dir.join("t.bin")).expect("server").len(),
+        1000
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .expect("append");
+    f.write_all(b"TAIL").expect("append");
+    drop(f);
+    let mut want = pattern(100_000, 5)[..1000].to_vec();
+    want.extend_from_slice(b"TAIL");
+    assert_eq!(std::fs::read(dir.join("t.bin")).expect("server"), want);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .expect("open");
+        f.write_all_at(b"MID", 500).expect("pwrite");
+        f.sync_all().expect("fsync");
+        want[500..503].copy_from_slice(b"MID");
+        assert_eq!(
+            std::fs::read(dir.join("t.bin")).expect("server after fsync"),
+            want
+        );
+    }
+    assert_eq!(std::fs::read(&p).expect("read back"), want);
+    // chmod and utimens succeed without being stored.
+    run(Command::new("chmod").arg("600").arg(&p));
+    run(Command::new("touch").arg("-d").arg("2001-01-01").arg(&p));
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn sqlite_database_round_trips() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() || !have("sqlite3") {
+        return;
+    }
+    a.fresh_dir("write-sqlite");
+    let m = Mount::new(&a.url("write-sqlite"), &[]);
+    let db = m.path().join("test.db");
+    let sql = "PRAGMA journal_mode=DELETE; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); \
+        WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x<2000) \
+        INSERT INTO t(v) SELECT hex(randomblob(50)) FROM c; \
+        UPDATE t SET v='changed' WHERE id % 7 = 0; DELETE FROM t WHERE id % 11 = 0;";
+    run(Command::new("sqlite3").arg(&db).arg(sql));
+    let q = "PRAGMA integrity_check; SELECT count(*), sum(v='changed') FROM t;";
+    let out = run(Command::new("sqlite3").arg(&db).arg(q));
+    let first = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(first.starts_with("ok\n"), "{first}");
+    assert!(m.unmount().success());
+    // From the server, through a new mount.
+    let m = Mount::new(&a.url("write-sqlite"), &[]);
+    let out = run(Command::new("sqlite3").arg(m.path().join("test.db")).arg(q));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), first);
+    assert!(first.contains("1819|"), "{first}");
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn a_change_on_the_server_between_read_and_write_is_detected() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("write-conflict");
+    std::fs::write(dir.join("doc.txt"), b"version 1").expect("write");
+    apache::give_to_server(&dir);
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(&a.url("write-conflict"), &["--cache-dir", &cache_arg]);
+    assert_eq!(
+        std::fs::read(m.path().join("doc.txt")).expect("read"),
+        b"version 1"
+    );
+    // Someone else changes the file on the server.
+    std::fs::write(dir.join("doc.txt"), b"version 2 from elsewhere").expect("write");
+    // Our overwrite carries If-Match with the tag we read: the server refuses it.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(m.path().join("doc.txt"))
+        .expect("open");
+    // The 412 may come back while writing (streaming) or at fsync (spooled).
+    let w = f.write_all(b"my version");
+    let synced = f.sync_all();
+    let e = w.err().or(synced.err()).expect("conflict reported");
+    assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
+    drop(f);
+    assert_eq!(
+        std::fs::read(dir.join("doc.txt")).expect("server"),
+        b"version 2 from elsewhere",
+        "the other writer's version must survive"
+    );
+    let kept = recovered(cache.path());
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read(&kept[0]).expect("kept"), b"my version");
+    assert!(
+        m.log().contains(&kept[0].display().to_string()),
+        "{}",
+        m.log()
+    );
+    let status = run(Command::new(env!("CARGO_BIN_EXE_davdrive"))
+        .args(["status", "--cache-dir"])
+        .arg(cache.path()));
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("doc.txt") && text.contains("412"), "{text}");
+    assert!(m.unmount().success());
+}
+
+fn recovered(cache: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for m in std::fs::read_dir(cache).expect("cache").flatten() {
+        if let Ok(rd) = std::fs::read_dir(m.path().join("recovery")) {
+            for f in rd.flatten() {
+                if f.path().extension().is_none_or(|e| e != "info") {
+                    out.push(f.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn server_stopped_mid_upload_loses_nothing() {
+    if !have_fuse() {
+        return;
+    }
+    let s = DavServer::start();
+    let url = s.url();
+    let root = s.root.clone();
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(&url, &["--cache-dir", &cache_arg, "--timeout", "5"]);
+    let data = pattern(200 << 20, 77);
+    let mut f = std::fs::File::create(m.path().join("big.bin")).expect("create");
+    let mut server = Some(s);
+    let mut written = 0usize;
+    let mut write_error = None;
+    for chunk in data.chunks(1 << 20) {
+        if written == 50 << 20 {
+            // The server goes away in the middle of the upload.
+            drop(server.take());
+        }
+        match f.write_all(chunk) {
+            Ok(()) => written += chunk.len(),
+            Err(e) => {
+                write_error = Some(e);
+                break;
+            }
+        }
+    }
+    let close = f.sync_all();
+    drop(f);
+    assert!(
+        close.is_err() || write_error.is_some(),
+        "the failure must be reported"
+    );
+    // Every byte the application wrote is on the server or in the recovery folder.
+    let kept = recovered(cache.path());
+    let on_server = std::fs::read(root.join("big.bin")).unwrap_or_default();
+    let complete_on_server = on_server.len() == data.len() && on_server == data;
+    let complete_kept = kept.iter().any(|k| {
+        std::fs::read(k).is_ok_and(|b| b.len() >= written && b[..written] == data[..written])
+    });
+    assert!(
+        complete_on_server || complete_kept,
+        "lost data: kept {kept:?}, {written} written"
+    );
+    drop(m);
+}
+
+#[test]
+fn orthanc_uploads_drop_box_and_read_only_views() {
+    let Some(o) = orthanc() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let m = Mount::new(&o.webdav_url(), &[]);
+    let src = tempfile::tempdir().expect("src");
+    let samples = project_dir().join("tests/data/dicom/pydicom");
+    for name in ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm"] {
+        std::fs::copy(samples.join(name), src.path().join(name)).expect("copy");
+    }
+    // A folder of DICOM files, and a ZIP of them, into uploads/.
+    run(Command::new("cp")
+        .arg("-r")
+        .arg(src.path())
+        .arg(m.path().join("uploads/batch")));
+    let zip = src.path().join("batch.zip");
+    if have("python3") {
+        run(Command::new("python3")
+            .args(["-m", "zipfile", "-c"])
+            .arg(&zip)
+            .arg(src.path().join("CT_small.dcm"))
+            .arg(src.path().join("MR_small.dcm")));
+        run(Command::new("cp").arg(&zip).arg(m.path().join("uploads/")));
+    }
+    // Outside uploads/ the views are read-only: EACCES, at once.
+    let e = std::fs::write(m.path().join("by-patients/x.dcm"), b"x").expect_err("write outside");
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    let e = std::fs::create_dir(m.path().join("by-studies/new")).expect_err("mkdir outside");
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    let e = std::fs::write(m.path().join("by-patients/y.dcm"), b"y").expect_err("second write");
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    // Files vanishing from uploads/ after ingestion is success: rename cannot work (MOVE is
+    // refused), so mv falls back to copying.
+    let e = std::fs::rename(
+        m.path().join("uploads/batch"),
+        m.path().join("uploads/renamed"),
+    )
+    .expect_err("MOVE refused");
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{e}");
+    assert!(m.unmount().success());
+}
