@@ -44,6 +44,7 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 loglines() { wc -l < "$WORK/access.log"; }
 mount_dav() {
+  rm -f "$WORK/mount.out"
   "$BIN" mount "$URL" "$MNT" --foreground > "$WORK/mount.out" 2> "$WORK/mount.err" &
   DAEMON=$!
   local i

@@ -296,6 +296,15 @@ impl Vfs {
         })
     }
 
+    /// Takes a write at once when no waiting is needed (see `WriteHandle::try_write_now`);
+    /// `None` means the caller must use [`Vfs::write`].
+    pub fn try_write_now(&self, fh: u64, offset: u64, data: &Bytes) -> Option<u32> {
+        match self.handle(fh).ok()? {
+            Handle::Write(w) => w.try_write_now(offset, data),
+            Handle::Read(_) => None,
+        }
+    }
+
     /// Writes `data` at `offset`; returns how many bytes were taken.
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> VfsResult<u32> {
         match self.handle(fh)? {

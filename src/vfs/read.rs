@@ -307,6 +307,18 @@ fn trim(st: &mut State, keep: u64, offset: u64) {
 }
 
 fn copy_range(st: &State, start: u64, end: u64) -> Bytes {
+    // Most reads fall inside one received chunk: hand out a slice of it, no copy.
+    let mut pos = st.buf_start;
+    for chunk in &st.buf {
+        let c_end = pos + chunk.len() as u64;
+        if pos <= start && end <= c_end {
+            return chunk.slice((start - pos) as usize..(end - pos) as usize);
+        }
+        if c_end > start {
+            break;
+        }
+        pos = c_end;
+    }
     let mut out = BytesMut::with_capacity((end - start) as usize);
     let mut pos = st.buf_start;
     for chunk in &st.buf {

@@ -34,14 +34,73 @@ use super::inode::Ino;
 use crate::dav::{DavClient, DavError, DavPath, ErrorKind, Preconditions, PutBody, ResponseMeta};
 
 /// Chunks in flight between the writer and the HTTP body. With 1 MiB FUSE writes this keeps
-/// at most ~8 MiB in memory per upload.
-const CHANNEL_DEPTH: usize = 8;
+/// at most ~16 MiB in memory per upload.
+const CHANNEL_DEPTH: usize = 16;
 
 type Chunk = Result<Bytes, io::Error>;
 
 struct Streaming {
     tx: mpsc::Sender<Chunk>,
     task: JoinHandle<Result<ResponseMeta, DavError>>,
+    journal: JournalWriter,
+}
+
+enum JournalItem {
+    Data(u64, Bytes),
+    Barrier(tokio::sync::oneshot::Sender<Result<(), String>>),
+}
+
+/// Writes the journal of a streaming upload on its own thread, in order, so that disk writes
+/// overlap the network instead of sitting on the writer's critical path. A barrier waits
+/// until everything sent before it is on disk (or says why it is not).
+struct JournalWriter {
+    tx: mpsc::Sender<JournalItem>,
+}
+
+impl JournalWriter {
+    fn start(file: std::fs::File) -> io::Result<Self> {
+        let (tx, mut rx) = mpsc::channel::<JournalItem>(CHANNEL_DEPTH);
+        std::thread::Builder::new()
+            .name("davdrive-journal".into())
+            .spawn(move || {
+                let mut error: Option<String> = None;
+                while let Some(item) = rx.blocking_recv() {
+                    match item {
+                        JournalItem::Data(off, data) => {
+                            if error.is_none()
+                                && let Err(e) = write_at(&file, &data, off)
+                            {
+                                error = Some(e.to_string());
+                            }
+                        }
+                        JournalItem::Barrier(done) => {
+                            let _ = done.send(match &error {
+                                None => Ok(()),
+                                Some(e) => Err(e.clone()),
+                            });
+                        }
+                    }
+                }
+            })?;
+        Ok(JournalWriter { tx })
+    }
+
+    async fn push(&self, off: u64, data: Bytes) -> Result<(), String> {
+        self.tx
+            .send(JournalItem::Data(off, data))
+            .await
+            .map_err(|_| "the journal writer stopped".to_owned())
+    }
+
+    async fn barrier(&self) -> Result<(), String> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(JournalItem::Barrier(done))
+            .await
+            .map_err(|_| "the journal writer stopped".to_owned())?;
+        wait.await
+            .map_err(|_| "the journal writer stopped".to_owned())?
+    }
 }
 
 struct State {
@@ -136,7 +195,13 @@ fn open_rw(p: &std::path::Path) -> io::Result<std::fs::File> {
 }
 
 /// Starts a PUT whose body is fed through the returned sender.
-fn start_stream(client: &DavClient, path: &DavPath, pre: &Preconditions) -> Streaming {
+fn start_stream(
+    client: &DavClient,
+    path: &DavPath,
+    pre: &Preconditions,
+    file: &std::fs::File,
+) -> io::Result<Streaming> {
+    let journal = JournalWriter::start(file.try_clone()?)?;
     let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -156,7 +221,15 @@ fn start_stream(client: &DavClient, path: &DavPath, pre: &Preconditions) -> Stre
             )
             .await
     });
-    Streaming { tx, task }
+    Ok(Streaming { tx, task, journal })
+}
+
+/// Ends a streaming PUT without completing it: the server keeps nothing half-written.
+async fn abort_stream(s: Streaming) {
+    let _ = s.tx.send(Err(io::Error::other("upload abandoned"))).await;
+    drop(s.tx);
+    s.task.abort();
+    let _ = s.task.await;
 }
 
 /// Whether a failed upload should be retried from the local copy rather than given up.
@@ -184,7 +257,14 @@ impl WriteHandle {
         }
         .map_err(|e| io_err(&path, "cannot create a journal", &e))?;
         let file = open_rw(&file_path).map_err(|e| io_err(&path, "cannot open the journal", &e))?;
-        let stream = stream.then(|| start_stream(client, &path, &pre));
+        let stream = if stream {
+            Some(
+                start_stream(client, &path, &pre, &file)
+                    .map_err(|e| io_err(&path, "cannot start the journal", &e))?,
+            )
+        } else {
+            None
+        };
         Ok(WriteHandle {
             ino,
             state: Mutex::new(State {
@@ -253,13 +333,35 @@ impl WriteHandle {
     /// nothing half-written.
     async fn to_spool(&self, st: &mut State) {
         if let Some(s) = st.stream.take() {
-            let _ =
-                s.tx.send(Err(io::Error::other("switching to a spooled upload")))
-                    .await;
-            drop(s.tx);
-            s.task.abort();
-            let _ = s.task.await;
+            if let Err(e) = s.journal.barrier().await {
+                st.failed = Some(VfsError::new(
+                    ErrorKind::Io,
+                    format!("{}: cannot keep the written data: {e}", self.path),
+                ));
+            }
+            abort_stream(s).await;
         }
+    }
+
+    /// Waits until the journal holds every byte written so far (streaming only).
+    async fn journal_barrier(&self, st: &mut State) -> VfsResult<()> {
+        if let Some(s) = &st.stream
+            && let Err(e) = s.journal.barrier().await
+        {
+            let err = VfsError::new(
+                ErrorKind::NoSpace,
+                format!(
+                    "{}: cannot keep the written data in the cache directory: {e}",
+                    self.path
+                ),
+            );
+            if let Some(s) = st.stream.take() {
+                abort_stream(s).await;
+            }
+            st.failed = Some(err.clone());
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Fetches the server's version into the spool, if not done yet.
@@ -293,6 +395,33 @@ impl WriteHandle {
         Ok(())
     }
 
+    /// The common case of a streaming upload, done without waiting: a sequential write
+    /// while both the journal and the upload have room. `None`: take the general path.
+    pub(super) fn try_write_now(&self, offset: u64, data: &Bytes) -> Option<u32> {
+        let mut st = self.state.try_lock().ok()?;
+        if st.failed.is_some() || offset != st.size {
+            return None;
+        }
+        let s = st.stream.as_ref()?;
+        if s.tx.capacity() == 0 || s.journal.tx.capacity() == 0 {
+            return None;
+        }
+        // Both have room and we hold the session: neither send can fail for lack of space.
+        s.journal
+            .tx
+            .try_send(JournalItem::Data(offset, data.clone()))
+            .ok()?;
+        if s.tx.try_send(Ok(data.clone())).is_err() {
+            // The upload ended; the general path finds out why (the journal write above is
+            // repeated there, harmlessly: same bytes, same place).
+            return None;
+        }
+        st.size += data.len() as u64;
+        st.dirty = true;
+        st.changed_since_recovery = true;
+        Some(data.len() as u32)
+    }
+
     pub(super) async fn write(
         &self,
         client: &DavClient,
@@ -316,7 +445,15 @@ impl WriteHandle {
                 self.load_original(client, &mut st).await?;
             }
         }
-        if let Err(e) = write_at(&st.file, &data, offset) {
+        let journaled = match (&st.stream, sequential) {
+            (Some(s), true) => s
+                .journal
+                .push(offset, data.clone())
+                .await
+                .map_err(io::Error::other),
+            _ => write_at(&st.file, &data, offset),
+        };
+        if let Err(e) = journaled {
             let err = io_err(&self.path, "cannot keep the written data", &e);
             // Never let the server complete a file we could not journal.
             self.to_spool(&mut st).await;
@@ -332,7 +469,16 @@ impl WriteHandle {
             _ => true,
         };
         if !sent && let Some(s) = st.stream.take() {
-            // The PUT ended early: find out why.
+            // The PUT ended early. The journal must hold everything before it becomes the
+            // spool; then find out why the PUT ended.
+            if let Err(e) = s.journal.barrier().await {
+                let err = VfsError::new(
+                    ErrorKind::NoSpace,
+                    format!("{}: cannot keep the written data: {e}", self.path),
+                );
+                st.failed = Some(err.clone());
+                return Err(err);
+            }
             if let Ok(Err(e)) = s.task.await {
                 let err = VfsError::from(e);
                 if !transient(&err) {
@@ -352,6 +498,7 @@ impl WriteHandle {
         size: u32,
     ) -> VfsResult<Bytes> {
         let mut st = self.state.lock().await;
+        self.journal_barrier(&mut st).await?;
         if st.stream.is_none() && !st.complete {
             self.load_original(client, &mut st).await?;
         }
@@ -471,6 +618,8 @@ impl WriteHandle {
             return Ok(None);
         }
         let mut result = None;
+        // Everything written must be in the journal before the server may complete the file.
+        self.journal_barrier(st).await?;
         if let Some(s) = st.stream.take() {
             drop(s.tx);
             match s.task.await {

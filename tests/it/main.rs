@@ -6,6 +6,10 @@
 //!   in-process dav-server.
 //! - `mount_read`: real FUSE mounts driven with std::fs, ls and cat.
 //! - `layering`: the core stays free of frontend crates.
+//!
+//! Linux only: the tests mount with FUSE (the Windows build is checked by
+//! `scripts/windows-check`, which runs the library's unit tests under Wine).
+#![cfg(target_os = "linux")]
 
 mod support;
 

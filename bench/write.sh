@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Write-path benchmark (issue: writes). Runs by hand, not in CI:
+#
+#   cargo build --release && bench/write.sh
+#
+# Against one local Apache mod_dav, in the same run, compares davdrive with curl:
+#   - 1 GiB sequential write, complete on the server (close() returns after the server's
+#     answer): time ratio to `curl -T` (target <= 1.15), daemon peak RSS (target < 48 MiB)
+#   - 500 files x 100 KiB copied in with `cp -r`, all on the server: time ratio to one curl
+#     uploading them in sequence (target <= 1.2), requests per file (target <= 1.05)
+# Each figure is the median of RUNS runs (default 3). Needs root, apache2, fuse3, curl.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=${DAVDRIVE_BIN:-$ROOT/target/release/davdrive}
+WORK=${BENCH_DIR:-/tmp/davdrive-bench-w}
+PORT=${BENCH_PORT:-18182}
+RUNS=${RUNS:-3}
+SIZE_MIB=${SIZE_MIB:-1024}
+. "$ROOT/bench/apache.sh"
+
+[ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+SRC="$WORK/src"
+mkdir -p "$SRC/src500"
+if [ ! -f "$SRC/big.bin" ] || [ "$(stat -c %s "$SRC/big.bin")" != $((SIZE_MIB << 20)) ]; then
+  echo "generating data in $SRC ..." >&2
+  head -c $((SIZE_MIB << 20)) /dev/urandom > "$SRC/big.bin"
+  for i in $(seq -w 1 500); do head -c 102400 /dev/urandom > "$SRC/src500/f$i.bin"; done
+fi
+start_apache "$WORK" "$PORT"
+MNT=$(mktemp -d /tmp/davdrive-bench-mnt.XXXXXX)
+DAEMON=
+cleanup() {
+  [ -n "$DAEMON" ] && { "$BIN" unmount "$MNT" 2>/dev/null || fusermount3 -uz "$MNT" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; }
+  stop_apache "$WORK"; rmdir "$MNT" 2>/dev/null || true
+}
+trap cleanup EXIT
+URL="http://127.0.0.1:$PORT/dav/"
+now() { date +%s%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+loglines() { wc -l < "$WORK/access.log"; }
+mount_dav() {
+  rm -f "$WORK/mount.out"
+  "$BIN" mount "$URL" "$MNT" --foreground --cache-dir "$WORK/cache" > "$WORK/mount.out" 2> "$WORK/mount.err" &
+  DAEMON=$!
+  local i
+  for i in $(seq 1 400); do
+    grep -q "davdrive: mounted" "$WORK/mount.out" 2>/dev/null && return 0
+    kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/mount.err" >&2; return 1; }
+    sleep 0.025
+  done
+  return 1
+}
+unmount_dav() { "$BIN" unmount "$MNT"; wait "$DAEMON" || true; DAEMON=; }
+cat "$SRC/big.bin" > /dev/null   # warm the page cache of the source for everybody
+
+echo "== sequential write of $SIZE_MIB MiB, complete on the server"
+c=(); d=(); rss=()
+for r in $(seq 1 "$RUNS"); do
+  rm -f "$WORK/www/curl.bin" "$WORK/www/dd.bin"; sync   # start each run without dirty pages
+  s=$(now); curl -s -T "$SRC/big.bin" "$URL/curl.bin" -o /dev/null; e=$(now); c+=("$(secs "$s" "$e")")
+  mount_dav; sync
+  s=$(now); dd if="$SRC/big.bin" of="$MNT/dd.bin" bs=1M status=none; e=$(now); d+=("$(secs "$s" "$e")")
+  rss+=("$(awk '/VmHWM/ { print $2 }' "/proc/$DAEMON/status")")
+  size=$(stat -c %s "$WORK/www/dd.bin"); rm -f "$WORK/www/curl.bin"
+  [ "$size" = $((SIZE_MIB << 20)) ] || echo "WARNING: server has $size bytes after close" >&2
+  unmount_dav
+done
+cs=$(printf '%s\n' "${c[@]}" | median); ds=$(printf '%s\n' "${d[@]}" | median)
+rk=$(printf '%s\n' "${rss[@]}" | median)
+cmp -s "$SRC/big.bin" "$WORK/www/dd.bin" && echo "content on the server: identical" || echo "content on the server: DIFFERS"
+echo "curl -T: ${cs}s  davdrive (dd, until close returned): ${ds}s  time ratio: $(ratio "$ds" "$cs")   (target <= 1.15)"
+echo "daemon peak RSS: $((rk / 1024)) MiB   (target < 48 MiB)"
+
+echo "== 500 files x 100 KiB"
+c=(); d=(); q=()
+files=$(cd "$SRC/src500" && ls | paste -sd, -)
+for r in $(seq 1 "$RUNS"); do
+  rm -rf "$WORK/www/curl500" "$WORK/www/cp500"; mkdir -p "$WORK/www/curl500"; chown www-data: "$WORK/www/curl500"
+  s=$(now); (cd "$SRC/src500" && curl -s -T "{$files}" "$URL/curl500/" -o /dev/null); e=$(now); c+=("$(secs "$s" "$e")")
+  mount_dav
+  before=$(loglines)
+  s=$(now); cp -r "$SRC/src500" "$MNT/cp500"; e=$(now); d+=("$(secs "$s" "$e")")
+  sleep 0.2   # let Apache write its last log lines (measurement only)
+  q+=("$(( $(loglines) - before ))")
+  n=$(ls "$WORK/www/cp500" | wc -l)
+  [ "$n" = 500 ] || echo "WARNING: $n files on the server" >&2
+  unmount_dav
+done
+cs=$(printf '%s\n' "${c[@]}" | median); ds=$(printf '%s\n' "${d[@]}" | median)
+qs=$(printf '%s\n' "${q[@]}" | median)
+echo "curl (one process, 500 uploads): ${cs}s  davdrive cp -r: ${ds}s  time ratio: $(ratio "$ds" "$cs")   (target <= 1.2)"
+echo "requests: $qs for 500 files = $(ratio "$qs" 500) per file   (target <= 1.05)"
