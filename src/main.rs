@@ -100,21 +100,31 @@ mod platform {
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let cfg = MountConfig::from_args(args, uid, gid).map_err(|e| e.to_string())?;
         if !cfg.foreground && std::env::var_os(DETACHED).is_none() {
-            return spawn_detached();
+            return spawn_detached(&cfg.vfs.cache_dir.join("daemon.log"));
         }
         run_foreground(cfg)
     }
 
     /// Re-runs this command detached from the terminal and waits until the child says the
     /// mount is ready (or failed), so that `davdrive mount` returns only for a usable mount.
-    fn spawn_detached() -> Result<(), String> {
+    fn spawn_detached(log: &Path) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
+        // The daemon must not hold our caller's terminal or pipes open: its log goes to a
+        // file in the mount's cache directory.
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|e| format!("cannot open the log {}: {e}", log.display()))?;
         let mut cmd = Proc::new(exe);
         cmd.args(std::env::args_os().skip(1))
             .env(DETACHED, "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::from(log_file));
         // SAFETY: setsid is async-signal-safe; it detaches the child from our session so
         // that closing the terminal does not kill the mount.
         unsafe {
@@ -136,10 +146,18 @@ mod platform {
             .map_err(|e| format!("daemon: {e}"))?;
         if line.starts_with(READY) {
             print!("{line}");
+            println!("davdrive: logging to {}", log.display());
             return Ok(());
         }
         let status = child.wait().map_err(|e| format!("daemon: {e}"))?;
-        Err(format!("the mount failed ({status})"))
+        let tail = std::fs::read_to_string(log).unwrap_or_default();
+        let last: Vec<&str> = tail.lines().rev().take(3).collect();
+        let detail: Vec<&str> = last.into_iter().rev().collect();
+        Err(format!(
+            "the mount failed ({status}): {}\n(full log: {})",
+            detail.join("\n"),
+            log.display()
+        ))
     }
 
     fn run_foreground(cfg: MountConfig) -> Result<(), String> {
@@ -209,8 +227,12 @@ mod platform {
             Ok(Err(e)) => tracing::warn!("FUSE loop ended: {e}"),
             Err(_) => return Err("the FUSE loop panicked".into()),
         }
-        // Releases the kernel sent last may still be uploading.
-        rt.block_on(vfs.wait_for_uploads());
+        // Releases the kernel sent last may still be uploading; sessions the kernel never
+        // released (a crashed application, a lazy unmount) are ended here.
+        rt.block_on(async {
+            vfs.release_all().await;
+            vfs.wait_for_uploads().await;
+        });
         rt.shutdown_timeout(std::time::Duration::from_secs(2));
         Ok(())
     }

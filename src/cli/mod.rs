@@ -80,6 +80,10 @@ pub struct MountArgs {
     /// How new files are uploaded.
     #[arg(long, value_enum, default_value_t = UploadMode::Auto, help_heading = "Writing")]
     pub upload: UploadMode,
+    /// Upload OS litter too (.DS_Store, ._*, Thumbs.db, desktop.ini); by default such files
+    /// are kept locally for the lifetime of the mount.
+    #[arg(long, help_heading = "Writing")]
+    pub upload_os_files: bool,
 
     /// Seconds a directory listing is trusted before it is fetched again.
     #[arg(

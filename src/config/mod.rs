@@ -78,6 +78,7 @@ impl MountConfig {
                 UploadMode::Stream => UploadPolicy::Stream,
                 UploadMode::Spool => UploadPolicy::Spool,
             },
+            keep_os_litter_local: !args.upload_os_files,
             ..VfsConfig::default()
         };
         Ok(MountConfig {

@@ -149,6 +149,8 @@ pub struct Preconditions {
     pub if_match: Option<String>,
     /// `If-None-Match: *`: create only.
     pub if_none_match_any: bool,
+    /// `If-Unmodified-Since`: for servers whose entity tag is weak or missing.
+    pub if_unmodified_since: Option<SystemTime>,
     /// A lock token we hold on the resource.
     pub lock_token: Option<String>,
 }
@@ -696,7 +698,8 @@ impl DavClient {
 
 fn precondition_headers(pre: &Preconditions, url: &Url) -> HeaderMap {
     let mut h = HeaderMap::new();
-    if let Some(tag) = &pre.if_match
+    // If-Match compares strongly (RFC 9110 13.1.1): a weak tag could never match.
+    if let Some(tag) = pre.if_match.as_ref().filter(|t| !t.starts_with("W/"))
         && let Ok(v) = HeaderValue::from_str(tag)
     {
         h.insert(reqwest::header::IF_MATCH, v);

@@ -227,11 +227,14 @@ fn parse_u64(property: &'static str, v: &Option<String>) -> Result<Option<u64>, 
 }
 
 fn build_resource(path: DavPath, p: &Props) -> Result<Resource, ParseError> {
-    let content_length = if p.is_collection {
-        // Some servers report a size for collections (IIS: 0, SabreDAV: none); meaningless.
-        parse_u64("getcontentlength", &p.content_length).unwrap_or(None)
-    } else {
-        parse_u64("getcontentlength", &p.content_length)?
+    // A size that does not parse is treated as absent (and logged) rather than failing the
+    // whole listing for one odd entry.
+    let content_length = match parse_u64("getcontentlength", &p.content_length) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(path = %path, "ignoring {e}");
+            None
+        }
     };
     let non_empty = |v: &Option<String>| {
         v.as_deref()
@@ -572,8 +575,9 @@ mod tests {
     }
 
     #[test]
-    fn bad_content_length_is_an_error_for_files() {
+    fn bad_content_length_is_absent() {
         let doc = r#"<D:multistatus xmlns:D="DAV:"><D:response><D:href>/dav/a</D:href><D:propstat><D:prop><D:getcontentlength>-3</D:getcontentlength></D:prop></D:propstat></D:response></D:multistatus>"#;
-        assert!(matches!(parse_str(doc), Err(ParseError::BadValue { .. })));
+        let ms = parse_str(doc).expect("parse");
+        assert_eq!(ms.resources[0].content_length, None);
     }
 }

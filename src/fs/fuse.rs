@@ -134,7 +134,9 @@ impl Filesystem for FuseAdapter {
         let _ = config.add_capabilities(
             InitFlags::FUSE_DO_READDIRPLUS
                 | InitFlags::FUSE_READDIRPLUS_AUTO
-                | InitFlags::FUSE_PARALLEL_DIROPS,
+                | InitFlags::FUSE_PARALLEL_DIROPS
+                // O_TRUNC reaches open(): an overwrite then streams like a new file.
+                | InitFlags::FUSE_ATOMIC_O_TRUNC,
         );
         Ok(())
     }
@@ -216,9 +218,10 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let vfs = self.vfs.clone();
+        // The core records the release now (unmount waits for it) and uploads in the task.
+        let done = self.vfs.release(fh.0);
         self.rt.spawn(async move {
-            vfs.release(fh.0).await;
+            done.await;
             reply.ok();
         });
     }

@@ -155,6 +155,38 @@ impl CacheDir {
         Ok(data)
     }
 
+    /// Moves journal and spool files left by a davdrive that stopped without finishing
+    /// (crash, kill -9, power loss) into the recovery folder. Returns where they went.
+    pub fn recover_leftovers(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for sub in ["journal", "spool"] {
+            let Ok(rd) = std::fs::read_dir(self.root.join(sub)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_none_or(|x| x != "data") {
+                    continue;
+                }
+                if e.metadata().is_ok_and(|m| m.len() == 0) {
+                    self.discard(&p);
+                    continue;
+                }
+                let info = std::fs::read_to_string(p.with_extension("info")).unwrap_or_default();
+                let target = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("path="))
+                    .and_then(|t| DavPath::parse(t).ok())
+                    .unwrap_or_default();
+                let reason = "left behind by a davdrive that stopped before the upload finished";
+                if let Ok(kept) = self.recover(&p, &target, reason) {
+                    out.push(kept);
+                }
+            }
+        }
+        out
+    }
+
     /// Deletes a journal or spool file and its `.info`.
     pub fn discard(&self, data: &Path) {
         let _ = std::fs::remove_file(data);

@@ -94,6 +94,9 @@ pub struct Node {
     pub cached_version: Option<Meta>,
     /// The open write session of this file, if any (its size is the truth while open).
     pub writer: Option<u64>,
+    /// Bumped by every change we make to this directory's entries, so that a listing
+    /// fetched while we changed it is not trusted.
+    pub changes: u64,
 }
 
 #[derive(Debug)]
@@ -127,6 +130,7 @@ impl InodeTable {
                 gone: false,
                 cached_version: None,
                 writer: None,
+                changes: 0,
             },
         );
         t.by_path.insert(DavPath::root(), ROOT_INO);
@@ -166,6 +170,7 @@ impl InodeTable {
                 gone: false,
                 cached_version: None,
                 writer: None,
+                changes: 0,
             },
         );
         self.by_path.insert(path.clone(), ino);
@@ -215,7 +220,9 @@ impl InodeTable {
             && old != ino
         {
             self.mark_gone(old);
-            self.by_path.remove(new_path);
+            if self.by_path.get(new_path) == Some(&old) {
+                self.by_path.remove(new_path);
+            }
         }
         let Some(old_path) = self.nodes.get(&ino).map(|n| n.path.clone()) else {
             return;
@@ -246,7 +253,9 @@ impl InodeTable {
     }
 
     fn remove(&mut self, ino: Ino) {
-        if let Some(n) = self.nodes.remove(&ino) {
+        if let Some(n) = self.nodes.remove(&ino)
+            && self.by_path.get(&n.path) == Some(&ino)
+        {
             self.by_path.remove(&n.path);
         }
     }

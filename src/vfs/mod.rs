@@ -21,6 +21,7 @@
 
 pub mod cache_dir;
 mod inode;
+pub mod local;
 mod mutate;
 pub mod names;
 mod read;
@@ -66,6 +67,8 @@ pub struct VfsConfig {
     /// This mount's cache directory (journals, spool files, recovery folder).
     pub cache_dir: PathBuf,
     pub upload: UploadPolicy,
+    /// Keep OS litter (.DS_Store, ._*, Thumbs.db, desktop.ini) local instead of uploading.
+    pub keep_os_litter_local: bool,
 }
 
 /// How new files are uploaded.
@@ -93,6 +96,7 @@ impl Default for VfsConfig {
             read: ReadTuning::default(),
             cache_dir: cache_dir::default_base().join("default"),
             upload: UploadPolicy::Auto,
+            keep_os_litter_local: true,
         }
     }
 }
@@ -181,6 +185,10 @@ pub struct Vfs {
     forbidden: Mutex<HashSet<Ino>>,
     /// Directories where a write succeeded (or that we created): no check before creating.
     writable: Mutex<HashSet<Ino>>,
+    /// Local-only files (OS litter).
+    local: local::LocalFiles,
+    /// Held for the mount's lifetime: marks the cache directory as in use.
+    _cache_lock: Option<std::fs::File>,
     /// Uploads that have not finished (flush or release in progress), for unmount.
     uploads: tokio::sync::watch::Sender<usize>,
 }
@@ -206,9 +214,35 @@ impl Vfs {
                 ),
             )
         })?;
+        // Only the first davdrive using this cache directory may treat leftovers as orphans:
+        // a second mount of the same URL must not take the first one's journals.
+        let lock = std::fs::File::create(cfg.cache_dir.join("lock")).ok();
+        let sole_user = lock.as_ref().is_some_and(|f| f.try_lock().is_ok());
+        let leftovers = if sole_user {
+            cache.recover_leftovers()
+        } else {
+            Vec::new()
+        };
+        for kept in leftovers {
+            tracing::warn!(
+                "an earlier davdrive stopped before finishing an upload; its data is kept in {}",
+                kept.display()
+            );
+        }
+        let local = local::LocalFiles::new(cfg.cache_dir.join("local")).map_err(|e| {
+            VfsError::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot use the cache directory {}: {e}",
+                    cfg.cache_dir.display()
+                ),
+            )
+        })?;
         Ok(Arc::new(Vfs {
             client,
             cfg,
+            local,
+            _cache_lock: lock,
             table: Mutex::new(InodeTable::new()),
             listing_locks: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -330,28 +364,38 @@ impl Vfs {
         if let Some(l) = self.cached_listing(dir)? {
             return Ok(l);
         }
-        let path = {
-            let t = self.table();
-            let n = t
-                .get(dir)
-                .ok_or_else(|| VfsError::not_found(format!("inode {dir}")))?;
-            n.path.clone()
-        };
-        let ms = match self.client.propfind(&path, Depth::One, true).await {
-            Ok(ms) => ms,
-            Err(e) => {
-                let err = VfsError::from(e);
-                if err.kind == ErrorKind::NotFound {
-                    self.table().mark_gone(dir);
+        // A listing fetched while we changed the directory (create, unlink, rename) may
+        // predate the change: fetch again, once.
+        let mut attempt = 0;
+        let (path, ms, mut t) = loop {
+            attempt += 1;
+            let (path, changes) = {
+                let t = self.table();
+                let n = t
+                    .get(dir)
+                    .ok_or_else(|| VfsError::not_found(format!("inode {dir}")))?;
+                (n.path.clone(), n.changes)
+            };
+            let ms = match self.client.propfind(&path, Depth::One, true).await {
+                Ok(ms) => ms,
+                Err(e) => {
+                    let err = VfsError::from(e);
+                    if err.kind == ErrorKind::NotFound {
+                        self.table().mark_gone(dir);
+                    }
+                    return Err(err);
                 }
-                return Err(err);
+            };
+            let t = self.table();
+            let unchanged = t.get(dir).is_some_and(|n| n.changes == changes);
+            if unchanged || attempt >= 2 {
+                break (path, ms, t);
             }
         };
         for skipped in &ms.skipped {
             tracing::warn!(dir = %path, "skipping an entry: {skipped}");
         }
         let now = Instant::now();
-        let mut t = self.table();
         // The directory itself: Orthanc lists it with a trailing slash, others without.
         if let Some(me) = ms.get(&path) {
             if !me.is_collection {
@@ -370,10 +414,10 @@ impl Vfs {
                 n.meta = Some(meta);
             }
         }
-        let old: Vec<Ino> = t
+        let old: Vec<(String, Ino)> = t
             .get(dir)
             .and_then(|n| n.listing.as_ref())
-            .map(|l| l.order.iter().map(|(_, i)| *i).collect())
+            .map(|l| l.order.clone())
             .unwrap_or_default();
         let mut order = Vec::new();
         let mut by_name = HashMap::new();
@@ -405,8 +449,36 @@ impl Vfs {
             by_name.insert(local.clone(), ino);
             order.push((local, ino));
         }
-        for ino in old {
-            if !by_name.values().any(|i| *i == ino) {
+        // Local-only files of this directory are part of its listing.
+        for (name, lpath, e) in self.local.children(&path) {
+            if by_name.contains_key(&name) {
+                continue;
+            }
+            let ino = t.ensure(dir, &lpath);
+            if let Some(n) = t.get_mut(ino) {
+                n.meta = Some(Meta {
+                    kind: FileKind::File,
+                    size: e.size,
+                    mtime: e.mtime,
+                    ctime: e.mtime,
+                    etag: None,
+                    fetched: now,
+                });
+            }
+            by_name.insert(name.clone(), ino);
+            order.push((name, ino));
+        }
+        let current: HashSet<Ino> = by_name.values().copied().collect();
+        for (name, ino) in old {
+            if current.contains(&ino) {
+                continue;
+            }
+            // A file still being written may not be on the server yet: it stays listed.
+            let writing = t.get(ino).is_some_and(|n| n.writer.is_some() && !n.gone);
+            if writing && !by_name.contains_key(&name) {
+                by_name.insert(name.clone(), ino);
+                order.push((name, ino));
+            } else {
                 t.mark_gone(ino);
             }
         }
@@ -582,6 +654,9 @@ impl Vfs {
     /// Opens a file. Reading makes no request: data is fetched on the first read. Writing
     /// starts a write session (see `write.rs`).
     pub async fn open(&self, ino: Ino, mode: OpenMode) -> VfsResult<Opened> {
+        if let Some(o) = self.open_local(ino, mode)? {
+            return Ok(o);
+        }
         if mode.write {
             return self.open_for_write(ino, mode).await;
         }
@@ -650,6 +725,13 @@ impl Vfs {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Forgets the cached listing of directory `ino` (its entries' metadata stays).
+    fn drop_listing(&self, ino: Ino) {
+        if let Some(n) = self.table().get_mut(ino) {
+            n.listing = None;
         }
     }
 

@@ -85,7 +85,16 @@ impl Vfs {
     pub(super) async fn writer_size(&self, ino: Ino) -> Option<u64> {
         let fh = self.table().get(ino).and_then(|n| n.writer)?;
         match self.handle(fh).ok()? {
-            Handle::Write(w) => Some(w.size().await),
+            Handle::Write(w) => Some(w.size_now()),
+            Handle::Read(_) => None,
+        }
+    }
+
+    /// The open write session of `ino`, if any.
+    pub(super) fn writer_of(&self, ino: Ino) -> Option<Arc<WriteHandle>> {
+        let fh = self.table().get(ino).and_then(|n| n.writer)?;
+        match self.handle(fh).ok()? {
+            Handle::Write(w) => Some(w),
             Handle::Read(_) => None,
         }
     }
@@ -97,6 +106,9 @@ impl Vfs {
         if let Some(n) = t.get_mut(ino) {
             n.meta = Some(meta);
             n.parent = parent;
+        }
+        if let Some(n) = t.get_mut(parent) {
+            n.changes += 1;
         }
         if let Some(l) = t.get_mut(parent).and_then(|n| n.listing.as_mut())
             && !l.by_name.contains_key(name)
@@ -110,10 +122,31 @@ impl Vfs {
     /// Removes `name` from `parent`'s cached listing.
     fn remove_child(&self, parent: Ino, name: &str) {
         let mut t = self.table();
+        if let Some(n) = t.get_mut(parent) {
+            n.changes += 1;
+        }
         if let Some(l) = t.get_mut(parent).and_then(|n| n.listing.as_mut())
             && l.by_name.remove(name).is_some()
         {
             l.order.retain(|(n, _)| n != name);
+        }
+    }
+
+    /// What protects an overwrite of the version we know against a lost update: its strong
+    /// entity tag, else its modification date (Apache gives weak tags to files changed in
+    /// the last second; nginx and Orthanc give none).
+    fn overwrite_preconditions(&self, meta: Option<&Meta>) -> Preconditions {
+        let strong = meta
+            .and_then(|m| m.etag.clone())
+            .filter(|t| !t.starts_with("W/"));
+        let since = match (&strong, meta) {
+            (None, Some(m)) => Some(m.mtime),
+            _ => None,
+        };
+        Preconditions {
+            if_match: strong,
+            if_unmodified_since: since,
+            ..Default::default()
         }
     }
 
@@ -202,6 +235,9 @@ impl Vfs {
         self.check_writable()?;
         let dir = self.path_of(parent)?;
         let path = dir.join(name)?;
+        if self.cfg.keep_os_litter_local && super::local::is_os_litter(name) {
+            return self.create_local(parent, name, &path);
+        }
         self.check_not_forbidden(parent, &path.to_string())?;
         let mut pre = Preconditions {
             if_none_match_any: true,
@@ -254,8 +290,65 @@ impl Vfs {
         ))
     }
 
+    fn create_local(&self, parent: Ino, name: &str, path: &DavPath) -> VfsResult<(Attr, Opened)> {
+        let e = self.local.create(path).map_err(|e| {
+            VfsError::new(
+                ErrorKind::Io,
+                format!("{path}: cannot create a local file: {e}"),
+            )
+        })?;
+        let meta = Self::file_meta(0, None);
+        let ino = self.insert_child(parent, name, path, meta.clone());
+        let w = WriteHandle::new_local(ino, path.clone(), e.data, true)?;
+        let fh = self.add_handle(Handle::Write(Arc::new(w)));
+        if let Some(n) = self.table().get_mut(ino) {
+            n.writer = Some(fh);
+            n.lookups += 1;
+        }
+        Ok((
+            self.attr_of(ino, &meta),
+            Opened {
+                fh,
+                keep_cache: false,
+            },
+        ))
+    }
+
+    /// Opens a local-only file, if `ino` is one.
+    pub(super) fn open_local(&self, ino: Ino, mode: OpenMode) -> VfsResult<Option<Opened>> {
+        let path = self.path_of(ino)?;
+        let Some(e) = self.local.get(&path) else {
+            return Ok(None);
+        };
+        if mode.write {
+            self.check_writable()?;
+        }
+        let w = WriteHandle::new_local(ino, path, e.data, mode.truncate)?;
+        let fh = self.add_handle(Handle::Write(Arc::new(w)));
+        if mode.write
+            && let Some(n) = self.table().get_mut(ino)
+        {
+            n.writer = Some(fh);
+        }
+        Ok(Some(Opened {
+            fh,
+            keep_cache: false,
+        }))
+    }
+
     pub(super) async fn open_for_write(&self, ino: Ino, mode: OpenMode) -> VfsResult<Opened> {
         self.check_writable()?;
+        if let Some(w) = self.writer_of(ino) {
+            // One session per file: every descriptor sees the same bytes.
+            if mode.truncate {
+                w.set_size(&self.client, 0).await?;
+            }
+            let fh = self.add_handle(Handle::Write(w));
+            return Ok(Opened {
+                fh,
+                keep_cache: false,
+            });
+        }
         let attr = self.getattr(ino).await?;
         if attr.kind == FileKind::Directory {
             return Err(VfsError::new(
@@ -263,7 +356,7 @@ impl Vfs {
                 "cannot write to a directory",
             ));
         }
-        let (path, parent, etag) = {
+        let (path, parent, pre) = {
             let t = self.table();
             let n = t
                 .get(ino)
@@ -271,14 +364,10 @@ impl Vfs {
             (
                 n.path.clone(),
                 n.parent,
-                n.meta.as_ref().and_then(|m| m.etag.clone()),
+                self.overwrite_preconditions(n.meta.as_ref()),
             )
         };
         self.check_not_forbidden(parent, &path.to_string())?;
-        let pre = Preconditions {
-            if_match: etag,
-            ..Default::default()
-        };
         let w = if mode.truncate {
             let dir = path.parent().unwrap_or_default();
             let stream = self.can_stream(&dir).await;
@@ -317,6 +406,9 @@ impl Vfs {
     }
 
     fn apply_upload(&self, ino: Ino, up: &Uploaded) {
+        if let Ok(path) = self.path_of(ino) {
+            self.local.set_size(&path, up.size);
+        }
         let mut t = self.table();
         if let Some(n) = t.get_mut(ino) {
             if n.gone {
@@ -333,13 +425,18 @@ impl Vfs {
             return Ok(());
         };
         self.uploads.send_modify(|n| *n += 1);
-        let r = w.flush(&self.client, &self.cache).await;
+        let r = self.flush_handle(&w).await;
         self.uploads.send_modify(|n| *n -= 1);
-        match r {
+        r
+    }
+
+    async fn flush_handle(&self, w: &Arc<WriteHandle>) -> VfsResult<()> {
+        match w.flush(&self.client, &self.cache).await {
             Ok(Some(up)) => {
                 self.apply_upload(w.ino(), &up);
+                let local = self.local.get(&w.path()).is_some();
                 let parent = self.table().get(w.ino()).map(|n| n.parent);
-                if let Some(p) = parent {
+                if let (Some(p), false) = (parent, local) {
                     self.note_writable(p);
                 }
                 Ok(())
@@ -355,21 +452,50 @@ impl Vfs {
         }
     }
 
-    /// The last close of a handle.
-    pub async fn release(&self, fh: u64) {
+    /// The last close of a handle. The bookkeeping happens before this returns (so unmount
+    /// can wait for the upload); the returned future does the upload.
+    pub fn release(
+        self: &Arc<Self>,
+        fh: u64,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let h = self
             .handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh);
-        let Some(Handle::Write(w)) = h else {
-            return;
+        let w = match h {
+            Some(Handle::Write(w)) => Some(w),
+            _ => None,
         };
+        // Other descriptors share the session: this close only flushes.
+        let shared = w.as_ref().is_some_and(|w| {
+            self.handles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|h| matches!(h, Handle::Write(o) if Arc::ptr_eq(o, w)))
+        });
+        if w.is_some() {
+            self.uploads.send_modify(|n| *n += 1);
+        }
+        let this = self.clone();
+        async move {
+            let Some(w) = w else {
+                return;
+            };
+            if shared {
+                let _ = this.flush_handle(&w).await;
+            } else {
+                this.finish_session(fh, &w).await;
+            }
+            this.uploads.send_modify(|n| *n -= 1);
+        }
+    }
+
+    async fn finish_session(&self, fh: u64, w: &Arc<WriteHandle>) {
         let ino = w.ino();
         let gone = self.table().get(ino).is_none_or(|n| n.gone);
-        self.uploads.send_modify(|n| *n += 1);
         let r = w.release(&self.client, &self.cache, gone).await;
-        self.uploads.send_modify(|n| *n -= 1);
         let mut failed_new = false;
         match r {
             Ok(Some(up)) => self.apply_upload(ino, &up),
@@ -378,7 +504,7 @@ impl Vfs {
         }
         let mut t = self.table();
         if let Some(n) = t.get_mut(ino) {
-            if n.writer == Some(fh) {
+            if n.writer.is_some_and(|f| f == fh || self.handle(f).is_err()) {
                 n.writer = None;
             }
             if failed_new && n.meta.as_ref().is_some_and(|m| m.etag.is_none()) {
@@ -391,6 +517,20 @@ impl Vfs {
             self.invalidate(ino);
         }
         tracing::debug!(path = %w.path(), "write session closed");
+    }
+
+    /// Ends every session still open (at unmount): uploads or keeps their data.
+    pub async fn release_all(self: &Arc<Self>) {
+        let fhs: Vec<u64> = self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for fh in fhs {
+            self.release(fh).await;
+        }
     }
 
     /// Waits until no upload is in progress, saying what it waits for.
@@ -441,16 +581,15 @@ impl Vfs {
         if attr.size == size {
             return Ok(());
         }
-        let (path, etag) = {
+        let (path, pre) = {
             let t = self.table();
             let n = t
                 .get(ino)
                 .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
-            (n.path.clone(), n.meta.as_ref().and_then(|m| m.etag.clone()))
-        };
-        let pre = Preconditions {
-            if_match: etag,
-            ..Default::default()
+            (
+                n.path.clone(),
+                self.overwrite_preconditions(n.meta.as_ref()),
+            )
         };
         let w = WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre)?;
         w.set_size(&self.client, size).await?;
@@ -510,7 +649,17 @@ impl Vfs {
             ));
         }
         let path = self.path_of(ino)?;
-        let has_writer = self.table().get(ino).is_some_and(|n| n.writer.is_some());
+        if self.local.remove(&path) {
+            self.remove_child(parent, name);
+            self.table().mark_gone(ino);
+            return Ok(());
+        }
+        let writer = self.writer_of(ino);
+        let has_writer = writer.is_some();
+        if let Some(w) = &writer {
+            // Deleted while open: the data must not come back at close.
+            w.mark_unlinked().await;
+        }
         match self
             .client
             .delete(&path, false, &Preconditions::default())
@@ -601,6 +750,7 @@ impl Vfs {
                     ));
                 }
                 (FileKind::Directory, FileKind::Directory) => {
+                    self.drop_listing(dst);
                     if !self.listing(dst).await?.order.is_empty() {
                         return Err(VfsError::new(
                             ErrorKind::NotEmpty,
@@ -612,9 +762,37 @@ impl Vfs {
             }
         }
         let collection = kind == FileKind::Directory;
-        self.client
-            .move_to(&from, &to, collection, !noreplace)
-            .await?;
+        if self.local.get(&from).is_some() {
+            // Local-only files move among local names; anything else would need an upload,
+            // which `mv` does by copying when told EXDEV.
+            if !(self.cfg.keep_os_litter_local && super::local::is_os_litter(new_name)) {
+                return Err(VfsError::new(
+                    ErrorKind::CrossDevice,
+                    format!("{from} is local-only; copy it to upload it"),
+                ));
+            }
+            self.local.rename(&from, &to);
+        } else {
+            let writer = self.writer_of(ino);
+            match self
+                .client
+                .move_to(&from, &to, collection, !noreplace)
+                .await
+            {
+                Ok(()) => {}
+                // A file still being written may not be on the server yet.
+                Err(e) if writer.is_some() && e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(w) = writer {
+                w.retarget(to.clone()).await;
+            }
+        }
+        if let Some((dst, _)) = existing
+            && let Some(w) = self.writer_of(dst)
+        {
+            w.mark_unlinked().await;
+        }
         let meta = self.table().get(ino).and_then(|n| n.meta.clone());
         self.remove_child(parent, name);
         self.remove_child(new_parent, new_name);

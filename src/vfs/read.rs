@@ -72,6 +72,8 @@ struct State {
     etag: Option<String>,
     /// Learned from the first ranged response: does the server honour Range?
     ranges: Option<bool>,
+    /// `Last-Modified` of the first response: the validator when there is no strong ETag.
+    modified: Option<std::time::SystemTime>,
 }
 
 pub(super) struct ReadHandle {
@@ -102,6 +104,7 @@ impl ReadHandle {
                 window: tuning.min_window,
                 etag,
                 ranges: None,
+                modified: None,
             }),
             tuning,
         }
@@ -238,8 +241,23 @@ impl ReadHandle {
         } else {
             Some(range)
         };
+        // If-Range needs a strong validator: the entity tag, else a modification date old
+        // enough for the server to trust it. Without one (Apache gives files changed in the
+        // last second a weak tag), no If-Range is sent and every response is checked below
+        // instead: entity tag, total size and date must all still agree.
+        let old_enough = |m: std::time::SystemTime| {
+            std::time::SystemTime::now()
+                .duration_since(m)
+                .is_ok_and(|d| d > std::time::Duration::from_secs(2))
+        };
+        let if_range = match (&st.etag, st.modified) {
+            (Some(t), _) if !t.starts_with("W/") => Some(t.clone()),
+            (_, Some(m)) if old_enough(m) => Some(httpdate::fmt_http_date(m)),
+            _ => None,
+        };
+        tracing::trace!(path = %self.path, ?range, ?if_range, "ranged GET");
         let get = client
-            .get(&self.path, range, st.etag.as_deref())
+            .get(&self.path, range, if_range.as_deref())
             .await
             .map_err(VfsError::from)?;
         // Version checks against what we believe.
@@ -250,23 +268,35 @@ impl ReadHandle {
         }
         let (pos, end) = match get.range {
             Some(cr) => {
-                if cr.start != start {
-                    return Err(VfsError::new(
-                        ErrorKind::Protocol,
-                        format!(
-                            "{}: asked for bytes from {start}, got {}",
-                            self.path, cr.start
-                        ),
-                    ));
-                }
                 if cr.total.is_some_and(|t| t != self.size) {
                     return Err(self.stale("size differs"));
                 }
+                let end = cr.end.checked_add(1).filter(|e| *e <= self.size);
+                let Some(end) = end.filter(|_| cr.start == start) else {
+                    return Err(VfsError::new(
+                        ErrorKind::Protocol,
+                        format!(
+                            "{}: asked for bytes {start}-{}, got {}-{}",
+                            self.path,
+                            want_end - 1,
+                            cr.start,
+                            cr.end
+                        ),
+                    ));
+                };
                 st.ranges = Some(true);
-                (cr.start, cr.end + 1)
+                (cr.start, end)
             }
             None => {
-                if range.is_some() && st.ranges == Some(true) {
+                // Apache marks the ETag of a file modified in the last second as weak, and a
+                // weak tag cannot satisfy If-Range: the answer is the whole entity. If tag
+                // (weakly), size and date all agree, it is the same version: use it.
+                let same_entity = matches!(
+                    (&st.etag, &get.meta.etag),
+                    (Some(a), Some(b)) if etags_match(a, b)
+                ) && get.meta.content_length == Some(self.size)
+                    && (st.modified.is_none() || st.modified == get.meta.last_modified);
+                if range.is_some() && st.ranges == Some(true) && !same_entity {
                     // 200 to a request with If-Range: the entity changed.
                     return Err(self.stale("If-Range failed"));
                 }
@@ -279,6 +309,13 @@ impl ReadHandle {
                 (0, self.size)
             }
         };
+        match (st.modified, get.meta.last_modified) {
+            (Some(ours), Some(theirs)) if ours != theirs => {
+                return Err(self.stale("modification date differs"));
+            }
+            (None, Some(theirs)) => st.modified = Some(theirs),
+            _ => {}
+        }
         if st.etag.is_none() {
             st.etag = get.meta.etag.clone();
         }

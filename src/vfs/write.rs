@@ -121,6 +121,8 @@ struct State {
     /// since that copy was made.
     recovered: Option<PathBuf>,
     changed_since_recovery: bool,
+    /// A local-only file (OS litter): `file` is its permanent home; nothing is uploaded.
+    local: bool,
 }
 
 /// What a successful upload tells the caches.
@@ -132,7 +134,15 @@ pub(super) struct Uploaded {
 
 pub(super) struct WriteHandle {
     ino: Ino,
-    path: DavPath,
+    /// Where the data goes; changes when the open file is renamed.
+    target: std::sync::Mutex<DavPath>,
+    /// `State::size`, readable without waiting for a running upload (getattr, stat).
+    size_now: std::sync::atomic::AtomicU64,
+    /// The file was deleted (or replaced by a rename) while open: upload nothing.
+    unlinked: std::sync::atomic::AtomicBool,
+    /// How long a streaming upload may refuse more data before it is given up (and the data
+    /// sent again from the journal at close).
+    stall: std::time::Duration,
     state: Mutex<State>,
 }
 
@@ -224,6 +234,10 @@ fn start_stream(
     Ok(Streaming { tx, task, journal })
 }
 
+fn client_stall() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
 /// Ends a streaming PUT without completing it: the server keeps nothing half-written.
 async fn abort_stream(s: Streaming) {
     let _ = s.tx.send(Err(io::Error::other("upload abandoned"))).await;
@@ -267,6 +281,10 @@ impl WriteHandle {
         };
         Ok(WriteHandle {
             ino,
+            target: std::sync::Mutex::new(path.clone()),
+            size_now: 0.into(),
+            unlinked: false.into(),
+            stall: client_stall(),
             state: Mutex::new(State {
                 file,
                 file_path,
@@ -279,8 +297,8 @@ impl WriteHandle {
                 failed: None,
                 recovered: None,
                 changed_since_recovery: false,
+                local: false,
             }),
-            path,
         })
     }
 
@@ -299,6 +317,10 @@ impl WriteHandle {
         let file = open_rw(&file_path).map_err(|e| io_err(&path, "cannot open the spool", &e))?;
         Ok(WriteHandle {
             ino,
+            target: std::sync::Mutex::new(path.clone()),
+            size_now: size.into(),
+            unlinked: false.into(),
+            stall: client_stall(),
             state: Mutex::new(State {
                 file,
                 file_path,
@@ -311,8 +333,47 @@ impl WriteHandle {
                 failed: None,
                 recovered: None,
                 changed_since_recovery: false,
+                local: false,
             }),
-            path,
+        })
+    }
+
+    /// A local-only file kept at `data` (see `local.rs`).
+    pub(super) fn new_local(
+        ino: Ino,
+        path: DavPath,
+        data: PathBuf,
+        truncate: bool,
+    ) -> VfsResult<Self> {
+        let file = open_rw(&data).map_err(|e| io_err(&path, "cannot open a local file", &e))?;
+        if truncate {
+            file.set_len(0)
+                .map_err(|e| io_err(&path, "cannot truncate a local file", &e))?;
+        }
+        let size = file
+            .metadata()
+            .map_err(|e| io_err(&path, "cannot stat a local file", &e))?
+            .len();
+        Ok(WriteHandle {
+            ino,
+            target: std::sync::Mutex::new(path.clone()),
+            size_now: size.into(),
+            unlinked: false.into(),
+            stall: client_stall(),
+            state: Mutex::new(State {
+                file,
+                file_path: data,
+                stream: None,
+                size,
+                complete: true,
+                original_size: size,
+                dirty: truncate,
+                pre: Preconditions::default(),
+                failed: None,
+                recovered: None,
+                changed_since_recovery: false,
+                local: true,
+            }),
         })
     }
 
@@ -320,13 +381,52 @@ impl WriteHandle {
         self.ino
     }
 
-    pub(super) fn path(&self) -> &DavPath {
-        &self.path
+    /// Where the data goes now.
+    pub(super) fn path(&self) -> DavPath {
+        self.target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Current logical size (for getattr while the file is open).
-    pub(super) async fn size(&self) -> u64 {
-        self.state.lock().await.size
+    /// The size as written so far, without waiting for a running upload.
+    pub(super) fn size_now(&self) -> u64 {
+        self.size_now.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_size_now(&self, st: &State) {
+        self.size_now
+            .store(st.size, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The file was deleted or replaced while open: nothing will be uploaded.
+    pub(super) async fn mark_unlinked(&self) {
+        self.unlinked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut st = self.state.lock().await;
+        if let Some(s) = st.stream.take() {
+            abort_stream(s).await;
+        }
+        st.dirty = false;
+    }
+
+    fn is_unlinked(&self) -> bool {
+        self.unlinked.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The open file was renamed to `to`: its data goes there, replacing what is there.
+    /// A streaming upload to the old name is abandoned; the whole file is sent at close.
+    pub(super) async fn retarget(&self, to: DavPath) {
+        let mut st = self.state.lock().await;
+        self.to_spool(&mut st).await;
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = to;
+        if !st.local {
+            st.dirty = true;
+            st.pre = Preconditions {
+                lock_token: st.pre.lock_token.clone(),
+                ..Default::default()
+            };
+        }
     }
 
     /// Stops streaming: the journal becomes the spool. Aborts the PUT so the server keeps
@@ -336,7 +436,7 @@ impl WriteHandle {
             if let Err(e) = s.journal.barrier().await {
                 st.failed = Some(VfsError::new(
                     ErrorKind::Io,
-                    format!("{}: cannot keep the written data: {e}", self.path),
+                    format!("{}: cannot keep the written data: {e}", self.path()),
                 ));
             }
             abort_stream(s).await;
@@ -352,7 +452,7 @@ impl WriteHandle {
                 ErrorKind::NoSpace,
                 format!(
                     "{}: cannot keep the written data in the cache directory: {e}",
-                    self.path
+                    self.path()
                 ),
             );
             if let Some(s) = st.stream.take() {
@@ -369,7 +469,7 @@ impl WriteHandle {
         if st.complete {
             return Ok(());
         }
-        let mut get = client.get(&self.path, None, None).await?;
+        let mut get = client.get(&self.path(), None, None).await?;
         let mut off = 0u64;
         while let Some(chunk) = get.chunk().await? {
             // Bytes the application already wrote beyond the original win: only fill below
@@ -378,7 +478,7 @@ impl WriteHandle {
             let limit = st.original_size.min(end);
             if off < limit {
                 let piece = &chunk[..(limit - off) as usize];
-                write_at(&st.file, piece, off).map_err(|e| io_err(&self.path, "write", &e))?;
+                write_at(&st.file, piece, off).map_err(|e| io_err(&self.path(), "write", &e))?;
             }
             off = end;
         }
@@ -387,7 +487,8 @@ impl WriteHandle {
                 ErrorKind::Stale,
                 format!(
                     "{}: changed on the server (expected {} bytes, got {off})",
-                    self.path, st.original_size
+                    self.path(),
+                    st.original_size
                 ),
             ));
         }
@@ -419,6 +520,7 @@ impl WriteHandle {
         st.size += data.len() as u64;
         st.dirty = true;
         st.changed_since_recovery = true;
+        self.set_size_now(&st);
         Some(data.len() as u32)
     }
 
@@ -435,6 +537,9 @@ impl WriteHandle {
         let sequential = st.stream.is_some() && offset == st.size;
         if st.stream.is_some() && !sequential {
             self.to_spool(&mut st).await;
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
         }
         if st.stream.is_none() && !st.complete {
             // Writing into an existing file: the bytes around must come from the server.
@@ -454,7 +559,7 @@ impl WriteHandle {
             _ => write_at(&st.file, &data, offset),
         };
         if let Err(e) = journaled {
-            let err = io_err(&self.path, "cannot keep the written data", &e);
+            let err = io_err(&self.path(), "cannot keep the written data", &e);
             // Never let the server complete a file we could not journal.
             self.to_spool(&mut st).await;
             st.failed = Some(err.clone());
@@ -463,9 +568,14 @@ impl WriteHandle {
         st.size = st.size.max(offset + data.len() as u64);
         st.dirty = true;
         st.changed_since_recovery = true;
+        self.set_size_now(&st);
         let len = data.len() as u32;
         let sent = match (&st.stream, sequential) {
-            (Some(s), true) => s.tx.send(Ok(data)).await.is_ok(),
+            // A server that stops reading without closing would block the send forever.
+            (Some(s), true) => matches!(
+                tokio::time::timeout(self.stall, s.tx.send(Ok(data))).await,
+                Ok(Ok(()))
+            ),
             _ => true,
         };
         if !sent && let Some(s) = st.stream.take() {
@@ -474,7 +584,7 @@ impl WriteHandle {
             if let Err(e) = s.journal.barrier().await {
                 let err = VfsError::new(
                     ErrorKind::NoSpace,
-                    format!("{}: cannot keep the written data: {e}", self.path),
+                    format!("{}: cannot keep the written data: {e}", self.path()),
                 );
                 st.failed = Some(err.clone());
                 return Err(err);
@@ -486,7 +596,7 @@ impl WriteHandle {
                     return Err(err);
                 }
             }
-            tracing::debug!(path = %self.path, "streaming upload broke; spooling instead");
+            tracing::debug!(path = %self.path(), "streaming upload broke; spooling instead");
         }
         Ok(len)
     }
@@ -508,7 +618,7 @@ impl WriteHandle {
         let n = (u64::from(size)).min(st.size - offset) as usize;
         let mut buf = vec![0u8; n];
         let got =
-            read_at(&st.file, &mut buf, offset).map_err(|e| io_err(&self.path, "read", &e))?;
+            read_at(&st.file, &mut buf, offset).map_err(|e| io_err(&self.path(), "read", &e))?;
         // Holes (truncate up) read as zeros.
         buf.truncate(got);
         buf.resize(n, 0);
@@ -526,11 +636,12 @@ impl WriteHandle {
         }
         st.file
             .set_len(size)
-            .map_err(|e| io_err(&self.path, "truncate", &e))?;
+            .map_err(|e| io_err(&self.path(), "truncate", &e))?;
         st.size = size;
         st.complete = true;
         st.dirty = true;
         st.changed_since_recovery = true;
+        self.set_size_now(&st);
         Ok(())
     }
 
@@ -573,7 +684,7 @@ impl WriteHandle {
             Err(io) => {
                 tracing::error!(
                     "could not upload {} ({e}) nor copy it aside ({io}); it stays in {}",
-                    self.path,
+                    self.path(),
                     st.file_path.display()
                 );
                 return;
@@ -584,12 +695,12 @@ impl WriteHandle {
                 let f = std::fs::OpenOptions::new().write(true).open(&copy)?;
                 f.set_len(st.size)
             })
-            .and_then(|_| cache.recover(&copy, &self.path, &e.to_string()));
+            .and_then(|_| cache.recover(&copy, &self.path(), &e.to_string()));
         match copied {
             Ok(kept) => {
                 tracing::warn!(
                     "could not upload {}: {e}. The data is kept in {}",
-                    self.path,
+                    self.path(),
                     kept.display()
                 );
                 st.recovered = Some(kept);
@@ -599,7 +710,7 @@ impl WriteHandle {
                 cache.discard(&copy);
                 tracing::error!(
                     "could not upload {} ({e}) nor copy it aside ({io}); it stays in {}",
-                    self.path,
+                    self.path(),
                     st.file_path.display()
                 );
             }
@@ -614,8 +725,15 @@ impl WriteHandle {
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
-        if !st.dirty {
+        if !st.dirty || self.is_unlinked() {
             return Ok(None);
+        }
+        if st.local {
+            st.dirty = false;
+            return Ok(Some(Uploaded {
+                size: st.size,
+                etag: None,
+            }));
         }
         let mut result = None;
         // Everything written must be in the journal before the server may complete the file.
@@ -630,7 +748,7 @@ impl WriteHandle {
                         st.failed = Some(err.clone());
                         return Err(err);
                     }
-                    tracing::info!(path = %self.path, "streaming upload failed ({err}); sending it again");
+                    tracing::info!(path = %self.path(), "streaming upload failed ({err}); sending it again");
                 }
                 Err(_) => {}
             }
@@ -672,9 +790,9 @@ impl WriteHandle {
         st.dirty = false;
         // From now on we overwrite our own version.
         st.pre = Preconditions {
-            if_match: meta.etag.clone(),
-            if_none_match_any: false,
+            if_match: meta.etag.clone().filter(|t| !t.starts_with("W/")),
             lock_token: st.pre.lock_token.clone(),
+            ..Default::default()
         };
         Ok(Some(Uploaded {
             size: st.size,
@@ -685,13 +803,13 @@ impl WriteHandle {
     async fn put_file(&self, client: &DavClient, st: &State) -> VfsResult<ResponseMeta> {
         let file = tokio::fs::File::open(&st.file_path)
             .await
-            .map_err(|e| io_err(&self.path, "cannot reopen the local copy", &e))?;
+            .map_err(|e| io_err(&self.path(), "cannot reopen the local copy", &e))?;
         let len = st.size;
         let reader = tokio::io::AsyncReadExt::take(file, len);
         let stream = tokio_util_stream(reader);
         Ok(client
             .put(
-                &self.path,
+                &self.path(),
                 PutBody::Stream {
                     stream: Box::new(stream),
                     len: Some(len),
@@ -710,7 +828,7 @@ impl WriteHandle {
         cache: &CacheDir,
         discard: bool,
     ) -> VfsResult<Option<Uploaded>> {
-        let outcome = if discard {
+        let outcome = if discard || self.is_unlinked() {
             let mut st = self.state.lock().await;
             self.to_spool(&mut st).await;
             st.dirty = false;
@@ -719,6 +837,9 @@ impl WriteHandle {
             self.flush(client, cache).await
         };
         let st = self.state.lock().await;
+        if st.local {
+            return outcome;
+        }
         if outcome.is_err() && st.recovered.is_none() && (st.size > 0 || st.dirty) {
             // No copy could be made aside: leave the only copy where it is.
             return outcome;

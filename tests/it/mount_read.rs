@@ -455,3 +455,100 @@ fn orthanc_tree_browses_and_reads_byte_identical() {
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     assert!(m.unmount().success());
 }
+
+#[test]
+fn server_side_changes_appear_after_the_listing_ttl() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("mount-ttl");
+    std::fs::write(dir.join("a.txt"), b"a").expect("write");
+    apache::give_to_server(&dir);
+    let m = Mount::new(
+        &a.url("mount-ttl"),
+        &["--dir-cache-ttl", "2", "--kernel-ttl", "0"],
+    );
+    let names = |p: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(p)
+            .expect("ls")
+            .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(names(m.path()).contains("a.txt"));
+    let listed_at = Instant::now();
+    std::fs::write(dir.join("b.txt"), b"b").expect("write on server");
+    apache::give_to_server(&dir);
+    // Within the TTL the cached listing answers: the new file is not visible yet.
+    assert!(!names(m.path()).contains("b.txt"), "listing was not cached");
+    // After it, the next listing shows it (bounded wait: the TTL is 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !names(m.path()).contains("b.txt") {
+        assert!(Instant::now() < deadline, "b.txt never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        listed_at.elapsed() >= Duration::from_secs(2),
+        "appeared before the TTL"
+    );
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn background_mount_detaches_and_unmount_stops_the_daemon() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("mount-bg");
+    std::fs::write(dir.join("x.txt"), b"x").expect("write");
+    apache::give_to_server(&dir);
+    let mnt = tempfile::tempdir().expect("mnt");
+    let out = Command::new(env!("CARGO_BIN_EXE_davdrive"))
+        .arg("mount")
+        .arg(a.url("mount-bg"))
+        .arg(mnt.path())
+        .output()
+        .expect("davdrive mount");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("davdrive: mounted"));
+    assert!(
+        is_mounted(mnt.path()),
+        "mount returned before the mount existed"
+    );
+    assert_eq!(std::fs::read(mnt.path().join("x.txt")).expect("read"), b"x");
+    let daemons = || -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).contains(mnt.path().to_string_lossy().as_ref())
+                })
+            })
+            .collect()
+    };
+    assert_eq!(daemons().len(), 1, "one daemon serves the mount");
+    let st = Command::new(env!("CARGO_BIN_EXE_davdrive"))
+        .arg("unmount")
+        .arg(mnt.path())
+        .status()
+        .expect("unmount");
+    assert!(st.success());
+    assert!(!is_mounted(mnt.path()));
+    // The daemon exits on its own once unmounted (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemons().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "daemon still running: {:?}",
+            daemons()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -285,6 +285,13 @@ fn a_change_on_the_server_between_read_and_write_is_detected() {
     }
     let dir = a.fresh_dir("write-conflict");
     std::fs::write(dir.join("doc.txt"), b"version 1").expect("write");
+    // Written an hour ago, like most files: Apache gives it a strong entity tag.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join("doc.txt"))
+        .and_then(|f| f.set_modified(hour_ago))
+        .expect("set mtime");
     apache::give_to_server(&dir);
     let cache = tempfile::tempdir().expect("cache");
     let cache_arg = cache.path().to_string_lossy().into_owned();
@@ -315,11 +322,17 @@ fn a_change_on_the_server_between_read_and_write_is_detected() {
     let kept = recovered(cache.path());
     assert_eq!(kept.len(), 1, "{kept:?}");
     assert_eq!(std::fs::read(&kept[0]).expect("kept"), b"my version");
-    assert!(
-        m.log().contains(&kept[0].display().to_string()),
-        "{}",
-        m.log()
-    );
+    // The daemon says where the data is; its stderr arrives through a pipe (bounded wait).
+    let want = kept[0].display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !m.log().contains(&want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not logged: {}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let status = run(Command::new(env!("CARGO_BIN_EXE_davdrive"))
         .args(["status", "--cache-dir"])
         .arg(cache.path()));
@@ -432,5 +445,133 @@ fn orthanc_uploads_drop_box_and_read_only_views() {
     )
     .expect_err("MOVE refused");
     assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{e}");
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn os_litter_stays_local() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("write-litter");
+    let m = Mount::new(&a.url("write-litter"), &[]);
+    let root = m.path();
+    let before = a.settled_requests("write-litter").len();
+    std::fs::write(root.join(".DS_Store"), b"finder state").expect("write");
+    std::fs::write(root.join("Thumbs.db"), b"thumbnails").expect("write");
+    std::fs::write(root.join("._photo.jpg"), b"resource fork").expect("write");
+    let reqs = a.settled_requests("write-litter");
+    assert!(
+        reqs[before..].iter().all(|r| r.method != "PUT"),
+        "litter was uploaded: {:?}",
+        &reqs[before..]
+    );
+    assert!(!dir.join(".DS_Store").exists() && !dir.join("Thumbs.db").exists());
+    // Locally it behaves like a file.
+    assert_eq!(
+        std::fs::read(root.join(".DS_Store")).expect("read"),
+        b"finder state"
+    );
+    let names: Vec<String> = std::fs::read_dir(root)
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&".DS_Store".to_owned()), "{names:?}");
+    std::fs::rename(root.join("._photo.jpg"), root.join("._other.jpg")).expect("rename");
+    assert_eq!(
+        std::fs::read(root.join("._other.jpg")).expect("read"),
+        b"resource fork"
+    );
+    std::fs::remove_file(root.join("Thumbs.db")).expect("rm");
+    assert!(!root.join("Thumbs.db").exists());
+    // A real file next to them is uploaded as usual.
+    std::fs::write(root.join("real.txt"), b"real").expect("write");
+    assert_eq!(
+        std::fs::read(dir.join("real.txt")).expect("server"),
+        b"real"
+    );
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn files_deleted_or_renamed_while_open_behave_like_posix() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("write-open");
+    let m = Mount::new(&a.url("write-open"), &[]);
+    let root = m.path();
+    // Deleted while open: its data must not come back at close.
+    let mut f = std::fs::File::create(root.join("tmp.bin")).expect("create");
+    f.write_all(&pattern(300_000, 1)).expect("write");
+    std::fs::remove_file(root.join("tmp.bin")).expect("unlink while open");
+    f.write_all(b"more").expect("write after unlink");
+    drop(f);
+    assert!(!root.join("tmp.bin").exists());
+    assert!(!dir.join("tmp.bin").exists(), "an unlinked file came back");
+    // Renamed while open (the save-as-temp-then-rename pattern, before close): the data
+    // lands under the new name.
+    let data = pattern(500_000, 2);
+    let mut f = std::fs::File::create(root.join("doc.part")).expect("create");
+    f.write_all(&data[..200_000]).expect("write");
+    std::fs::rename(root.join("doc.part"), root.join("doc.txt")).expect("rename while open");
+    f.write_all(&data[200_000..]).expect("write after rename");
+    f.sync_all().expect("fsync");
+    drop(f);
+    assert_eq!(std::fs::read(dir.join("doc.txt")).expect("server"), data);
+    assert!(!dir.join("doc.part").exists());
+    // Two descriptors on one file see each other's writes.
+    let p = root.join("shared.txt");
+    std::fs::write(&p, b"").expect("create");
+    let mut w1 = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .expect("open 1");
+    w1.write_all(b"one ").expect("w1");
+    let mut w2 = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&p)
+        .expect("open 2");
+    w2.write_all(b"two").expect("w2");
+    drop(w1);
+    drop(w2);
+    assert_eq!(std::fs::read(&p).expect("read"), b"one two");
+    assert!(m.unmount().success());
+    assert_eq!(
+        std::fs::read(dir.join("shared.txt")).expect("server"),
+        b"one two"
+    );
+}
+
+#[test]
+fn daemon_killed_mid_upload_leaves_data_for_the_next_mount() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    a.fresh_dir("write-crash");
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let args = ["--cache-dir", cache_arg.as_str(), "--upload", "spool"];
+    let m = Mount::new(&a.url("write-crash"), &args);
+    let data = pattern(8 << 20, 3);
+    let mut f = std::fs::File::create(m.path().join("big.bin")).expect("create");
+    f.write_all(&data).expect("write");
+    // The daemon dies before the file is closed: nothing was uploaded yet.
+    // SAFETY: killing our own child.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGKILL) };
+    drop(f);
+    drop(m);
+    let m = Mount::new(&a.url("write-crash"), &args);
+    let kept = recovered(cache.path());
+    assert!(
+        kept.iter()
+            .any(|k| std::fs::read(k).is_ok_and(|b| b == data)),
+        "not recovered: {kept:?}\n{}",
+        m.log()
+    );
+    assert!(m.log().contains("stopped before finishing"), "{}", m.log());
     assert!(m.unmount().success());
 }

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{START_TIMEOUT, free_port, have, spawn_owned, wait_for_port};
+use super::{START_TIMEOUT, free_port, have, spawn_kept, wait_for_port};
 
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -167,14 +167,19 @@ Alias /auth/ "{authroot}/"
         );
         let conf_path = dir.join("httpd.conf");
         std::fs::write(&conf_path, conf).expect("write conf");
-        let mut cmd = Command::new("apache2");
-        cmd.arg("-f")
-            .arg(&conf_path)
-            .arg("-DFOREGROUND")
-            .stdin(Stdio::null())
+        // Apache's worker processes outlive a parent killed by PR_SET_PDEATHSIG. A small
+        // shell holds our end of a pipe: when this test binary exits, the pipe closes and
+        // the shell stops Apache gracefully, workers included.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "apache2 -f '{}' -DFOREGROUND & pid=$!; read _ignored; kill -TERM $pid; wait $pid",
+                conf_path.display()
+            ))
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        let mut child = spawn_owned(cmd).expect("spawn apache2");
+        let mut child = spawn_kept(cmd, false).expect("spawn apache2");
         wait_for_port(port, &mut child, START_TIMEOUT);
         Apache {
             port,

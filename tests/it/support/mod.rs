@@ -62,25 +62,33 @@ pub fn have_fuse() -> bool {
     ok
 }
 
-type SpawnReq = (Command, mpsc::Sender<std::io::Result<Child>>);
+type SpawnReq = (Command, bool, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawns `cmd` from a thread that lives as long as the test binary, with the child set to
 /// die when that thread's process dies (PR_SET_PDEATHSIG fires on the *thread's* exit).
 pub fn spawn_owned(cmd: Command) -> std::io::Result<Child> {
+    spawn_kept(cmd, true)
+}
+
+/// As [`spawn_owned`]; with `die_with_us` false the child is left to notice our exit by
+/// itself (for a wrapper that must outlive us long enough to stop its own children).
+pub fn spawn_kept(cmd: Command, die_with_us: bool) -> std::io::Result<Child> {
     static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnReq>>> = OnceLock::new();
     let keeper = KEEPER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnReq>();
         std::thread::Builder::new()
             .name("server-keeper".into())
             .spawn(move || {
-                for (mut cmd, reply) in rx {
+                for (mut cmd, die_with_us, reply) in rx {
                     use std::os::unix::process::CommandExt;
                     // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-                    unsafe {
-                        cmd.pre_exec(|| {
-                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                            Ok(())
-                        });
+                    if die_with_us {
+                        unsafe {
+                            cmd.pre_exec(|| {
+                                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                                Ok(())
+                            });
+                        }
                     }
                     let _ = reply.send(cmd.spawn());
                 }
@@ -92,7 +100,7 @@ pub fn spawn_owned(cmd: Command) -> std::io::Result<Child> {
     keeper
         .lock()
         .expect("keeper lock")
-        .send((cmd, tx))
+        .send((cmd, die_with_us, tx))
         .expect("keeper alive");
     rx.recv().expect("keeper answered")
 }
