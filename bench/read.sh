@@ -18,7 +18,8 @@ WORK=${BENCH_DIR:-/tmp/davdrive-bench}
 PORT=${BENCH_PORT:-18181}
 RUNS=${RUNS:-3}
 SIZE_MIB=${SIZE_MIB:-1024}
-. "$ROOT/bench/apache.sh"
+. "$ROOT/bench/lib.sh"
+MOUNT_ARGS=()
 
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 mkdir -p "$WORK"
@@ -39,24 +40,6 @@ trap cleanup EXIT
 URL="http://127.0.0.1:$PORT/dav/"
 PROPS='<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/><D:creationdate/><D:displayname/><D:quota-available-bytes/><D:quota-used-bytes/></D:prop></D:propfind>'
 
-now() { date +%s%N; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-loglines() { wc -l < "$WORK/access.log"; }
-mount_dav() {
-  rm -f "$WORK/mount.out"
-  "$BIN" mount "$URL" "$MNT" --foreground > "$WORK/mount.out" 2> "$WORK/mount.err" &
-  DAEMON=$!
-  local i
-  for i in $(seq 1 400); do
-    grep -q "davdrive: mounted" "$WORK/mount.out" 2>/dev/null && return 0
-    kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/mount.err" >&2; return 1; }
-    sleep 0.025
-  done
-  return 1
-}
-unmount_dav() { "$BIN" unmount "$MNT"; wait "$DAEMON" || true; DAEMON=; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 # Warm the server's page cache once for everybody.
 cat "$WORK/www/big.bin" > /dev/null

@@ -16,7 +16,8 @@ WORK=${BENCH_DIR:-/tmp/davdrive-bench-w}
 PORT=${BENCH_PORT:-18182}
 RUNS=${RUNS:-3}
 SIZE_MIB=${SIZE_MIB:-1024}
-. "$ROOT/bench/apache.sh"
+. "$ROOT/bench/lib.sh"
+MOUNT_ARGS=(--cache-dir "$WORK/cache")
 
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 SRC="$WORK/src"
@@ -35,24 +36,6 @@ cleanup() {
 }
 trap cleanup EXIT
 URL="http://127.0.0.1:$PORT/dav/"
-now() { date +%s%N; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-loglines() { wc -l < "$WORK/access.log"; }
-mount_dav() {
-  rm -f "$WORK/mount.out"
-  "$BIN" mount "$URL" "$MNT" --foreground --cache-dir "$WORK/cache" > "$WORK/mount.out" 2> "$WORK/mount.err" &
-  DAEMON=$!
-  local i
-  for i in $(seq 1 400); do
-    grep -q "davdrive: mounted" "$WORK/mount.out" 2>/dev/null && return 0
-    kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/mount.err" >&2; return 1; }
-    sleep 0.025
-  done
-  return 1
-}
-unmount_dav() { "$BIN" unmount "$MNT"; wait "$DAEMON" || true; DAEMON=; }
 cat "$SRC/big.bin" > /dev/null   # warm the page cache of the source for everybody
 
 echo "== sequential write of $SIZE_MIB MiB, complete on the server"

@@ -78,6 +78,16 @@ impl FuseAdapter {
         let ttl = vfs.config().kernel_ttl;
         FuseAdapter { vfs, rt, ttl }
     }
+
+    fn flush_and_reply(&self, fh: FileHandle, reply: ReplyEmpty) {
+        let vfs = self.vfs.clone();
+        self.rt.spawn(async move {
+            match vfs.flush(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -289,13 +299,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
-            match vfs.flush(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        self.flush_and_reply(fh, reply);
     }
 
     fn fsync(
@@ -306,13 +310,8 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
-            match vfs.flush(fh.0).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            }
-        });
+        // fsync and close both return once the server holds the data.
+        self.flush_and_reply(fh, reply);
     }
 
     fn setattr(

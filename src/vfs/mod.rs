@@ -205,7 +205,7 @@ impl Vfs {
     /// Creates the core; opens (creating) the cache directory.
     pub fn new(client: DavClient, cfg: VfsConfig) -> VfsResult<Arc<Self>> {
         let url = crate::dav::client::redact_url(client.root().url());
-        let cache = CacheDir::open(cfg.cache_dir.clone(), &url).map_err(|e| {
+        let cache_err = |e: std::io::Error| {
             VfsError::new(
                 ErrorKind::Io,
                 format!(
@@ -213,7 +213,8 @@ impl Vfs {
                     cfg.cache_dir.display()
                 ),
             )
-        })?;
+        };
+        let cache = CacheDir::open(cfg.cache_dir.clone(), &url).map_err(cache_err)?;
         // Only the first davdrive using this cache directory may treat leftovers as orphans:
         // a second mount of the same URL must not take the first one's journals.
         let lock = std::fs::File::create(cfg.cache_dir.join("lock")).ok();
@@ -229,15 +230,7 @@ impl Vfs {
                 kept.display()
             );
         }
-        let local = local::LocalFiles::new(cfg.cache_dir.join("local")).map_err(|e| {
-            VfsError::new(
-                ErrorKind::Io,
-                format!(
-                    "cannot use the cache directory {}: {e}",
-                    cfg.cache_dir.display()
-                ),
-            )
-        })?;
+        let local = local::LocalFiles::new(cfg.cache_dir.join("local")).map_err(cache_err)?;
         Ok(Arc::new(Vfs {
             client,
             cfg,

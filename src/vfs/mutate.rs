@@ -276,18 +276,23 @@ impl Vfs {
         let stream = self.can_stream(&dir).await;
         let ino = self.insert_child(parent, name, &path, meta.clone());
         let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?;
+        Ok(self.created(ino, &meta, w))
+    }
+
+    /// Registers the session of a file just created; the kernel holds one reference.
+    fn created(&self, ino: Ino, meta: &Meta, w: WriteHandle) -> (Attr, Opened) {
         let fh = self.add_handle(Handle::Write(Arc::new(w)));
         if let Some(n) = self.table().get_mut(ino) {
             n.writer = Some(fh);
             n.lookups += 1;
         }
-        Ok((
-            self.attr_of(ino, &meta),
+        (
+            self.attr_of(ino, meta),
             Opened {
                 fh,
                 keep_cache: false,
             },
-        ))
+        )
     }
 
     fn create_local(&self, parent: Ino, name: &str, path: &DavPath) -> VfsResult<(Attr, Opened)> {
@@ -300,18 +305,7 @@ impl Vfs {
         let meta = Self::file_meta(0, None);
         let ino = self.insert_child(parent, name, path, meta.clone());
         let w = WriteHandle::new_local(ino, path.clone(), e.data, true)?;
-        let fh = self.add_handle(Handle::Write(Arc::new(w)));
-        if let Some(n) = self.table().get_mut(ino) {
-            n.writer = Some(fh);
-            n.lookups += 1;
-        }
-        Ok((
-            self.attr_of(ino, &meta),
-            Opened {
-                fh,
-                keep_cache: false,
-            },
-        ))
+        Ok(self.created(ino, &meta, w))
     }
 
     /// Opens a local-only file, if `ino` is one.

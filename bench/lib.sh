@@ -1,6 +1,8 @@
-# Sourced by the bench scripts: start_apache DIR PORT starts Apache httpd with mod_dav on
-# 127.0.0.1:PORT serving DIR/www at /dav/, logging method, path, status, bytes sent (%O)
-# and Range per request to DIR/access.log. stop_apache stops it.
+# Sourced by the bench scripts.
+# start_apache DIR PORT starts Apache httpd with mod_dav on 127.0.0.1:PORT serving DIR/www at
+# /dav/, logging method, path, status, bytes sent (%O) and Range per request to
+# DIR/access.log; stop_apache DIR stops it. mount_dav / unmount_dav mount $URL on $MNT with
+# $BIN (extra arguments in the MOUNT_ARGS array) and set DAEMON to the daemon's pid.
 start_apache() {
   local dir=$1 port=$2 m=/usr/lib/apache2/modules
   mkdir -p "$dir/www" "$dir/run"
@@ -47,3 +49,22 @@ CONF
 stop_apache() {
   apache2 -f "$1/httpd.conf" -k stop 2>/dev/null || true
 }
+
+now() { date +%s%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'; }
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+loglines() { wc -l < "$WORK/access.log"; }
+mount_dav() {
+  rm -f "$WORK/mount.out"
+  "$BIN" mount "$URL" "$MNT" --foreground "${MOUNT_ARGS[@]}" > "$WORK/mount.out" 2> "$WORK/mount.err" &
+  DAEMON=$!
+  local i
+  for i in $(seq 1 400); do
+    grep -q "davdrive: mounted" "$WORK/mount.out" 2>/dev/null && return 0
+    kill -0 "$DAEMON" 2>/dev/null || { cat "$WORK/mount.err" >&2; return 1; }
+    sleep 0.025
+  done
+  return 1
+}
+unmount_dav() { "$BIN" unmount "$MNT"; wait "$DAEMON" || true; DAEMON=; }
