@@ -119,4 +119,13 @@ pub struct MountArgs {
         help_heading = "Network"
     )]
     pub timeout: u64,
+    /// Seconds during which a request is retried while the server answers 429, 502, 503 or
+    /// 504 (honouring Retry-After); 0 turns retries off.
+    #[arg(
+        long,
+        default_value_t = 30,
+        value_name = "SECONDS",
+        help_heading = "Network"
+    )]
+    pub retry_time: u64,
 }

@@ -61,6 +61,7 @@ impl MountConfig {
         client.credentials = credentials.clone();
         client.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
         client.progress_timeout = Duration::from_secs(args.timeout.max(1));
+        client.retry_budget = Duration::from_secs(args.retry_time);
         let base = args.cache_dir.clone().unwrap_or_else(default_base);
         let key = mount_key(
             &redact_url(&url),

@@ -54,6 +54,9 @@ pub struct ClientConfig {
     pub progress_timeout: Duration,
     /// Largest multistatus body accepted (about 430 bytes per entry with our property list).
     pub max_listing_bytes: usize,
+    /// How long an idempotent request may be retried while the server answers 429, 502,
+    /// 503 or 504.
+    pub retry_budget: Duration,
     pub user_agent: String,
 }
 
@@ -65,6 +68,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             progress_timeout: Duration::from_secs(30),
             max_listing_bytes: 64 * 1024 * 1024,
+            retry_budget: Duration::from_secs(30),
             user_agent: format!("davdrive/{}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -218,6 +222,7 @@ struct Inner {
     challenged: AtomicBool,
     stats: RequestStats,
     max_listing_bytes: usize,
+    retry_budget: Duration,
 }
 
 /// A WebDAV client bound to one mounted collection. Cheap to clone.
@@ -269,6 +274,7 @@ impl DavClient {
                 challenged: AtomicBool::new(false),
                 stats: RequestStats::default(),
                 max_listing_bytes: config.max_listing_bytes,
+                retry_budget: config.retry_budget,
             }),
         })
     }
@@ -632,6 +638,8 @@ impl DavClient {
         let mut body = Some(body);
         let mut retried = false;
         let mut authed_retry = false;
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0u32;
         loop {
             let mut req = self.inner.http.request(m.clone(), url.clone());
             req = req.headers(headers.clone());
@@ -689,10 +697,69 @@ impl DavClient {
                             }
                         }
                     }
+                    if idempotent
+                        && replayable
+                        && matches!(resp.status().as_u16(), 429 | 502 | 503 | 504)
+                        && let Some(delay) = self.next_backoff(&resp, started, &mut attempt)
+                    {
+                        tracing::debug!(
+                            method,
+                            path = %path,
+                            status = resp.status().as_u16(),
+                            ?delay,
+                            "server busy; retrying"
+                        );
+                        drop(resp);
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
                     return Ok(resp);
                 }
             }
         }
+    }
+
+    /// The wait before retrying a 429/502/503/504: exponential backoff with jitter (100 ms
+    /// doubling, at most 5 s), or longer when `Retry-After` asks; `None` once the retry time
+    /// budget would be exceeded.
+    fn next_backoff(
+        &self,
+        resp: &Response,
+        started: tokio::time::Instant,
+        attempt: &mut u32,
+    ) -> Option<Duration> {
+        let budget = self.inner.retry_budget;
+        let spent = started.elapsed();
+        if spent >= budget {
+            return None;
+        }
+        *attempt += 1;
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let v = v.trim();
+                v.parse::<u64>().ok().map(Duration::from_secs).or_else(|| {
+                    httpdate::parse_http_date(v)
+                        .ok()
+                        .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+                })
+            });
+        let backoff = {
+            let exp = 100u64.saturating_mul(1 << (*attempt).min(6));
+            // Jitter from the clock's low bits: enough to spread clients apart.
+            let nanos = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            let jitter = u64::from(nanos) % (exp / 2 + 1);
+            Duration::from_millis((exp / 2 + jitter).min(5000))
+        };
+        // Retry-After may ask for longer, never for a hot loop ("Retry-After: 0").
+        let delay = retry_after.map_or(backoff, |r| r.max(backoff));
+        let remaining = budget - spent;
+        (delay <= remaining).then_some(delay)
     }
 }
 

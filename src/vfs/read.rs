@@ -74,7 +74,12 @@ struct State {
     ranges: Option<bool>,
     /// `Last-Modified` of the first response: the validator when there is no strong ETag.
     modified: Option<std::time::SystemTime>,
+    /// Transfers resumed after a broken connection, for this handle.
+    resumes: u32,
 }
+
+/// How often one open file may resume a broken transfer before reads fail.
+const MAX_RESUMES: u32 = 8;
 
 pub(super) struct ReadHandle {
     ino: Ino,
@@ -105,6 +110,7 @@ impl ReadHandle {
                 etag,
                 ranges: None,
                 modified: None,
+                resumes: 0,
             }),
             tuning,
         }
@@ -182,17 +188,35 @@ impl ReadHandle {
             let Some(active) = st.active.as_mut() else {
                 return Err(VfsError::new(ErrorKind::Io, "no response to read from"));
             };
-            let chunk = active.get.chunk().await.map_err(VfsError::from)?;
-            let Some(chunk) = chunk else {
-                if active.pos < active.end {
+            let chunk = match active.get.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) if active.pos >= active.end => {
                     st.active = None;
-                    return Err(VfsError::new(
-                        ErrorKind::Io,
-                        format!("{}: the server ended the body early", self.path),
-                    ));
+                    continue;
                 }
-                st.active = None;
-                continue;
+                // The connection broke or the body ended early: resume from the byte where it
+                // stopped (the next request carries the version checks), a few times.
+                broken => {
+                    let why = match broken {
+                        Err(e) => e.to_string(),
+                        _ => "the server ended the body early".to_owned(),
+                    };
+                    st.active = None;
+                    if st.resumes >= MAX_RESUMES {
+                        return Err(VfsError::new(
+                            ErrorKind::Io,
+                            format!(
+                                "{}: {why} (after {MAX_RESUMES} resumed transfers)",
+                                self.path
+                            ),
+                        ));
+                    }
+                    st.resumes += 1;
+                    tracing::debug!(path = %self.path, at = st.buf_end, "{why}; resuming");
+                    let (from, win) = (st.buf_end, st.window);
+                    self.start_get(client, &mut st, from, win).await?;
+                    continue;
+                }
             };
             let chunk = if active.pos + chunk.len() as u64 > active.end {
                 chunk.slice(..(active.end - active.pos) as usize)

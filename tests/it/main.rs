@@ -14,6 +14,7 @@
 mod support;
 
 mod client;
+mod faults;
 mod fixtures;
 mod layering;
 mod mount_read;

@@ -18,6 +18,7 @@
 
 pub mod apache;
 pub mod dav_server;
+pub mod fault_proxy;
 pub mod orthanc;
 
 use std::io::{BufRead, BufReader};
