@@ -68,3 +68,20 @@ mount_dav() {
   return 1
 }
 unmount_dav() { "$BIN" unmount "$MNT"; wait "$DAEMON" || true; DAEMON=; }
+
+# Starts Apache on $PORT serving $WORK, makes the mount point $MNT, sets $URL, and stops
+# both on exit.
+bench_start() {
+  start_apache "$WORK" "$PORT"
+  MNT=$(mktemp -d /tmp/davdrive-bench-mnt.XXXXXX)
+  DAEMON=
+  trap bench_cleanup EXIT
+  URL="http://127.0.0.1:$PORT/dav/"
+}
+bench_cleanup() {
+  if [ -n "$DAEMON" ]; then
+    "$BIN" unmount "$MNT" 2>/dev/null || fusermount3 -uz "$MNT" 2>/dev/null || true
+    wait "$DAEMON" 2>/dev/null || true
+  fi
+  stop_apache "$WORK"; rmdir "$MNT" 2>/dev/null || true
+}

@@ -29,15 +29,7 @@ if [ ! -f "$WORK/www/big.bin" ] || [ "$(stat -c %s "$WORK/www/big.bin")" != $((S
   head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/www/big.bin"
   for i in $(seq -w 1 10000); do head -c 1024 /dev/zero > "$WORK/www/small10k/f$i.txt"; done
 fi
-start_apache "$WORK" "$PORT"
-MNT=$(mktemp -d /tmp/davdrive-bench-mnt.XXXXXX)
-DAEMON=
-cleanup() {
-  [ -n "$DAEMON" ] && { "$BIN" unmount "$MNT" 2>/dev/null || fusermount3 -uz "$MNT" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; }
-  stop_apache "$WORK"; rmdir "$MNT" 2>/dev/null || true
-}
-trap cleanup EXIT
-URL="http://127.0.0.1:$PORT/dav/"
+bench_start
 PROPS='<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/><D:creationdate/><D:displayname/><D:quota-available-bytes/><D:quota-used-bytes/></D:prop></D:propfind>'
 
 

@@ -27,15 +27,7 @@ if [ ! -f "$SRC/big.bin" ] || [ "$(stat -c %s "$SRC/big.bin")" != $((SIZE_MIB <<
   head -c $((SIZE_MIB << 20)) /dev/urandom > "$SRC/big.bin"
   for i in $(seq -w 1 500); do head -c 102400 /dev/urandom > "$SRC/src500/f$i.bin"; done
 fi
-start_apache "$WORK" "$PORT"
-MNT=$(mktemp -d /tmp/davdrive-bench-mnt.XXXXXX)
-DAEMON=
-cleanup() {
-  [ -n "$DAEMON" ] && { "$BIN" unmount "$MNT" 2>/dev/null || fusermount3 -uz "$MNT" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; }
-  stop_apache "$WORK"; rmdir "$MNT" 2>/dev/null || true
-}
-trap cleanup EXIT
-URL="http://127.0.0.1:$PORT/dav/"
+bench_start
 cat "$SRC/big.bin" > /dev/null   # warm the page cache of the source for everybody
 
 echo "== sequential write of $SIZE_MIB MiB, complete on the server"
