@@ -276,6 +276,7 @@ impl Vfs {
         let stream = self.can_stream(&dir).await;
         let ino = self.insert_child(parent, name, &path, meta.clone());
         let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?;
+        w.mark_new_file();
         Ok(self.created(ino, &meta, w))
     }
 
@@ -491,10 +492,33 @@ impl Vfs {
         let gone = self.table().get(ino).is_none_or(|n| n.gone);
         let r = w.release(&self.client, &self.cache, gone).await;
         let mut failed_new = false;
+        let mut conflict = false;
         match r {
             Ok(Some(up)) => self.apply_upload(ino, &up),
             Ok(None) => {}
-            Err(_) => failed_new = true,
+            Err(e) => {
+                failed_new = true;
+                // 412: someone else's file now stands there; it must not be touched.
+                conflict = matches!(e.kind, ErrorKind::Stale | ErrorKind::AlreadyExists);
+            }
+        }
+        if failed_new && !conflict && w.is_new_file() {
+            // A new file whose data never arrived: remove the empty placeholder (the data is
+            // in the recovery folder), so nobody takes it for the real file. Best effort.
+            let path = w.path();
+            if self.local.get(&path).is_none()
+                && self
+                    .client
+                    .delete(&path, false, &Preconditions::default())
+                    .await
+                    .is_ok()
+            {
+                let parent = self.table().get(ino).map(|n| n.parent);
+                if let (Some(p), Some(name)) = (parent, path.name()) {
+                    self.remove_child(p, name);
+                }
+                self.table().mark_gone(ino);
+            }
         }
         let mut t = self.table();
         if let Some(n) = t.get_mut(ino) {

@@ -143,6 +143,9 @@ pub(super) struct WriteHandle {
     /// How long a streaming upload may refuse more data before it is given up (and the data
     /// sent again from the journal at close).
     stall: std::time::Duration,
+    /// The file did not exist before this session: if the upload fails for good, whatever
+    /// stands on the server under its name (an empty placeholder, never a half file) goes.
+    new_file: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
 }
 
@@ -285,6 +288,7 @@ impl WriteHandle {
             size_now: 0.into(),
             unlinked: false.into(),
             stall: client_stall(),
+            new_file: false.into(),
             state: Mutex::new(State {
                 file,
                 file_path,
@@ -321,6 +325,7 @@ impl WriteHandle {
             size_now: size.into(),
             unlinked: false.into(),
             stall: client_stall(),
+            new_file: false.into(),
             state: Mutex::new(State {
                 file,
                 file_path,
@@ -360,6 +365,7 @@ impl WriteHandle {
             size_now: size.into(),
             unlinked: false.into(),
             stall: client_stall(),
+            new_file: false.into(),
             state: Mutex::new(State {
                 file,
                 file_path: data,
@@ -408,6 +414,15 @@ impl WriteHandle {
             abort_stream(s).await;
         }
         st.dirty = false;
+    }
+
+    pub(super) fn mark_new_file(&self) {
+        self.new_file
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn is_new_file(&self) -> bool {
+        self.new_file.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn is_unlinked(&self) -> bool {

@@ -3,7 +3,11 @@
 
 use std::os::unix::fs::FileExt;
 
+use std::io::Write;
+use std::time::{Duration, Instant};
+
 use crate::support::apache::{self, apache};
+use crate::support::dav_server::DavServer;
 use crate::support::fault_proxy::{Fault, FaultProxy};
 use crate::support::{Mount, have_fuse, pattern};
 
@@ -108,4 +112,114 @@ fn cut_connections_during_ranged_reads_give_correct_bytes_or_a_clean_error() {
     assert!(errors < 100, "every read failed");
     drop(f);
     assert!(m.unmount().success());
+}
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit`: a hung file
+/// operation must fail the test, never hang CI.
+fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("a file operation hung for more than {limit:?}"))
+}
+
+#[test]
+fn server_restarts_leave_a_working_mount_and_no_hung_operation() {
+    if !have_fuse() {
+        return;
+    }
+    let first = DavServer::start();
+    let (port, root) = (first.port, first.root.clone());
+    // Keep the files across restarts: serve a directory outside the server's own temp dir.
+    let files = tempfile::tempdir().expect("files");
+    std::fs::write(files.path().join("f.txt"), b"survives").expect("write");
+    drop(first);
+    let mut server = Some(DavServer::start_on(port, Some(files.path().to_path_buf())));
+    let url = format!("http://127.0.0.1:{port}/");
+    let m = Mount::new(&url, &["--dir-cache-ttl", "0", "--kernel-ttl", "0"]);
+    let mnt = m.path().to_path_buf();
+    let _ = root;
+    for round in 0..3 {
+        // Working: ls, stat, cat.
+        let p = mnt.clone();
+        let ok = bounded(Duration::from_secs(20), move || {
+            let names = std::fs::read_dir(&p).map(|d| d.count());
+            let len = std::fs::metadata(p.join("f.txt")).map(|m| m.len());
+            let body = std::fs::read(p.join("f.txt"));
+            (names.ok(), len.ok(), body.ok())
+        });
+        assert_eq!(
+            ok,
+            (Some(1), Some(8), Some(b"survives".to_vec())),
+            "round {round}"
+        );
+        // Server gone: operations fail within the bounded time instead of hanging.
+        drop(server.take());
+        let p = mnt.clone();
+        let start = Instant::now();
+        let down = bounded(Duration::from_secs(30), move || {
+            std::fs::read_dir(&p).is_err()
+        });
+        assert!(
+            down,
+            "listing succeeded with the server down (round {round})"
+        );
+        assert!(start.elapsed() < Duration::from_secs(25));
+        // Back again, on the same port: the same mount works without remounting.
+        server = Some(DavServer::start_on(port, Some(files.path().to_path_buf())));
+    }
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn full_cache_disk_fails_the_writer_and_leaves_no_half_file_on_the_server() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() || !crate::support::have("mount") {
+        return;
+    }
+    let dir = a.fresh_dir("fault-full");
+    let cache = tempfile::tempdir().expect("cache");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(cache.path())
+        .status()
+        .expect("mount tmpfs");
+    assert!(
+        st.success(),
+        "cannot mount a small tmpfs for the cache directory"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(cache.path().to_path_buf());
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(&a.url("fault-full"), &["--cache-dir", &cache_arg]);
+    let path = m.path().join("big.bin");
+    let data = pattern(16 << 20, 5);
+    let result = bounded(Duration::from_secs(60), move || {
+        let mut f = std::fs::File::create(&path)?;
+        for chunk in data.chunks(1 << 20) {
+            f.write_all(chunk)?;
+        }
+        f.sync_all()
+    });
+    let e = result.expect_err("the writer must be told");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    // No half-written file on the server: the empty placeholder is removed when the session
+    // ends, which happens after close returned (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_server = std::fs::metadata(dir.join("big.bin")).map(|m| m.len());
+        match on_server {
+            Err(_) => break,
+            Ok(0) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(n) => panic!("the server has a file of {n} bytes after a failed upload"),
+        }
+    }
+    drop(m);
 }

@@ -4,7 +4,8 @@
 //!   hostile XML.
 //! - `client`: every WebDAV method of the protocol client against Apache, Orthanc and an
 //!   in-process dav-server.
-//! - `mount_read`: real FUSE mounts driven with std::fs, ls and cat.
+//! - `mount_read`, `mount_write`: real FUSE mounts driven with std::fs, ls, cp, sqlite3.
+//! - `faults`: a fault-injecting proxy, server restarts and a full cache disk.
 //! - `layering`: the core stays free of frontend crates.
 //!
 //! Linux only: the tests mount with FUSE (the Windows build is checked by

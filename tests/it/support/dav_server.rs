@@ -23,13 +23,19 @@ pub struct DavServer {
 
 impl DavServer {
     pub fn start() -> DavServer {
+        Self::start_on(0, None)
+    }
+
+    /// Serves `root` (a fresh temp dir when `None`) on `port` (any free one when 0): a server
+    /// can be stopped and started again on the same port over the same files.
+    pub fn start_on(port: u16, root: Option<PathBuf>) -> DavServer {
         let tmp = tempfile::Builder::new()
             .prefix("davdrive-davserver")
             .tempdir()
             .expect("tempdir");
-        let root = tmp.path().to_path_buf();
+        let root = root.unwrap_or_else(|| tmp.path().to_path_buf());
         let log: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
         std_listener.set_nonblocking(true).expect("nonblocking");
         let port = std_listener.local_addr().expect("addr").port();
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
