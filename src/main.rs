@@ -169,8 +169,20 @@ mod platform {
         let shown_url = redact_url(&cfg.url);
         let client = DavClient::new(cfg.client.clone()).map_err(|e| e.to_string())?;
         let vfs = Vfs::new(client, cfg.vfs.clone()).map_err(|e| e.to_string())?;
-        rt.block_on(vfs.probe())
-            .map_err(|e| format!("cannot mount {shown_url}: {e}"))?;
+        if let Err(e) = rt.block_on(vfs.probe()) {
+            let mut msg = format!("cannot mount {shown_url}: {e}");
+            if e.kind == davdrive::vfs::ErrorKind::TlsFailure {
+                msg.push_str("\nThe server's certificate is not trusted by this system.");
+                if let Some(fp) = rt.block_on(davdrive::dav::tls::peer_fingerprint(&cfg.url)) {
+                    msg.push_str(&format!("\nIts SHA-256 fingerprint is {fp}."));
+                }
+                msg.push_str(
+                    "\nIf you trust it, pass --ca-cert FILE.pem with the certificate of the CA \
+                     that issued it; --insecure turns checking off (not recommended).",
+                );
+            }
+            return Err(msg);
+        }
         let opts = FuseOptions {
             fsname: shown_url.clone(),
             allow_other: cfg.allow_other,

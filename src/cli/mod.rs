@@ -102,6 +102,13 @@ pub struct MountArgs {
     )]
     pub kernel_ttl: u64,
 
+    /// Also trust this CA (or self-signed server) certificate, PEM, for this mount only.
+    #[arg(long, value_name = "FILE.pem", help_heading = "TLS")]
+    pub ca_cert: Option<PathBuf>,
+    /// Do not check the server's certificate at all. Dangerous; prefer --ca-cert.
+    #[arg(long, help_heading = "TLS")]
+    pub insecure: bool,
+
     /// Seconds to wait for a TCP/TLS connection.
     #[arg(
         long,

@@ -62,6 +62,15 @@ impl MountConfig {
         client.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
         client.progress_timeout = Duration::from_secs(args.timeout.max(1));
         client.retry_budget = Duration::from_secs(args.retry_time);
+        if let Some(ca) = &args.ca_cert {
+            client.extra_ca_pem = Some(std::fs::read(ca).map_err(|e| {
+                ConfigError(format!(
+                    "cannot read the CA certificate {}: {e}",
+                    ca.display()
+                ))
+            })?);
+        }
+        client.insecure = args.insecure;
         let base = args.cache_dir.clone().unwrap_or_else(default_base);
         let key = mount_key(
             &redact_url(&url),

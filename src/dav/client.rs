@@ -57,6 +57,10 @@ pub struct ClientConfig {
     /// How long an idempotent request may be retried while the server answers 429, 502,
     /// 503 or 504.
     pub retry_budget: Duration,
+    /// Extra trusted CA (or server) certificates, PEM, for this mount only.
+    pub extra_ca_pem: Option<Vec<u8>>,
+    /// Accept any certificate. Never a default; warned about loudly.
+    pub insecure: bool,
     pub user_agent: String,
 }
 
@@ -69,6 +73,8 @@ impl ClientConfig {
             progress_timeout: Duration::from_secs(30),
             max_listing_bytes: 64 * 1024 * 1024,
             retry_budget: Duration::from_secs(30),
+            extra_ca_pem: None,
+            insecure: false,
             user_agent: format!("davdrive/{}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -256,7 +262,24 @@ impl DavClient {
             ));
         }
         let root = Root::new(&config.url)?;
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = &config.extra_ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| DavError::Invalid(format!("cannot read the CA certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(DavError::Invalid(
+                    "the CA certificate file holds no PEM certificate".into(),
+                ));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        if config.insecure {
+            tracing::warn!(
+                "--insecure: the server's certificate is NOT checked; anyone on the network path can read and change what you send and receive"
+            );
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder
             .user_agent(config.user_agent.clone())
             .connect_timeout(config.connect_timeout)
             .read_timeout(config.progress_timeout)

@@ -13,6 +13,7 @@ pub mod dates;
 pub mod error;
 pub mod href;
 pub mod multistatus;
+pub mod tls;
 
 pub use auth::{Credentials, Secret};
 pub use client::{

@@ -20,3 +20,4 @@ mod fixtures;
 mod layering;
 mod mount_read;
 mod mount_write;
+mod tls;

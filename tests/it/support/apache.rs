@@ -17,6 +17,11 @@ pub const PASSWORD: &str = "correct horse battery staple";
 
 pub struct Apache {
     pub port: u16,
+    /// HTTPS with a certificate for 127.0.0.1 ([`Apache::cert`]) issued by a test CA
+    /// ([`Apache::ca`]) that no system trusts.
+    pub tls_port: u16,
+    pub cert: PathBuf,
+    pub ca: PathBuf,
     pub dir: PathBuf,
     pub docroot: PathBuf,
     pub authroot: PathBuf,
@@ -108,6 +113,71 @@ impl Apache {
             .expect("htpasswd (apache2-utils)");
         assert!(status.success(), "htpasswd failed");
         let port = free_port();
+        let tls_port = free_port();
+        // A test CA and a server certificate for 127.0.0.1 signed by it.
+        let ca = dir.join("ca.pem");
+        let cert = dir.join("cert.pem");
+        let key = dir.join("key.pem");
+        let ext = dir.join("server.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("write ext");
+        let openssl = |args: &[&str]| {
+            let st = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl");
+            assert!(st.success(), "openssl {args:?} failed");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=davdrive test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "server.csr",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "cert.pem",
+        ]);
         let m = "/usr/lib/apache2/modules";
         let log = dir.join("access.log");
         let conf = format!(
@@ -129,6 +199,15 @@ LoadModule authz_user_module {m}/mod_authz_user.so
 LoadModule alias_module {m}/mod_alias.so
 LoadModule dav_module {m}/mod_dav.so
 LoadModule dav_fs_module {m}/mod_dav_fs.so
+LoadModule ssl_module {m}/mod_ssl.so
+LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so
+Listen 127.0.0.1:{tls_port}
+SSLSessionCache "shmcb:{run}/ssl_scache(512000)"
+<VirtualHost 127.0.0.1:{tls_port}>
+    SSLEngine on
+    SSLCertificateFile "{cert}"
+    SSLCertificateKeyFile "{key}"
+</VirtualHost>
 KeepAlive On
 MaxKeepAliveRequests 0
 KeepAliveTimeout 5
@@ -164,6 +243,8 @@ Alias /auth/ "{authroot}/"
             docroot = docroot.display(),
             authroot = authroot.display(),
             log = log.display(),
+            cert = cert.display(),
+            key = key.display(),
         );
         let conf_path = dir.join("httpd.conf");
         std::fs::write(&conf_path, conf).expect("write conf");
@@ -183,6 +264,9 @@ Alias /auth/ "{authroot}/"
         wait_for_port(port, &mut child, START_TIMEOUT);
         Apache {
             port,
+            tls_port,
+            cert,
+            ca,
             dir,
             docroot,
             authroot,
@@ -199,6 +283,11 @@ Alias /auth/ "{authroot}/"
         } else {
             format!("http://127.0.0.1:{}/dav/{}/", self.port, sub)
         }
+    }
+
+    /// `https://127.0.0.1:TLS_PORT/dav/<sub>/` (self-signed).
+    pub fn tls_url(&self, sub: &str) -> String {
+        format!("https://127.0.0.1:{}/dav/{}/", self.tls_port, sub)
     }
 
     /// `http://127.0.0.1:PORT/auth/<sub>/`.
