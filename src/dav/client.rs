@@ -13,7 +13,7 @@
 //! - Redirects are not followed yet: a 3xx is an error that names the status.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +23,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
-use super::auth::{Credentials, offered_schemes};
+use super::auth::{Credentials, DigestChallenge, offered_schemes};
 use super::error::{DavError, TransportKind};
 use super::href::{DavPath, Root};
 use super::multistatus::{self, Multistatus};
@@ -207,6 +207,36 @@ impl RequestStats {
     }
 }
 
+/// What the server asked for.
+enum AuthState {
+    None,
+    Basic,
+    Digest {
+        challenge: DigestChallenge,
+        /// Nonce count: one more for every request with this nonce.
+        nc: u32,
+    },
+}
+
+/// A fresh client nonce for Digest.
+fn cnonce() -> String {
+    use sha2::Digest as _;
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let t = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = format!(
+        "{t}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    sha2::Sha256::digest(seed.as_bytes())[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 enum ReqBody {
     Empty,
     Bytes(Bytes),
@@ -224,8 +254,8 @@ struct Inner {
     http: reqwest::Client,
     root: Root,
     credentials: Option<Credentials>,
-    /// Set once the server challenged us; from then on credentials go out preemptively.
-    challenged: AtomicBool,
+    /// How the server challenged us; from then on credentials go out preemptively.
+    auth: Mutex<AuthState>,
     stats: RequestStats,
     max_listing_bytes: usize,
     retry_budget: Duration,
@@ -294,7 +324,7 @@ impl DavClient {
                 http,
                 root,
                 credentials: config.credentials,
-                challenged: AtomicBool::new(false),
+                auth: Mutex::new(AuthState::None),
                 stats: RequestStats::default(),
                 max_listing_bytes: config.max_listing_bytes,
                 retry_budget: config.retry_budget,
@@ -667,8 +697,8 @@ impl DavClient {
             let mut req = self.inner.http.request(m.clone(), url.clone());
             req = req.headers(headers.clone());
             if let Some(c) = &self.inner.credentials
-                && self.inner.challenged.load(Ordering::Relaxed)
-                && let Ok(mut v) = HeaderValue::from_str(&c.basic_header())
+                && let Some(value) = self.authorization(c, method, url)
+                && let Ok(mut v) = HeaderValue::from_str(&value)
             {
                 v.set_sensitive(true);
                 req = req.header(reqwest::header::AUTHORIZATION, v);
@@ -704,21 +734,20 @@ impl DavClient {
                     if resp.status() == StatusCode::UNAUTHORIZED
                         && self.inner.credentials.is_some()
                         && !authed_retry
-                        && !self.inner.challenged.load(Ordering::Relaxed)
+                        && self.learn_challenge(resp.headers())
                     {
-                        let schemes = offered_schemes(
-                            resp.headers()
-                                .get_all(reqwest::header::WWW_AUTHENTICATE)
-                                .iter()
-                                .filter_map(|v| v.to_str().ok()),
-                        );
-                        if schemes.iter().any(|s| s == "basic") {
-                            self.inner.challenged.store(true, Ordering::Relaxed);
-                            if replayable {
-                                authed_retry = true;
-                                continue;
-                            }
+                        authed_retry = true;
+                        if replayable {
+                            continue;
                         }
+                        // A streamed body cannot be sent again here; the caller holds the
+                        // data (journal or spool) and retries it as after a broken connection.
+                        return Err(DavError::Transport {
+                            method: method.into(),
+                            path: path.to_string(),
+                            kind: TransportKind::Broken,
+                            detail: "the server renewed its authentication challenge".into(),
+                        });
                     }
                     if idempotent
                         && replayable
@@ -740,6 +769,53 @@ impl DavClient {
                 }
             }
         }
+    }
+
+    /// The `Authorization` value for the next request, if the server challenged us.
+    fn authorization(&self, creds: &Credentials, method: &str, url: &Url) -> Option<String> {
+        let mut st = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *st {
+            AuthState::None => None,
+            AuthState::Basic => Some(creds.basic_header()),
+            AuthState::Digest { challenge, nc } => {
+                *nc += 1;
+                let uri = &url[url::Position::BeforePath..];
+                Some(challenge.authorization(creds, method, uri, *nc, &cnonce()))
+            }
+        }
+    }
+
+    /// Takes in a 401's challenge. Returns whether it changed what we send (a first challenge,
+    /// a new Digest nonce): then the request is worth sending again. An unchanged challenge
+    /// means the credentials themselves were refused.
+    fn learn_challenge(&self, headers: &HeaderMap) -> bool {
+        let values = || {
+            headers
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+        };
+        let mut st = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
+        // Digest is preferred to Basic when both are offered: the password never travels.
+        if let Some(ch) = DigestChallenge::parse(values()) {
+            let renewed = match &*st {
+                AuthState::Digest { challenge, .. } => challenge.nonce != ch.nonce && ch.stale,
+                _ => true,
+            };
+            if renewed {
+                *st = AuthState::Digest {
+                    challenge: ch,
+                    nc: 0,
+                };
+            }
+            return renewed;
+        }
+        if offered_schemes(values()).iter().any(|s| s == "basic") && matches!(*st, AuthState::None)
+        {
+            *st = AuthState::Basic;
+            return true;
+        }
+        false
     }
 
     /// The wait before retrying a 429/502/503/504: exponential backoff with jitter (100 ms

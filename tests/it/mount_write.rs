@@ -575,3 +575,32 @@ fn daemon_killed_mid_upload_leaves_data_for_the_next_mount() {
     assert!(m.log().contains("stopped before finishing"), "{}", m.log());
     assert!(m.unmount().success());
 }
+
+#[test]
+fn digest_protected_share_mounts_reads_and_writes() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.digestroot.join("mount-digest");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("in.txt"), b"from the server").expect("write");
+    apache::give_to_server(&dir);
+    let m = Mount::try_new(
+        &a.digest_url("mount-digest"),
+        &["--user", apache::USER],
+        &[("DAVDRIVE_PASSWORD", apache::PASSWORD)],
+    )
+    .expect("mount with Digest");
+    assert_eq!(
+        std::fs::read(m.path().join("in.txt")).expect("read"),
+        b"from the server"
+    );
+    std::fs::write(m.path().join("out.txt"), pattern(300_000, 9)).expect("write");
+    assert_eq!(
+        std::fs::read(dir.join("out.txt")).expect("server"),
+        pattern(300_000, 9)
+    );
+    assert!(!m.log().contains(apache::PASSWORD));
+    assert!(m.unmount().success());
+}

@@ -25,6 +25,8 @@ pub struct Apache {
     pub dir: PathBuf,
     pub docroot: PathBuf,
     pub authroot: PathBuf,
+    /// Served at `/digest/` behind Digest authentication (same user and password).
+    pub digestroot: PathBuf,
     log: PathBuf,
     _tmp: tempfile::TempDir,
     _child: Mutex<Child>,
@@ -97,9 +99,18 @@ impl Apache {
         let dir = tmp.path().to_path_buf();
         let docroot = dir.join("www");
         let authroot = dir.join("authwww");
+        let digestroot = dir.join("digestwww");
         let run = dir.join("run");
-        for d in [&docroot, &authroot, &run] {
+        for d in [&docroot, &authroot, &digestroot, &run] {
             std::fs::create_dir_all(d).expect("mkdir");
+        }
+        {
+            use md5::Digest as _;
+            let realm = "davdrive digest";
+            let ha1 = md5::Md5::digest(format!("{USER}:{realm}:{PASSWORD}").as_bytes());
+            let hex: String = ha1.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(dir.join("htdigest"), format!("{USER}:{realm}:{hex}\n"))
+                .expect("write htdigest");
         }
         give_to_server(&dir);
         let status = Command::new("htpasswd")
@@ -195,6 +206,7 @@ LoadModule authz_core_module {m}/mod_authz_core.so
 LoadModule authn_core_module {m}/mod_authn_core.so
 LoadModule authn_file_module {m}/mod_authn_file.so
 LoadModule auth_basic_module {m}/mod_auth_basic.so
+LoadModule auth_digest_module {m}/mod_auth_digest.so
 LoadModule authz_user_module {m}/mod_authz_user.so
 LoadModule alias_module {m}/mod_alias.so
 LoadModule dav_module {m}/mod_dav.so
@@ -237,11 +249,22 @@ Alias /auth/ "{authroot}/"
     AuthUserFile "{dir}/htpasswd"
     Require valid-user
 </Directory>
+Alias /digest/ "{digestroot}/"
+<Directory "{digestroot}">
+    Dav On
+    Options None
+    AuthType Digest
+    AuthName "davdrive digest"
+    AuthDigestProvider file
+    AuthUserFile "{dir}/htdigest"
+    Require valid-user
+</Directory>
 "#,
             dir = dir.display(),
             run = run.display(),
             docroot = docroot.display(),
             authroot = authroot.display(),
+            digestroot = digestroot.display(),
             log = log.display(),
             cert = cert.display(),
             key = key.display(),
@@ -270,6 +293,7 @@ Alias /auth/ "{authroot}/"
             dir,
             docroot,
             authroot,
+            digestroot,
             log,
             _tmp: tmp,
             _child: Mutex::new(child),
@@ -288,6 +312,11 @@ Alias /auth/ "{authroot}/"
     /// `https://127.0.0.1:TLS_PORT/dav/<sub>/` (self-signed).
     pub fn tls_url(&self, sub: &str) -> String {
         format!("https://127.0.0.1:{}/dav/{}/", self.tls_port, sub)
+    }
+
+    /// `http://127.0.0.1:PORT/digest/<sub>/` (Digest authentication).
+    pub fn digest_url(&self, sub: &str) -> String {
+        format!("http://127.0.0.1:{}/digest/{}/", self.port, sub)
     }
 
     /// `http://127.0.0.1:PORT/auth/<sub>/`.
