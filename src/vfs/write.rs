@@ -175,26 +175,19 @@ fn write_at(f: &std::fs::File, mut buf: &[u8], mut off: u64) -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(unix)]
-fn read_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut done = 0;
-    while done < buf.len() {
-        let n = f.read_at(&mut buf[done..], off + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(done)
+/// One positioned read, with the OS's primitive.
+fn pread_once(f: &std::fs::File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    #[cfg(unix)]
+    return std::os::unix::fs::FileExt::read_at(f, buf, off);
+    #[cfg(windows)]
+    return std::os::windows::fs::FileExt::seek_read(f, buf, off);
 }
 
-#[cfg(windows)]
+/// Reads up to `buf.len()` bytes at `off`; fewer only at the end of the file.
 fn read_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    use std::os::windows::fs::FileExt;
     let mut done = 0;
     while done < buf.len() {
-        let n = f.seek_read(&mut buf[done..], off + done as u64)?;
+        let n = pread_once(f, &mut buf[done..], off + done as u64)?;
         if n == 0 {
             break;
         }
