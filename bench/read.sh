@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Read-path benchmark (issue: browse and read). Runs by hand, not in CI:
 #
-#   cargo build --release && bench/read.sh
+#   cargo build --release --bins --example fuse-floor && bench/read.sh
 #
 # Against one local Apache mod_dav, in the same run, it compares davdrive with curl and
 # prints ratios:
@@ -47,6 +47,21 @@ for r in $(seq 1 "$RUNS"); do
 done
 cs=$(printf '%s\n' "${c[@]}" | median); ds=$(printf '%s\n' "${d[@]}" | median)
 rk=$(printf '%s\n' "${rss[@]}" | median)
+# The FUSE floor: the same kernel settings, reads answered from memory (examples/fuse-floor.rs).
+FLOOR=$ROOT/target/release/examples/fuse-floor
+if [ -x "$FLOOR" ]; then
+  FMNT=$(mktemp -d /tmp/davdrive-bench-floor.XXXXXX)
+  "$FLOOR" "$FMNT" "$SIZE_MIB" > "$WORK/floor.out" &
+  FPID=$!
+  for i in $(seq 1 200); do grep -q mounted "$WORK/floor.out" 2>/dev/null && break; sleep 0.025; done
+  f=()
+  for r in $(seq 1 "$RUNS"); do s=$(now); cat "$FMNT/zero.bin" > /dev/null; e=$(now); f+=("$(secs "$s" "$e")"); done
+  fusermount3 -u "$FMNT" 2>/dev/null || umount "$FMNT"; wait "$FPID" || true; rmdir "$FMNT"
+  fs=$(printf '%s\n' "${f[@]}" | median)
+  echo "FUSE floor (no network, same kernel settings): ${fs}s, ratio to curl $(ratio "$cs" "$fs")"
+else
+  echo "(build examples/fuse-floor with 'cargo build --release --example fuse-floor' for the FUSE floor)"
+fi
 echo "curl: ${cs}s ($(awk -v s="$cs" -v m="$SIZE_MIB" 'BEGIN{printf "%.0f", m/s}') MiB/s)  davdrive: ${ds}s ($(awk -v s="$ds" -v m="$SIZE_MIB" 'BEGIN{printf "%.0f", m/s}') MiB/s)"
 echo "throughput ratio davdrive/curl: $(ratio "$cs" "$ds")   (target >= 0.80)"
 echo "daemon peak RSS: $((rk / 1024)) MiB   (target < 48 MiB)"
