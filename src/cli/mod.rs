@@ -46,10 +46,16 @@ pub enum UploadMode {
 
 #[derive(Debug, Args, Clone)]
 pub struct MountArgs {
-    /// The collection to mount, e.g. https://server/webdav/ (no password in it).
+    /// The collection to mount, e.g. https://server/webdav/ (no password in it), or the
+    /// name of a profile in the configuration file.
+    #[arg(value_name = "URL|PROFILE")]
     pub url: String,
-    /// An existing, empty directory to mount on.
-    pub mountpoint: PathBuf,
+    /// An existing, empty directory to mount on (may come from the profile).
+    pub mountpoint: Option<PathBuf>,
+    /// The profile file (default: $XDG_CONFIG_HOME/davdrive/config.toml or
+    /// ~/.config/davdrive/config.toml).
+    #[arg(long, env = "DAVDRIVE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// User name for the server. The password comes from DAVDRIVE_PASSWORD or the secrets
     /// file, never from the command line.
@@ -77,30 +83,29 @@ pub struct MountArgs {
         help_heading = "Writing"
     )]
     pub cache_dir: Option<PathBuf>,
-    /// How new files are uploaded.
-    #[arg(long, value_enum, default_value_t = UploadMode::Auto, help_heading = "Writing")]
-    pub upload: UploadMode,
+    /// How new files are uploaded [default: auto].
+    #[arg(long, value_enum, help_heading = "Writing")]
+    pub upload: Option<UploadMode>,
     /// Upload OS litter too (.DS_Store, ._*, Thumbs.db, desktop.ini); by default such files
     /// are kept locally for the lifetime of the mount.
     #[arg(long, help_heading = "Writing")]
     pub upload_os_files: bool,
 
-    /// Seconds a directory listing is trusted before it is fetched again.
+    /// Seconds a directory listing is trusted before it is fetched again [default: 30].
     #[arg(
         long,
-        default_value_t = 30,
         value_name = "SECONDS",
         help_heading = "Caching"
     )]
-    pub dir_cache_ttl: u64,
-    /// Seconds the kernel may cache names and attributes before asking davdrive again.
+    pub dir_cache_ttl: Option<u64>,
+    /// Seconds the kernel may cache names and attributes before asking davdrive again
+    /// [default: 1].
     #[arg(
         long,
-        default_value_t = 1,
         value_name = "SECONDS",
         help_heading = "Caching"
     )]
-    pub kernel_ttl: u64,
+    pub kernel_ttl: Option<u64>,
 
     /// Also trust this CA (or self-signed server) certificate, PEM, for this mount only.
     #[arg(long, value_name = "FILE.pem", help_heading = "TLS")]
@@ -109,30 +114,27 @@ pub struct MountArgs {
     #[arg(long, help_heading = "TLS")]
     pub insecure: bool,
 
-    /// Seconds to wait for a TCP/TLS connection.
+    /// Seconds to wait for a TCP/TLS connection [default: 10].
     #[arg(
         long,
-        default_value_t = 10,
         value_name = "SECONDS",
         help_heading = "Network"
     )]
-    pub connect_timeout: u64,
+    pub connect_timeout: Option<u64>,
     /// Seconds without any progress before a request fails (a transfer that keeps moving is
-    /// never cut).
+    /// never cut) [default: 30].
     #[arg(
         long,
-        default_value_t = 30,
         value_name = "SECONDS",
         help_heading = "Network"
     )]
-    pub timeout: u64,
+    pub timeout: Option<u64>,
     /// Seconds during which a request is retried while the server answers 429, 502, 503 or
-    /// 504 (honouring Retry-After); 0 turns retries off.
+    /// 504 (honouring Retry-After); 0 turns retries off [default: 30].
     #[arg(
         long,
-        default_value_t = 30,
         value_name = "SECONDS",
         help_heading = "Network"
     )]
-    pub retry_time: u64,
+    pub retry_time: Option<u64>,
 }

@@ -1,6 +1,9 @@
-//! A validated mount configuration built from the command line and the environment.
+//! A validated mount configuration built from the command line, a profile in the
+//! configuration file (`profile`) and the environment.
 //!
 //! `MountConfig`'s `Debug` never shows a password: credentials hold a redacting `Secret`.
+
+pub mod profile;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +16,7 @@ use crate::dav::client::redact_url;
 use crate::dav::{ClientConfig, Credentials, DavError};
 use crate::vfs::cache_dir::{default_base, mount_key};
 use crate::vfs::{UploadPolicy, VfsConfig};
+use profile::{Profile, Upload};
 
 /// Everything needed to mount.
 #[derive(Debug, Clone)]
@@ -39,30 +43,59 @@ impl From<DavError> for ConfigError {
 
 impl MountConfig {
     pub fn from_args(args: &MountArgs, uid: u32, gid: u32) -> Result<Self, ConfigError> {
-        let url = Url::parse(&args.url)
-            .map_err(|e| ConfigError(format!("{:?} is not a URL: {e}", args.url)))?;
+        // A first argument that is not a URL names a profile; the command line wins over it.
+        let profile = if args.url.contains("://") {
+            Profile::for_url(&args.url)
+        } else {
+            profile::load(&args.url, args.config.as_deref())?
+        };
+        let url = Url::parse(&profile.url)
+            .map_err(|e| ConfigError(format!("{:?} is not a URL: {e}", profile.url)))?;
         if url.password().is_some() {
             return Err(ConfigError(
                 "put no password in the URL: use DAVDRIVE_PASSWORD or a secrets file".into(),
             ));
         }
-        let md = std::fs::metadata(&args.mountpoint)
-            .map_err(|e| ConfigError(format!("mount point {}: {e}", args.mountpoint.display())))?;
+        let mountpoint = args
+            .mountpoint
+            .clone()
+            .or_else(|| profile.mountpoint.as_deref().map(profile::expand_home))
+            .ok_or_else(|| {
+                ConfigError("no mount point: give one after the URL or in the profile".into())
+            })?;
+        let md = std::fs::metadata(&mountpoint)
+            .map_err(|e| ConfigError(format!("mount point {}: {e}", mountpoint.display())))?;
         if !md.is_dir() {
             return Err(ConfigError(format!(
                 "mount point {} is not a directory",
-                args.mountpoint.display()
+                mountpoint.display()
             )));
         }
+        let user = args.user.as_deref().or(profile.user.as_deref());
+        let secrets = args
+            .secrets_file
+            .clone()
+            .or_else(|| profile.secrets_file.as_deref().map(profile::expand_home));
         let credentials =
-            credentials::resolve(&url, args.user.as_deref(), args.secrets_file.as_deref())
-                .map_err(ConfigError)?;
+            credentials::resolve(&url, user, secrets.as_deref()).map_err(ConfigError)?;
+        let secs = |cli: Option<u64>, prof: Option<u64>, default: u64| {
+            cli.or(prof).unwrap_or(default)
+        };
+        let flag = |cli: bool, prof: Option<bool>| cli || prof.unwrap_or(false);
         let mut client = ClientConfig::new(url.clone());
         client.credentials = credentials.clone();
-        client.connect_timeout = Duration::from_secs(args.connect_timeout.max(1));
-        client.progress_timeout = Duration::from_secs(args.timeout.max(1));
-        client.retry_budget = Duration::from_secs(args.retry_time);
-        if let Some(ca) = &args.ca_cert {
+        client.connect_timeout = Duration::from_secs(
+            secs(args.connect_timeout, profile.connect_timeout, 10).max(1),
+        );
+        client.progress_timeout =
+            Duration::from_secs(secs(args.timeout, profile.timeout, 30).max(1));
+        client.retry_budget =
+            Duration::from_secs(secs(args.retry_time, profile.retry_time, 30));
+        let ca = args
+            .ca_cert
+            .clone()
+            .or_else(|| profile.ca_cert.as_deref().map(profile::expand_home));
+        if let Some(ca) = &ca {
             client.extra_ca_pem = Some(std::fs::read(ca).map_err(|e| {
                 ConfigError(format!(
                     "cannot read the CA certificate {}: {e}",
@@ -70,33 +103,38 @@ impl MountConfig {
                 ))
             })?);
         }
-        client.insecure = args.insecure;
-        let base = args.cache_dir.clone().unwrap_or_else(default_base);
+        client.insecure = flag(args.insecure, profile.insecure);
+        let base = args
+            .cache_dir
+            .clone()
+            .or_else(|| profile.cache_dir.as_deref().map(profile::expand_home))
+            .unwrap_or_else(default_base);
         let key = mount_key(
             &redact_url(&url),
             credentials.as_ref().map(|c| c.user.as_str()),
         );
+        let upload = match (args.upload, profile.upload) {
+            (Some(UploadMode::Auto), _) | (None, Some(Upload::Auto) | None) => UploadPolicy::Auto,
+            (Some(UploadMode::Stream), _) | (None, Some(Upload::Stream)) => UploadPolicy::Stream,
+            (Some(UploadMode::Spool), _) | (None, Some(Upload::Spool)) => UploadPolicy::Spool,
+        };
         let vfs = VfsConfig {
-            dir_ttl: Duration::from_secs(args.dir_cache_ttl),
-            kernel_ttl: Duration::from_secs(args.kernel_ttl),
-            read_only: args.read_only,
+            dir_ttl: Duration::from_secs(secs(args.dir_cache_ttl, profile.dir_cache_ttl, 30)),
+            kernel_ttl: Duration::from_secs(secs(args.kernel_ttl, profile.kernel_ttl, 1)),
+            read_only: flag(args.read_only, profile.read_only),
             uid,
             gid,
             cache_dir: base.join(key),
-            upload: match args.upload {
-                UploadMode::Auto => UploadPolicy::Auto,
-                UploadMode::Stream => UploadPolicy::Stream,
-                UploadMode::Spool => UploadPolicy::Spool,
-            },
-            keep_os_litter_local: !args.upload_os_files,
+            upload,
+            keep_os_litter_local: !flag(args.upload_os_files, profile.upload_os_files),
             ..VfsConfig::default()
         };
         Ok(MountConfig {
             url,
-            mountpoint: args.mountpoint.clone(),
+            mountpoint,
             credentials,
-            foreground: args.foreground,
-            allow_other: args.allow_other,
+            foreground: flag(args.foreground, profile.foreground),
+            allow_other: flag(args.allow_other, profile.allow_other),
             client,
             vfs,
         })

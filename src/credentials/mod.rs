@@ -45,15 +45,13 @@ fn from_secrets_file(
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read secrets file {}: {e}", path.display()))?;
     let want = url.as_str().trim_end_matches('/');
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut parts = line.split_whitespace();
-        let (Some(target), Some(u), Some(pw)) = (parts.next(), parts.next(), parts.next()) else {
+    for (n, line) in text.lines().enumerate() {
+        let fields = split_fields(line)
+            .map_err(|e| format!("secrets file {} line {}: {e}", path.display(), n + 1))?;
+        let [target, u, pw, ..] = fields.as_slice() else {
             continue;
         };
+        let (target, u, pw) = (target.as_str(), u.as_str(), pw.clone());
         if target.trim_end_matches('/') != want {
             continue;
         }
@@ -66,6 +64,48 @@ fn from_secrets_file(
         }));
     }
     Ok(None)
+}
+
+/// Splits a secrets-file line into fields the way davfs2 does: whitespace separates, `"`
+/// quotes (so a password may contain spaces), `\\` escapes the next character, and `#`
+/// outside quotes starts a comment.
+pub fn split_fields(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut in_field = false;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                let next = chars.next().ok_or("a line ends with a lone backslash")?;
+                cur.push(next);
+                in_field = true;
+            }
+            '"' => {
+                quoted = !quoted;
+                in_field = true;
+            }
+            '#' if !quoted => break,
+            c if c.is_whitespace() && !quoted => {
+                if in_field {
+                    fields.push(std::mem::take(&mut cur));
+                    in_field = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                in_field = true;
+            }
+        }
+    }
+    if quoted {
+        return Err("a quote is not closed".into());
+    }
+    if in_field {
+        fields.push(cur);
+    }
+    Ok(fields)
 }
 
 #[cfg(unix)]
@@ -93,6 +133,22 @@ fn check_private(_path: &Path) -> Result<(), String> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn fields_split_like_davfs2() {
+        let f = |l: &str| split_fields(l).expect(l);
+        assert_eq!(f("http://h/ alice s3cret"), ["http://h/", "alice", "s3cret"]);
+        assert_eq!(
+            f("  http://h/\talice  \"correct horse\" # note"),
+            ["http://h/", "alice", "correct horse"]
+        );
+        assert_eq!(f(r#"u a pa\"ss\\w\ rd"#), ["u", "a", "pa\"ss\\w rd"]);
+        assert_eq!(f(r#"u a "has#hash""#), ["u", "a", "has#hash"]);
+        assert_eq!(f(r#"u a """#), ["u", "a", ""]);
+        assert!(f("# only a comment").is_empty());
+        assert!(split_fields("u a \"open").is_err());
+        assert!(split_fields("u a x\\").is_err());
+    }
 
     #[test]
     fn secrets_file_must_be_private_and_matches_url() {

@@ -7,6 +7,7 @@
 //! - `mount_read`, `mount_write`: real FUSE mounts driven with std::fs, ls, cp, sqlite3.
 //! - `faults`: a fault-injecting proxy, server restarts and a full cache disk.
 //! - `layering`: the core stays free of frontend crates.
+//! - `profiles`: mounting by profile name from the TOML configuration file.
 //!
 //! Linux only: the tests mount with FUSE (the Windows build is checked by
 //! `scripts/windows-check`, which runs the library's unit tests under Wine).
@@ -20,4 +21,5 @@ mod fixtures;
 mod layering;
 mod mount_read;
 mod mount_write;
+mod profiles;
 mod tls;
