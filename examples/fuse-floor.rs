@@ -23,9 +23,9 @@ fn main() {
 #[cfg(target_os = "linux")]
 mod floor {
     use fuser::{
-        Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-        INodeNo, KernelConfig, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-        ReplyEntry, ReplyOpen, Request,
+        Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+        KernelConfig, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
+        ReplyOpen, Request,
     };
     use std::ffi::OsStr;
     use std::time::{Duration, SystemTime};
@@ -135,7 +135,8 @@ mod floor {
         let mut cfg = Config::default();
         cfg.mount_options = vec![MountOption::FSName("fuse-floor".into()), MountOption::RO];
         cfg.n_threads = Some(2);
-        let session = fuser::Session::new(Floor { size: mib << 20 }, std::path::Path::new(&mnt), &cfg)?;
+        let session =
+            fuser::Session::new(Floor { size: mib << 20 }, std::path::Path::new(&mnt), &cfg)?;
         println!("fuse-floor: mounted");
         session.run()
     }

@@ -19,7 +19,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount a WebDAV collection on a local directory.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Unmount a davdrive mount; the daemon serving it exits once uploads are done.
     Unmount {
         /// The directory where the drive is mounted.
@@ -92,19 +92,11 @@ pub struct MountArgs {
     pub upload_os_files: bool,
 
     /// Seconds a directory listing is trusted before it is fetched again [default: 30].
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        help_heading = "Caching"
-    )]
+    #[arg(long, value_name = "SECONDS", help_heading = "Caching")]
     pub dir_cache_ttl: Option<u64>,
     /// Seconds the kernel may cache names and attributes before asking davdrive again
     /// [default: 1].
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        help_heading = "Caching"
-    )]
+    #[arg(long, value_name = "SECONDS", help_heading = "Caching")]
     pub kernel_ttl: Option<u64>,
 
     /// Also trust this CA (or self-signed server) certificate, PEM, for this mount only.
@@ -115,26 +107,14 @@ pub struct MountArgs {
     pub insecure: bool,
 
     /// Seconds to wait for a TCP/TLS connection [default: 10].
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        help_heading = "Network"
-    )]
+    #[arg(long, value_name = "SECONDS", help_heading = "Network")]
     pub connect_timeout: Option<u64>,
     /// Seconds without any progress before a request fails (a transfer that keeps moving is
     /// never cut) [default: 30].
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        help_heading = "Network"
-    )]
+    #[arg(long, value_name = "SECONDS", help_heading = "Network")]
     pub timeout: Option<u64>,
     /// Seconds during which a request is retried while the server answers 429, 502, 503 or
     /// 504 (honouring Retry-After); 0 turns retries off [default: 30].
-    #[arg(
-        long,
-        value_name = "SECONDS",
-        help_heading = "Network"
-    )]
+    #[arg(long, value_name = "SECONDS", help_heading = "Network")]
     pub retry_time: Option<u64>,
 }

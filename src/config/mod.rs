@@ -78,19 +78,16 @@ impl MountConfig {
             .or_else(|| profile.secrets_file.as_deref().map(profile::expand_home));
         let credentials =
             credentials::resolve(&url, user, secrets.as_deref()).map_err(ConfigError)?;
-        let secs = |cli: Option<u64>, prof: Option<u64>, default: u64| {
-            cli.or(prof).unwrap_or(default)
-        };
+        let secs =
+            |cli: Option<u64>, prof: Option<u64>, default: u64| cli.or(prof).unwrap_or(default);
         let flag = |cli: bool, prof: Option<bool>| cli || prof.unwrap_or(false);
         let mut client = ClientConfig::new(url.clone());
         client.credentials = credentials.clone();
-        client.connect_timeout = Duration::from_secs(
-            secs(args.connect_timeout, profile.connect_timeout, 10).max(1),
-        );
+        client.connect_timeout =
+            Duration::from_secs(secs(args.connect_timeout, profile.connect_timeout, 10).max(1));
         client.progress_timeout =
             Duration::from_secs(secs(args.timeout, profile.timeout, 30).max(1));
-        client.retry_budget =
-            Duration::from_secs(secs(args.retry_time, profile.retry_time, 30));
+        client.retry_budget = Duration::from_secs(secs(args.retry_time, profile.retry_time, 30));
         let ca = args
             .ca_cert
             .clone()

@@ -102,7 +102,10 @@ fn check(name: &str, p: &Profile) -> Result<(), String> {
     }
     let url = Url::parse(&p.url).map_err(|e| format!("url {:?}: {e}", p.url))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("url {:?}: only http and https are supported", p.url));
+        return Err(format!(
+            "url {:?}: only http and https are supported",
+            p.url
+        ));
     }
     if url.password().is_some() {
         return Err("url: put no password in the URL".into());
@@ -200,15 +203,33 @@ mod tests {
     #[test]
     fn refuses_what_would_silently_go_wrong() {
         for (text, needle) in [
-            ("[profile.a]\nurl = \"http://h/\"\nread_olny = true\n", "unknown field"),
-            ("[profile.a]\nurl = \"http://h/\"\npassword = \"x\"\n", "passwords do not"),
-            ("[profile.a]\nurl = \"http://u:pw@h/\"\n", "no password in the URL"),
+            (
+                "[profile.a]\nurl = \"http://h/\"\nread_olny = true\n",
+                "unknown field",
+            ),
+            (
+                "[profile.a]\nurl = \"http://h/\"\npassword = \"x\"\n",
+                "passwords do not",
+            ),
+            (
+                "[profile.a]\nurl = \"http://u:pw@h/\"\n",
+                "no password in the URL",
+            ),
             ("[profile.a]\nurl = \"ftp://h/\"\n", "only http and https"),
             ("[profile.a]\nurl = \"not a url\"\n", "url"),
             ("[profile.a]\nmountpoint = \"/m\"\n", "missing field `url`"),
-            ("[profile.a]\nurl = \"http://h/\"\ntimeout = -1\n", "timeout"),
-            ("[profile.a]\nurl = \"http://h/\"\ntimeout = 99999999\n", "at most"),
-            ("[profile.a]\nurl = \"http://h/\"\nupload = \"fast\"\n", "upload"),
+            (
+                "[profile.a]\nurl = \"http://h/\"\ntimeout = -1\n",
+                "timeout",
+            ),
+            (
+                "[profile.a]\nurl = \"http://h/\"\ntimeout = 99999999\n",
+                "at most",
+            ),
+            (
+                "[profile.a]\nurl = \"http://h/\"\nupload = \"fast\"\n",
+                "upload",
+            ),
             ("[profile.\"a b\"]\nurl = \"http://h/\"\n", "profile name"),
             ("[mount]\nurl = \"http://h/\"\n", "unknown field"),
             ("[profile.a\nurl = 1", "TOML parse error"),

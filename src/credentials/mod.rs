@@ -137,7 +137,10 @@ mod tests {
     #[test]
     fn fields_split_like_davfs2() {
         let f = |l: &str| split_fields(l).expect(l);
-        assert_eq!(f("http://h/ alice s3cret"), ["http://h/", "alice", "s3cret"]);
+        assert_eq!(
+            f("http://h/ alice s3cret"),
+            ["http://h/", "alice", "s3cret"]
+        );
         assert_eq!(
             f("  http://h/\talice  \"correct horse\" # note"),
             ["http://h/", "alice", "correct horse"]

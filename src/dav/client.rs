@@ -219,6 +219,18 @@ enum AuthState {
 }
 
 /// A fresh client nonce for Digest.
+/// Exponential backoff with jitter: attempt 1 waits 100–200 ms, doubling up to 5 s.
+fn backoff_delay(attempt: u32) -> Duration {
+    let exp = 100u64.saturating_mul(1 << attempt.min(6));
+    // Jitter from the clock's low bits: enough to spread clients apart.
+    let nanos = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let jitter = u64::from(nanos) % (exp / 2 + 1);
+    Duration::from_millis((exp / 2 + jitter).min(5000))
+}
+
 fn cnonce() -> String {
     use sha2::Digest as _;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -259,7 +271,14 @@ struct Inner {
     stats: RequestStats,
     max_listing_bytes: usize,
     retry_budget: Duration,
+    /// Whether connection errors are retried with backoff (on once the mount is up: a mount
+    /// of a dead server must fail at once).
+    reconnect_retries: std::sync::atomic::AtomicBool,
 }
+
+/// How long connection errors (refused, reset, cut short) are retried with backoff, at most:
+/// a server restart is ridden out, a dead server fails each operation within seconds.
+const RECONNECT_BUDGET: Duration = Duration::from_secs(4);
 
 /// A WebDAV client bound to one mounted collection. Cheap to clone.
 #[derive(Clone)]
@@ -328,6 +347,7 @@ impl DavClient {
                 stats: RequestStats::default(),
                 max_listing_bytes: config.max_listing_bytes,
                 retry_budget: config.retry_budget,
+                reconnect_retries: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -728,6 +748,16 @@ impl DavClient {
                         retried = true;
                         continue;
                     }
+                    if idempotent
+                        && replayable
+                        && err.is_reconnectable()
+                        && self.inner.reconnect_retries.load(Ordering::Relaxed)
+                        && let Some(delay) = self.reconnect_backoff(started, &mut attempt)
+                    {
+                        tracing::debug!(method, path = %path, error = %err, ?delay, "connection failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
                     return Err(err);
                 }
                 Ok(resp) => {
@@ -821,6 +851,24 @@ impl DavClient {
     /// The wait before retrying a 429/502/503/504: exponential backoff with jitter (100 ms
     /// doubling, at most 5 s), or longer when `Retry-After` asks; `None` once the retry time
     /// budget would be exceeded.
+    /// From now on, retry idempotent requests on connection errors with backoff (for at most
+    /// a few seconds). Off until the mount's first contact succeeded.
+    pub fn enable_reconnect_retries(&self) {
+        self.inner.reconnect_retries.store(true, Ordering::Relaxed);
+    }
+
+    fn reconnect_backoff(
+        &self,
+        started: tokio::time::Instant,
+        attempt: &mut u32,
+    ) -> Option<Duration> {
+        let budget = self.inner.retry_budget.min(RECONNECT_BUDGET);
+        let spent = started.elapsed();
+        *attempt += 1;
+        let delay = backoff_delay(*attempt);
+        (spent + delay <= budget).then_some(delay)
+    }
+
     fn next_backoff(
         &self,
         resp: &Response,
@@ -845,16 +893,7 @@ impl DavClient {
                         .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
                 })
             });
-        let backoff = {
-            let exp = 100u64.saturating_mul(1 << (*attempt).min(6));
-            // Jitter from the clock's low bits: enough to spread clients apart.
-            let nanos = SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            let jitter = u64::from(nanos) % (exp / 2 + 1);
-            Duration::from_millis((exp / 2 + jitter).min(5000))
-        };
+        let backoff = backoff_delay(*attempt);
         // Retry-After may ask for longer, never for a hot loop ("Retry-After: 0").
         let delay = retry_after.map_or(backoff, |r| r.max(backoff));
         let remaining = budget - spent;

@@ -212,6 +212,18 @@ impl DavError {
 
     /// Whether this is a transport failure that happened before the server could have acted
     /// on the request in a way we care about; used for the one retry of idempotent requests.
+    /// A connection-level failure worth retrying after a pause (the server may be
+    /// restarting): refused, reset or cut short. Not TLS failures or timeouts.
+    pub(crate) fn is_reconnectable(&self) -> bool {
+        matches!(
+            self,
+            DavError::Transport {
+                kind: TransportKind::Connect | TransportKind::Broken | TransportKind::Other,
+                ..
+            }
+        )
+    }
+
     pub(crate) fn is_retryable_transport(&self) -> bool {
         matches!(
             self,

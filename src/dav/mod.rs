@@ -6,6 +6,7 @@
 //!   answers inside it.
 //! - [`error`]: service vs transport errors and the one mapping to neutral kinds.
 //! - [`dates`], [`auth`]: date formats servers use; credentials and challenges.
+//! - [`ntlm`]: NTLM messages (NTLMv2) for IIS Windows authentication.
 
 pub mod auth;
 pub mod client;
@@ -13,6 +14,7 @@ pub mod dates;
 pub mod error;
 pub mod href;
 pub mod multistatus;
+pub mod ntlm;
 pub mod tls;
 
 pub use auth::{Credentials, Secret};

@@ -303,6 +303,7 @@ impl Vfs {
             ));
         }
         self.refresh_root().await?;
+        self.client.enable_reconnect_retries();
         Ok(())
     }
 

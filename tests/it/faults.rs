@@ -223,3 +223,173 @@ fn full_cache_disk_fails_the_writer_and_leaves_no_half_file_on_the_server() {
     }
     drop(m);
 }
+
+#[test]
+fn stalled_and_reset_connections_recover_or_fail_within_bounds() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("fault-stall");
+    let data = pattern(16 << 20, 21);
+    std::fs::write(dir.join("big.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/fault-stall/", proxy.port);
+    let m = Mount::new(&url, &["--dir-cache-ttl", "0", "--timeout", "2"]);
+    let mnt = m.path().to_path_buf();
+
+    // A reset in the middle of a listing's headers: retried on a fresh connection.
+    proxy.inject(&[Fault::ResetAfter(12)]);
+    let p = mnt.clone();
+    let names = bounded(Duration::from_secs(20), move || {
+        std::fs::read_dir(&p).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    });
+    assert_eq!(names.expect("listing through a reset"), ["big.bin"]);
+    assert_eq!(proxy.pending(), 0);
+
+    // A listing whose answer stalls in its headers fails after the progress timeout.
+    proxy.inject(&[Fault::StallAfter(20)]);
+    let p = mnt.clone();
+    let start = Instant::now();
+    let stalled = bounded(Duration::from_secs(30), move || {
+        std::fs::read_dir(&p).map(|_| ())
+    });
+    if let Err(e) = stalled {
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::ETIMEDOUT) | Some(libc::EIO)),
+            "{e}"
+        );
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Reads whose body stalls or is reset part-way resume where they stopped.
+    for fault in [Fault::StallAfter(500_000), Fault::ResetAfter(3_000_000)] {
+        proxy.inject(&[fault]);
+        let p = mnt.join("big.bin");
+        let start = Instant::now();
+        match bounded(Duration::from_secs(60), move || std::fs::read(&p)) {
+            Ok(got) => assert!(got == data, "{fault:?}: wrong bytes"),
+            Err(e) => assert!(
+                matches!(e.raw_os_error(), Some(libc::ETIMEDOUT) | Some(libc::EIO)),
+                "{fault:?}: {e}"
+            ),
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{fault:?}");
+        assert_eq!(proxy.pending(), 0, "{fault:?} not met");
+    }
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn writes_through_busy_answers_and_cut_uploads_reach_the_server_intact() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("fault-write");
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/fault-write/", proxy.port);
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(&url, &["--cache-dir", &cache_arg]);
+    // Settle the upload probe and what we know of the directory first.
+    std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
+
+    for (name, fault, len) in [
+        ("busy.bin", Fault::Busy, 5 << 20),
+        ("cut.bin", Fault::CutUploadAfter(2 << 20), 8 << 20),
+        ("cut-early.bin", Fault::CutUploadAfter(100), 3 << 20),
+    ] {
+        proxy.inject(&[fault]);
+        let data = pattern(len, len as u64);
+        let p = m.path().join(name);
+        let d = data.clone();
+        let r = bounded(Duration::from_secs(60), move || {
+            let mut f = std::fs::File::create(&p)?;
+            for c in d.chunks(1 << 20) {
+                f.write_all(c)?;
+            }
+            f.sync_all()
+        });
+        r.unwrap_or_else(|e| panic!("{fault:?}: the upload was not retried: {e}"));
+        assert_eq!(proxy.pending(), 0, "{fault:?} not met");
+        let on_server = std::fs::read(dir.join(name)).expect("on the server");
+        assert!(
+            on_server == data,
+            "{fault:?}: the server has different bytes"
+        );
+    }
+    assert!(
+        crate::mount_write::recovered(cache.path()).is_empty(),
+        "nothing should be left for recovery"
+    );
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn server_killed_mid_upload_and_restarted_loses_nothing() {
+    if !have_fuse() {
+        return;
+    }
+    let files = tempfile::tempdir().expect("files");
+    let port = crate::support::free_port();
+    let mut server = Some(crate::support::dev_server_process(files.path(), port));
+    let url = format!("http://127.0.0.1:{port}/");
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(&url, &["--cache-dir", &cache_arg, "--timeout", "5"]);
+    let data = pattern(200 << 20, 99);
+    let path = m.path().join("big.bin");
+    let mut f = std::fs::File::create(&path).expect("create");
+    let mut written = 0usize;
+    for chunk in data.chunks(1 << 20) {
+        if written == 50 << 20 {
+            drop(server.take()); // SIGKILL
+        }
+        match f.write_all(chunk) {
+            Ok(()) => written += chunk.len(),
+            Err(_) => break,
+        }
+    }
+    // The server comes back before the file is closed.
+    let server = crate::support::dev_server_process(files.path(), port);
+    let closed = bounded(Duration::from_secs(120), move || {
+        let r = f.sync_all();
+        drop(f);
+        r
+    });
+    let on_server = std::fs::read(files.path().join("big.bin")).unwrap_or_default();
+    let kept = crate::mount_write::recovered(cache.path());
+    let complete_on_server = on_server.len() == data.len() && on_server == data;
+    let complete_kept = kept.iter().any(|k| {
+        std::fs::read(k).is_ok_and(|b| b.len() >= written && b[..written] == data[..written])
+    });
+    assert!(
+        complete_on_server || complete_kept,
+        "lost data: close {closed:?}, {written} written, {} on the server, kept {kept:?}",
+        on_server.len()
+    );
+    if closed.is_ok() {
+        assert!(
+            complete_on_server,
+            "close succeeded but the server's copy is not whole"
+        );
+    } else {
+        assert!(complete_kept, "close failed and nothing was kept");
+    }
+    // The mount works again without remounting.
+    let p = m.path().join("after.txt");
+    bounded(Duration::from_secs(30), move || std::fs::write(&p, b"back"))
+        .expect("write after the restart");
+    assert_eq!(
+        std::fs::read(files.path().join("after.txt")).expect("on the server"),
+        b"back"
+    );
+    assert!(m.unmount().success());
+    drop(server);
+}

@@ -20,6 +20,6 @@ mod faults;
 mod fixtures;
 mod layering;
 mod mount_read;
-mod mount_write;
+pub(crate) mod mount_write;
 mod profiles;
 mod tls;

@@ -341,7 +341,7 @@ fn a_change_on_the_server_between_read_and_write_is_detected() {
     assert!(m.unmount().success());
 }
 
-fn recovered(cache: &Path) -> Vec<PathBuf> {
+pub(crate) fn recovered(cache: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for m in std::fs::read_dir(cache).expect("cache").flatten() {
         if let Ok(rd) = std::fs::read_dir(m.path().join("recovery")) {

@@ -52,8 +52,11 @@ fn a_profile_supplies_url_credentials_and_options() {
     assert!(err.contains("other, pacs"), "{err}");
     assert!(!err.contains(PASSWORD), "{err}");
 
-    std::fs::write(&file, "[profile.pacs]\nurl = \"http://h/\"\nread_only = true\n")
-        .expect("config");
+    std::fs::write(
+        &file,
+        "[profile.pacs]\nurl = \"http://h/\"\nread_only = true\n",
+    )
+    .expect("config");
     let err = Mount::try_new("pacs", &["--config", &cfg], &[])
         .err()
         .expect("typo refused");

@@ -3,8 +3,14 @@
 //! Faults wait in a queue and are taken in order:
 //! - [`Fault::Busy`]: the next request (on any connection) gets `503 Service Unavailable`
 //!   with `Retry-After: 0` from the proxy itself, and its connection is closed;
-//! - [`Fault::CutAfter`]: the next new connection is forwarded, but closed on both sides after
-//!   N bytes of the server's answer.
+//! - [`Fault::CutAfter`]: the answer to the next request (on any connection) is forwarded
+//!   for N bytes, then its connection is closed on both sides (a small N cuts in the middle of
+//!   the headers);
+//! - [`Fault::ResetAfter`]: as `CutAfter`, but the client gets a TCP reset (RST);
+//! - [`Fault::StallAfter`]: the answer to the next request is forwarded for N bytes, then
+//!   nothing more while the connection stays open, until the client gives up;
+//! - [`Fault::CutUploadAfter`]: the next PUT (on any connection) is forwarded for N bytes
+//!   (head and body), then its connection is closed on both sides.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -15,6 +21,19 @@ use std::sync::{Arc, Mutex};
 pub enum Fault {
     Busy,
     CutAfter(usize),
+    ResetAfter(usize),
+    StallAfter(usize),
+    CutUploadAfter(usize),
+}
+
+impl Fault {
+    /// Faults that act on the answer to a request.
+    fn on_answer(&self) -> bool {
+        matches!(
+            self,
+            Fault::CutAfter(_) | Fault::ResetAfter(_) | Fault::StallAfter(_)
+        )
+    }
 }
 
 pub struct FaultProxy {
@@ -85,11 +104,29 @@ fn take_if(faults: &Mutex<VecDeque<Fault>>, want: impl Fn(&Fault) -> bool) -> Op
     }
 }
 
-fn serve(client: TcpStream, upstream: u16, faults: Arc<Mutex<VecDeque<Fault>>>) {
-    let limit = match take_if(&faults, |f| matches!(f, Fault::CutAfter(_))) {
-        Some(Fault::CutAfter(n)) => n,
-        _ => usize::MAX,
+/// Closes `s` with a TCP reset instead of an orderly FIN.
+fn reset(s: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
     };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+fn serve(client: TcpStream, upstream: u16, faults: Arc<Mutex<VecDeque<Fault>>>) {
+    // A fault for the answer, armed when its request goes out, taken when the answer starts.
+    let armed: Arc<Mutex<Option<Fault>>> = Arc::default();
+    let arm = armed.clone();
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
         return;
     };
@@ -100,8 +137,10 @@ fn serve(client: TcpStream, upstream: u16, faults: Arc<Mutex<VecDeque<Fault>>>) 
     };
     // Client -> server; a queued Busy fault answers the next request head itself.
     let s_busy = server.try_clone();
-    std::thread::spawn(move || {
+    let upstream_thread = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut forwarded = 0usize;
+        let mut up_limit = usize::MAX;
         loop {
             let n = match c_read.read(&mut buf) {
                 Ok(0) | Err(_) => break,
@@ -118,30 +157,74 @@ fn serve(client: TcpStream, upstream: u16, faults: Arc<Mutex<VecDeque<Fault>>>) 
                 }
                 return;
             }
+            if head
+                && let Some(f) = take_if(&faults, Fault::on_answer)
+                && let Ok(mut a) = arm.lock()
+            {
+                *a = Some(f);
+            }
+            if buf[..n].starts_with(b"PUT ")
+                && up_limit == usize::MAX
+                && let Some(Fault::CutUploadAfter(limit)) =
+                    take_if(&faults, |f| matches!(f, Fault::CutUploadAfter(_)))
+            {
+                up_limit = forwarded + limit;
+            }
+            let n = n.min(up_limit - forwarded);
             if s_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            forwarded += n;
+            if forwarded >= up_limit {
+                let _ = c_busy.shutdown(Shutdown::Both);
                 break;
             }
         }
         let _ = s_write.shutdown(Shutdown::Write);
     });
-    // Server -> client, cut after `limit` bytes.
+    // Server -> client, cut, reset or stalled after `down_limit` bytes.
     let (mut server, mut client) = (server, client);
     let mut sent = 0usize;
+    let mut down_limit = usize::MAX;
+    let mut fault = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match server.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let n = n.min(limit - sent);
+        // The client sends a request only after the previous answer was read from the
+        // server: a fault armed now is for the answer these bytes begin.
+        if fault.is_none()
+            && let Some(f) = armed.lock().ok().and_then(|mut a| a.take())
+        {
+            if let Fault::CutAfter(k) | Fault::ResetAfter(k) | Fault::StallAfter(k) = f {
+                down_limit = sent + k;
+            }
+            fault = Some(f);
+        }
+        if sent >= down_limit {
+            // Stalled: swallow the rest until one side gives up.
+            continue;
+        }
+        let n = n.min(down_limit - sent);
         if client.write_all(&buf[..n]).is_err() {
             break;
         }
         sent += n;
-        if sent >= limit {
+        if sent >= down_limit && !matches!(fault, Some(Fault::StallAfter(_))) {
             break;
         }
     }
-    let _ = client.shutdown(Shutdown::Both);
+    if matches!(fault, Some(Fault::ResetAfter(_))) {
+        // The socket closes (with RST, thanks to linger 0) only when its last descriptor
+        // does: stop the other direction's thread, which holds clones, first.
+        reset(&client);
+        let _ = client.shutdown(Shutdown::Read);
+        let _ = upstream_thread.join();
+        drop(client);
+    } else {
+        let _ = client.shutdown(Shutdown::Both);
+    }
     let _ = server.shutdown(Shutdown::Both);
 }

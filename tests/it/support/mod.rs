@@ -303,3 +303,64 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// The path of example `name` (`target/<profile>/examples/<name>`), built with cargo if it
+/// is not there yet (`cargo test` builds examples, `cargo test --test it` does not).
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/it-<hash> -> target/<profile>/examples/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("examples");
+    let bin = dir.join(name);
+    if !bin.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "--example", name])
+            .current_dir(project_dir())
+            .status()
+            .expect("run cargo build --example");
+        assert!(st.success(), "cargo build --example {name} failed");
+    }
+    bin
+}
+
+/// A server process killed with SIGKILL (and reaped) when dropped.
+pub struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `dev-server` (examples/dev-server.rs, dav-server LocalFs) in its own process, so that a
+/// test can kill it with SIGKILL (by dropping it). Started on `port` over `root`; returns
+/// once it listens.
+pub fn dev_server_process(root: &Path, port: u16) -> Killed {
+    let mut cmd = Command::new(example("dev-server"));
+    cmd.arg(root)
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = spawn_owned(cmd).expect("spawn dev-server");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next().and_then(Result::ok));
+        for _ in lines {}
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Some(line)) if line.starts_with("dev-server: serving") => Killed(child),
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("dev-server did not start: {other:?}");
+        }
+    }
+}
