@@ -168,6 +168,28 @@ mod platform {
             .map_err(|e| format!("cannot start the runtime: {e}"))?;
         let shown_url = redact_url(&cfg.url);
         let client = DavClient::new(cfg.client.clone()).map_err(|e| e.to_string())?;
+        // A server that redirects the mounted URL (IIS's HTTP->HTTPS rule, a moved share) is
+        // mounted where it points, so later requests go there directly.
+        let client = match rt.block_on(client.final_root()) {
+            Ok(Some(target)) => {
+                let shown_target = redact_url(&target);
+                if cfg.client.credentials.is_some()
+                    && !davdrive::dav::client::credentials_allowed(&cfg.url, &target)
+                {
+                    return Err(format!(
+                        "{shown_url} redirects to {shown_target}, on another host; davdrive \
+                         does not send your credentials there. If you trust that server, \
+                         mount {shown_target} instead."
+                    ));
+                }
+                tracing::info!("{shown_url} redirects to {shown_target}; mounting that URL");
+                let mut c = cfg.client.clone();
+                c.url = target;
+                DavClient::new(c).map_err(|e| e.to_string())?
+            }
+            // Errors show up, with their explanation, in the probe below.
+            Ok(None) | Err(_) => client,
+        };
         let vfs = Vfs::new(client, cfg.vfs.clone()).map_err(|e| e.to_string())?;
         if let Err(e) = rt.block_on(vfs.probe()) {
             let mut msg = format!("cannot mount {shown_url}: {e}");

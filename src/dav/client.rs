@@ -10,7 +10,13 @@
 //! - No `Expect: 100-continue` (reqwest never sends it; Orthanc never answers it).
 //! - PROPFIND always sends `Depth: 0` or `1` (Orthanc refuses `infinity` and a missing Depth)
 //!   and an explicit property list. Bodies of multistatus answers are bounded in size.
-//! - Redirects are not followed yet: a 3xx is an error that names the status.
+//! - Redirects (301, 302, 307, 308) are followed by `send` itself, at most
+//!   [`MAX_REDIRECTS`] hops, keeping the method and the body (PROPFIND stays PROPFIND, PUT
+//!   stays PUT). Credentials go only to the mounted origin, or to its HTTPS upgrade on the
+//!   same host (`credentials_allowed`); never to another host. A streamed body cannot be
+//!   sent twice: its redirect is an error, and the caller resends from its journal.
+//!   [`DavClient::final_root`] lets the mount adopt the URL a server redirects its root to
+//!   (IIS's HTTP→HTTPS rule), so that later requests go there directly.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -276,6 +282,18 @@ struct Inner {
     reconnect_retries: std::sync::atomic::AtomicBool,
 }
 
+/// Redirect hops followed per request.
+pub const MAX_REDIRECTS: u32 = 5;
+
+/// Whether credentials for `root` may be sent to `target`: the same host, with the same
+/// scheme and port or upgraded to HTTPS.
+pub fn credentials_allowed(root: &Url, target: &Url) -> bool {
+    root.host_str() == target.host_str()
+        && ((root.scheme() == target.scheme()
+            && root.port_or_known_default() == target.port_or_known_default())
+            || target.scheme() == "https")
+}
+
 /// How long connection errors (refused, reset, cut short) are retried with backoff, at most:
 /// a server restart is ridden out, a dead server fails each operation within seconds.
 const RECONNECT_BUDGET: Duration = Duration::from_secs(4);
@@ -361,6 +379,25 @@ impl DavClient {
     }
 
     /// OPTIONS on the root: is this WebDAV, and what may we do?
+    /// Where the server redirects the mounted URL to, when it does (following up to
+    /// [`MAX_REDIRECTS`] hops with OPTIONS). `None`: the mounted URL answers itself.
+    pub async fn final_root(&self) -> Result<Option<Url>, DavError> {
+        let path = DavPath::root();
+        let url = self.inner.root.url_for(&path, true);
+        let resp = self
+            .send(
+                "OPTIONS",
+                &url,
+                &path,
+                HeaderMap::new(),
+                ReqBody::Empty,
+                true,
+            )
+            .await?;
+        let last = resp.url().clone();
+        Ok((last != url).then_some(last))
+    }
+
     pub async fn options(&self) -> Result<Capabilities, DavError> {
         let path = DavPath::root();
         let url = self.inner.root.url_for(&path, true);
@@ -713,11 +750,14 @@ impl DavClient {
         let mut authed_retry = false;
         let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
+        let mut url = url.clone();
+        let mut hops = 0u32;
         loop {
             let mut req = self.inner.http.request(m.clone(), url.clone());
             req = req.headers(headers.clone());
             if let Some(c) = &self.inner.credentials
-                && let Some(value) = self.authorization(c, method, url)
+                && credentials_allowed(self.inner.root.url(), &url)
+                && let Some(value) = self.authorization(c, method, &url)
                 && let Ok(mut v) = HeaderValue::from_str(&value)
             {
                 v.set_sensitive(true);
@@ -761,6 +801,27 @@ impl DavClient {
                     return Err(err);
                 }
                 Ok(resp) => {
+                    if replayable
+                        && hops < MAX_REDIRECTS
+                        && matches!(resp.status().as_u16(), 301 | 302 | 307 | 308)
+                        && let Some(next) = resp
+                            .headers()
+                            .get(reqwest::header::LOCATION)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|l| url.join(l).ok())
+                            .filter(|n| matches!(n.scheme(), "http" | "https"))
+                    {
+                        tracing::debug!(
+                            method,
+                            from = %redact_url(&url),
+                            to = %redact_url(&next),
+                            status = resp.status().as_u16(),
+                            "following a redirect"
+                        );
+                        hops += 1;
+                        url = next;
+                        continue;
+                    }
                     if resp.status() == StatusCode::UNAUTHORIZED
                         && self.inner.credentials.is_some()
                         && !authed_retry
@@ -958,7 +1019,10 @@ async fn check(method: &'static str, path: &DavPath, resp: Response) -> Result<R
                     .or(Some(l.to_owned()))
             })
             .unwrap_or_default();
-        message = format!("redirect to {loc}; mount that URL instead");
+        message = format!(
+            "redirect to {loc} not followed (too many hops, or a streamed body that cannot \
+             be sent twice); mount that URL instead"
+        );
     }
     Err(DavError::Service {
         method: method.into(),

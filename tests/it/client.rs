@@ -451,3 +451,51 @@ fn digest_auth_against_apache() {
         assert_eq!(ms.resources.len(), 3);
     });
 }
+
+#[test]
+fn redirects_keep_method_and_body() {
+    let Some(a) = apache() else { return };
+    let dir = a.fresh_dir("redir-client");
+    std::fs::write(dir.join("a.txt"), b"aaa").expect("write");
+    apache::give_to_server(&dir);
+    rt().block_on(async {
+        // Every request to this port is answered 308 to the same path over HTTPS.
+        let url = Url::parse(&format!(
+            "http://127.0.0.1:{}/dav/redir-client/",
+            a.upgrade_port
+        ))
+        .expect("url");
+        let mut cfg = ClientConfig::new(url);
+        cfg.extra_ca_pem = Some(std::fs::read(&a.ca).expect("ca"));
+        let c = DavClient::new(cfg).expect("client");
+        let ms = c
+            .propfind(&DavPath::root(), Depth::One, true)
+            .await
+            .expect("PROPFIND through a 308");
+        assert!(ms.get(&p("/a.txt")).is_some(), "{:?}", ms.resources);
+        let data = Bytes::from(pattern(100_000, 4));
+        c.put(
+            &p("/b.bin"),
+            PutBody::Bytes(data.clone()),
+            &Preconditions::default(),
+        )
+        .await
+        .expect("PUT through a 308");
+        c.mkcol(&p("/sub")).await.expect("MKCOL through a 308");
+        assert_eq!(
+            std::fs::read(dir.join("b.bin")).expect("stored"),
+            data.to_vec()
+        );
+        assert!(dir.join("sub").is_dir());
+        // Apache logged each method twice: the 308 and the real answer, same method.
+        let log = a.settled_requests("redir-client");
+        for (method, done) in [("PROPFIND", 207), ("PUT", 201), ("MKCOL", 201)] {
+            let statuses: Vec<u16> = log
+                .iter()
+                .filter(|l| l.method == method)
+                .map(|l| l.status)
+                .collect();
+            assert_eq!(statuses, [308, done], "{method}");
+        }
+    });
+}

@@ -57,3 +57,127 @@ fn untrusted_certificate_refused_then_trusted_with_ca_cert() {
     assert!(m.log().contains("NOT checked"), "no warning: {}", m.log());
     assert!(m.unmount().success());
 }
+
+#[test]
+fn http_to_https_redirect_is_followed_for_propfind_and_put() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("redir");
+    std::fs::write(dir.join("before.txt"), b"listed over https").expect("write");
+    apache::give_to_server(&dir);
+    let url = format!("http://127.0.0.1:{}/redir/redir/", a.port);
+    let ca = a.ca.to_string_lossy().into_owned();
+    let m = Mount::new(&url, &["--ca-cert", &ca]);
+    let names: Vec<String> = std::fs::read_dir(m.path())
+        .expect("listing")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["before.txt"]);
+    let data = crate::support::pattern(3 << 20, 8);
+    std::fs::write(m.path().join("put.bin"), &data).expect("PUT through the redirect");
+    assert!(std::fs::read(dir.join("put.bin")).expect("on the server") == data);
+    std::fs::create_dir(m.path().join("sub")).expect("MKCOL");
+    assert!(dir.join("sub").is_dir());
+    assert!(m.log().contains("redirects to https://"), "{}", m.log());
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn credentials_never_follow_a_redirect_to_another_host() {
+    use std::io::{BufRead, BufReader, Write};
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    // Another origin (localhost instead of 127.0.0.1) that records what it is sent.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", a.away_port)).expect("bind away");
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut head = String::new();
+            let mut r = BufReader::new(&conn);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 2) {
+                head.push_str(&line);
+                line.clear();
+            }
+            if let Ok(mut h) = seen.lock() {
+                h.push(head);
+            }
+            let _ = (&conn).write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"away\"\r\n\
+                  Content-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    let url = a.auth_url("away");
+    let err = Mount::try_new(
+        &url,
+        &["--user", apache::USER],
+        &[("DAVDRIVE_PASSWORD", apache::PASSWORD)],
+    )
+    .err()
+    .expect("a redirect to another host with credentials is refused");
+    assert!(err.contains("another host"), "{err}");
+    assert!(!err.contains(apache::PASSWORD), "{err}");
+    let heads = heads.lock().expect("heads").clone();
+    assert!(!heads.is_empty(), "the redirect was not followed at all");
+    for h in &heads {
+        assert!(
+            !h.to_ascii_lowercase().contains("authorization"),
+            "credentials reached another origin:\n{h}"
+        );
+    }
+}
+
+#[test]
+fn a_trace_log_of_a_whole_session_holds_no_secret() {
+    use base64::Engine as _;
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    for root in [&a.authroot, &a.digestroot] {
+        let dir = root.join("trace");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("r.txt"), b"read me").expect("write");
+        apache::give_to_server(&dir);
+    }
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        apache::USER,
+        apache::PASSWORD
+    ));
+    for url in [a.auth_url("trace"), a.digest_url("trace")] {
+        let m = Mount::try_new(
+            &url,
+            &["--user", apache::USER, "-vv"],
+            &[
+                ("DAVDRIVE_PASSWORD", apache::PASSWORD),
+                ("RUST_LOG", "trace"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let _ = std::fs::read_dir(m.path()).map(|d| d.count());
+        assert_eq!(
+            std::fs::read(m.path().join("r.txt")).expect("read"),
+            b"read me"
+        );
+        std::fs::write(m.path().join("w.txt"), b"written").expect("write");
+        let _ = std::fs::read(m.path().join("missing.txt"));
+        let log = m.log();
+        assert!(m.unmount().success());
+        assert!(log.lines().count() > 20, "not a trace log:\n{log}");
+        for secret in [apache::PASSWORD, basic.as_str(), "response=\""] {
+            assert!(!log.contains(secret), "{secret:?} in the log of {url}");
+        }
+        assert!(
+            !log.to_ascii_lowercase().contains("authorization: "),
+            "an Authorization header in the log of {url}"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Apache httpd 2.4 with mod_dav + mod_dav_fs, configured from scratch in a temp dir.
 //!
-//! `/dav/` serves `docroot` without authentication; `/auth/` serves `authroot` behind Basic
+//! `/redir/x` redirects (308) to `https://127.0.0.1:TLS_PORT/dav/x` as IIS's HTTP→HTTPS
+//! rule does. `/dav/` serves `docroot` without authentication; `/auth/` serves `authroot` behind Basic
 //! authentication (user `alice`, password [`PASSWORD`]). The access log has one tab-separated
 //! line per request: method, decoded path, status, bytes sent (headers included), Range.
 //! Apache drops root for `www-data`, so test data is handed to that user.
@@ -20,6 +21,11 @@ pub struct Apache {
     /// HTTPS with a certificate for 127.0.0.1 ([`Apache::cert`]) issued by a test CA
     /// ([`Apache::ca`]) that no system trusts.
     pub tls_port: u16,
+    /// `/auth/away/…` answers (after authentication) with a 307 to `http://localhost:` this
+    /// port: another origin, where a test listens to check what reaches it.
+    pub away_port: u16,
+    /// Plain HTTP that redirects (308) every request to the same path on `tls_port`.
+    pub upgrade_port: u16,
     pub cert: PathBuf,
     pub ca: PathBuf,
     pub dir: PathBuf,
@@ -125,6 +131,9 @@ impl Apache {
         assert!(status.success(), "htpasswd failed");
         let port = free_port();
         let tls_port = free_port();
+        let away_port = free_port();
+        let upgrade_port = free_port();
+        std::fs::create_dir_all(authroot.join("away")).expect("mkdir away");
         // A test CA and a server certificate for 127.0.0.1 signed by it.
         let ca = dir.join("ca.pem");
         let cert = dir.join("cert.pem");
@@ -212,9 +221,14 @@ LoadModule alias_module {m}/mod_alias.so
 LoadModule dav_module {m}/mod_dav.so
 LoadModule dav_fs_module {m}/mod_dav_fs.so
 LoadModule ssl_module {m}/mod_ssl.so
+LoadModule rewrite_module {m}/mod_rewrite.so
 LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so
 Listen 127.0.0.1:{tls_port}
 SSLSessionCache "shmcb:{run}/ssl_scache(512000)"
+Listen 127.0.0.1:{upgrade_port}
+<VirtualHost 127.0.0.1:{upgrade_port}>
+    Redirect 308 / https://127.0.0.1:{tls_port}/
+</VirtualHost>
 <VirtualHost 127.0.0.1:{tls_port}>
     SSLEngine on
     SSLCertificateFile "{cert}"
@@ -234,6 +248,7 @@ DocumentRoot "{docroot}"
     AllowOverride None
     Require all denied
 </Directory>
+RedirectMatch 308 ^/redir/(.*)$ https://127.0.0.1:{tls_port}/dav/$1
 Alias /dav/ "{docroot}/"
 <Directory "{docroot}">
     Dav On
@@ -248,6 +263,11 @@ Alias /auth/ "{authroot}/"
     AuthName "davdrive test"
     AuthUserFile "{dir}/htpasswd"
     Require valid-user
+</Directory>
+<Directory "{authroot}/away">
+    Options FollowSymLinks
+    RewriteEngine On
+    RewriteRule ^(.*)$ http://localhost:{away_port}/$1 [R=307,L]
 </Directory>
 Alias /digest/ "{digestroot}/"
 <Directory "{digestroot}">
@@ -288,6 +308,8 @@ Alias /digest/ "{digestroot}/"
         Apache {
             port,
             tls_port,
+            away_port,
+            upgrade_port,
             cert,
             ca,
             dir,
