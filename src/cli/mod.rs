@@ -65,6 +65,12 @@ pub struct MountArgs {
     #[arg(long, env = "DAVDRIVE_SECRETS", help_heading = "Credentials")]
     pub secrets_file: Option<PathBuf>,
 
+    /// A command that prints a bearer token (OAuth2 / OpenID Connect deployments), run
+    /// through the shell when the server asks for a token and again when it refuses one. A
+    /// static token can come from DAVDRIVE_TOKEN instead.
+    #[arg(long, value_name = "CMD", help_heading = "Credentials")]
+    pub token_command: Option<String>,
+
     /// Stay in the foreground (logs go to stderr) instead of detaching.
     #[arg(short, long, help_heading = "Mount")]
     pub foreground: bool,

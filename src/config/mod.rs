@@ -13,7 +13,7 @@ use url::Url;
 use crate::cli::{MountArgs, UploadMode};
 use crate::credentials;
 use crate::dav::client::redact_url;
-use crate::dav::{ClientConfig, Credentials, DavError};
+use crate::dav::{BearerSource, ClientConfig, Credentials, DavError, Secret};
 use crate::vfs::cache_dir::{default_base, mount_key};
 use crate::vfs::{UploadPolicy, VfsConfig};
 use profile::{Profile, Upload};
@@ -83,6 +83,13 @@ impl MountConfig {
         let flag = |cli: bool, prof: Option<bool>| cli || prof.unwrap_or(false);
         let mut client = ClientConfig::new(url.clone());
         client.credentials = credentials.clone();
+        client.bearer = match args.token_command.clone().or(profile.token_command.clone()) {
+            Some(cmd) => Some(BearerSource::Command(cmd)),
+            None => std::env::var("DAVDRIVE_TOKEN")
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .map(|t| BearerSource::Static(Secret::new(t.trim()))),
+        };
         client.connect_timeout =
             Duration::from_secs(secs(args.connect_timeout, profile.connect_timeout, 10).max(1));
         client.progress_timeout =

@@ -40,6 +40,7 @@ pub struct Profile {
     pub mountpoint: Option<PathBuf>,
     pub user: Option<String>,
     pub secrets_file: Option<PathBuf>,
+    pub token_command: Option<String>,
     pub foreground: Option<bool>,
     pub read_only: Option<bool>,
     pub allow_other: Option<bool>,

@@ -3,7 +3,8 @@
 //! Credentials are sent only to the origin of the mounted URL, and only after that origin has
 //! challenged us once (a 401 with `WWW-Authenticate`); from then on they go out preemptively
 //! so that a streamed body is not sent twice. Basic and Digest (RFC 7616) are implemented
-//! here; NTLM, Negotiate and Bearer come with the authentication issue.
+//! here, and Bearer tokens (static, or printed by a command that is run again when the
+//! server refuses the token).
 //!
 //! A [`Secret`] never prints: its `Debug` and `Display` say `<redacted>`.
 
@@ -36,6 +37,86 @@ impl fmt::Debug for Secret {
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
+    }
+}
+
+/// Where bearer tokens come from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BearerSource {
+    /// One token for the whole mount (`DAVDRIVE_TOKEN`).
+    Static(Secret),
+    /// A command run through the shell; its standard output (trimmed) is the token. Run when
+    /// the server first asks for a token and again whenever it refuses one.
+    Command(String),
+}
+
+impl fmt::Debug for BearerSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BearerSource::Static(_) => f.write_str("Static(<redacted>)"),
+            BearerSource::Command(c) => f.debug_tuple("Command").field(c).finish(),
+        }
+    }
+}
+
+impl BearerSource {
+    /// The current token. Blocking: runs the command, if any (at most `limit`).
+    pub fn fetch(&self, limit: std::time::Duration) -> Result<Secret, String> {
+        let cmd = match self {
+            BearerSource::Static(t) => return Ok(t.clone()),
+            BearerSource::Command(c) => c,
+        };
+        #[cfg(windows)]
+        let mut proc = {
+            let mut p = std::process::Command::new("cmd");
+            p.arg("/C").arg(cmd);
+            p
+        };
+        #[cfg(not(windows))]
+        let mut proc = {
+            let mut p = std::process::Command::new("sh");
+            p.arg("-c").arg(cmd);
+            p
+        };
+        let mut child = proc
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run the token command: {e}"))?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("the token command took longer than {limit:?}"));
+                }
+                Err(e) => return Err(format!("token command: {e}")),
+            }
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("token command: {e}"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(format!(
+                "the token command failed ({}): {}",
+                out.status,
+                err.lines().next().unwrap_or("")
+            ));
+        }
+        let token = String::from_utf8(out.stdout)
+            .map_err(|_| "the token command printed something that is not UTF-8".to_owned())?;
+        let token = token.trim();
+        if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err("the token command printed no usable token (one line, no spaces)".into());
+        }
+        Ok(Secret::new(token))
     }
 }
 

@@ -29,7 +29,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
-use super::auth::{Credentials, DigestChallenge, offered_schemes};
+use super::auth::{BearerSource, Credentials, DigestChallenge, Secret, offered_schemes};
 use super::error::{DavError, TransportKind};
 use super::href::{DavPath, Root};
 use super::multistatus::{self, Multistatus};
@@ -55,6 +55,8 @@ pub struct ClientConfig {
     /// The collection to mount. May not carry a password: use `credentials`.
     pub url: Url,
     pub credentials: Option<Credentials>,
+    /// Bearer tokens, used when the server asks for `Bearer`.
+    pub bearer: Option<BearerSource>,
     pub connect_timeout: Duration,
     /// Longest time without any progress (bytes sent or received) before a request fails.
     pub progress_timeout: Duration,
@@ -75,6 +77,7 @@ impl ClientConfig {
         ClientConfig {
             url,
             credentials: None,
+            bearer: None,
             connect_timeout: Duration::from_secs(10),
             progress_timeout: Duration::from_secs(30),
             max_listing_bytes: 64 * 1024 * 1024,
@@ -217,6 +220,7 @@ impl RequestStats {
 enum AuthState {
     None,
     Basic,
+    Bearer(Secret),
     Digest {
         challenge: DigestChallenge,
         /// Nonce count: one more for every request with this nonce.
@@ -224,7 +228,6 @@ enum AuthState {
     },
 }
 
-/// A fresh client nonce for Digest.
 /// Exponential backoff with jitter: attempt 1 waits 100–200 ms, doubling up to 5 s.
 fn backoff_delay(attempt: u32) -> Duration {
     let exp = 100u64.saturating_mul(1 << attempt.min(6));
@@ -237,6 +240,7 @@ fn backoff_delay(attempt: u32) -> Duration {
     Duration::from_millis((exp / 2 + jitter).min(5000))
 }
 
+/// A fresh client nonce for Digest.
 fn cnonce() -> String {
     use sha2::Digest as _;
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -272,6 +276,7 @@ struct Inner {
     http: reqwest::Client,
     root: Root,
     credentials: Option<Credentials>,
+    bearer: Option<BearerSource>,
     /// How the server challenged us; from then on credentials go out preemptively.
     auth: Mutex<AuthState>,
     stats: RequestStats,
@@ -361,6 +366,7 @@ impl DavClient {
                 http,
                 root,
                 credentials: config.credentials,
+                bearer: config.bearer,
                 auth: Mutex::new(AuthState::None),
                 stats: RequestStats::default(),
                 max_listing_bytes: config.max_listing_bytes,
@@ -755,9 +761,8 @@ impl DavClient {
         loop {
             let mut req = self.inner.http.request(m.clone(), url.clone());
             req = req.headers(headers.clone());
-            if let Some(c) = &self.inner.credentials
-                && credentials_allowed(self.inner.root.url(), &url)
-                && let Some(value) = self.authorization(c, method, &url)
+            if credentials_allowed(self.inner.root.url(), &url)
+                && let Some(value) = self.authorization(method, &url)
                 && let Ok(mut v) = HeaderValue::from_str(&value)
             {
                 v.set_sensitive(true);
@@ -823,9 +828,10 @@ impl DavClient {
                         continue;
                     }
                     if resp.status() == StatusCode::UNAUTHORIZED
-                        && self.inner.credentials.is_some()
+                        && (self.inner.credentials.is_some() || self.inner.bearer.is_some())
                         && !authed_retry
-                        && self.learn_challenge(resp.headers())
+                        && credentials_allowed(self.inner.root.url(), &url)
+                        && self.learn_challenge(resp.headers()).await?
                     {
                         authed_retry = true;
                         if replayable {
@@ -863,23 +869,60 @@ impl DavClient {
     }
 
     /// The `Authorization` value for the next request, if the server challenged us.
-    fn authorization(&self, creds: &Credentials, method: &str, url: &Url) -> Option<String> {
+    fn authorization(&self, method: &str, url: &Url) -> Option<String> {
         let mut st = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
+        let creds = self.inner.credentials.as_ref();
         match &mut *st {
             AuthState::None => None,
-            AuthState::Basic => Some(creds.basic_header()),
+            AuthState::Bearer(token) => Some(format!("Bearer {}", token.expose())),
+            AuthState::Basic => creds.map(Credentials::basic_header),
             AuthState::Digest { challenge, nc } => {
                 *nc += 1;
                 let uri = &url[url::Position::BeforePath..];
-                Some(challenge.authorization(creds, method, uri, *nc, &cnonce()))
+                creds.map(|c| challenge.authorization(c, method, uri, *nc, &cnonce()))
             }
         }
+    }
+
+    /// A 401 offering `Bearer` while we have a token source: fetch a token (running the
+    /// command again) and say whether it differs from the one just refused.
+    async fn learn_bearer(&self, source: &BearerSource) -> Result<bool, DavError> {
+        let src = source.clone();
+        let limit = self.inner.retry_budget.max(Duration::from_secs(30));
+        let token = tokio::task::spawn_blocking(move || src.fetch(limit))
+            .await
+            .map_err(|e| DavError::Invalid(format!("token command: {e}")))?
+            .map_err(DavError::Invalid)?;
+        let mut st = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(&*st, AuthState::Bearer(old) if *old == token) {
+            return Ok(false);
+        }
+        *st = AuthState::Bearer(token);
+        Ok(true)
     }
 
     /// Takes in a 401's challenge. Returns whether it changed what we send (a first challenge,
     /// a new Digest nonce): then the request is worth sending again. An unchanged challenge
     /// means the credentials themselves were refused.
-    fn learn_challenge(&self, headers: &HeaderMap) -> bool {
+    async fn learn_challenge(&self, headers: &HeaderMap) -> Result<bool, DavError> {
+        let values = || {
+            headers
+                .get_all(reqwest::header::WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+        };
+        if let Some(source) = &self.inner.bearer
+            && offered_schemes(values()).iter().any(|s| s == "bearer")
+        {
+            return self.learn_bearer(source).await;
+        }
+        if self.inner.credentials.is_none() {
+            return Ok(false);
+        }
+        Ok(self.learn_password_challenge(headers))
+    }
+
+    fn learn_password_challenge(&self, headers: &HeaderMap) -> bool {
         let values = || {
             headers
                 .get_all(reqwest::header::WWW_AUTHENTICATE)
@@ -909,9 +952,6 @@ impl DavClient {
         false
     }
 
-    /// The wait before retrying a 429/502/503/504: exponential backoff with jitter (100 ms
-    /// doubling, at most 5 s), or longer when `Retry-After` asks; `None` once the retry time
-    /// budget would be exceeded.
     /// From now on, retry idempotent requests on connection errors with backoff (for at most
     /// a few seconds). Off until the mount's first contact succeeded.
     pub fn enable_reconnect_retries(&self) {
@@ -930,6 +970,9 @@ impl DavClient {
         (spent + delay <= budget).then_some(delay)
     }
 
+    /// The wait before retrying a 429/502/503/504: exponential backoff with jitter (100 ms
+    /// doubling, at most 5 s), or longer when `Retry-After` asks; `None` once the retry time
+    /// budget would be exceeded.
     fn next_backoff(
         &self,
         resp: &Response,

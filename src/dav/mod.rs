@@ -17,7 +17,7 @@ pub mod multistatus;
 pub mod ntlm;
 pub mod tls;
 
-pub use auth::{Credentials, Secret};
+pub use auth::{BearerSource, Credentials, Secret};
 pub use client::{
     ByteRange, Capabilities, ClientConfig, ContentRange, DavClient, Depth, GetStream, LockInfo,
     Preconditions, PutBody, ResponseMeta,

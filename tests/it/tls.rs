@@ -181,3 +181,51 @@ fn a_trace_log_of_a_whole_session_holds_no_secret() {
         );
     }
 }
+
+#[test]
+fn bearer_tokens_from_a_command_are_renewed_when_refused() {
+    use crate::support::dav_server::DavServer;
+    use std::sync::{Arc, Mutex};
+    if !have_fuse() {
+        return;
+    }
+    let token = Arc::new(Mutex::new("tok-1".to_owned()));
+    let s = DavServer::start_bearer(token.clone());
+    std::fs::write(s.root.join("doc.txt"), b"behind a token").expect("write");
+    let conf = tempfile::tempdir().expect("tempdir");
+    let file = conf.path().join("token");
+    std::fs::write(&file, "tok-1\n").expect("token");
+    let cmd = format!("cat '{}'", file.display());
+    let m = Mount::new(&s.url(), &["--token-command", &cmd, "--dir-cache-ttl", "0"]);
+    assert_eq!(
+        std::fs::read(m.path().join("doc.txt")).expect("read with the token"),
+        b"behind a token"
+    );
+    // The token expires: the server refuses it, the command is run again for a new one.
+    std::fs::write(&file, "tok-2\n").expect("token");
+    *token.lock().expect("lock") = "tok-2".into();
+    std::fs::write(m.path().join("new.txt"), b"with a renewed token").expect("write");
+    assert_eq!(
+        std::fs::read(s.root.join("new.txt")).expect("stored"),
+        b"with a renewed token"
+    );
+    let auths = s.authorizations();
+    assert_eq!(
+        auths.first().map(String::as_str),
+        Some(""),
+        "sent before a challenge"
+    );
+    assert!(auths.iter().any(|a| a == "Bearer tok-2"));
+    assert!(
+        !m.log().contains("tok-"),
+        "a token in the log:\n{}",
+        m.log()
+    );
+    assert!(m.unmount().success());
+
+    // A command that fails is reported as such.
+    let err = Mount::try_new(&s.url(), &["--token-command", "echo nope >&2; exit 3"], &[])
+        .err()
+        .expect("no token, no mount");
+    assert!(err.contains("token command failed"), "{err}");
+}

@@ -16,6 +16,7 @@ pub struct DavServer {
     pub port: u16,
     pub root: PathBuf,
     log: Arc<Mutex<Vec<(String, String)>>>,
+    auth_log: Arc<Mutex<Vec<String>>>,
     _tmp: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -29,6 +30,26 @@ impl DavServer {
     /// Serves `root` (a fresh temp dir when `None`) on `port` (any free one when 0): a server
     /// can be stopped and started again on the same port over the same files.
     pub fn start_on(port: u16, root: Option<PathBuf>) -> DavServer {
+        Self::start_inner(port, root, None)
+    }
+
+    /// A server that demands `Authorization: Bearer <token>` with the token currently in
+    /// `token` (a test can change it: the server then refuses the old one with 401), and
+    /// records in [`DavServer::authorizations`] the Authorization header of every request.
+    pub fn start_bearer(token: Arc<Mutex<String>>) -> DavServer {
+        Self::start_inner(0, None, Some(token))
+    }
+
+    /// The Authorization header of every request so far ("" when absent).
+    pub fn authorizations(&self) -> Vec<String> {
+        self.auth_log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn start_inner(
+        port: u16,
+        root: Option<PathBuf>,
+        token: Option<Arc<Mutex<String>>>,
+    ) -> DavServer {
         let tmp = tempfile::Builder::new()
             .prefix("davdrive-davserver")
             .tempdir()
@@ -44,6 +65,8 @@ impl DavServer {
             .locksystem(FakeLs::new())
             .build_handler();
         let log2 = log.clone();
+        let auth_log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let auth_log2 = auth_log.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -61,13 +84,39 @@ impl DavServer {
                     let Ok((stream, _)) = accepted else { continue };
                     let handler = handler.clone();
                     let log = log2.clone();
+                    let auth_log = auth_log2.clone();
+                    let token = token.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                             let handler = handler.clone();
                             if let Ok(mut l) = log.lock() {
                                 l.push((req.method().to_string(), req.uri().path().to_owned()));
                             }
-                            async move { Ok::<_, Infallible>(handler.handle(req).await) }
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            if let Ok(mut l) = auth_log.lock() {
+                                l.push(auth.clone());
+                            }
+                            let refused = token.as_ref().is_some_and(|t| {
+                                t.lock()
+                                    .map(|t| auth != format!("Bearer {t}"))
+                                    .unwrap_or(true)
+                            });
+                            async move {
+                                if refused {
+                                    let resp = hyper::Response::builder()
+                                        .status(401)
+                                        .header("www-authenticate", "Bearer realm=\"dav\"")
+                                        .body(dav_server::body::Body::from("token required"))
+                                        .expect("401 response");
+                                    return Ok::<_, Infallible>(resp);
+                                }
+                                Ok::<_, Infallible>(handler.handle(req).await)
+                            }
                         });
                         let _ = http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), svc)
@@ -80,6 +129,7 @@ impl DavServer {
             port,
             root,
             log,
+            auth_log,
             _tmp: tmp,
             shutdown: Some(tx),
             thread: Some(thread),
