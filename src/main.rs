@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => platform::mount(&args),
         Command::Unmount { mountpoint } => platform::unmount(&mountpoint),
         Command::Status { cache_dir } => status(cache_dir),
+        Command::Trust { url, yes } => trust(&url, yes),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -22,6 +23,58 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `davdrive trust URL`: show the certificate, ask, store its pin.
+fn trust(url: &str, yes: bool) -> Result<(), String> {
+    use davdrive::config::trust;
+    use std::io::BufRead;
+    let url = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if url.scheme() != "https" {
+        return Err("only https servers have certificates to trust".into());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let cert = rt.block_on(davdrive::dav::tls::peer_certificate(&url))?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{} presents this certificate:\n  subject:     {}\n  issuer:      {}\n  valid from:  {}\n  valid until: {}\n  SHA-256:     {}",
+        trust::origin(&url),
+        cert.subject,
+        cert.issuer,
+        cert.not_before,
+        cert.not_after,
+        cert.fingerprint
+    );
+    let _ = writeln!(
+        out,
+        "Compare the fingerprint with the one your administrator gave you (on the server: \
+         openssl x509 -noout -fingerprint -sha256 -in CERT.pem)."
+    );
+    if !yes {
+        let _ = write!(
+            out,
+            "Trust this certificate for {}? [y/N] ",
+            trust::origin(&url)
+        );
+        let _ = out.flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .map_err(|e| format!("cannot read the answer: {e}"))?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Err("not trusted; nothing stored".into());
+        }
+    }
+    let file = trust::default_path().ok_or("no HOME to store the pin in")?;
+    let pin = davdrive::dav::tls::parse_pin(&cert.fingerprint)?;
+    trust::add_pin(&file, &url, &pin)?;
+    let _ = writeln!(out, "pinned in {}", file.display());
+    Ok(())
 }
 
 /// Lists what is kept in recovery folders.
@@ -194,14 +247,25 @@ mod platform {
         if let Err(e) = rt.block_on(vfs.probe()) {
             let mut msg = format!("cannot mount {shown_url}: {e}");
             if e.kind == davdrive::vfs::ErrorKind::TlsFailure {
-                msg.push_str("\nThe server's certificate is not trusted by this system.");
-                if let Some(fp) = rt.block_on(davdrive::dav::tls::peer_fingerprint(&cfg.url)) {
-                    msg.push_str(&format!("\nIts SHA-256 fingerprint is {fp}."));
+                let cert = rt
+                    .block_on(davdrive::dav::tls::peer_certificate(&cfg.url))
+                    .ok();
+                if cfg.client.pins.is_empty() {
+                    msg.push_str("\nThe server's certificate is not trusted by this system.");
+                } else {
+                    msg.push_str("\nThe server's certificate is not the one pinned for it.");
                 }
-                msg.push_str(
-                    "\nIf you trust it, pass --ca-cert FILE.pem with the certificate of the CA \
-                     that issued it; --insecure turns checking off (not recommended).",
-                );
+                if let Some(c) = &cert {
+                    msg.push_str(&format!(
+                        "\nIt is issued to {} by {}, valid {} to {}; its SHA-256 fingerprint is {}.",
+                        c.subject, c.issuer, c.not_before, c.not_after, c.fingerprint
+                    ));
+                }
+                msg.push_str(&format!(
+                    "\nIf you trust it: `davdrive trust {shown_url}` pins it after showing it \
+                     (or --pin-cert SHA256), or pass --ca-cert FILE.pem with the certificate of \
+                     the CA that issued it; --insecure turns checking off (not recommended)."
+                ));
             }
             return Err(msg);
         }

@@ -25,6 +25,15 @@ pub enum Command {
         /// The directory where the drive is mounted.
         mountpoint: PathBuf,
     },
+    /// Show a server's certificate (fingerprint, subject, validity) and, once you confirm,
+    /// trust exactly that certificate for every later mount of that server.
+    Trust {
+        /// The https URL of the server.
+        url: String,
+        /// Do not ask: trust the certificate shown.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Show what needs attention: files kept in recovery folders after failed uploads.
     Status {
         /// The cache directory (default: $XDG_CACHE_HOME/davdrive or ~/.cache/davdrive).
@@ -108,6 +117,10 @@ pub struct MountArgs {
     /// Also trust this CA (or self-signed server) certificate, PEM, for this mount only.
     #[arg(long, value_name = "FILE.pem", help_heading = "TLS")]
     pub ca_cert: Option<PathBuf>,
+    /// Accept only the server certificate with this SHA-256 fingerprint (colons optional),
+    /// whoever issued it: for self-signed certificates. `davdrive trust URL` stores a pin.
+    #[arg(long, value_name = "SHA256", help_heading = "TLS")]
+    pub pin_cert: Vec<String>,
     /// Do not check the server's certificate at all. Dangerous; prefer --ca-cert.
     #[arg(long, help_heading = "TLS")]
     pub insecure: bool,

@@ -4,6 +4,7 @@
 //! `MountConfig`'s `Debug` never shows a password: credentials hold a redacting `Secret`.
 
 pub mod profile;
+pub mod trust;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,6 +109,17 @@ impl MountConfig {
             })?);
         }
         client.insecure = flag(args.insecure, profile.insecure);
+        let mut pins = Vec::new();
+        for p in args.pin_cert.iter().chain(profile.pin_cert.iter()) {
+            pins.push(crate::dav::tls::parse_pin(p).map_err(ConfigError)?);
+        }
+        if pins.is_empty()
+            && url.scheme() == "https"
+            && let Some(file) = trust::default_path()
+        {
+            pins = trust::pins_for(&file, &url).map_err(ConfigError)?;
+        }
+        client.pins = pins;
         let base = args
             .cache_dir
             .clone()

@@ -51,6 +51,7 @@ pub struct Profile {
     pub kernel_ttl: Option<u64>,
     pub ca_cert: Option<PathBuf>,
     pub insecure: Option<bool>,
+    pub pin_cert: Option<String>,
     pub connect_timeout: Option<u64>,
     pub timeout: Option<u64>,
     pub retry_time: Option<u64>,

@@ -69,6 +69,9 @@ pub struct ClientConfig {
     pub extra_ca_pem: Option<Vec<u8>>,
     /// Accept any certificate. Never a default; warned about loudly.
     pub insecure: bool,
+    /// SHA-256 fingerprints of the only server certificates to accept (pinning). When set,
+    /// the system trust store and `extra_ca_pem` are not consulted.
+    pub pins: Vec<[u8; 32]>,
     pub user_agent: String,
 }
 
@@ -84,6 +87,7 @@ impl ClientConfig {
             retry_budget: Duration::from_secs(30),
             extra_ca_pem: None,
             insecure: false,
+            pins: Vec::new(),
             user_agent: format!("davdrive/{}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -344,6 +348,10 @@ impl DavClient {
                 ));
             }
             builder = builder.tls_certs_merge(certs);
+        }
+        if !config.pins.is_empty() {
+            let tls = super::tls::pinned_config(&config.pins).map_err(DavError::Invalid)?;
+            builder = builder.tls_backend_preconfigured(tls);
         }
         if config.insecure {
             tracing::warn!(

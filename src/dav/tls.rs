@@ -1,37 +1,18 @@
-//! TLS trust beyond the system store: an extra CA for one mount, the explicit `--insecure`
-//! escape hatch, and the fingerprint of a certificate we refused, so the error message can
-//! say exactly what to trust.
+//! TLS trust beyond the system store: an extra CA for one mount, pinned server
+//! certificates (`--pin-cert`, `davdrive trust`), the explicit `--insecure` escape hatch, and
+//! the fingerprint, subject and validity of a certificate, so that messages can say exactly
+//! what to trust.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use sha2::{Digest, Sha256};
 use url::Url;
-
-/// The SHA-256 fingerprint of the certificate `url`'s server presents, as `AB:CD:…`.
-///
-/// Connects without verifying (nothing is sent but an OPTIONS without credentials) only to
-/// show the user what they would be trusting; the answer is never used for anything else.
-pub async fn peer_fingerprint(url: &Url) -> Option<String> {
-    let client = reqwest::Client::builder()
-        .tls_danger_accept_invalid_certs(true)
-        .tls_info(true)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(15))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .ok()?;
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    let resp = client
-        .request(reqwest::Method::OPTIONS, u)
-        .send()
-        .await
-        .ok()?;
-    let info = resp.extensions().get::<reqwest::tls::TlsInfo>()?;
-    let der = info.peer_certificate()?;
-    Some(fingerprint(der))
-}
 
 /// `AB:CD:…` of the SHA-256 of a DER certificate.
 pub fn fingerprint(der: &[u8]) -> String {
@@ -42,6 +23,260 @@ pub fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
+/// Parses a pin as given by the user: 64 hex digits, colons and case ignored.
+pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
+    let hex: String = pin.chars().filter(|c| *c != ':').collect();
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>();
+    match bytes {
+        Some(b) if b.len() == 32 => {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(&b);
+            Ok(out)
+        }
+        _ => Err(format!(
+            "{pin:?} is not a SHA-256 fingerprint (64 hex digits, colons allowed)"
+        )),
+    }
+}
+
+/// Accepts exactly the pinned server certificates, whoever issued them, whatever name or
+/// dates they carry (that is what pinning a self-signed certificate means), and nothing
+/// else. The handshake signature is still checked against the certificate's key, so only
+/// the holder of the pinned certificate's private key gets through.
+#[derive(Debug)]
+struct PinVerifier {
+    pins: Vec<[u8; 32]>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
+        if self.pins.contains(&got) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the server's certificate {} is not the pinned one",
+                fingerprint(end_entity.as_ref())
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A rustls configuration that trusts only the pinned certificates (for
+/// `reqwest::ClientBuilder::tls_backend_preconfigured`).
+pub fn pinned_config(pins: &[[u8; 32]]) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = Arc::new(PinVerifier {
+        pins: pins.to_vec(),
+        provider: provider.clone(),
+    });
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// What `davdrive trust` shows about a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    pub fingerprint: String,
+    pub subject: String,
+    pub issuer: String,
+    pub not_before: String,
+    pub not_after: String,
+}
+
+/// Fetches the certificate `url`'s server presents (without trusting it) and summarises it.
+pub async fn peer_certificate(url: &Url) -> Result<CertSummary, String> {
+    let client = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .tls_info(true)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    let resp = client
+        .request(reqwest::Method::OPTIONS, u)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the server: {e}"))?;
+    let der = resp
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .ok_or("the server presented no certificate (is the URL https?)")?;
+    Ok(summarize(der))
+}
+
+/// Fingerprint, subject and issuer CN (or whole name), validity of a DER certificate. The
+/// fields are best effort: a certificate we cannot parse still has its fingerprint.
+pub fn summarize(der: &[u8]) -> CertSummary {
+    let mut s = CertSummary {
+        fingerprint: fingerprint(der),
+        subject: "?".into(),
+        issuer: "?".into(),
+        not_before: "?".into(),
+        not_after: "?".into(),
+    };
+    let _ = der::fill(der, &mut s);
+    s
+}
+
+/// A minimal DER walk over an X.509 certificate: just enough for names and dates.
+mod der {
+    use super::CertSummary;
+
+    /// One TLV: (tag, content, rest).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let tag = *b.first()?;
+        let first = *b.get(1)? as usize;
+        let (len, hdr) = if first < 0x80 {
+            (first, 2)
+        } else {
+            let n = first & 0x7f;
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let mut len = 0usize;
+            for i in 0..n {
+                len = (len << 8) | *b.get(2 + i)? as usize;
+            }
+            (len, 2 + n)
+        };
+        let end = hdr.checked_add(len)?;
+        Some((tag, b.get(hdr..end)?, b.get(end..)?))
+    }
+
+    /// The CN of a Name, else all its printable values joined.
+    fn name(b: &[u8]) -> String {
+        let mut parts = Vec::new();
+        let mut cn = None;
+        let mut rdns = b;
+        while let Some((_, set, rest)) = tlv(rdns) {
+            rdns = rest;
+            let mut atvs = set;
+            while let Some((_, atv, rest)) = tlv(atvs) {
+                atvs = rest;
+                let Some((0x06, oid, rest)) = tlv(atv) else {
+                    continue;
+                };
+                let Some((_, value, _)) = tlv(rest) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(value).into_owned();
+                if oid == [0x55, 0x04, 0x03] {
+                    cn = Some(text.clone());
+                }
+                parts.push(text);
+            }
+        }
+        cn.unwrap_or_else(|| parts.join(", "))
+    }
+
+    fn time(tag: u8, v: &[u8]) -> String {
+        let t = String::from_utf8_lossy(v);
+        // UTCTime YYMMDDHHMMSSZ, GeneralizedTime YYYYMMDDHHMMSSZ.
+        let full = if tag == 0x17 {
+            let century = if t.get(..2).and_then(|y| y.parse::<u32>().ok()) < Some(50) {
+                "20"
+            } else {
+                "19"
+            };
+            format!("{century}{t}")
+        } else {
+            t.into_owned()
+        };
+        match (
+            full.get(..4),
+            full.get(4..6),
+            full.get(6..8),
+            full.get(8..10),
+            full.get(10..12),
+        ) {
+            (Some(y), Some(mo), Some(d), Some(h), Some(mi)) => format!("{y}-{mo}-{d} {h}:{mi} UTC"),
+            _ => full,
+        }
+    }
+
+    pub fn fill(der: &[u8], s: &mut CertSummary) -> Option<()> {
+        let (_, cert, _) = tlv(der)?;
+        let (_, tbs, _) = tlv(cert)?;
+        let mut rest = tbs;
+        // [0] version is optional.
+        if rest.first() == Some(&0xa0) {
+            rest = tlv(rest)?.2;
+        }
+        let (_, _serial, r) = tlv(rest)?;
+        let (_, _sigalg, r) = tlv(r)?;
+        let (_, issuer, r) = tlv(r)?;
+        let (_, validity, r) = tlv(r)?;
+        let (_, subject, _) = tlv(r)?;
+        s.issuer = name(issuer);
+        s.subject = name(subject);
+        let (t1, nb, vr) = tlv(validity)?;
+        let (t2, na, _) = tlv(vr)?;
+        s.not_before = time(t1, nb);
+        s.not_after = time(t2, na);
+        Some(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -49,5 +284,24 @@ mod tests {
         let f = super::fingerprint(b"abc");
         assert!(f.starts_with("BA:78:16:BF"), "{f}");
         assert_eq!(f.len(), 32 * 3 - 1);
+    }
+
+    #[test]
+    fn pins_parse_with_or_without_colons() {
+        let f = super::fingerprint(b"abc");
+        let a = super::parse_pin(&f).expect("colons");
+        let b = super::parse_pin(&f.replace(':', "").to_lowercase()).expect("plain");
+        assert_eq!(a, b);
+        assert!(super::parse_pin("AB:CD").is_err());
+        assert!(super::parse_pin(&"zz".repeat(32)).is_err());
+        assert!(super::parse_pin("é").is_err());
+    }
+
+    #[test]
+    fn garbage_certificates_still_have_a_fingerprint() {
+        for junk in [&b""[..], b"\x30", b"\x30\x84\xff\xff\xff\xff", &[0x30; 100]] {
+            let s = super::summarize(junk);
+            assert_eq!(s.fingerprint, super::fingerprint(junk));
+        }
     }
 }

@@ -229,3 +229,70 @@ fn bearer_tokens_from_a_command_are_renewed_when_refused() {
         .expect("no token, no mount");
     assert!(err.contains("token command failed"), "{err}");
 }
+
+#[test]
+fn pinned_certificates_and_davdrive_trust() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("pin");
+    std::fs::write(dir.join("p.txt"), b"pinned").expect("write");
+    apache::give_to_server(&dir);
+    let url = a.tls_url("pin");
+    let fp = openssl_fingerprint(&a.cert);
+    let home = tempfile::tempdir().expect("config home");
+    let xdg = home.path().to_string_lossy().into_owned();
+    let env = [("XDG_CONFIG_HOME", xdg.as_str())];
+
+    // The right pin: accepted although no trusted CA issued the certificate.
+    let m = Mount::try_new(&url, &["--pin-cert", &fp], &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        std::fs::read(m.path().join("p.txt")).expect("read"),
+        b"pinned"
+    );
+    assert!(m.unmount().success());
+
+    // A wrong pin: refused, naming the certificate actually presented.
+    let wrong = "00".repeat(32);
+    let err = Mount::try_new(&url, &["--pin-cert", &wrong], &env)
+        .err()
+        .expect("wrong pin refused");
+    assert!(err.contains("not the one pinned"), "{err}");
+    assert!(err.contains(&fp), "{err}");
+    assert!(err.contains("davdrive trust"), "{err}");
+
+    // `davdrive trust` shows the certificate and stores the pin; later mounts need nothing.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_davdrive"))
+        .args(["trust", &url, "--yes"])
+        .env("XDG_CONFIG_HOME", &xdg)
+        .output()
+        .expect("davdrive trust");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&fp), "{text}");
+    assert!(text.contains("subject:     127.0.0.1"), "{text}");
+    assert!(text.contains("issuer:      davdrive test CA"), "{text}");
+    assert!(text.contains("valid until: 20"), "{text}");
+    let m = Mount::try_new(&url, &[], &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        std::fs::read(m.path().join("p.txt")).expect("read"),
+        b"pinned"
+    );
+    assert!(m.unmount().success());
+
+    // Without an answer, `trust` stores nothing.
+    let other = tempfile::tempdir().expect("other home");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_davdrive"))
+        .args(["trust", &url])
+        .env("XDG_CONFIG_HOME", other.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("davdrive trust");
+    assert!(!out.status.success());
+    assert!(!other.path().join("davdrive/trusted-certs").exists());
+}
