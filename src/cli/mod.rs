@@ -125,6 +125,11 @@ pub struct MountArgs {
     #[arg(long, help_heading = "TLS")]
     pub insecure: bool,
 
+    /// Send every request through this HTTP proxy, e.g. http://proxy:3128 (a user name may
+    /// be given as http://user@proxy:3128, its password in DAVDRIVE_PROXY_PASSWORD). Without
+    /// it, HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY apply; nothing is auto-discovered.
+    #[arg(long, value_name = "URL", help_heading = "Network")]
+    pub proxy: Option<String>,
     /// Seconds to wait for a TCP/TLS connection [default: 10].
     #[arg(long, value_name = "SECONDS", help_heading = "Network")]
     pub connect_timeout: Option<u64>,

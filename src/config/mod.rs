@@ -120,6 +120,33 @@ impl MountConfig {
             pins = trust::pins_for(&file, &url).map_err(ConfigError)?;
         }
         client.pins = pins;
+        if let Some(p) = args.proxy.as_deref().or(profile.proxy.as_deref()) {
+            let mut purl = Url::parse(p)
+                .map_err(|e| ConfigError(format!("proxy {p:?} is not a URL: {e}")))?;
+            if purl.password().is_some() {
+                return Err(ConfigError(
+                    "put no password in the proxy URL: use DAVDRIVE_PROXY_PASSWORD".into(),
+                ));
+            }
+            let user = (!purl.username().is_empty()).then(|| purl.username().to_owned());
+            let _ = purl.set_username("");
+            let credentials = match (user, std::env::var("DAVDRIVE_PROXY_PASSWORD")) {
+                (Some(user), Ok(pw)) => Some(Credentials {
+                    user,
+                    password: Secret::new(pw),
+                }),
+                (Some(_), Err(_)) => {
+                    return Err(ConfigError(
+                        "the proxy URL names a user but DAVDRIVE_PROXY_PASSWORD is not set".into(),
+                    ));
+                }
+                (None, _) => None,
+            };
+            client.proxy = Some(crate::dav::ProxyConfig {
+                url: purl,
+                credentials,
+            });
+        }
         let base = args
             .cache_dir
             .clone()

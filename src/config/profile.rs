@@ -52,6 +52,7 @@ pub struct Profile {
     pub ca_cert: Option<PathBuf>,
     pub insecure: Option<bool>,
     pub pin_cert: Option<String>,
+    pub proxy: Option<String>,
     pub connect_timeout: Option<u64>,
     pub timeout: Option<u64>,
     pub retry_time: Option<u64>,

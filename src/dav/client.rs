@@ -72,6 +72,10 @@ pub struct ClientConfig {
     /// SHA-256 fingerprints of the only server certificates to accept (pinning). When set,
     /// the system trust store and `extra_ca_pem` are not consulted.
     pub pins: Vec<[u8; 32]>,
+    /// An HTTP proxy for every request (`--proxy`); without it the standard environment
+    /// variables apply (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`). There is no
+    /// automatic proxy discovery (WPAD, system settings).
+    pub proxy: Option<ProxyConfig>,
     pub user_agent: String,
 }
 
@@ -88,6 +92,7 @@ impl ClientConfig {
             extra_ca_pem: None,
             insecure: false,
             pins: Vec::new(),
+            proxy: None,
             user_agent: format!("davdrive/{}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -291,6 +296,13 @@ struct Inner {
     reconnect_retries: std::sync::atomic::AtomicBool,
 }
 
+/// A proxy and, when it wants one, its login.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub url: Url,
+    pub credentials: Option<Credentials>,
+}
+
 /// Redirect hops followed per request.
 pub const MAX_REDIRECTS: u32 = 5;
 
@@ -348,6 +360,14 @@ impl DavClient {
                 ));
             }
             builder = builder.tls_certs_merge(certs);
+        }
+        if let Some(p) = &config.proxy {
+            let mut proxy = reqwest::Proxy::all(p.url.as_str())
+                .map_err(|e| DavError::Invalid(format!("bad proxy URL: {e}")))?;
+            if let Some(c) = &p.credentials {
+                proxy = proxy.basic_auth(&c.user, c.password.expose());
+            }
+            builder = builder.proxy(proxy);
         }
         if !config.pins.is_empty() {
             let tls = super::tls::pinned_config(&config.pins).map_err(DavError::Invalid)?;

@@ -20,7 +20,7 @@ pub mod tls;
 pub use auth::{BearerSource, Credentials, Secret};
 pub use client::{
     ByteRange, Capabilities, ClientConfig, ContentRange, DavClient, Depth, GetStream, LockInfo,
-    Preconditions, PutBody, ResponseMeta,
+    Preconditions, ProxyConfig, PutBody, ResponseMeta,
 };
 pub use error::{DavError, ErrorKind, TransportKind};
 pub use href::{DavPath, Root};

@@ -296,3 +296,52 @@ fn pinned_certificates_and_davdrive_trust() {
     assert!(!out.status.success());
     assert!(!other.path().join("davdrive/trusted-certs").exists());
 }
+
+#[test]
+fn proxies_from_the_option_and_from_the_environment() {
+    use crate::support::http_proxy::HttpProxy;
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("proxied");
+    std::fs::write(dir.join("x.txt"), b"via a proxy").expect("write");
+    apache::give_to_server(&dir);
+
+    // --proxy, plain HTTP: absolute-form requests through the proxy.
+    let proxy = HttpProxy::start();
+    let purl = format!("http://127.0.0.1:{}", proxy.port);
+    let m = Mount::new(&a.url("proxied"), &["--proxy", &purl]);
+    assert_eq!(std::fs::read(m.path().join("x.txt")).expect("read"), b"via a proxy");
+    std::fs::write(m.path().join("y.txt"), b"up").expect("write through the proxy");
+    assert!(m.unmount().success());
+    let lines = proxy.first_lines();
+    let origin = format!("http://127.0.0.1:{}/dav/proxied/", a.port);
+    assert!(
+        lines.iter().any(|l| l.contains(&origin)),
+        "nothing went through the proxy: {lines:?}"
+    );
+    assert_eq!(std::fs::read(dir.join("y.txt")).expect("stored"), b"up");
+
+    // HTTPS_PROXY from the environment: a CONNECT tunnel for TLS.
+    let proxy = HttpProxy::start();
+    let purl = format!("http://127.0.0.1:{}", proxy.port);
+    let ca = a.ca.to_string_lossy().into_owned();
+    let tls_dir = a.fresh_dir("proxied-tls");
+    std::fs::write(tls_dir.join("t.txt"), b"tunnelled").expect("write");
+    apache::give_to_server(&tls_dir);
+    let m = Mount::try_new(
+        &a.tls_url("proxied-tls"),
+        &["--ca-cert", &ca],
+        &[("HTTPS_PROXY", purl.as_str()), ("NO_PROXY", "")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(std::fs::read(m.path().join("t.txt")).expect("read"), b"tunnelled");
+    assert!(m.unmount().success());
+    let lines = proxy.first_lines();
+    let connect = format!("CONNECT 127.0.0.1:{} ", a.tls_port);
+    assert!(
+        lines.iter().any(|l| l.starts_with(&connect)),
+        "no CONNECT through the proxy: {lines:?}"
+    );
+}
