@@ -15,6 +15,8 @@ fn main() -> ExitCode {
         Command::Unmount { mountpoint } => platform::unmount(&mountpoint),
         Command::Status { cache_dir } => status(cache_dir),
         Command::Trust { url, yes } => trust(&url, yes),
+        Command::Login { url, user } => login(&url, user),
+        Command::Logout { url } => logout(&url),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -23,6 +25,72 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_url(url: &str) -> Result<url::Url, String> {
+    let u = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    if u.password().is_some() {
+        return Err("put no password in the URL".into());
+    }
+    Ok(u)
+}
+
+/// `davdrive login URL`: ask for the password without echo (or read it from standard input
+/// when that is not a terminal, for scripts) and keep it in the OS keyring.
+fn login(url: &str, user: Option<String>) -> Result<(), String> {
+    use std::io::{BufRead, IsTerminal};
+    let url = parse_url(url)?;
+    let stdin = std::io::stdin();
+    let read_line = |prompt: &str| -> Result<String, String> {
+        if stdin.is_terminal() {
+            eprint!("{prompt}");
+        }
+        let mut line = String::new();
+        stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    };
+    let user =
+        match user.or_else(|| (!url.username().is_empty()).then(|| url.username().to_owned())) {
+            Some(u) => u,
+            None => read_line("user: ")?,
+        };
+    if user.is_empty() {
+        return Err("no user name given".into());
+    }
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("password for {user}: "))
+            .map_err(|e| format!("cannot read the password: {e}"))?
+    } else {
+        read_line("")?
+    };
+    if password.is_empty() {
+        return Err("no password given".into());
+    }
+    let creds = davdrive::dav::Credentials {
+        user,
+        password: davdrive::dav::Secret::new(password),
+    };
+    davdrive::credentials::keyring::store(&url, &creds)?;
+    println!(
+        "stored the password of {} for {} in the OS keyring",
+        creds.user,
+        davdrive::dav::client::redact_url(&url)
+    );
+    Ok(())
+}
+
+fn logout(url: &str) -> Result<(), String> {
+    let url = parse_url(url)?;
+    let shown = davdrive::dav::client::redact_url(&url);
+    if davdrive::credentials::keyring::remove(&url)? {
+        println!("removed the password for {shown} from the OS keyring");
+    } else {
+        println!("the OS keyring held nothing for {shown}");
+    }
+    Ok(())
 }
 
 /// `davdrive trust URL`: show the certificate, ask, store its pin.

@@ -25,6 +25,20 @@ pub enum Command {
         /// The directory where the drive is mounted.
         mountpoint: PathBuf,
     },
+    /// Store a user name and password for URL in the OS keyring (asked for, without echo);
+    /// later mounts of URL use them.
+    Login {
+        /// The URL you mount.
+        url: String,
+        /// The user name (asked for when not given).
+        #[arg(short, long, env = "DAVDRIVE_USER")]
+        user: Option<String>,
+    },
+    /// Remove what `davdrive login` stored for URL.
+    Logout {
+        /// The URL given to `davdrive login`.
+        url: String,
+    },
     /// Show a server's certificate (fingerprint, subject, validity) and, once you confirm,
     /// trust exactly that certificate for every later mount of that server.
     Trust {

@@ -121,8 +121,8 @@ impl MountConfig {
         }
         client.pins = pins;
         if let Some(p) = args.proxy.as_deref().or(profile.proxy.as_deref()) {
-            let mut purl = Url::parse(p)
-                .map_err(|e| ConfigError(format!("proxy {p:?} is not a URL: {e}")))?;
+            let mut purl =
+                Url::parse(p).map_err(|e| ConfigError(format!("proxy {p:?} is not a URL: {e}")))?;
             if purl.password().is_some() {
                 return Err(ConfigError(
                     "put no password in the proxy URL: use DAVDRIVE_PROXY_PASSWORD".into(),

@@ -2,8 +2,10 @@
 //!
 //! Order: `DAVDRIVE_PASSWORD` in the environment, then a davfs2-style secrets file
 //! (`URL-or-mountpoint user password` per line, `#` comments, refused unless its mode is
-//! 0600 or stricter). Passwords are never accepted as command-line arguments, where `ps`
-//! would show them. The OS keyring (`davdrive login`) comes with the authentication issue.
+//! 0600 or stricter), then the OS keyring (`davdrive login URL`, see [`keyring`]). Passwords
+//! are never accepted as command-line arguments, where `ps` would show them.
+
+pub mod keyring;
 
 use std::path::Path;
 
@@ -30,10 +32,15 @@ pub fn resolve(
             password: Secret::new(pw),
         }));
     }
-    if let Some(path) = secrets_file {
-        return from_secrets_file(path, url, user.as_deref());
+    if let Some(path) = secrets_file
+        && let Some(c) = from_secrets_file(path, url, user.as_deref())?
+    {
+        return Ok(Some(c));
     }
-    Ok(None)
+    match keyring::find(url)? {
+        Some(c) if user.as_deref().is_none_or(|u| u == c.user) => Ok(Some(c)),
+        _ => Ok(None),
+    }
 }
 
 fn from_secrets_file(

@@ -312,7 +312,10 @@ fn proxies_from_the_option_and_from_the_environment() {
     let proxy = HttpProxy::start();
     let purl = format!("http://127.0.0.1:{}", proxy.port);
     let m = Mount::new(&a.url("proxied"), &["--proxy", &purl]);
-    assert_eq!(std::fs::read(m.path().join("x.txt")).expect("read"), b"via a proxy");
+    assert_eq!(
+        std::fs::read(m.path().join("x.txt")).expect("read"),
+        b"via a proxy"
+    );
     std::fs::write(m.path().join("y.txt"), b"up").expect("write through the proxy");
     assert!(m.unmount().success());
     let lines = proxy.first_lines();
@@ -336,7 +339,10 @@ fn proxies_from_the_option_and_from_the_environment() {
         &[("HTTPS_PROXY", purl.as_str()), ("NO_PROXY", "")],
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(std::fs::read(m.path().join("t.txt")).expect("read"), b"tunnelled");
+    assert_eq!(
+        std::fs::read(m.path().join("t.txt")).expect("read"),
+        b"tunnelled"
+    );
     assert!(m.unmount().success());
     let lines = proxy.first_lines();
     let connect = format!("CONNECT 127.0.0.1:{} ", a.tls_port);
@@ -344,4 +350,67 @@ fn proxies_from_the_option_and_from_the_environment() {
         lines.iter().any(|l| l.starts_with(&connect)),
         "no CONNECT through the proxy: {lines:?}"
     );
+}
+
+#[test]
+fn login_stores_the_password_in_the_keyutils_keyring() {
+    use std::io::Write;
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.authroot.join("keyring");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("k.txt"), b"from the keyring").expect("write");
+    apache::give_to_server(&dir);
+    let url = a.auth_url("keyring");
+    let davdrive = |args: &[&str], input: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_davdrive"))
+            .args(args)
+            .env("DAVDRIVE_KEYRING", "keyutils")
+            .env_remove("DAVDRIVE_USER")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("davdrive");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        let out = child.wait_with_output().expect("davdrive output");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = davdrive(
+        &["login", &url, "--user", apache::USER],
+        &format!("{}\n", apache::PASSWORD),
+    );
+    assert!(ok, "{text}");
+    assert!(!text.contains(apache::PASSWORD), "{text}");
+
+    // The mount needs nothing but the URL.
+    let env = [("DAVDRIVE_KEYRING", "keyutils")];
+    let m = Mount::try_new(&url, &[], &env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        std::fs::read(m.path().join("k.txt")).expect("read"),
+        b"from the keyring"
+    );
+    assert!(m.unmount().success());
+
+    let (ok, text) = davdrive(&["logout", &url], "");
+    assert!(ok && text.contains("removed"), "{text}");
+    let err = Mount::try_new(&url, &[], &env)
+        .err()
+        .expect("no credentials after logout");
+    assert!(err.contains("credentials"), "{err}");
+    let (ok, text) = davdrive(&["logout", &url], "");
+    assert!(ok && text.contains("held nothing"), "{text}");
 }

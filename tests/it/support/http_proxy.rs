@@ -48,7 +48,9 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 }
 
 fn serve(client: TcpStream, lines: Arc<Mutex<Vec<String>>>) {
-    let Ok(read_half) = client.try_clone() else { return };
+    let Ok(read_half) = client.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(read_half);
     let mut head = Vec::new();
     loop {
@@ -68,11 +70,15 @@ fn serve(client: TcpStream, lines: Arc<Mutex<Vec<String>>>) {
         l.push(first.clone());
     }
     let mut parts = first.split(' ');
-    let (Some(method), Some(target)) = (parts.next(), parts.next()) else { return };
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return;
+    };
     let authority = if method == "CONNECT" {
         target.to_owned()
     } else {
-        let Some(rest) = target.strip_prefix("http://") else { return };
+        let Some(rest) = target.strip_prefix("http://") else {
+            return;
+        };
         rest.split('/').next().unwrap_or("").to_owned()
     };
     let Ok(mut server) = TcpStream::connect(authority.as_str()) else {
@@ -84,7 +90,10 @@ fn serve(client: TcpStream, lines: Arc<Mutex<Vec<String>>>) {
         Err(_) => return,
     };
     if method == "CONNECT" {
-        if client_w.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").is_err() {
+        if client_w
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .is_err()
+        {
             return;
         }
     } else {
@@ -100,7 +109,9 @@ fn serve(client: TcpStream, lines: Arc<Mutex<Vec<String>>>) {
     if !buffered.is_empty() && server.write_all(&buffered).is_err() {
         return;
     }
-    let (Ok(s2), Ok(c2)) = (server.try_clone(), client.try_clone()) else { return };
+    let (Ok(s2), Ok(c2)) = (server.try_clone(), client.try_clone()) else {
+        return;
+    };
     std::thread::spawn(move || pipe(c2, s2));
     pipe(server, client_w);
 }
