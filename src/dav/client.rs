@@ -33,6 +33,7 @@ use super::auth::{BearerSource, Credentials, DigestChallenge, Secret, offered_sc
 use super::error::{DavError, TransportKind};
 use super::href::{DavPath, Root};
 use super::multistatus::{self, Multistatus};
+use super::ntlm_transport::{NtlmTransport, Scheme, Trust};
 
 /// The properties davdrive asks for; nothing else (allprop costs Nextcloud and IIS dearly).
 pub const PROPFIND_BODY: &str = concat!(
@@ -230,6 +231,9 @@ enum AuthState {
     None,
     Basic,
     Bearer(Secret),
+    /// NTLM (or raw NTLM under Negotiate): requests go through our own authenticated
+    /// connections.
+    Ntlm(Arc<NtlmTransport>),
     Digest {
         challenge: DigestChallenge,
         /// Nonce count: one more for every request with this nonce.
@@ -286,6 +290,9 @@ struct Inner {
     root: Root,
     credentials: Option<Credentials>,
     bearer: Option<BearerSource>,
+    /// What an NTLM transport needs, should the server ask for NTLM.
+    trust: Trust,
+    connect_timeout: Duration,
     /// How the server challenged us; from then on credentials go out preemptively.
     auth: Mutex<AuthState>,
     stats: RequestStats,
@@ -302,6 +309,10 @@ pub struct ProxyConfig {
     pub url: Url,
     pub credentials: Option<Credentials>,
 }
+
+/// The URL that finally answered a request (after redirects), whatever transport sent it.
+#[derive(Clone, Debug)]
+struct FinalUrl(Url);
 
 /// Redirect hops followed per request.
 pub const MAX_REDIRECTS: u32 = 5;
@@ -395,6 +406,16 @@ impl DavClient {
                 root,
                 credentials: config.credentials,
                 bearer: config.bearer,
+                trust: if !config.pins.is_empty() {
+                    Trust::Pins(config.pins.clone())
+                } else if config.insecure {
+                    Trust::Insecure
+                } else {
+                    Trust::System {
+                        extra_ca_pem: config.extra_ca_pem.clone(),
+                    }
+                },
+                connect_timeout: config.connect_timeout,
                 auth: Mutex::new(AuthState::None),
                 stats: RequestStats::default(),
                 max_listing_bytes: config.max_listing_bytes,
@@ -428,7 +449,10 @@ impl DavClient {
                 true,
             )
             .await?;
-        let last = resp.url().clone();
+        let last = resp
+            .extensions()
+            .get::<FinalUrl>()
+            .map_or_else(|| url.clone(), |f| f.0.clone());
         Ok((last != url).then_some(last))
     }
 
@@ -813,9 +837,21 @@ impl DavClient {
             }
             self.inner.stats.record(method);
             tracing::trace!(method, path = %path, "request");
-            match req.send().await {
-                Err(e) => {
-                    let err = transport_error(method, &path.to_string(), &e);
+            let ntlm = self
+                .ntlm_transport()
+                .filter(|_| credentials_allowed(self.inner.root.url(), &url));
+            let sent = match ntlm {
+                Some(t) => match req.build() {
+                    Ok(r) => t.send(r).await,
+                    Err(e) => Err(transport_error(method, &path.to_string(), &e)),
+                },
+                None => req
+                    .send()
+                    .await
+                    .map_err(|e| transport_error(method, &path.to_string(), &e)),
+            };
+            match sent {
+                Err(err) => {
                     if idempotent && replayable && !retried && err.is_retryable_transport() {
                         tracing::debug!(method, path = %path, error = %err, "retrying once on a fresh connection");
                         retried = true;
@@ -890,6 +926,8 @@ impl DavClient {
                         tokio::time::sleep(delay).await;
                         continue;
                     }
+                    let mut resp = resp;
+                    resp.extensions_mut().insert(FinalUrl(url.clone()));
                     return Ok(resp);
                 }
             }
@@ -901,7 +939,7 @@ impl DavClient {
         let mut st = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
         let creds = self.inner.credentials.as_ref();
         match &mut *st {
-            AuthState::None => None,
+            AuthState::None | AuthState::Ntlm(_) => None,
             AuthState::Bearer(token) => Some(format!("Bearer {}", token.expose())),
             AuthState::Basic => creds.map(Credentials::basic_header),
             AuthState::Digest { challenge, nc } => {
@@ -909,6 +947,14 @@ impl DavClient {
                 let uri = &url[url::Position::BeforePath..];
                 creds.map(|c| challenge.authorization(c, method, uri, *nc, &cnonce()))
             }
+        }
+    }
+
+    /// The NTLM transport, once the server asked for NTLM.
+    fn ntlm_transport(&self) -> Option<Arc<NtlmTransport>> {
+        match &*self.inner.auth.lock().unwrap_or_else(|e| e.into_inner()) {
+            AuthState::Ntlm(t) => Some(t.clone()),
+            _ => None,
         }
     }
 
@@ -972,8 +1018,35 @@ impl DavClient {
             }
             return renewed;
         }
-        if offered_schemes(values()).iter().any(|s| s == "basic") && matches!(*st, AuthState::None)
+        let offered = offered_schemes(values());
+        // NTLM next (the password never travels), raw NTLM under Negotiate for IIS setups that
+        // offer only that, Basic last.
+        let ntlm = if offered.iter().any(|s| s == "ntlm") {
+            Some(Scheme::Ntlm)
+        } else if offered.iter().any(|s| s == "negotiate") {
+            Some(Scheme::Negotiate)
+        } else {
+            None
+        };
+        if let Some(scheme) = ntlm
+            && !matches!(*st, AuthState::Ntlm(_))
+            && let Some(creds) = &self.inner.credentials
         {
+            match NtlmTransport::new(
+                self.inner.root.url().clone(),
+                scheme,
+                creds.clone(),
+                self.inner.connect_timeout,
+                &self.inner.trust,
+            ) {
+                Ok(t) => {
+                    *st = AuthState::Ntlm(Arc::new(t));
+                    return true;
+                }
+                Err(e) => tracing::warn!("cannot use {scheme:?}: {e}"),
+            }
+        }
+        if offered.iter().any(|s| s == "basic") && matches!(*st, AuthState::None) {
             *st = AuthState::Basic;
             return true;
         }

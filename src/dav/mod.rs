@@ -15,6 +15,7 @@ pub mod error;
 pub mod href;
 pub mod multistatus;
 pub mod ntlm;
+pub mod ntlm_transport;
 pub mod tls;
 
 pub use auth::{BearerSource, Credentials, Secret};

@@ -339,6 +339,11 @@ impl Vfs {
                 w.set_size(&self.client, 0).await?;
             }
             let fh = self.add_handle(Handle::Write(w));
+            // The newest descriptor names the session from now on: the one that opened it
+            // may be released first.
+            if let Some(n) = self.table().get_mut(ino) {
+                n.writer = Some(fh);
+            }
             return Ok(Opened {
                 fh,
                 keep_cache: false,
@@ -462,14 +467,23 @@ impl Vfs {
             Some(Handle::Write(w)) => Some(w),
             _ => None,
         };
-        // Other descriptors share the session: this close only flushes.
-        let shared = w.as_ref().is_some_and(|w| {
+        // Other descriptors share the session: this close only flushes, and the session is
+        // found through one of them from now on.
+        let other = w.as_ref().and_then(|w| {
             self.handles
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .any(|h| matches!(h, Handle::Write(o) if Arc::ptr_eq(o, w)))
+                .iter()
+                .find(|(_, h)| matches!(h, Handle::Write(o) if Arc::ptr_eq(o, w)))
+                .map(|(other, _)| *other)
         });
+        let shared = other.is_some();
+        if let (Some(w), Some(other)) = (&w, other)
+            && let Some(n) = self.table().get_mut(w.ino())
+            && n.writer == Some(fh)
+        {
+            n.writer = Some(other);
+        }
         if w.is_some() {
             self.uploads.send_modify(|n| *n += 1);
         }

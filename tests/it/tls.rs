@@ -414,3 +414,62 @@ fn login_stores_the_password_in_the_keyutils_keyring() {
     let (ok, text) = davdrive(&["logout", &url], "");
     assert!(ok && text.contains("held nothing"), "{text}");
 }
+
+#[test]
+fn ntlm_windows_authentication_end_to_end() {
+    use crate::support::ntlm::{self, NtlmServer};
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let Some(server) = NtlmServer::start(a.port) else {
+        return;
+    };
+    let dir = a.fresh_dir("ntlm");
+    std::fs::write(dir.join("report.txt"), b"behind windows auth").expect("write");
+    apache::give_to_server(&dir);
+    let url = format!("http://127.0.0.1:{}/dav/ntlm/", server.port);
+    let login = format!("{}\\{}", ntlm::DOMAIN, ntlm::USER);
+    let m = Mount::try_new(
+        &url,
+        &["--user", &login],
+        &[("DAVDRIVE_PASSWORD", ntlm::PASSWORD)],
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{:?}", server.log_lines()));
+    let names: Vec<String> = std::fs::read_dir(m.path())
+        .expect("listing")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["report.txt"]);
+    assert_eq!(
+        std::fs::read(m.path().join("report.txt")).expect("read"),
+        b"behind windows auth"
+    );
+    let data = crate::support::pattern(2 << 20, 12);
+    std::fs::write(m.path().join("up.bin"), &data).expect("write through NTLM");
+    std::fs::create_dir(m.path().join("folder")).expect("mkdir through NTLM");
+    assert!(m.unmount().success());
+    assert!(std::fs::read(dir.join("up.bin")).expect("stored") == data);
+    assert!(dir.join("folder").is_dir());
+
+    let log = server.log_lines();
+    let verified = log
+        .iter()
+        .filter(|l| l.starts_with("verified alice CORP"))
+        .count();
+    let requests = log.iter().filter(|l| l.starts_with("request ")).count();
+    assert!(verified >= 1, "{log:#?}");
+    assert!(!log.iter().any(|l| l.starts_with("refused")), "{log:#?}");
+    // Connections stay authenticated: far fewer handshakes than requests.
+    assert!(
+        requests > 2 * verified,
+        "{verified} handshakes for {requests} requests"
+    );
+
+    // A wrong password is refused with a message that says so.
+    let err = Mount::try_new(&url, &["--user", &login], &[("DAVDRIVE_PASSWORD", "wrong")])
+        .err()
+        .expect("wrong password refused");
+    assert!(err.contains("NTLM authentication failed"), "{err}");
+    assert!(!err.contains("wrong\""), "{err}");
+}

@@ -1,0 +1,349 @@
+//! Connections of our own for NTLM (IIS "Windows authentication").
+//!
+//! NTLM authenticates a TCP connection, not a request: the NEGOTIATE and AUTHENTICATE
+//! messages must travel on the same HTTP/1.1 connection, and every later request on that
+//! connection is authenticated. A pooled HTTP client may hand each request a different
+//! connection, so NTLM mounts send their requests here instead: each connection is opened by
+//! us (hyper's low-level client), authenticated once with an `OPTIONS` of the mounted URL
+//! (no side effects, whatever the real request is), then reused for as many requests as the
+//! server allows, one at a time. Idle authenticated connections are kept for reuse.
+//!
+//! The same trust rules as the main client apply to HTTPS: the system store plus `--ca-cert`,
+//! or the pins, or `--insecure`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, HeaderValue, WWW_AUTHENTICATE};
+use url::Url;
+
+use super::auth::Credentials;
+use super::error::{DavError, TransportKind};
+use super::ntlm;
+
+/// Idle authenticated connections kept per mount.
+const MAX_IDLE: usize = 8;
+
+/// The scheme name the server offered: IIS offers `Negotiate` and `NTLM`; under `Negotiate`
+/// we send raw NTLM tokens, which Windows servers accept (no Kerberos).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Ntlm,
+    Negotiate,
+}
+
+impl Scheme {
+    fn name(self) -> &'static str {
+        match self {
+            Scheme::Ntlm => "NTLM",
+            Scheme::Negotiate => "Negotiate",
+        }
+    }
+}
+
+/// How TLS connections are checked (mirrors the main client's settings).
+#[derive(Clone)]
+pub enum Trust {
+    /// System roots plus extra CA certificates (PEM).
+    System {
+        extra_ca_pem: Option<Vec<u8>>,
+    },
+    Pins(Vec<[u8; 32]>),
+    Insecure,
+}
+
+pub struct NtlmTransport {
+    root: Url,
+    scheme: Scheme,
+    credentials: Credentials,
+    connect_timeout: Duration,
+    tls: Option<tokio_rustls::TlsConnector>,
+    idle: Arc<Mutex<Vec<SendRequest<reqwest::Body>>>>,
+}
+
+impl std::fmt::Debug for NtlmTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NtlmTransport")
+            .field("scheme", &self.scheme)
+            .finish_non_exhaustive()
+    }
+}
+
+fn transport(method: &str, url: &Url, kind: TransportKind, detail: String) -> DavError {
+    DavError::Transport {
+        method: method.into(),
+        path: url.path().into(),
+        kind,
+        detail,
+    }
+}
+
+fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, String> {
+    let mut cfg = match trust {
+        Trust::Pins(pins) => return super::tls::pinned_config(pins),
+        Trust::Insecure => super::tls::accept_any_config()?,
+        Trust::System { extra_ca_pem } => {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let extra: Vec<CertificateDer<'static>> = match extra_ca_pem {
+                Some(pem) => CertificateDer::pem_slice_iter(pem)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("cannot read the CA certificate: {e}"))?,
+                None => Vec::new(),
+            };
+            let verifier =
+                rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+                    .map_err(|e| format!("TLS setup: {e}"))?;
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS setup: {e}"))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
+        }
+    };
+    // NTLM is HTTP/1.1 only.
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+impl NtlmTransport {
+    pub fn new(
+        root: Url,
+        scheme: Scheme,
+        credentials: Credentials,
+        connect_timeout: Duration,
+        trust: &Trust,
+    ) -> Result<Self, DavError> {
+        let tls = if root.scheme() == "https" {
+            let cfg = tls_config(trust).map_err(DavError::Invalid)?;
+            Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+        } else {
+            None
+        };
+        Ok(NtlmTransport {
+            root,
+            scheme,
+            credentials,
+            connect_timeout,
+            tls,
+            idle: Arc::default(),
+        })
+    }
+
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// Sends `req` on an authenticated connection of ours.
+    pub async fn send(&self, req: reqwest::Request) -> Result<reqwest::Response, DavError> {
+        let method = req.method().as_str().to_owned();
+        let url = req.url().clone();
+        let mut sender = match self.take_idle() {
+            Some(s) => s,
+            None => self.connect_authenticated(&method, &url).await?,
+        };
+        let req = self.origin_form(req, &url)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| transport(&method, &url, TransportKind::Broken, e.to_string()))?;
+        // Back to the pool once the caller has read the body.
+        let idle = self.idle.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok()
+                && let Ok(mut v) = idle.lock()
+                && v.len() < MAX_IDLE
+            {
+                v.push(sender);
+            }
+        });
+        let (parts, body) = resp.into_parts();
+        let resp = http::Response::from_parts(parts, reqwest::Body::wrap(body));
+        Ok(reqwest::Response::from(resp))
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<reqwest::Body>> {
+        let mut v = self.idle.lock().ok()?;
+        while let Some(s) = v.pop() {
+            if s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// `reqwest::Request` → what hyper's connection sends: origin-form target plus `Host`.
+    fn origin_form(
+        &self,
+        req: reqwest::Request,
+        url: &Url,
+    ) -> Result<http::Request<reqwest::Body>, DavError> {
+        let method = req.method().as_str().to_owned();
+        let mut req: http::Request<reqwest::Body> = req
+            .try_into()
+            .map_err(|e: reqwest::Error| DavError::Invalid(format!("request: {e}")))?;
+        let target = &url[url::Position::BeforePath..url::Position::AfterQuery];
+        *req.uri_mut() = target
+            .parse()
+            .map_err(|e| DavError::Invalid(format!("{method} {target}: {e}")))?;
+        let host = &url[url::Position::BeforeHost..url::Position::AfterPort];
+        if let Ok(v) = HeaderValue::from_str(host) {
+            req.headers_mut().insert(HOST, v);
+        }
+        Ok(req)
+    }
+
+    async fn connect(
+        &self,
+        method: &str,
+        url: &Url,
+    ) -> Result<SendRequest<reqwest::Body>, DavError> {
+        let host = url.host_str().unwrap_or("").to_owned();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)),
+        )
+        .await
+        .map_err(|_| {
+            transport(
+                method,
+                url,
+                TransportKind::Connect,
+                "connect timed out".into(),
+            )
+        })?
+        .map_err(|e| transport(method, url, TransportKind::Connect, e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        macro_rules! handshake {
+            ($io:expr) => {{
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($io))
+                    .await
+                    .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender
+            }};
+        }
+        Ok(match &self.tls {
+            None => handshake!(tcp),
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(
+                    host.trim_matches(['[', ']']).to_owned(),
+                )
+                .map_err(|e| DavError::Invalid(format!("server name {host:?}: {e}")))?;
+                let stream = tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| transport(method, url, TransportKind::Tls, e.to_string()))?;
+                handshake!(stream)
+            }
+        })
+    }
+
+    /// Opens a connection and runs the NTLM handshake on it with OPTIONS of the root.
+    async fn connect_authenticated(
+        &self,
+        method: &str,
+        url: &Url,
+    ) -> Result<SendRequest<reqwest::Body>, DavError> {
+        let mut sender = self.connect(method, url).await?;
+        let scheme = self.scheme.name();
+        let target = &self.root[url::Position::BeforePath..url::Position::AfterQuery];
+        let host = &self.root[url::Position::BeforeHost..url::Position::AfterPort];
+        let options = |token: &[u8]| -> Result<http::Request<reqwest::Body>, DavError> {
+            http::Request::builder()
+                .method("OPTIONS")
+                .uri(target)
+                .header(HOST, host)
+                .header(
+                    AUTHORIZATION,
+                    format!("{scheme} {}", STANDARD.encode(token)),
+                )
+                .header(CONTENT_LENGTH, "0")
+                .body(reqwest::Body::from(Bytes::new()))
+                .map_err(|e| DavError::Invalid(format!("NTLM request: {e}")))
+        };
+        let refused = |detail: &str| DavError::Service {
+            method: method.into(),
+            path: url.path().into(),
+            status: 401,
+            message: format!(
+                "{scheme} authentication failed: {detail}; wrong user name (DOMAIN\\user) or \
+                 password?"
+            ),
+        };
+        let invalid = |reason: String| DavError::InvalidResponse {
+            method: method.into(),
+            path: url.path().into(),
+            reason,
+        };
+        // NEGOTIATE → CHALLENGE.
+        let resp = sender
+            .send_request(options(&ntlm::negotiate())?)
+            .await
+            .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
+        let challenge = resp
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| {
+                let (name, token) = v.trim().split_once(' ')?;
+                name.eq_ignore_ascii_case(scheme)
+                    .then(|| token.trim().to_owned())
+            });
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        let Some(token) = challenge else {
+            return Err(refused(&format!("the server sent no challenge ({status})")));
+        };
+        let bytes = STANDARD
+            .decode(token.as_bytes())
+            .map_err(|_| invalid("the NTLM challenge is not base64".into()))?;
+        let challenge = ntlm::parse_challenge(&bytes).map_err(|e| invalid(e.to_string()))?;
+        let mut client_challenge = [0u8; 8];
+        getrandom::fill(&mut client_challenge)
+            .map_err(|e| DavError::Invalid(format!("no randomness: {e}")))?;
+        let workstation = std::env::var("COMPUTERNAME")
+            .or_else(|_| std::env::var("HOSTNAME"))
+            .unwrap_or_default()
+            .to_uppercase();
+        let answer = ntlm::authenticate(
+            &challenge,
+            &self.credentials.user,
+            self.credentials.password.expose(),
+            &workstation,
+            &client_challenge,
+        );
+        // AUTHENTICATE: the connection is ours from now on.
+        sender
+            .ready()
+            .await
+            .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
+        let resp = sender
+            .send_request(options(&answer)?)
+            .await
+            .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        if status.as_u16() == 401 {
+            return Err(refused("the server refused the answer"));
+        }
+        sender
+            .ready()
+            .await
+            .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
+        tracing::debug!(scheme, "authenticated a connection");
+        Ok(sender)
+    }
+}
