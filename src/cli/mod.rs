@@ -135,6 +135,14 @@ pub struct MountArgs {
     /// whoever issued it: for self-signed certificates. `davdrive trust URL` stores a pin.
     #[arg(long, value_name = "SHA256", help_heading = "TLS")]
     pub pin_cert: Vec<String>,
+    /// A client certificate for servers that demand one: PEM (certificate and key, or the
+    /// key in --client-key) or PKCS#12 (.p12/.pfx, its password in
+    /// DAVDRIVE_CLIENT_CERT_PASSWORD).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of --client-cert, PEM, when it is in a file of its own.
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    pub client_key: Option<PathBuf>,
     /// Do not check the server's certificate at all. Dangerous; prefer --ca-cert.
     #[arg(long, help_heading = "TLS")]
     pub insecure: bool,

@@ -42,6 +42,28 @@ impl From<DavError> for ConfigError {
     }
 }
 
+/// Reads a client certificate: PEM (with its key, or the key in `key`) or PKCS#12.
+fn client_identity(
+    cert: &std::path::Path,
+    key: Option<&std::path::Path>,
+) -> Result<crate::dav::tls::ClientIdentity, ConfigError> {
+    use crate::dav::tls::ClientIdentity;
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| ConfigError(format!("cannot read {}: {e}", p.display())))
+    };
+    let data = read(cert)?;
+    let shown = cert.display();
+    if data.starts_with(b"-----BEGIN") || data.windows(11).any(|w| w == b"-----BEGIN ") {
+        let key = key.map(read).transpose()?;
+        ClientIdentity::from_pem(&data, key.as_deref())
+            .map_err(|e| ConfigError(format!("{shown}: {e}")))
+    } else {
+        let password = std::env::var("DAVDRIVE_CLIENT_CERT_PASSWORD").unwrap_or_default();
+        ClientIdentity::from_pkcs12(&data, &password)
+            .map_err(|e| ConfigError(format!("{shown}: {e}")))
+    }
+}
+
 impl MountConfig {
     pub fn from_args(args: &MountArgs, uid: u32, gid: u32) -> Result<Self, ConfigError> {
         // A first argument that is not a URL names a profile; the command line wins over it.
@@ -120,6 +142,19 @@ impl MountConfig {
             pins = trust::pins_for(&file, &url).map_err(ConfigError)?;
         }
         client.pins = pins;
+        let cert = args
+            .client_cert
+            .clone()
+            .or_else(|| profile.client_cert.as_deref().map(profile::expand_home));
+        let key = args
+            .client_key
+            .clone()
+            .or_else(|| profile.client_key.as_deref().map(profile::expand_home));
+        if let Some(cert) = cert {
+            client.client_identity = Some(client_identity(&cert, key.as_deref())?);
+        } else if key.is_some() {
+            return Err(ConfigError("--client-key needs --client-cert".into()));
+        }
         if let Some(p) = args.proxy.as_deref().or(profile.proxy.as_deref()) {
             let mut purl =
                 Url::parse(p).map_err(|e| ConfigError(format!("proxy {p:?} is not a URL: {e}")))?;

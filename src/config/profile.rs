@@ -52,6 +52,8 @@ pub struct Profile {
     pub ca_cert: Option<PathBuf>,
     pub insecure: Option<bool>,
     pub pin_cert: Option<String>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     pub proxy: Option<String>,
     pub connect_timeout: Option<u64>,
     pub timeout: Option<u64>,

@@ -33,7 +33,8 @@ use super::auth::{BearerSource, Credentials, DigestChallenge, Secret, offered_sc
 use super::error::{DavError, TransportKind};
 use super::href::{DavPath, Root};
 use super::multistatus::{self, Multistatus};
-use super::ntlm_transport::{NtlmTransport, Scheme, Trust};
+use super::ntlm_transport::{NtlmTransport, Scheme, TlsSettings, Trust};
+use super::tls::ClientIdentity;
 
 /// The properties davdrive asks for; nothing else (allprop costs Nextcloud and IIS dearly).
 pub const PROPFIND_BODY: &str = concat!(
@@ -73,6 +74,8 @@ pub struct ClientConfig {
     /// SHA-256 fingerprints of the only server certificates to accept (pinning). When set,
     /// the system trust store and `extra_ca_pem` are not consulted.
     pub pins: Vec<[u8; 32]>,
+    /// A client certificate, for servers that ask for one (TLS client authentication).
+    pub client_identity: Option<ClientIdentity>,
     /// An HTTP proxy for every request (`--proxy`); without it the standard environment
     /// variables apply (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`). There is no
     /// automatic proxy discovery (WPAD, system settings).
@@ -93,6 +96,7 @@ impl ClientConfig {
             extra_ca_pem: None,
             insecure: false,
             pins: Vec::new(),
+            client_identity: None,
             proxy: None,
             user_agent: format!("davdrive/{}", env!("CARGO_PKG_VERSION")),
         }
@@ -291,7 +295,7 @@ struct Inner {
     credentials: Option<Credentials>,
     bearer: Option<BearerSource>,
     /// What an NTLM transport needs, should the server ask for NTLM.
-    trust: Trust,
+    tls: TlsSettings,
     connect_timeout: Duration,
     /// How the server challenged us; from then on credentials go out preemptively.
     auth: Mutex<AuthState>,
@@ -381,8 +385,11 @@ impl DavClient {
             builder = builder.proxy(proxy);
         }
         if !config.pins.is_empty() {
-            let tls = super::tls::pinned_config(&config.pins).map_err(DavError::Invalid)?;
+            let tls = super::tls::pinned_config(&config.pins, config.client_identity.as_ref())
+                .map_err(DavError::Invalid)?;
             builder = builder.tls_backend_preconfigured(tls);
+        } else if let Some(id) = &config.client_identity {
+            builder = builder.identity(id.reqwest().map_err(DavError::Invalid)?);
         }
         if config.insecure {
             tracing::warn!(
@@ -406,14 +413,17 @@ impl DavClient {
                 root,
                 credentials: config.credentials,
                 bearer: config.bearer,
-                trust: if !config.pins.is_empty() {
-                    Trust::Pins(config.pins.clone())
-                } else if config.insecure {
-                    Trust::Insecure
-                } else {
-                    Trust::System {
-                        extra_ca_pem: config.extra_ca_pem.clone(),
-                    }
+                tls: TlsSettings {
+                    trust: if !config.pins.is_empty() {
+                        Trust::Pins(config.pins.clone())
+                    } else if config.insecure {
+                        Trust::Insecure
+                    } else {
+                        Trust::System {
+                            extra_ca_pem: config.extra_ca_pem.clone(),
+                        }
+                    },
+                    identity: config.client_identity.clone(),
                 },
                 connect_timeout: config.connect_timeout,
                 auth: Mutex::new(AuthState::None),
@@ -1037,7 +1047,7 @@ impl DavClient {
                 scheme,
                 creds.clone(),
                 self.inner.connect_timeout,
-                &self.inner.trust,
+                &self.inner.tls,
             ) {
                 Ok(t) => {
                     *st = AuthState::Ntlm(Arc::new(t));

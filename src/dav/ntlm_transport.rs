@@ -58,6 +58,13 @@ pub enum Trust {
     Insecure,
 }
 
+/// What the TLS side of a connection needs: whom to trust, and who we are (if asked).
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub trust: Trust,
+    pub identity: Option<super::tls::ClientIdentity>,
+}
+
 pub struct NtlmTransport {
     root: Url,
     scheme: Scheme,
@@ -84,10 +91,11 @@ fn transport(method: &str, url: &Url, kind: TransportKind, detail: String) -> Da
     }
 }
 
-fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, String> {
-    let mut cfg = match trust {
-        Trust::Pins(pins) => return super::tls::pinned_config(pins),
-        Trust::Insecure => super::tls::accept_any_config()?,
+fn tls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, String> {
+    let id = tls.identity.as_ref();
+    let mut cfg = match &tls.trust {
+        Trust::Pins(pins) => super::tls::pinned_config(pins, id)?,
+        Trust::Insecure => super::tls::accept_any_config(id)?,
         Trust::System { extra_ca_pem } => {
             use rustls::pki_types::CertificateDer;
             use rustls::pki_types::pem::PemObject;
@@ -101,12 +109,12 @@ fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, String> {
             let verifier =
                 rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
                     .map_err(|e| format!("TLS setup: {e}"))?;
-            rustls::ClientConfig::builder_with_provider(provider)
+            let builder = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map_err(|e| format!("TLS setup: {e}"))?
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(verifier))
-                .with_no_client_auth()
+                .with_custom_certificate_verifier(Arc::new(verifier));
+            super::tls::with_identity(builder, id)?
         }
     };
     // NTLM is HTTP/1.1 only.
@@ -120,10 +128,10 @@ impl NtlmTransport {
         scheme: Scheme,
         credentials: Credentials,
         connect_timeout: Duration,
-        trust: &Trust,
+        tls: &TlsSettings,
     ) -> Result<Self, DavError> {
         let tls = if root.scheme() == "https" {
-            let cfg = tls_config(trust).map_err(DavError::Invalid)?;
+            let cfg = tls_config(tls).map_err(DavError::Invalid)?;
             Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
         } else {
             None

@@ -23,6 +23,108 @@ pub fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
+/// A client certificate and its private key (TLS client authentication), as PEM. Never
+/// printed: its `Debug` says which certificate, not the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pem: Vec<u8>,
+    subject: String,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+impl ClientIdentity {
+    /// From PEM: the certificate (chain) and the key, in one file or two.
+    pub fn from_pem(cert_pem: &[u8], key_pem: Option<&[u8]>) -> Result<Self, String> {
+        let mut pem = cert_pem.to_vec();
+        if let Some(k) = key_pem {
+            pem.push(b'\n');
+            pem.extend_from_slice(k);
+        }
+        Self::checked(pem)
+    }
+
+    /// From a PKCS#12 (.p12/.pfx) archive and its password.
+    pub fn from_pkcs12(der: &[u8], password: &str) -> Result<Self, String> {
+        let ks = p12_keystore::KeyStore::from_pkcs12(
+            der,
+            password,
+            p12_keystore::Pkcs12ImportPolicy::Relaxed,
+        )
+        .map_err(|e| format!("cannot open the PKCS#12 file (wrong password?): {e}"))?;
+        let (_, chain) = ks
+            .private_key_chain()
+            .ok_or("the PKCS#12 file holds no private key with its certificate")?;
+        let mut pem = String::new();
+        for c in chain.certs() {
+            pem.push_str(&pem_block("CERTIFICATE", c.as_der()));
+        }
+        pem.push_str(&pem_block("PRIVATE KEY", chain.key().as_der()));
+        Self::checked(pem.into_bytes())
+    }
+
+    fn checked(pem: Vec<u8>) -> Result<Self, String> {
+        let mut id = ClientIdentity {
+            pem,
+            subject: String::new(),
+        };
+        let (certs, _) = id.rustls_parts()?;
+        id.subject = summarize(certs[0].as_ref()).subject;
+        Ok(id)
+    }
+
+    /// The certificate chain and key for rustls.
+    pub fn rustls_parts(
+        &self,
+    ) -> Result<
+        (
+            Vec<CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+        String,
+    > {
+        use rustls::pki_types::PrivateKeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&self.pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("client certificate: {e}"))?;
+        if certs.is_empty() {
+            return Err("the client certificate file holds no certificate".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(&self.pem)
+            .map_err(|_| "no private key for the client certificate (give it with --client-key)")?;
+        Ok((certs, key))
+    }
+
+    /// For reqwest.
+    pub fn reqwest(&self) -> Result<reqwest::Identity, String> {
+        reqwest::Identity::from_pem(&self.pem).map_err(|e| format!("client certificate: {e}"))
+    }
+
+    /// The certificate's subject, for messages.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+}
+
 /// Parses a pin as given by the user: 64 hex digits, colons and case ignored.
 pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
     let hex: String = pin.chars().filter(|c| *c != ':').collect();
@@ -112,18 +214,21 @@ impl ServerCertVerifier for PinVerifier {
 
 /// A rustls configuration that trusts only the pinned certificates (for
 /// `reqwest::ClientBuilder::tls_backend_preconfigured`).
-pub fn pinned_config(pins: &[[u8; 32]]) -> Result<rustls::ClientConfig, String> {
+pub fn pinned_config(
+    pins: &[[u8; 32]],
+    identity: Option<&ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(PinVerifier {
         pins: pins.to_vec(),
         provider: provider.clone(),
     });
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
+        .with_custom_certificate_verifier(verifier);
+    let mut cfg = with_identity(cfg, identity)?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -178,16 +283,31 @@ impl ServerCertVerifier for AcceptAny {
 }
 
 /// A rustls configuration for `--insecure` (used where reqwest's own switch cannot be).
-pub fn accept_any_config() -> Result<rustls::ClientConfig, String> {
+pub fn accept_any_config(
+    identity: Option<&ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(
-        rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS setup: {e}"))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-            .with_no_client_auth(),
-    )
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)));
+    with_identity(cfg, identity)
+}
+
+/// Finishes a rustls configuration with or without a client certificate.
+pub fn with_identity(
+    cfg: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    identity: Option<&ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
+    match identity {
+        None => Ok(cfg.with_no_client_auth()),
+        Some(id) => {
+            let (certs, key) = id.rustls_parts()?;
+            cfg.with_client_auth_cert(certs, key)
+                .map_err(|e| format!("client certificate: {e}"))
+        }
+    }
 }
 
 /// What `davdrive trust` shows about a certificate.

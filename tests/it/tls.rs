@@ -473,3 +473,62 @@ fn ntlm_windows_authentication_end_to_end() {
     assert!(err.contains("NTLM authentication failed"), "{err}");
     assert!(!err.contains("wrong\""), "{err}");
 }
+
+#[test]
+fn client_certificates_pem_and_pkcs12() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("mtls");
+    std::fs::write(dir.join("m.txt"), b"mutual tls").expect("write");
+    apache::give_to_server(&dir);
+    let url = format!("https://127.0.0.1:{}/dav/mtls/", a.mtls_port);
+    let ca = a.ca.to_string_lossy().into_owned();
+    let file = |n: &str| a.dir.join(n).to_string_lossy().into_owned();
+
+    let err = Mount::try_new(&url, &["--ca-cert", &ca], &[])
+        .err()
+        .expect("no client certificate, no mount");
+    assert!(err.contains("cannot mount"), "{err}");
+
+    let m = Mount::new(
+        &url,
+        &[
+            "--ca-cert",
+            &ca,
+            "--client-cert",
+            &file("client.pem"),
+            "--client-key",
+            &file("client.key"),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(m.path().join("m.txt")).expect("read"),
+        b"mutual tls"
+    );
+    assert!(m.unmount().success());
+
+    let p12 = file("client.p12");
+    let m = Mount::try_new(
+        &url,
+        &["--ca-cert", &ca, "--client-cert", &p12],
+        &[("DAVDRIVE_CLIENT_CERT_PASSWORD", "p12-secret")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        std::fs::read(m.path().join("m.txt")).expect("read"),
+        b"mutual tls"
+    );
+    assert!(m.unmount().success());
+
+    let err = Mount::try_new(
+        &url,
+        &["--ca-cert", &ca, "--client-cert", &p12],
+        &[("DAVDRIVE_CLIENT_CERT_PASSWORD", "wrong")],
+    )
+    .err()
+    .expect("wrong PKCS#12 password");
+    assert!(err.contains("wrong password?"), "{err}");
+    assert!(!err.contains("p12-secret"), "{err}");
+}

@@ -26,6 +26,9 @@ pub struct Apache {
     pub away_port: u16,
     /// Plain HTTP that redirects (308) every request to the same path on `tls_port`.
     pub upgrade_port: u16,
+    /// HTTPS that demands a client certificate from the test CA (`dir/client.pem` with
+    /// `dir/client.key`, or `dir/client.p12` with the password `p12-secret`).
+    pub mtls_port: u16,
     pub cert: PathBuf,
     pub ca: PathBuf,
     pub dir: PathBuf,
@@ -133,6 +136,7 @@ impl Apache {
         let tls_port = free_port();
         let away_port = free_port();
         let upgrade_port = free_port();
+        let mtls_port = free_port();
         std::fs::create_dir_all(authroot.join("away")).expect("mkdir away");
         // A test CA and a server certificate for 127.0.0.1 signed by it.
         let ca = dir.join("ca.pem");
@@ -198,6 +202,53 @@ impl Apache {
             "-out",
             "cert.pem",
         ]);
+        // A client certificate from the same CA, as PEM and as PKCS#12.
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+        .expect("write client ext");
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=davdrive test client",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+            "-out",
+            "client.pem",
+        ]);
+        openssl(&[
+            "pkcs12",
+            "-export",
+            "-inkey",
+            "client.key",
+            "-in",
+            "client.pem",
+            "-out",
+            "client.p12",
+            "-passout",
+            "pass:p12-secret",
+        ]);
         let m = "/usr/lib/apache2/modules";
         let log = dir.join("access.log");
         let conf = format!(
@@ -228,6 +279,15 @@ SSLSessionCache "shmcb:{run}/ssl_scache(512000)"
 Listen 127.0.0.1:{upgrade_port}
 <VirtualHost 127.0.0.1:{upgrade_port}>
     Redirect 308 / https://127.0.0.1:{tls_port}/
+</VirtualHost>
+Listen 127.0.0.1:{mtls_port}
+<VirtualHost 127.0.0.1:{mtls_port}>
+    SSLEngine on
+    SSLCertificateFile "{cert}"
+    SSLCertificateKeyFile "{key}"
+    SSLCACertificateFile "{dir}/ca.pem"
+    SSLVerifyClient require
+    SSLVerifyDepth 2
 </VirtualHost>
 <VirtualHost 127.0.0.1:{tls_port}>
     SSLEngine on
@@ -310,6 +370,7 @@ Alias /digest/ "{digestroot}/"
             tls_port,
             away_port,
             upgrade_port,
+            mtls_port,
             cert,
             ca,
             dir,
