@@ -318,9 +318,37 @@ mod platform {
                 let cert = rt
                     .block_on(davdrive::dav::tls::peer_certificate(&cfg.url))
                     .ok();
-                if cfg.client.pins.is_empty() {
+                let detail = e.to_string();
+                let mut untrusted = false;
+                let host = cfg.url.host_str().unwrap_or("");
+                let subject = cert.as_ref().map_or("?", |c| c.subject.as_str());
+                let not_after = cert.as_ref().map_or("?", |c| c.not_after.as_str());
+                if detail.contains("not valid for name") {
+                    msg.push_str(&format!(
+                        "\nThe server's certificate is not valid for {host} (it is for \
+                         {subject}): mount the server under a name its certificate holds."
+                    ));
+                } else if detail.contains("Expired") || detail.contains("expired") {
+                    msg.push_str(&format!(
+                        "\nThe server's certificate expired ({not_after}); its administrator \
+                         must renew it."
+                    ));
+                } else if detail.contains("NotValidYet") {
+                    msg.push_str(
+                        "\nThe server's certificate is not valid yet: check this computer's \
+                         clock.",
+                    );
+                } else if detail.contains("CertificateRequired")
+                    || (detail.contains("HandshakeFailure") && cfg.client.client_identity.is_none())
+                {
+                    msg.push_str(
+                        "\nThe server wants a client certificate: pass --client-cert FILE.",
+                    );
+                } else if cfg.client.pins.is_empty() {
+                    untrusted = true;
                     msg.push_str("\nThe server's certificate is not trusted by this system.");
                 } else {
+                    untrusted = true;
                     msg.push_str("\nThe server's certificate is not the one pinned for it.");
                 }
                 if let Some(c) = &cert {
@@ -329,11 +357,14 @@ mod platform {
                         c.subject, c.issuer, c.not_before, c.not_after, c.fingerprint
                     ));
                 }
-                msg.push_str(&format!(
-                    "\nIf you trust it: `davdrive trust {shown_url}` pins it after showing it \
-                     (or --pin-cert SHA256), or pass --ca-cert FILE.pem with the certificate of \
-                     the CA that issued it; --insecure turns checking off (not recommended)."
-                ));
+                if untrusted {
+                    msg.push_str(&format!(
+                        "\nIf you trust it: `davdrive trust {shown_url}` pins it after showing \
+                         it (or --pin-cert SHA256), or pass --ca-cert FILE.pem with the \
+                         certificate of the CA that issued it; --insecure turns checking off \
+                         (not recommended)."
+                    ));
+                }
             }
             return Err(msg);
         }

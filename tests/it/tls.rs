@@ -490,7 +490,7 @@ fn client_certificates_pem_and_pkcs12() {
     let err = Mount::try_new(&url, &["--ca-cert", &ca], &[])
         .err()
         .expect("no client certificate, no mount");
-    assert!(err.contains("cannot mount"), "{err}");
+    assert!(err.contains("wants a client certificate"), "{err}");
 
     let m = Mount::new(
         &url,
@@ -531,4 +531,31 @@ fn client_certificates_pem_and_pkcs12() {
     .expect("wrong PKCS#12 password");
     assert!(err.contains("wrong password?"), "{err}");
     assert!(!err.contains("p12-secret"), "{err}");
+}
+
+#[test]
+fn certificate_errors_say_what_is_wrong() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    a.fresh_dir("names");
+    let ca = a.ca.to_string_lossy().into_owned();
+    // Trusted issuer, wrong name: the certificate is for 127.0.0.1, not localhost.
+    let url = format!("https://localhost:{}/dav/names/", a.tls_port);
+    let err = Mount::try_new(&url, &["--ca-cert", &ca], &[])
+        .err()
+        .expect("name mismatch refused");
+    assert!(
+        err.contains("not valid for localhost (it is for 127.0.0.1)"),
+        "{err}"
+    );
+
+    // A server that demands a client certificate we do not have.
+    a.fresh_dir("nocert");
+    let url = format!("https://127.0.0.1:{}/dav/nocert/", a.mtls_port);
+    let err = Mount::try_new(&url, &["--ca-cert", &ca], &[])
+        .err()
+        .expect("no client certificate");
+    assert!(err.contains("--client-cert"), "{err}");
 }
