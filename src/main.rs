@@ -314,6 +314,30 @@ mod platform {
         let vfs = Vfs::new(client, cfg.vfs.clone()).map_err(|e| e.to_string())?;
         if let Err(e) = rt.block_on(vfs.probe()) {
             let mut msg = format!("cannot mount {shown_url}: {e}");
+            if e.kind == davdrive::vfs::ErrorKind::AuthRequired {
+                let text = e.to_string();
+                let offers_only_bearer = text.contains("offers: bearer)");
+                if offers_only_bearer && cfg.client.bearer.is_none() {
+                    msg.push_str(
+                        "\nThe server wants a bearer token: give a command that prints one \
+                         with --token-command, or the token itself in DAVDRIVE_TOKEN.",
+                    );
+                } else if cfg.client.credentials.is_none() && cfg.client.bearer.is_none() {
+                    msg.push_str(&format!(
+                        "\nNo credentials were given: run `davdrive login {shown_url}` once, \
+                         or pass --user with DAVDRIVE_PASSWORD, or a secrets file."
+                    ));
+                } else if text.contains("NTLM authentication failed")
+                    || text.contains("Negotiate authentication failed")
+                {
+                    // Already says what to check.
+                } else {
+                    msg.push_str(
+                        "\nThe server refused the user name and password (for Windows \
+                         authentication, give the user as DOMAIN\\user).",
+                    );
+                }
+            }
             if e.kind == davdrive::vfs::ErrorKind::TlsFailure {
                 let cert = rt
                     .block_on(davdrive::dav::tls::peer_certificate(&cfg.url))

@@ -559,3 +559,31 @@ fn certificate_errors_say_what_is_wrong() {
         .expect("no client certificate");
     assert!(err.contains("--client-cert"), "{err}");
 }
+
+#[test]
+fn authentication_errors_say_what_to_do() {
+    use crate::support::dav_server::DavServer;
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    a.fresh_dir("x");
+    let url = a.auth_url("");
+    let err = Mount::try_new(&url, &[], &[])
+        .err()
+        .expect("no credentials");
+    assert!(err.contains("davdrive login"), "{err}");
+    let err = Mount::try_new(
+        &url,
+        &["--user", apache::USER],
+        &[("DAVDRIVE_PASSWORD", "not it")],
+    )
+    .err()
+    .expect("wrong password");
+    assert!(err.contains("refused the user name and password"), "{err}");
+    assert!(!err.contains("not it"), "{err}");
+    let token = std::sync::Arc::new(std::sync::Mutex::new("t".to_owned()));
+    let s = DavServer::start_bearer(token);
+    let err = Mount::try_new(&s.url(), &[], &[]).err().expect("no token");
+    assert!(err.contains("--token-command"), "{err}");
+}
