@@ -297,6 +297,7 @@ struct Inner {
     /// What an NTLM transport needs, should the server ask for NTLM.
     tls: TlsSettings,
     connect_timeout: Duration,
+    progress_timeout: Duration,
     /// How the server challenged us; from then on credentials go out preemptively.
     auth: Mutex<AuthState>,
     stats: RequestStats,
@@ -426,6 +427,7 @@ impl DavClient {
                     identity: config.client_identity.clone(),
                 },
                 connect_timeout: config.connect_timeout,
+                progress_timeout: config.progress_timeout,
                 auth: Mutex::new(AuthState::None),
                 stats: RequestStats::default(),
                 max_listing_bytes: config.max_listing_bytes,
@@ -1047,6 +1049,7 @@ impl DavClient {
                 scheme,
                 creds.clone(),
                 self.inner.connect_timeout,
+                self.inner.progress_timeout,
                 &self.inner.tls,
             ) {
                 Ok(t) => {

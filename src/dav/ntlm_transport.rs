@@ -27,6 +27,81 @@ use super::auth::Credentials;
 use super::error::{DavError, TransportKind};
 use super::ntlm;
 
+/// A stream whose reads fail with `TimedOut` when no byte arrives for `limit` (the same
+/// progress timeout the main client applies; a transfer that keeps moving is never cut).
+struct Timed<T> {
+    io: T,
+    limit: Duration,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl<T> Timed<T> {
+    fn new(io: T, limit: Duration) -> Self {
+        Timed {
+            io,
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            armed: false,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Timed<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.armed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if !this.armed {
+                    let at = tokio::time::Instant::now() + this.limit;
+                    this.sleep.as_mut().reset(at);
+                    this.armed = true;
+                }
+                if this.sleep.as_mut().poll(cx).is_ready() {
+                    this.armed = false;
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no data from the server within the progress timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Timed<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
 /// Idle authenticated connections kept per mount.
 const MAX_IDLE: usize = 8;
 
@@ -70,6 +145,7 @@ pub struct NtlmTransport {
     scheme: Scheme,
     credentials: Credentials,
     connect_timeout: Duration,
+    progress_timeout: Duration,
     tls: Option<tokio_rustls::TlsConnector>,
     idle: Arc<Mutex<Vec<SendRequest<reqwest::Body>>>>,
 }
@@ -128,6 +204,7 @@ impl NtlmTransport {
         scheme: Scheme,
         credentials: Credentials,
         connect_timeout: Duration,
+        progress_timeout: Duration,
         tls: &TlsSettings,
     ) -> Result<Self, DavError> {
         let tls = if root.scheme() == "https" {
@@ -141,6 +218,7 @@ impl NtlmTransport {
             scheme,
             credentials,
             connect_timeout,
+            progress_timeout,
             tls,
             idle: Arc::default(),
         })
@@ -243,7 +321,7 @@ impl NtlmTransport {
             }};
         }
         Ok(match &self.tls {
-            None => handshake!(tcp),
+            None => handshake!(Timed::new(tcp, self.progress_timeout)),
             Some(tls) => {
                 let name = rustls::pki_types::ServerName::try_from(
                     host.trim_matches(['[', ']']).to_owned(),
@@ -253,7 +331,7 @@ impl NtlmTransport {
                     .connect(name, tcp)
                     .await
                     .map_err(|e| transport(method, url, TransportKind::Tls, e.to_string()))?;
-                handshake!(stream)
+                handshake!(Timed::new(stream, self.progress_timeout))
             }
         })
     }

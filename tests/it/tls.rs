@@ -466,6 +466,31 @@ fn ntlm_windows_authentication_end_to_end() {
         "{verified} handshakes for {requests} requests"
     );
 
+    // The same over HTTPS, as IIS serves it, with the test CA trusted for this mount.
+    let key = a.dir.join("key.pem");
+    if let Some(tls) = NtlmServer::start_tls(a.port, &a.cert, &key) {
+        let url = format!("https://127.0.0.1:{}/dav/ntlm/", tls.port);
+        let ca = a.ca.to_string_lossy().into_owned();
+        let m = Mount::try_new(
+            &url,
+            &["--user", &login, "--ca-cert", &ca],
+            &[("DAVDRIVE_PASSWORD", ntlm::PASSWORD)],
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{:?}", tls.log_lines()));
+        assert_eq!(
+            std::fs::read(m.path().join("report.txt")).expect("read over https"),
+            b"behind windows auth"
+        );
+        assert!(m.unmount().success());
+        assert!(
+            tls.log_lines()
+                .iter()
+                .any(|l| l.starts_with("verified alice CORP")),
+            "{:?}",
+            tls.log_lines()
+        );
+    }
+
     // A wrong password is refused with a message that says so.
     let err = Mount::try_new(&url, &["--user", &login], &[("DAVDRIVE_PASSWORD", "wrong")])
         .err()

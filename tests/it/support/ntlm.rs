@@ -3,7 +3,7 @@
 //! looks like on the wire. Needs `/usr/bin/python3` with `python3-ntlm-auth`.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -31,6 +31,15 @@ impl NtlmServer {
     /// Starts one in front of `127.0.0.1:upstream`; `None` (or a panic in CI) when Python or
     /// ntlm_auth is missing.
     pub fn start(upstream: u16) -> Option<NtlmServer> {
+        Self::start_with(upstream, None)
+    }
+
+    /// As `start`, speaking HTTPS with this certificate and key (PEM).
+    pub fn start_tls(upstream: u16, cert: &Path, key: &Path) -> Option<NtlmServer> {
+        Self::start_with(upstream, Some((cert, key)))
+    }
+
+    fn start_with(upstream: u16, tls: Option<(&Path, &Path)>) -> Option<NtlmServer> {
         let probe = Command::new("/usr/bin/python3")
             .args(["-c", "import ntlm_auth"])
             .stdout(Stdio::null())
@@ -61,6 +70,9 @@ impl NtlmServer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some((cert, key)) = tls {
+            cmd.arg(cert).arg(key);
+        }
         let mut child = spawn_owned(cmd).expect("start ntlm_server.py");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();

@@ -7,8 +7,8 @@ checks the client's NTLMv2 response with an implementation independent of davdri
 `ntlm_auth` package computes NTOWFv2; the HMAC is Python's), and then forwards every request
 of that connection to the upstream server. Requests on an unauthenticated connection get 401.
 
-Usage: ntlm_server.py LISTEN_PORT UPSTREAM_PORT DOMAIN USER PASSWORD LOG_FILE
-Prints "ready" once listening. Each authentication is logged as "verified USER DOMAIN" or
+Usage: ntlm_server.py LISTEN_PORT UPSTREAM_PORT DOMAIN USER PASSWORD LOG_FILE [CERT KEY]
+With CERT and KEY (PEM) it speaks HTTPS, as IIS does. Prints "ready" once listening. Each authentication is logged as "verified USER DOMAIN" or
 "refused ...", each forwarded request as "request METHOD PATH".
 """
 import base64
@@ -176,5 +176,10 @@ for m in ["GET", "HEAD", "PUT", "PROPFIND", "PROPPATCH", "OPTIONS", "DELETE", "M
 
 server = ThreadingHTTPServer(("127.0.0.1", LISTEN), Handler)
 server.daemon_threads = True
+if len(sys.argv) > 8:
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[7], sys.argv[8])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
 print("ready", flush=True)
 server.serve_forever()
