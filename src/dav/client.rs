@@ -445,10 +445,8 @@ impl DavClient {
         &self.inner.stats
     }
 
-    /// OPTIONS on the root: is this WebDAV, and what may we do?
-    /// Where the server redirects the mounted URL to, when it does (following up to
-    /// [`MAX_REDIRECTS`] hops with OPTIONS). `None`: the mounted URL answers itself.
-    pub async fn final_root(&self) -> Result<Option<Url>, DavError> {
+    /// An OPTIONS of the mounted URL (redirects followed).
+    async fn options_of_root(&self) -> Result<(Response, Url), DavError> {
         let path = DavPath::root();
         let url = self.inner.root.url_for(&path, true);
         let resp = self
@@ -461,6 +459,13 @@ impl DavClient {
                 true,
             )
             .await?;
+        Ok((resp, url))
+    }
+
+    /// Where the server redirects the mounted URL to, when it does (following up to
+    /// [`MAX_REDIRECTS`] hops with OPTIONS). `None`: the mounted URL answers itself.
+    pub async fn final_root(&self) -> Result<Option<Url>, DavError> {
+        let (resp, url) = self.options_of_root().await?;
         let last = resp
             .extensions()
             .get::<FinalUrl>()
@@ -468,19 +473,10 @@ impl DavClient {
         Ok((last != url).then_some(last))
     }
 
+    /// OPTIONS on the root: is this WebDAV, and what may we do?
     pub async fn options(&self) -> Result<Capabilities, DavError> {
         let path = DavPath::root();
-        let url = self.inner.root.url_for(&path, true);
-        let resp = self
-            .send(
-                "OPTIONS",
-                &url,
-                &path,
-                HeaderMap::new(),
-                ReqBody::Empty,
-                true,
-            )
-            .await?;
+        let (resp, _) = self.options_of_root().await?;
         let resp = check("OPTIONS", &path, resp).await?;
         let list = |name: &str| -> Vec<String> {
             resp.headers()

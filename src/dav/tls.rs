@@ -147,17 +147,18 @@ pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
     }
 }
 
-/// Accepts exactly the pinned server certificates, whoever issued them, whatever name or
-/// dates they carry (that is what pinning a self-signed certificate means), and nothing
-/// else. The handshake signature is still checked against the certificate's key, so only
-/// the holder of the pinned certificate's private key gets through.
+/// A verifier for certificates the user vouched for: exactly the pinned ones (whoever issued
+/// them, whatever name or dates they carry: that is what pinning a self-signed certificate
+/// means), or, with no pins, anything (`--insecure`). The handshake signature is still
+/// checked against the certificate's key, so only the holder of its private key gets through.
 #[derive(Debug)]
-struct PinVerifier {
-    pins: Vec<[u8; 32]>,
+struct VouchedVerifier {
+    /// `None`: accept any certificate.
+    pins: Option<Vec<[u8; 32]>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for PinVerifier {
+impl ServerCertVerifier for VouchedVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -166,8 +167,11 @@ impl ServerCertVerifier for PinVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(pins) = &self.pins else {
+            return Ok(ServerCertVerified::assertion());
+        };
         let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if self.pins.contains(&got) {
+        if pins.contains(&got) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
@@ -212,15 +216,14 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
-/// A rustls configuration that trusts only the pinned certificates (for
-/// `reqwest::ClientBuilder::tls_backend_preconfigured`).
-pub fn pinned_config(
-    pins: &[[u8; 32]],
+/// A rustls configuration with a [`VouchedVerifier`].
+fn vouched_config(
+    pins: Option<Vec<[u8; 32]>>,
     identity: Option<&ClientIdentity>,
 ) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = Arc::new(PinVerifier {
-        pins: pins.to_vec(),
+    let verifier = Arc::new(VouchedVerifier {
+        pins,
         provider: provider.clone(),
     });
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -228,71 +231,25 @@ pub fn pinned_config(
         .map_err(|e| format!("TLS setup: {e}"))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
-    let mut cfg = with_identity(cfg, identity)?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(cfg)
+    with_identity(cfg, identity)
 }
 
-/// Accepts any certificate (`--insecure`), still checking handshake signatures.
-#[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+/// A rustls configuration that trusts only the pinned certificates (for
+/// `reqwest::ClientBuilder::tls_backend_preconfigured`).
+pub fn pinned_config(
+    pins: &[[u8; 32]],
+    identity: Option<&ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
+    let mut cfg = vouched_config(Some(pins.to_vec()), identity)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
 }
 
 /// A rustls configuration for `--insecure` (used where reqwest's own switch cannot be).
 pub fn accept_any_config(
     identity: Option<&ClientIdentity>,
 ) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)));
-    with_identity(cfg, identity)
+    vouched_config(None, identity)
 }
 
 /// Finishes a rustls configuration with or without a client certificate.

@@ -173,70 +173,44 @@ impl Apache {
             "-out",
             "ca.pem",
         ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "server.csr",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "cert.pem",
-        ]);
+        // Certificates issued by the test CA: a key, a request, the signed certificate.
+        let issue = |subject: &str, key: &str, cert: &str, ext: &str| {
+            let csr = format!("{cert}.csr");
+            openssl(&[
+                "req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", key, "-out",
+                &csr,
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                ext,
+                "-out",
+                cert,
+            ]);
+        };
+        issue("/CN=127.0.0.1", "key.pem", "cert.pem", "server.ext");
         // A client certificate from the same CA, as PEM and as PKCS#12.
         std::fs::write(
             dir.join("client.ext"),
             "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
         )
         .expect("write client ext");
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
+        issue(
             "/CN=davdrive test client",
-            "-keyout",
             "client.key",
-            "-out",
-            "client.csr",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-            "-out",
             "client.pem",
-        ]);
+            "client.ext",
+        );
         openssl(&[
             "pkcs12",
             "-export",
