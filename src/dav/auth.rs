@@ -268,6 +268,11 @@ impl DigestChallenge {
             let mut stale = false;
             let mut supported = true;
             for (k, v) in auth_params(params) {
+                // Values are echoed in our Authorization header: control characters (CR, LF)
+                // would corrupt it. No real server sends them (found by fuzzing).
+                if v.chars().any(char::is_control) {
+                    supported = false;
+                }
                 match k.as_str() {
                     "realm" => realm = Some(v),
                     "nonce" => nonce = Some(v),
@@ -431,6 +436,16 @@ mod digest_tests {
             DigestChallenge::parse(["Digest realm=r, nonce=n, algorithm=SHA-512-256"].into_iter())
                 .is_none()
         );
+        // Found by fuzzing: control characters would be echoed into our Authorization value.
+        for hostile in [
+            "Digest realm=\"a\\\"b\", nonce=unquoted\r\r92-256\"",
+            "Digest realm=\"r\", nonce=\"n\nX-Injected: 1\"",
+        ] {
+            assert!(
+                DigestChallenge::parse([hostile].into_iter()).is_none(),
+                "{hostile:?}"
+            );
+        }
         for junk in [
             "Digest",
             "Digest ,,,",
