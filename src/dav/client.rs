@@ -1056,6 +1056,12 @@ impl DavClient {
             }
         }
         if offered.iter().any(|s| s == "basic") && matches!(*st, AuthState::None) {
+            if self.inner.root.url().scheme() == "http" {
+                tracing::warn!(
+                    "the server asks for Basic authentication over plain HTTP: the password \
+                     crosses the network readable by anyone on the path; prefer https://"
+                );
+            }
             *st = AuthState::Basic;
             return true;
         }

@@ -41,6 +41,16 @@ fn a_profile_supplies_url_credentials_and_options() {
         std::fs::read(m.path().join("report.txt")).expect("read through the profile's login"),
         b"from a profile"
     );
+    // Basic over plain HTTP works, with one warning for the whole session.
+    let _ = std::fs::read_dir(m.path()).map(|d| d.count());
+    assert_eq!(
+        m.log()
+            .matches("Basic authentication over plain HTTP")
+            .count(),
+        1,
+        "{}",
+        m.log()
+    );
     let e = std::fs::write(m.path().join("new.txt"), b"x").expect_err("read-only profile");
     assert_eq!(e.raw_os_error(), Some(libc_erofs()), "{e}");
     assert!(m.unmount().success());
