@@ -294,9 +294,10 @@ mod platform {
         let client = match rt.block_on(client.final_root()) {
             Ok(Some(target)) => {
                 let shown_target = redact_url(&target);
-                if cfg.client.credentials.is_some()
-                    && !davdrive::dav::client::credentials_allowed(&cfg.url, &target)
-                {
+                let has_secrets = cfg.client.credentials.is_some()
+                    || cfg.client.bearer.is_some()
+                    || cfg.client.client_identity.is_some();
+                if has_secrets && !davdrive::dav::client::credentials_allowed(&cfg.url, &target) {
                     return Err(format!(
                         "{shown_url} redirects to {shown_target}, on another host; davdrive \
                          does not send your credentials there. If you trust that server, \
@@ -305,6 +306,13 @@ mod platform {
                 }
                 tracing::info!("{shown_url} redirects to {shown_target}; mounting that URL");
                 let mut c = cfg.client.clone();
+                // A pin stored by `davdrive trust` for the new origin applies there.
+                if c.pins.is_empty()
+                    && target.scheme() == "https"
+                    && let Some(file) = davdrive::config::trust::default_path()
+                {
+                    c.pins = davdrive::config::trust::pins_for(&file, &target)?;
+                }
                 c.url = target;
                 DavClient::new(c).map_err(|e| e.to_string())?
             }

@@ -98,6 +98,8 @@ fn entry(url: &Url) -> Result<keyring::Entry, String> {
 }
 
 /// Stores `creds` for `url`, replacing what was there.
+// Elsewhere than on Linux there is no kernel keyring to fall back to.
+#[cfg_attr(not(target_os = "linux"), allow(clippy::let_and_return))]
 pub fn store(url: &Url, creds: &Credentials) -> Result<(), String> {
     if creds.user.contains('\n') {
         return Err("a user name cannot contain a line break".into());
@@ -106,22 +108,42 @@ pub fn store(url: &Url, creds: &Credentials) -> Result<(), String> {
     let stored = match store_kind() {
         #[cfg(target_os = "linux")]
         Store::Keyutils => keyutils::set(&key_name(url), &secret),
-        Store::Keyring => entry(url)?.set_password(&secret).map_err(|e| e.to_string()),
+        Store::Keyring => {
+            let r = entry(url).and_then(|e| e.set_password(&secret).map_err(|e| e.to_string()));
+            // A D-Bus session without a Secret Service (SSH logins): the kernel keyring.
+            #[cfg(target_os = "linux")]
+            let r = r.or_else(|e| {
+                tracing::info!("no Secret Service ({e}); using the kernel keyring");
+                keyutils::set(&key_name(url), &secret)
+            });
+            r
+        }
     };
     stored.map_err(|e| format!("cannot store the password in the OS keyring: {e}"))
 }
 
 /// What the keyring holds for `url`; `Ok(None)` when nothing (or no keyring is reachable:
 /// the other sources may still have credentials).
+// Elsewhere than on Linux there is no kernel keyring to fall back to.
+#[cfg_attr(not(target_os = "linux"), allow(clippy::let_and_return))]
 pub fn find(url: &Url) -> Result<Option<Credentials>, String> {
     let secret = match store_kind() {
         #[cfg(target_os = "linux")]
         Store::Keyutils => keyutils::get(&key_name(url)),
-        Store::Keyring => entry(url).and_then(|e| match e.get_password() {
-            Ok(s) => Ok(Some(s)),
-            Err(keyring::Error::NoEntry) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }),
+        Store::Keyring => {
+            let r = entry(url).and_then(|e| match e.get_password() {
+                Ok(s) => Ok(Some(s)),
+                Err(keyring::Error::NoEntry) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            });
+            // `login` falls back to the kernel keyring when the Secret Service is missing.
+            #[cfg(target_os = "linux")]
+            let r = match r {
+                Ok(Some(s)) => Ok(Some(s)),
+                _ => keyutils::get(&key_name(url)),
+            };
+            r
+        }
     };
     let secret = match secret {
         Ok(Some(s)) => s,
@@ -145,15 +167,25 @@ pub fn find(url: &Url) -> Result<Option<Credentials>, String> {
 }
 
 /// Removes what the keyring holds for `url`. `Ok(false)`: there was nothing.
+// Elsewhere than on Linux there is no kernel keyring to fall back to.
+#[cfg_attr(not(target_os = "linux"), allow(clippy::let_and_return))]
 pub fn remove(url: &Url) -> Result<bool, String> {
     let removed = match store_kind() {
         #[cfg(target_os = "linux")]
         Store::Keyutils => keyutils::remove(&key_name(url)),
-        Store::Keyring => match entry(url)?.delete_credential() {
-            Ok(()) => Ok(true),
-            Err(keyring::Error::NoEntry) => Ok(false),
-            Err(e) => Err(e.to_string()),
-        },
+        Store::Keyring => {
+            let r = entry(url).and_then(|e| match e.delete_credential() {
+                Ok(()) => Ok(true),
+                Err(keyring::Error::NoEntry) => Ok(false),
+                Err(e) => Err(e.to_string()),
+            });
+            #[cfg(target_os = "linux")]
+            let r = match r {
+                Ok(true) => Ok(true),
+                _ => keyutils::remove(&key_name(url)),
+            };
+            r
+        }
     };
     removed.map_err(|e| format!("cannot remove the OS keyring entry: {e}"))
 }

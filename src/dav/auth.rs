@@ -84,10 +84,43 @@ impl BearerSource {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot run the token command: {e}"))?;
+        // Read both pipes on their own threads (a chatty command must not block on a full
+        // pipe), keeping at most 64 KiB of each.
+        let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                if let Some(mut p) = pipe {
+                    let mut buf = [0u8; 8192];
+                    while let Ok(n) = p.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let room = (64 * 1024usize).saturating_sub(kept.len());
+                        kept.extend_from_slice(&buf[..n.min(room)]);
+                    }
+                }
+                let _ = tx.send(kept);
+            });
+            rx
+        };
+        use std::io::Read;
+        let stdout = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
         let deadline = std::time::Instant::now() + limit;
-        loop {
+        let status = loop {
             match child.try_wait() {
-                Ok(Some(_)) => break,
+                Ok(Some(status)) => break status,
                 Ok(None) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
                 }
@@ -98,19 +131,19 @@ impl BearerSource {
                 }
                 Err(e) => return Err(format!("token command: {e}")),
             }
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("token command: {e}"))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
+        };
+        // A process the command left behind may hold the pipes open: do not wait for it.
+        let grace = std::time::Duration::from_secs(2);
+        let out_bytes = stdout.recv_timeout(grace).unwrap_or_default();
+        let err_bytes = stderr.recv_timeout(grace).unwrap_or_default();
+        if !status.success() {
+            let err = String::from_utf8_lossy(&err_bytes);
             return Err(format!(
-                "the token command failed ({}): {}",
-                out.status,
+                "the token command failed ({status}): {}",
                 err.lines().next().unwrap_or("")
             ));
         }
-        let token = String::from_utf8(out.stdout)
+        let token = String::from_utf8(out_bytes)
             .map_err(|_| "the token command printed something that is not UTF-8".to_owned())?;
         let token = token.trim();
         if token.is_empty() || token.chars().any(|c| c.is_control() || c == ' ') {

@@ -298,6 +298,8 @@ struct Inner {
     tls: TlsSettings,
     connect_timeout: Duration,
     progress_timeout: Duration,
+    /// Whether requests go through a proxy (explicit or from the environment).
+    proxied: bool,
     /// How the server challenged us; from then on credentials go out preemptively.
     auth: Mutex<AuthState>,
     stats: RequestStats,
@@ -325,10 +327,44 @@ pub const MAX_REDIRECTS: u32 = 5;
 /// Whether credentials for `root` may be sent to `target`: the same host, with the same
 /// scheme and port or upgraded to HTTPS.
 pub fn credentials_allowed(root: &Url, target: &Url) -> bool {
+    let same_port = root.port_or_known_default() == target.port_or_known_default();
     root.host_str() == target.host_str()
-        && ((root.scheme() == target.scheme()
-            && root.port_or_known_default() == target.port_or_known_default())
-            || target.scheme() == "https")
+        && ((root.scheme() == target.scheme() && same_port)
+            || (target.scheme() == "https"
+                && (same_port || target.port_or_known_default() == Some(443))))
+}
+
+/// Whether the standard proxy variables send requests for `url` through a proxy (a rough
+/// reading of NO_PROXY: exact host names or `*`).
+fn env_proxy_for(url: &Url) -> bool {
+    let var = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+    };
+    let specific = if url.scheme() == "https" {
+        var(&["HTTPS_PROXY", "https_proxy"])
+    } else {
+        var(&["HTTP_PROXY", "http_proxy"])
+    };
+    if specific
+        .or_else(|| var(&["ALL_PROXY", "all_proxy"]))
+        .is_none()
+    {
+        return false;
+    }
+    let host = url.host_str().unwrap_or("");
+    let no = var(&["NO_PROXY", "no_proxy"]).unwrap_or_default();
+    !no.split(',').map(str::trim).any(|n| {
+        n == "*" || n == host || (!n.is_empty() && host.ends_with(n.trim_start_matches('*')))
+    })
+}
+
+/// Whether two URLs have the same origin (scheme, host, port).
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
 }
 
 /// How long connection errors (refused, reset, cut short) are retried with backoff, at most:
@@ -428,6 +464,7 @@ impl DavClient {
                 },
                 connect_timeout: config.connect_timeout,
                 progress_timeout: config.progress_timeout,
+                proxied: config.proxy.is_some() || env_proxy_for(&config.url),
                 auth: Mutex::new(AuthState::None),
                 stats: RequestStats::default(),
                 max_listing_bytes: config.max_listing_bytes,
@@ -847,7 +884,7 @@ impl DavClient {
             tracing::trace!(method, path = %path, "request");
             let ntlm = self
                 .ntlm_transport()
-                .filter(|_| credentials_allowed(self.inner.root.url(), &url));
+                .filter(|_| same_origin(self.inner.root.url(), &url));
             let sent = match ntlm {
                 Some(t) => match req.build() {
                     Ok(r) => t.send(r).await,
@@ -970,7 +1007,7 @@ impl DavClient {
     /// command again) and say whether it differs from the one just refused.
     async fn learn_bearer(&self, source: &BearerSource) -> Result<bool, DavError> {
         let src = source.clone();
-        let limit = self.inner.retry_budget.max(Duration::from_secs(30));
+        let limit = Duration::from_secs(30);
         let token = tokio::task::spawn_blocking(move || src.fetch(limit))
             .await
             .map_err(|e| DavError::Invalid(format!("token command: {e}")))?
@@ -1036,7 +1073,13 @@ impl DavClient {
         } else {
             None
         };
-        if let Some(scheme) = ntlm
+        if ntlm.is_some() && self.inner.proxied {
+            tracing::warn!(
+                "the server wants NTLM, which davdrive cannot do through a proxy yet; \
+                 trying other schemes"
+            );
+        }
+        if let Some(scheme) = ntlm.filter(|_| !self.inner.proxied)
             && !matches!(*st, AuthState::Ntlm(_))
             && let Some(creds) = &self.inner.credentials
         {

@@ -241,9 +241,14 @@ impl NtlmTransport {
             .send_request(req)
             .await
             .map_err(|e| transport(&method, &url, TransportKind::Broken, e.to_string()))?;
-        // Back to the pool once the caller has read the body.
+        // Back to the pool once the caller has read the body; a connection the server no
+        // longer accepts (401) is dropped instead.
         let idle = self.idle.clone();
+        let refused = resp.status().as_u16() == 401;
         tokio::spawn(async move {
+            if refused {
+                return;
+            }
             if sender.ready().await.is_ok()
                 && let Ok(mut v) = idle.lock()
                 && v.len() < MAX_IDLE
@@ -327,9 +332,16 @@ impl NtlmTransport {
                     host.trim_matches(['[', ']']).to_owned(),
                 )
                 .map_err(|e| DavError::Invalid(format!("server name {host:?}: {e}")))?;
-                let stream = tls
-                    .connect(name, tcp)
+                let stream = tokio::time::timeout(self.connect_timeout, tls.connect(name, tcp))
                     .await
+                    .map_err(|_| {
+                        transport(
+                            method,
+                            url,
+                            TransportKind::Connect,
+                            "TLS handshake timed out".into(),
+                        )
+                    })?
                     .map_err(|e| transport(method, url, TransportKind::Tls, e.to_string()))?;
                 handshake!(Timed::new(stream, self.progress_timeout))
             }

@@ -358,7 +358,11 @@ mod der {
                 let Some((_, value, _)) = tlv(rest) else {
                     continue;
                 };
-                let text = String::from_utf8_lossy(value).into_owned();
+                // Shown on a terminal: control characters could redraw what the user reads.
+                let text: String = String::from_utf8_lossy(value)
+                    .chars()
+                    .map(|c| if c.is_control() { '?' } else { c })
+                    .collect();
                 if oid == [0x55, 0x04, 0x03] {
                     cn = Some(text.clone());
                 }
@@ -369,7 +373,10 @@ mod der {
     }
 
     fn time(tag: u8, v: &[u8]) -> String {
-        let t = String::from_utf8_lossy(v);
+        let t: String = String::from_utf8_lossy(v)
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
         // UTCTime YYMMDDHHMMSSZ, GeneralizedTime YYYYMMDDHHMMSSZ.
         let full = if tag == 0x17 {
             let century = if t.get(..2).and_then(|y| y.parse::<u32>().ok()) < Some(50) {
@@ -379,7 +386,7 @@ mod der {
             };
             format!("{century}{t}")
         } else {
-            t.into_owned()
+            t
         };
         match (
             full.get(..4),

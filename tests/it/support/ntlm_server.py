@@ -147,6 +147,13 @@ class Handler(BaseHTTPRequestHandler):
                         return
                     log(f"verified {why}")
                     self.authenticated = True
+                else:
+                    # An AUTHENTICATE without a challenge on this connection (or any other
+                    # token): the handshake did not stay on one connection.
+                    log(f"refused unexpected message type {kind} on this connection")
+                    self.reply(401, [("WWW-Authenticate", "Negotiate"),
+                                     ("WWW-Authenticate", "NTLM")])
+                    return
             else:
                 if auth:
                     log(f"refused scheme {scheme}")
