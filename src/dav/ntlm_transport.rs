@@ -358,10 +358,13 @@ impl NtlmTransport {
         let scheme = self.scheme.name();
         let target = &self.root[url::Position::BeforePath..url::Position::AfterQuery];
         let host = &self.root[url::Position::BeforeHost..url::Position::AfterPort];
-        let options = |token: &[u8]| -> Result<http::Request<reqwest::Body>, DavError> {
-            http::Request::builder()
-                .method("OPTIONS")
-                .uri(target)
+        // The handshake request: OPTIONS, or PROPFIND Depth 0 where OPTIONS is anonymous.
+        let probe = |verb: &str, token: &[u8]| -> Result<http::Request<reqwest::Body>, DavError> {
+            let mut b = http::Request::builder().method(verb);
+            if verb == "PROPFIND" {
+                b = b.header("depth", "0");
+            }
+            b.uri(target)
                 .header(HOST, host)
                 .header(
                     AUTHORIZATION,
@@ -386,24 +389,42 @@ impl NtlmTransport {
             reason,
         };
         // NEGOTIATE → CHALLENGE.
-        let resp = sender
-            .send_request(options(&ntlm::negotiate())?)
-            .await
-            .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
-        let challenge = resp
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(|v| {
-                let (name, token) = v.trim().split_once(' ')?;
-                name.eq_ignore_ascii_case(scheme)
-                    .then(|| token.trim().to_owned())
-            });
-        let status = resp.status();
-        let _ = resp.into_body().collect().await;
-        let Some(token) = challenge else {
-            return Err(refused(&format!("the server sent no challenge ({status})")));
+        let mut found = None;
+        for verb in ["OPTIONS", "PROPFIND"] {
+            sender
+                .ready()
+                .await
+                .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
+            let resp = sender
+                .send_request(probe(verb, &ntlm::negotiate())?)
+                .await
+                .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
+            let challenge = resp
+                .headers()
+                .get_all(WWW_AUTHENTICATE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| {
+                    let (name, token) = v.trim().split_once(' ')?;
+                    name.eq_ignore_ascii_case(scheme)
+                        .then(|| token.trim().to_owned())
+                });
+            let status = resp.status();
+            let _ = resp.into_body().collect().await;
+            match challenge {
+                Some(token) => {
+                    found = Some((verb, token));
+                    break;
+                }
+                // Anonymous OPTIONS: authenticate with a PROPFIND instead.
+                None if status.is_success() && verb == "OPTIONS" => continue,
+                None => {
+                    return Err(refused(&format!("the server sent no challenge ({status})")));
+                }
+            }
+        }
+        let Some((verb, token)) = found else {
+            return Err(refused("the server sent no challenge"));
         };
         let bytes = STANDARD
             .decode(token.as_bytes())
@@ -429,7 +450,7 @@ impl NtlmTransport {
             .await
             .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
         let resp = sender
-            .send_request(options(&answer)?)
+            .send_request(probe(verb, &answer)?)
             .await
             .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
         let status = resp.status();

@@ -491,6 +491,29 @@ fn ntlm_windows_authentication_end_to_end() {
         );
     }
 
+    // A server whose OPTIONS is anonymous: the handshake moves to a PROPFIND.
+    if let Some(anon) = NtlmServer::start_anonymous_options(a.port) {
+        let url = format!("http://127.0.0.1:{}/dav/ntlm/", anon.port);
+        let m = Mount::try_new(
+            &url,
+            &["--user", &login],
+            &[("DAVDRIVE_PASSWORD", ntlm::PASSWORD)],
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{:?}", anon.log_lines()));
+        assert_eq!(
+            std::fs::read(m.path().join("report.txt")).expect("read"),
+            b"behind windows auth"
+        );
+        assert!(m.unmount().success());
+        assert!(
+            anon.log_lines()
+                .iter()
+                .any(|l| l.starts_with("verified alice CORP")),
+            "{:?}",
+            anon.log_lines()
+        );
+    }
+
     // A wrong password is refused with a message that says so.
     let err = Mount::try_new(&url, &["--user", &login], &[("DAVDRIVE_PASSWORD", "wrong")])
         .err()

@@ -31,15 +31,24 @@ impl NtlmServer {
     /// Starts one in front of `127.0.0.1:upstream`; `None` (or a panic in CI) when Python or
     /// ntlm_auth is missing.
     pub fn start(upstream: u16) -> Option<NtlmServer> {
-        Self::start_with(upstream, None)
+        Self::start_with(upstream, None, false)
+    }
+
+    /// As `start`, but OPTIONS without credentials is answered (forwarded) anonymously.
+    pub fn start_anonymous_options(upstream: u16) -> Option<NtlmServer> {
+        Self::start_with(upstream, None, true)
     }
 
     /// As `start`, speaking HTTPS with this certificate and key (PEM).
     pub fn start_tls(upstream: u16, cert: &Path, key: &Path) -> Option<NtlmServer> {
-        Self::start_with(upstream, Some((cert, key)))
+        Self::start_with(upstream, Some((cert, key)), false)
     }
 
-    fn start_with(upstream: u16, tls: Option<(&Path, &Path)>) -> Option<NtlmServer> {
+    fn start_with(
+        upstream: u16,
+        tls: Option<(&Path, &Path)>,
+        anonymous_options: bool,
+    ) -> Option<NtlmServer> {
         let probe = Command::new("/usr/bin/python3")
             .args(["-c", "import ntlm_auth"])
             .stdout(Stdio::null())
@@ -70,6 +79,9 @@ impl NtlmServer {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if anonymous_options {
+            cmd.env("NTLM_ANONYMOUS_OPTIONS", "1");
+        }
         if let Some((cert, key)) = tls {
             cmd.arg(cert).arg(key);
         }

@@ -126,6 +126,11 @@ class Handler(BaseHTTPRequestHandler):
         body = self.read_body()
         auth = self.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
+        if (not self.authenticated and self.command == "OPTIONS"
+                and os.environ.get("NTLM_ANONYMOUS_OPTIONS")):
+            # Like servers that answer OPTIONS without authentication, whatever it carries.
+            self.forward(body)
+            return
         if not self.authenticated:
             if scheme in ("NTLM", "Negotiate") and token:
                 msg = base64.b64decode(token)
