@@ -232,15 +232,31 @@ impl NtlmTransport {
     pub async fn send(&self, req: reqwest::Request) -> Result<reqwest::Response, DavError> {
         let method = req.method().as_str().to_owned();
         let url = req.url().clone();
-        let mut sender = match self.take_idle() {
+        let pooled = self.take_idle();
+        let from_pool = pooled.is_some();
+        let mut sender = match pooled {
             Some(s) => s,
             None => self.connect_authenticated(&method, &url).await?,
         };
         let req = self.origin_form(req, &url)?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| transport(&method, &url, TransportKind::Broken, e.to_string()))?;
+        let resp = match sender.try_send_request(req).await {
+            Ok(r) => r,
+            Err(mut e) => match e.take_message() {
+                // A pooled connection the server closed before our request went out: the
+                // request was never sent, so any method may go again on a fresh connection.
+                Some(req) if from_pool => {
+                    tracing::debug!(method, "pooled NTLM connection closed; reconnecting");
+                    sender = self.connect_authenticated(&method, &url).await?;
+                    sender.send_request(req).await.map_err(|e| {
+                        transport(&method, &url, TransportKind::Broken, e.to_string())
+                    })?
+                }
+                _ => {
+                    let detail = e.into_error().to_string();
+                    return Err(transport(&method, &url, TransportKind::Broken, detail));
+                }
+            },
+        };
         // Back to the pool once the caller has read the body; a connection the server no
         // longer accepts (401) is dropped instead.
         let idle = self.idle.clone();
