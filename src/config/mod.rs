@@ -94,11 +94,13 @@ impl MountConfig {
                 mountpoint.display()
             )));
         }
+        // A path option: the command line's, else the profile's with `~` expanded.
+        let path = |cli: &Option<PathBuf>, prof: &Option<PathBuf>| {
+            cli.clone()
+                .or_else(|| prof.as_deref().map(profile::expand_home))
+        };
         let user = args.user.as_deref().or(profile.user.as_deref());
-        let secrets = args
-            .secrets_file
-            .clone()
-            .or_else(|| profile.secrets_file.as_deref().map(profile::expand_home));
+        let secrets = path(&args.secrets_file, &profile.secrets_file);
         let credentials =
             credentials::resolve(&url, user, secrets.as_deref()).map_err(ConfigError)?;
         let secs =
@@ -118,10 +120,7 @@ impl MountConfig {
         client.progress_timeout =
             Duration::from_secs(secs(args.timeout, profile.timeout, 30).max(1));
         client.retry_budget = Duration::from_secs(secs(args.retry_time, profile.retry_time, 30));
-        let ca = args
-            .ca_cert
-            .clone()
-            .or_else(|| profile.ca_cert.as_deref().map(profile::expand_home));
+        let ca = path(&args.ca_cert, &profile.ca_cert);
         if let Some(ca) = &ca {
             client.extra_ca_pem = Some(std::fs::read(ca).map_err(|e| {
                 ConfigError(format!(
@@ -142,14 +141,8 @@ impl MountConfig {
             pins = trust::pins_for(&file, &url).map_err(ConfigError)?;
         }
         client.pins = pins;
-        let cert = args
-            .client_cert
-            .clone()
-            .or_else(|| profile.client_cert.as_deref().map(profile::expand_home));
-        let key = args
-            .client_key
-            .clone()
-            .or_else(|| profile.client_key.as_deref().map(profile::expand_home));
+        let cert = path(&args.client_cert, &profile.client_cert);
+        let key = path(&args.client_key, &profile.client_key);
         if let Some(cert) = cert {
             client.client_identity = Some(client_identity(&cert, key.as_deref())?);
         } else if key.is_some() {
@@ -182,11 +175,7 @@ impl MountConfig {
                 credentials,
             });
         }
-        let base = args
-            .cache_dir
-            .clone()
-            .or_else(|| profile.cache_dir.as_deref().map(profile::expand_home))
-            .unwrap_or_else(default_base);
+        let base = path(&args.cache_dir, &profile.cache_dir).unwrap_or_else(default_base);
         let key = mount_key(
             &redact_url(&url),
             credentials.as_ref().map(|c| c.user.as_str()),

@@ -125,6 +125,27 @@ struct State {
     local: bool,
 }
 
+impl State {
+    /// A session of `size` bytes in `file`, nothing streaming, nothing written yet, the
+    /// server's version not fetched (unless the caller says otherwise).
+    fn new(file: std::fs::File, file_path: PathBuf, size: u64, pre: Preconditions) -> Self {
+        State {
+            file,
+            file_path,
+            stream: None,
+            size,
+            complete: false,
+            original_size: size,
+            dirty: false,
+            pre,
+            failed: None,
+            recovered: None,
+            changed_since_recovery: false,
+            local: false,
+        }
+    }
+}
+
 /// What a successful upload tells the caches.
 #[derive(Debug, Clone)]
 pub(super) struct Uploaded {
@@ -275,28 +296,16 @@ impl WriteHandle {
         } else {
             None
         };
-        Ok(WriteHandle {
+        Ok(Self::assemble(
             ino,
-            target: std::sync::Mutex::new(path.clone()),
-            size_now: 0.into(),
-            unlinked: false.into(),
-            stall: client_stall(),
-            new_file: false.into(),
-            state: Mutex::new(State {
-                file,
-                file_path,
+            path,
+            State {
                 stream,
-                size: 0,
                 complete: true,
-                original_size: 0,
                 dirty: true,
-                pre,
-                failed: None,
-                recovered: None,
-                changed_since_recovery: false,
-                local: false,
-            }),
-        })
+                ..State::new(file, file_path, 0, pre)
+            },
+        ))
     }
 
     /// An existing file opened for writing without truncation: spooled, original fetched
@@ -312,28 +321,14 @@ impl WriteHandle {
             .new_spool()
             .map_err(|e| io_err(&path, "cannot create a spool file", &e))?;
         let file = open_rw(&file_path).map_err(|e| io_err(&path, "cannot open the spool", &e))?;
-        Ok(WriteHandle {
+        Ok(Self::assemble(
             ino,
-            target: std::sync::Mutex::new(path.clone()),
-            size_now: size.into(),
-            unlinked: false.into(),
-            stall: client_stall(),
-            new_file: false.into(),
-            state: Mutex::new(State {
-                file,
-                file_path,
-                stream: None,
-                size,
+            path,
+            State {
                 complete: size == 0,
-                original_size: size,
-                dirty: false,
-                pre,
-                failed: None,
-                recovered: None,
-                changed_since_recovery: false,
-                local: false,
-            }),
-        })
+                ..State::new(file, file_path, size, pre)
+            },
+        ))
     }
 
     /// A local-only file kept at `data` (see `local.rs`).
@@ -352,28 +347,28 @@ impl WriteHandle {
             .metadata()
             .map_err(|e| io_err(&path, "cannot stat a local file", &e))?
             .len();
-        Ok(WriteHandle {
+        Ok(Self::assemble(
             ino,
-            target: std::sync::Mutex::new(path.clone()),
-            size_now: size.into(),
+            path,
+            State {
+                complete: true,
+                dirty: truncate,
+                local: true,
+                ..State::new(file, data, size, Preconditions::default())
+            },
+        ))
+    }
+
+    fn assemble(ino: Ino, path: DavPath, state: State) -> Self {
+        WriteHandle {
+            ino,
+            target: std::sync::Mutex::new(path),
+            size_now: state.size.into(),
             unlinked: false.into(),
             stall: client_stall(),
             new_file: false.into(),
-            state: Mutex::new(State {
-                file,
-                file_path: data,
-                stream: None,
-                size,
-                complete: true,
-                original_size: size,
-                dirty: truncate,
-                pre: Preconditions::default(),
-                failed: None,
-                recovered: None,
-                changed_since_recovery: false,
-                local: true,
-            }),
-        })
+            state: Mutex::new(state),
+        }
     }
 
     pub(super) fn ino(&self) -> Ino {
