@@ -330,6 +330,17 @@ mod platform {
                         "\nThe server wants a bearer token: give a command that prints one \
                          with --token-command, or the token itself in DAVDRIVE_TOKEN.",
                     );
+                } else if text.contains("negotiate")
+                    && cfg.client.credentials.is_none()
+                    && cfg.client.bearer.is_none()
+                {
+                    msg.push_str(&format!(
+                        "\nThe server wants Windows authentication (Negotiate). For Kerberos, \
+                         get a ticket first (`kinit user@REALM`; davdrive reads the ticket \
+                         cache named by KRB5CCNAME, and KRB5_CONFIG or /etc/krb5.conf for the \
+                         realm); or run `davdrive login {shown_url}` with your user name \
+                         (user@REALM for Kerberos, DOMAIN\\user for NTLM)."
+                    ));
                 } else if cfg.client.credentials.is_none() && cfg.client.bearer.is_none() {
                     msg.push_str(&format!(
                         "\nNo credentials were given: run `davdrive login {shown_url}` once, \

@@ -23,6 +23,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use futures_util::Stream;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -32,6 +34,7 @@ use url::Url;
 use super::auth::{BearerSource, Credentials, DigestChallenge, Secret, offered_schemes};
 use super::error::{DavError, TransportKind};
 use super::href::{DavPath, Root};
+use super::kerberos::Kerberos;
 use super::multistatus::{self, Multistatus};
 use super::ntlm_transport::{NtlmTransport, Scheme, TlsSettings, Trust};
 use super::tls::ClientIdentity;
@@ -238,6 +241,8 @@ enum AuthState {
     /// NTLM (or raw NTLM under Negotiate): requests go through our own authenticated
     /// connections.
     Ntlm(Arc<NtlmTransport>),
+    /// Kerberos under Negotiate: a fresh token on every request.
+    Negotiate(Arc<Kerberos>),
     Digest {
         challenge: DigestChallenge,
         /// Nonce count: one more for every request with this nonce.
@@ -302,6 +307,8 @@ struct Inner {
     proxied: bool,
     /// How the server challenged us; from then on credentials go out preemptively.
     auth: Mutex<AuthState>,
+    /// Whether a failed Kerberos start was reported (once per mount).
+    kerberos_warned: std::sync::atomic::AtomicBool,
     stats: RequestStats,
     max_listing_bytes: usize,
     retry_budget: Duration,
@@ -466,6 +473,7 @@ impl DavClient {
                 progress_timeout: config.progress_timeout,
                 proxied: config.proxy.is_some() || env_proxy_for(&config.url),
                 auth: Mutex::new(AuthState::None),
+                kerberos_warned: std::sync::atomic::AtomicBool::new(false),
                 stats: RequestStats::default(),
                 max_listing_bytes: config.max_listing_bytes,
                 retry_budget: config.retry_budget,
@@ -937,7 +945,9 @@ impl DavClient {
                         continue;
                     }
                     if resp.status() == StatusCode::UNAUTHORIZED
-                        && (self.inner.credentials.is_some() || self.inner.bearer.is_some())
+                        && (self.inner.credentials.is_some()
+                            || self.inner.bearer.is_some()
+                            || offers(resp.headers(), "negotiate"))
                         && !authed_retry
                         && credentials_allowed(self.inner.root.url(), &url)
                         && self.learn_challenge(resp.headers()).await?
@@ -985,6 +995,14 @@ impl DavClient {
         let creds = self.inner.credentials.as_ref();
         match &mut *st {
             AuthState::None | AuthState::Ntlm(_) => None,
+            AuthState::Negotiate(k) => match k.token() {
+                Ok(t) => Some(format!("Negotiate {}", STANDARD.encode(t))),
+                Err(e) => {
+                    // Typically an expired ticket: the 401 that follows starts over.
+                    tracing::warn!("Kerberos: {e}");
+                    None
+                }
+            },
             AuthState::Bearer(token) => Some(format!("Bearer {}", token.expose())),
             AuthState::Basic => creds.map(Credentials::basic_header),
             AuthState::Digest { challenge, nc } => {
@@ -1035,10 +1053,51 @@ impl DavClient {
         {
             return self.learn_bearer(source).await;
         }
+        if offers(headers, "negotiate") && self.learn_kerberos().await {
+            return Ok(true);
+        }
         if self.inner.credentials.is_none() {
             return Ok(false);
         }
         Ok(self.learn_password_challenge(headers))
+    }
+
+    /// A 401 offering Negotiate: start (or restart) Kerberos, from the ticket cache or with
+    /// the password. Returns whether Kerberos is now in use with a session that made a token.
+    /// A refused token (a second 401 with a working session) is not retried.
+    async fn learn_kerberos(&self) -> bool {
+        {
+            let st = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
+            if let AuthState::Negotiate(k) = &*st
+                && k.token().is_ok()
+            {
+                return false;
+            }
+        }
+        let Some(host) = self.inner.root.url().host_str().map(str::to_owned) else {
+            return false;
+        };
+        let creds = self.inner.credentials.clone();
+        let started =
+            tokio::task::spawn_blocking(move || Kerberos::start(&host, creds.as_ref())).await;
+        match started {
+            Ok(Ok((k, _first))) => {
+                tracing::debug!("authenticating with Kerberos");
+                *self.inner.auth.lock().unwrap_or_else(|e| e.into_inner()) =
+                    AuthState::Negotiate(Arc::new(k));
+                true
+            }
+            Ok(Err(e)) => {
+                if !self.inner.kerberos_warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!("the server offers Kerberos, which cannot be used: {e}");
+                }
+                false
+            }
+            Err(e) => {
+                tracing::warn!("Kerberos: {e}");
+                false
+            }
+        }
     }
 
     fn learn_password_challenge(&self, headers: &HeaderMap) -> bool {
@@ -1184,6 +1243,18 @@ fn precondition_headers(pre: &Preconditions, url: &Url) -> HeaderMap {
         h.insert(HeaderName::from_static("if"), v);
     }
     h
+}
+
+/// Whether a response's `WWW-Authenticate` headers offer `scheme` (lower case).
+fn offers(headers: &HeaderMap, scheme: &str) -> bool {
+    offered_schemes(
+        headers
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
+    .iter()
+    .any(|s| s == scheme)
 }
 
 /// Turns a non-success status into a service error carrying a short server message.

@@ -6,13 +6,15 @@
 //!   answers inside it.
 //! - [`error`]: service vs transport errors and the one mapping to neutral kinds.
 //! - [`dates`], [`auth`]: date formats servers use; credentials and challenges.
-//! - [`ntlm`]: NTLM messages (NTLMv2) for IIS Windows authentication.
+//! - [`ntlm`]: NTLM messages (NTLMv2) for IIS Windows authentication; [`kerberos`]: Kerberos
+//!   tokens for `Negotiate` through the system GSSAPI.
 
 pub mod auth;
 pub mod client;
 pub mod dates;
 pub mod error;
 pub mod href;
+pub mod kerberos;
 pub mod multistatus;
 pub mod ntlm;
 pub mod ntlm_transport;

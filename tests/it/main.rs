@@ -18,6 +18,7 @@ mod support;
 mod client;
 mod faults;
 mod fixtures;
+mod kerberos;
 mod layering;
 mod mount_read;
 pub(crate) mod mount_write;

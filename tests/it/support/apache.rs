@@ -99,6 +99,29 @@ fn walk(p: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Starts `apache2 -f conf` (with extra environment) and waits until it listens on `port`.
+///
+/// Apache's worker processes outlive a parent killed by PR_SET_PDEATHSIG. A small shell holds
+/// our end of a pipe: when this test binary exits, the pipe closes and the shell stops Apache
+/// gracefully, workers included.
+pub fn run_apache(conf: &Path, port: u16, env: &[(&str, &Path)]) -> Child {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "apache2 -f '{}' -DFOREGROUND & pid=$!; read _ignored; kill -TERM $pid; wait $pid",
+            conf.display()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = spawn_kept(cmd, false).expect("spawn apache2");
+    wait_for_port(port, &mut child, START_TIMEOUT);
+    child
+}
+
 impl Apache {
     fn start() -> Apache {
         let tmp = tempfile::Builder::new()
@@ -325,20 +348,7 @@ Alias /digest/ "{digestroot}/"
         );
         let conf_path = dir.join("httpd.conf");
         std::fs::write(&conf_path, conf).expect("write conf");
-        // Apache's worker processes outlive a parent killed by PR_SET_PDEATHSIG. A small
-        // shell holds our end of a pipe: when this test binary exits, the pipe closes and
-        // the shell stops Apache gracefully, workers included.
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!(
-                "apache2 -f '{}' -DFOREGROUND & pid=$!; read _ignored; kill -TERM $pid; wait $pid",
-                conf_path.display()
-            ))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let mut child = spawn_kept(cmd, false).expect("spawn apache2");
-        wait_for_port(port, &mut child, START_TIMEOUT);
+        let child = run_apache(&conf_path, port, &[]);
         Apache {
             port,
             tls_port,

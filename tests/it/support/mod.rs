@@ -20,6 +20,7 @@ pub mod apache;
 pub mod dav_server;
 pub mod fault_proxy;
 pub mod http_proxy;
+pub mod kerberos;
 pub mod ntlm;
 pub mod orthanc;
 
