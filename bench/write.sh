@@ -38,6 +38,7 @@ for r in $(seq 1 "$RUNS"); do
   mount_dav; sync
   s=$(now); dd if="$SRC/big.bin" of="$MNT/dd.bin" bs=1M status=none; e=$(now); d+=("$(secs "$s" "$e")")
   rss+=("$(awk '/VmHWM/ { print $2 }' "/proc/$DAEMON/status")")
+  echo "  run $r: curl -T ${c[-1]}s, davdrive ${d[-1]}s" >&2
   size=$(stat -c %s "$WORK/www/dd.bin"); rm -f "$WORK/www/curl.bin"
   [ "$size" = $((SIZE_MIB << 20)) ] || echo "WARNING: server has $size bytes after close" >&2
   unmount_dav

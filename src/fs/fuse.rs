@@ -79,10 +79,15 @@ impl FuseAdapter {
         FuseAdapter { vfs, rt, ttl }
     }
 
-    fn flush_and_reply(&self, fh: FileHandle, reply: ReplyEmpty) {
+    fn flush_and_reply(&self, fh: FileHandle, closing: bool, reply: ReplyEmpty) {
         let vfs = self.vfs.clone();
         self.rt.spawn(async move {
-            match vfs.flush(fh.0).await {
+            let flushed = if closing {
+                vfs.close(fh.0).await
+            } else {
+                vfs.flush(fh.0).await
+            };
+            match flushed {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -299,7 +304,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.flush_and_reply(fh, reply);
+        self.flush_and_reply(fh, true, reply);
     }
 
     fn fsync(
@@ -311,7 +316,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         // fsync and close both return once the server holds the data.
-        self.flush_and_reply(fh, reply);
+        self.flush_and_reply(fh, false, reply);
     }
 
     fn setattr(

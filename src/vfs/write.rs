@@ -436,6 +436,7 @@ impl WriteHandle {
     /// nothing half-written.
     async fn to_spool(&self, st: &mut State) {
         if let Some(s) = st.stream.take() {
+            tracing::debug!(path = %self.path(), size = st.size, "streaming stops; spooling");
             if let Err(e) = s.journal.barrier().await {
                 st.failed = Some(VfsError::new(
                     ErrorKind::Io,
@@ -539,6 +540,7 @@ impl WriteHandle {
         }
         let sequential = st.stream.is_some() && offset == st.size;
         if st.stream.is_some() && !sequential {
+            tracing::debug!(path = %self.path(), offset, size = st.size, "a write out of sequence");
             self.to_spool(&mut st).await;
             if let Some(e) = &st.failed {
                 return Err(e.clone());
@@ -670,6 +672,27 @@ impl WriteHandle {
             Err(e) => self.keep_copy(cache, &mut st, e),
         }
         r
+    }
+
+    /// `close()` of one descriptor. FUSE sends a flush for every `close`, also of a descriptor
+    /// that has a `dup` still open: a shell opens `> file`, moves it to standard output and
+    /// closes the original before anything is written. Ending the upload there would send an
+    /// empty PUT and spool every later write. So while a streaming upload has received no
+    /// byte, this close leaves it open; the last close (or fsync) completes it. A new file
+    /// exists empty on the server already; a truncated existing file keeps its old content
+    /// there until then.
+    pub(super) async fn flush_on_close(
+        &self,
+        client: &DavClient,
+        cache: &CacheDir,
+    ) -> VfsResult<Option<Uploaded>> {
+        {
+            let st = self.state.lock().await;
+            if st.stream.is_some() && st.size == 0 && st.failed.is_none() {
+                return Ok(None);
+            }
+        }
+        self.flush(client, cache).await
     }
 
     /// Copies the data into the recovery folder (once per version of the data).

@@ -54,7 +54,10 @@ fn kerberos_ticket_from_kinit_end_to_end() {
     let trace = m.log();
     assert!(trace.contains("authenticating with Kerberos"), "{trace}");
     // SPNEGO tokens are DER: base64 "YII…".
-    assert!(!trace.contains("Negotiate YI") && !trace.contains("YII"), "a token was logged");
+    assert!(
+        !trace.contains("Negotiate YI") && !trace.contains("YII"),
+        "a token was logged"
+    );
     assert!(m.unmount().success());
     assert!(std::fs::read(dir.join("up.bin")).expect("stored") == data);
     assert!(dir.join("folder").is_dir());

@@ -159,6 +159,40 @@ fn apache_write_request_counts_and_cache_coherence() {
     assert!(m.unmount().success());
 }
 
+/// A shell opens `> file`, moves the descriptor to standard output and closes the original
+/// before the command writes: the kernel sends a flush for that close. The upload must stay
+/// open for the writes that follow: one PUT, streamed, not an empty PUT and a second upload.
+#[test]
+fn shell_redirect_streams_in_one_put() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("redirect");
+    let src = tempfile::tempdir().expect("src");
+    let data = pattern(8 << 20, 77);
+    std::fs::write(src.path().join("in.bin"), &data).expect("write source");
+    let m = Mount::new(&a.url("redirect"), &[]);
+    // The directory's first file is created empty at once (to learn that writes are allowed
+    // here); make that a different file.
+    std::fs::write(m.path().join("first.txt"), b"x").expect("first file");
+    let before = a.settled_requests("redirect").len();
+    let out = m.path().join("out.bin");
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cat '{}' > '{}'",
+        src.path().join("in.bin").display(),
+        out.display()
+    )));
+    let reqs = a.settled_requests("redirect");
+    let puts: Vec<_> = reqs[before..]
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.ends_with("/out.bin"))
+        .collect();
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    assert!(std::fs::read(dir.join("out.bin")).expect("on the server") == data);
+    assert!(m.unmount().success());
+}
+
 #[test]
 fn namespace_operations_on_apache() {
     let Some(a) = apache() else { return };
