@@ -576,12 +576,25 @@ impl DavClient {
                 ),
             });
         }
-        let body = read_bounded(resp, self.inner.max_listing_bytes, "PROPFIND", path).await?;
-        multistatus::parse(&body, &url, &self.inner.root).map_err(|e| DavError::InvalidResponse {
-            method: "PROPFIND".into(),
-            path: path.to_string(),
-            reason: e.to_string(),
-        })
+        let limit = self.inner.max_listing_bytes;
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large("PROPFIND", path, limit));
+        }
+        // Parsed as it downloads: a large listing costs little more than its transfer.
+        let mut body = BodyReader::new(resp, limit);
+        let parsed = multistatus::parse_async(&mut body, &url, &self.inner.root).await;
+        match (parsed, body.failure) {
+            (Ok(ms), _) => Ok(ms),
+            (Err(_), Some(BodyFailure::TooLarge)) => Err(too_large("PROPFIND", path, limit)),
+            (Err(_), Some(BodyFailure::Transport(e))) => {
+                Err(transport_error("PROPFIND", &path.to_string(), &e))
+            }
+            (Err(e), None) => Err(DavError::InvalidResponse {
+                method: "PROPFIND".into(),
+                path: path.to_string(),
+                reason: e.to_string(),
+            }),
+        }
     }
 
     /// GET, whole or a range, optionally only if the entity still has tag `if_range`.
@@ -1357,6 +1370,90 @@ async fn read_bounded(
         out.extend_from_slice(&c);
     }
     Ok(out)
+}
+
+/// Why a [`BodyReader`] stopped short.
+enum BodyFailure {
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+/// A response body as `AsyncBufRead`, for parsers that work while it downloads. At most
+/// `limit` bytes; what went wrong with the body itself is kept in `failure` (the parser only
+/// sees an I/O error).
+struct BodyReader {
+    stream: std::pin::Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    chunk: Bytes,
+    total: usize,
+    limit: usize,
+    failure: Option<BodyFailure>,
+}
+
+impl BodyReader {
+    fn new(resp: Response, limit: usize) -> Self {
+        BodyReader {
+            stream: Box::pin(resp.bytes_stream()),
+            chunk: Bytes::new(),
+            total: 0,
+            limit,
+            failure: None,
+        }
+    }
+}
+
+impl tokio::io::AsyncBufRead for BodyReader {
+    fn poll_fill_buf(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<&[u8]>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        while this.chunk.is_empty() {
+            if this.failure.is_some() {
+                return Poll::Ready(Err(std::io::Error::other("the body failed")));
+            }
+            match this.stream.as_mut().poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(&[])),
+                Poll::Ready(Some(Err(e))) => this.failure = Some(BodyFailure::Transport(e)),
+                Poll::Ready(Some(Ok(b))) => {
+                    this.total += b.len();
+                    if this.total > this.limit {
+                        this.failure = Some(BodyFailure::TooLarge);
+                    } else {
+                        this.chunk = b;
+                    }
+                }
+            }
+        }
+        Poll::Ready(Ok(&this.chunk[..]))
+    }
+
+    fn consume(self: std::pin::Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        let _ = this.chunk.split_to(amt.min(this.chunk.len()));
+    }
+}
+
+impl tokio::io::AsyncRead for BodyReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use tokio::io::AsyncBufRead;
+        let n = match self.as_mut().poll_fill_buf(cx) {
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Ready(Ok(avail)) => {
+                let n = avail.len().min(buf.remaining());
+                buf.put_slice(&avail[..n]);
+                n
+            }
+        };
+        self.consume(n);
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 fn too_large(method: &str, path: &DavPath, limit: usize) -> DavError {

@@ -1,6 +1,8 @@
 //! Parsing of `207 Multi-Status` bodies (RFC 4918 section 13) into [`Resource`]s.
 //!
-//! A pull parser (quick-xml's `NsReader`) walks the body once; there is no DOM. Elements are
+//! A pull parser (quick-xml's `NsReader`) walks the body once; there is no DOM. The grammar
+//! is a state machine fed one event at a time, so a body still downloading ([`parse_async`],
+//! what listings use) and one in memory ([`parse`]) go through the same rules. Elements are
 //! recognised by namespace URI and local name, whatever prefix the server bound (`D:`, `d:`,
 //! `lp1:`, a default namespace). The rules that real servers make necessary:
 //!
@@ -185,32 +187,91 @@ struct PropstatState {
     props: Props,
 }
 
-/// Parses a multistatus body answering a request to `request_url`, below `root`.
-pub fn parse(body: &[u8], request_url: &Url, root: &Root) -> Result<Multistatus, ParseError> {
-    let raw = parse_raw(body)?;
-    let mut out = Multistatus::default();
-    let mut seen = std::collections::HashSet::new();
-    for r in raw {
+/// Turns raw responses into resources as they come: the href rules and duplicates.
+struct Collector<'a> {
+    out: Multistatus,
+    seen: std::collections::HashSet<DavPath>,
+    request_url: &'a Url,
+    root: &'a Root,
+}
+
+impl<'a> Collector<'a> {
+    fn new(request_url: &'a Url, root: &'a Root) -> Self {
+        Collector {
+            out: Multistatus::default(),
+            seen: std::collections::HashSet::new(),
+            request_url,
+            root,
+        }
+    }
+
+    fn push(&mut self, r: RawResponse) -> Result<(), ParseError> {
         if let Some(s) = r.status
             && !(200..300).contains(&s)
         {
-            continue;
+            return Ok(());
         }
         for href in &r.hrefs {
-            let path = match root.resolve_href(request_url, href) {
+            let path = match self.root.resolve_href(self.request_url, href) {
                 Ok(p) => p,
                 Err(e) => {
-                    out.skipped.push(e);
+                    self.out.skipped.push(e);
                     continue;
                 }
             };
-            if !seen.insert(path.clone()) {
+            if !self.seen.insert(path.clone()) {
                 continue;
             }
-            out.resources.push(build_resource(path, &r.props)?);
+            self.out.resources.push(build_resource(path, &r.props)?);
+        }
+        Ok(())
+    }
+}
+
+/// Parses a multistatus body answering a request to `request_url`, below `root`.
+pub fn parse(body: &[u8], request_url: &Url, root: &Root) -> Result<Multistatus, ParseError> {
+    let mut reader = NsReader::from_reader(body);
+    configure(&mut reader);
+    let mut parser = RawParser::default();
+    let mut collector = Collector::new(request_url, root);
+    loop {
+        let (ns, event) = match reader.read_resolved_event() {
+            Ok(v) => v,
+            Err(e) => return Err(xml_error(&reader, e)),
+        };
+        match parser.feed(ns, event)? {
+            Step::More => {}
+            Step::Response(r) => collector.push(*r)?,
+            Step::Done => return Ok(collector.out),
         }
     }
-    Ok(out)
+}
+
+/// As [`parse`], reading the body as it arrives: parsing overlaps the download (a listing of
+/// 10,000 files is ready when its last byte is). An error of `body` itself (transport,
+/// size limit) surfaces as [`ParseError::Xml`]; the caller knows it from its reader.
+pub async fn parse_async<R: tokio::io::AsyncBufRead + Unpin>(
+    body: R,
+    request_url: &Url,
+    root: &Root,
+) -> Result<Multistatus, ParseError> {
+    let mut reader = NsReader::from_reader(body);
+    configure(&mut reader);
+    let mut parser = RawParser::default();
+    let mut collector = Collector::new(request_url, root);
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        buf.clear();
+        let (ns, event) = match reader.read_resolved_event_into_async(&mut buf).await {
+            Ok(v) => v,
+            Err(e) => return Err(xml_error(&reader, e)),
+        };
+        match parser.feed(ns, event)? {
+            Step::More => {}
+            Step::Response(r) => collector.push(*r)?,
+            Step::Done => return Ok(collector.out),
+        }
+    }
 }
 
 fn parse_u64(property: &'static str, v: &Option<String>) -> Result<Option<u64>, ParseError> {
@@ -282,60 +343,55 @@ fn parse_status_line(s: &str) -> Option<u16> {
     it.next()?.parse().ok()
 }
 
-fn parse_raw(body: &[u8]) -> Result<Vec<RawResponse>, ParseError> {
-    let mut reader = NsReader::from_reader(body);
-    {
-        let cfg = reader.config_mut();
-        cfg.expand_empty_elements = true;
-        cfg.check_end_names = true;
-        cfg.trim_text(false);
-    }
-    let mut stack: Vec<Node> = Vec::with_capacity(16);
-    let mut responses: Vec<RawResponse> = Vec::new();
-    let mut current: Option<RawResponse> = None;
-    let mut propstat: Option<PropstatState> = None;
-    let mut text = String::new();
-    let mut saw_root = false;
+/// What feeding one event gave.
+enum Step {
+    More,
+    Response(Box<RawResponse>),
+    Done,
+}
 
-    loop {
-        let (ns, event) = match reader.read_resolved_event() {
-            Ok(v) => v,
-            Err(e) => {
-                let message = e.to_string();
-                return Err(ParseError::Xml {
-                    position: reader.error_position(),
-                    message,
-                });
-            }
-        };
+/// The multistatus grammar as a state machine fed one event at a time, so that a body in
+/// memory and a body still downloading go through the same rules.
+#[derive(Default)]
+struct RawParser {
+    stack: Vec<Node>,
+    responses: usize,
+    current: Option<RawResponse>,
+    propstat: Option<PropstatState>,
+    text: String,
+    saw_root: bool,
+}
+
+impl RawParser {
+    fn feed(&mut self, ns: ResolveResult, event: Event) -> Result<Step, ParseError> {
         match event {
             Event::Start(start) => {
-                if stack.len() >= MAX_DEPTH {
+                if self.stack.len() >= MAX_DEPTH {
                     return Err(ParseError::TooDeep);
                 }
                 let is_dav = matches!(ns, ResolveResult::Bound(Namespace(DAV_NS)));
                 let local = start.local_name();
                 let local = local.as_ref();
-                let parent = stack.last().copied();
+                let parent = self.stack.last().copied();
                 let node = match (parent, is_dav, local) {
                     (None, true, "multistatus") => {
-                        saw_root = true;
+                        self.saw_root = true;
                         Node::Multistatus
                     }
                     (None, _, _) => {
                         return Err(ParseError::NotMultistatus(start.name().as_ref().to_owned()));
                     }
                     (Some(Node::Multistatus), true, "response") => {
-                        if responses.len() >= MAX_RESPONSES {
+                        if self.responses >= MAX_RESPONSES {
                             return Err(ParseError::TooManyResponses);
                         }
-                        current = Some(RawResponse::default());
+                        self.current = Some(RawResponse::default());
                         Node::Response
                     }
                     (Some(Node::Response), true, "href") => Node::Href,
                     (Some(Node::Response), true, "status") => Node::ResponseStatus,
                     (Some(Node::Response), true, "propstat") => {
-                        propstat = Some(PropstatState::default());
+                        self.propstat = Some(PropstatState::default());
                         Node::Propstat
                     }
                     (Some(Node::Propstat), true, "status") => Node::PropstatStatus,
@@ -343,7 +399,7 @@ fn parse_raw(body: &[u8]) -> Result<Vec<RawResponse>, ParseError> {
                     (Some(Node::PropContainer), true, name) => match Prop::from_local(name) {
                         Some(p) => {
                             if p == Prop::ResourceType
-                                && let Some(ps) = propstat.as_mut()
+                                && let Some(ps) = self.propstat.as_mut()
                             {
                                 ps.props.resourcetype_seen = true;
                             }
@@ -356,35 +412,35 @@ fn parse_raw(body: &[u8]) -> Result<Vec<RawResponse>, ParseError> {
                     }
                     _ => Node::Other,
                 };
-                text.clear();
-                stack.push(node);
+                self.text.clear();
+                self.stack.push(node);
             }
             Event::End(_) => {
-                let node = stack.pop().ok_or(ParseError::Truncated)?;
+                let node = self.stack.pop().ok_or(ParseError::Truncated)?;
                 match node {
                     Node::Href => {
-                        if let Some(r) = current.as_mut() {
-                            r.hrefs.push(std::mem::take(&mut text));
+                        if let Some(r) = self.current.as_mut() {
+                            r.hrefs.push(std::mem::take(&mut self.text));
                         }
                     }
                     Node::ResponseStatus => {
-                        if let Some(r) = current.as_mut() {
-                            r.status = parse_status_line(&text);
+                        if let Some(r) = self.current.as_mut() {
+                            r.status = parse_status_line(&self.text);
                         }
                     }
                     Node::PropstatStatus => {
-                        if let Some(ps) = propstat.as_mut() {
-                            ps.status = parse_status_line(&text);
+                        if let Some(ps) = self.propstat.as_mut() {
+                            ps.status = parse_status_line(&self.text);
                         }
                     }
                     Node::Collection => {
-                        if let Some(ps) = propstat.as_mut() {
+                        if let Some(ps) = self.propstat.as_mut() {
                             ps.props.is_collection = true;
                         }
                     }
                     Node::Property(p) => {
-                        if let Some(ps) = propstat.as_mut() {
-                            let v = Some(std::mem::take(&mut text));
+                        if let Some(ps) = self.propstat.as_mut() {
+                            let v = Some(std::mem::take(&mut self.text));
                             let props = &mut ps.props;
                             match p {
                                 Prop::ResourceType => {}
@@ -400,7 +456,7 @@ fn parse_raw(body: &[u8]) -> Result<Vec<RawResponse>, ParseError> {
                         }
                     }
                     Node::Propstat => {
-                        if let (Some(ps), Some(r)) = (propstat.take(), current.as_mut()) {
+                        if let (Some(ps), Some(r)) = (self.propstat.take(), self.current.as_mut()) {
                             // No status at all is taken as success: some servers omit it.
                             let ok = ps.status.is_none_or(|s| (200..300).contains(&s));
                             if ok {
@@ -409,25 +465,26 @@ fn parse_raw(body: &[u8]) -> Result<Vec<RawResponse>, ParseError> {
                         }
                     }
                     Node::Response => {
-                        if let Some(r) = current.take() {
-                            responses.push(r);
+                        if let Some(r) = self.current.take() {
+                            self.responses += 1;
+                            return Ok(Step::Response(Box::new(r)));
                         }
                     }
                     Node::Multistatus => {
-                        return Ok(responses);
+                        return Ok(Step::Done);
                     }
                     Node::PropContainer | Node::Other => {}
                 }
-                text.clear();
+                self.text.clear();
             }
             Event::Text(t) => {
-                if collecting(&stack) {
-                    push_text(&mut text, &t)?;
+                if collecting(&self.stack) {
+                    push_text(&mut self.text, &t)?;
                 }
             }
             Event::CData(c) => {
-                if collecting(&stack) {
-                    push_text(&mut text, &c)?;
+                if collecting(&self.stack) {
+                    push_text(&mut self.text, &c)?;
                 }
             }
             Event::GeneralRef(r) => {
@@ -442,15 +499,15 @@ fn parse_raw(body: &[u8]) -> Result<Vec<RawResponse>, ParseError> {
                         None => return Err(ParseError::UndefinedEntity(r.to_string())),
                     }
                 };
-                if collecting(&stack) {
-                    push_text(&mut text, &resolved)?;
+                if collecting(&self.stack) {
+                    push_text(&mut self.text, &resolved)?;
                 }
             }
             Event::Empty(_) => {
                 // expand_empty_elements is on: never produced.
             }
             Event::Eof => {
-                return Err(if saw_root {
+                return Err(if self.saw_root {
                     ParseError::Truncated
                 } else {
                     ParseError::NotMultistatus("none".into())
@@ -458,6 +515,21 @@ fn parse_raw(body: &[u8]) -> Result<Vec<RawResponse>, ParseError> {
             }
             Event::Decl(_) | Event::PI(_) | Event::DocType(_) | Event::Comment(_) => {}
         }
+        Ok(Step::More)
+    }
+}
+
+fn configure<R>(reader: &mut NsReader<R>) {
+    let cfg = reader.config_mut();
+    cfg.expand_empty_elements = true;
+    cfg.check_end_names = true;
+    cfg.trim_text(false);
+}
+
+fn xml_error<R>(reader: &NsReader<R>, e: quick_xml::Error) -> ParseError {
+    ParseError::Xml {
+        position: reader.error_position(),
+        message: e.to_string(),
     }
 }
 

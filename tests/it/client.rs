@@ -515,3 +515,28 @@ fn redirects_keep_method_and_body() {
         }
     });
 }
+
+/// Listings are parsed while they download; the size limit still holds (Apache sends them
+/// chunked, so only the bytes counted on the way can enforce it).
+#[test]
+fn listing_larger_than_the_limit_is_refused() {
+    let Some(a) = apache() else { return };
+    let dir = a.fresh_dir("biglist");
+    for i in 0..200 {
+        std::fs::write(dir.join(format!("file-with-a-long-name-{i:04}.txt")), b"x").expect("w");
+    }
+    apache::give_to_server(&dir);
+    let url = Url::parse(&a.url("biglist")).expect("url");
+    let rt = crate::support::rt();
+    let mut small = ClientConfig::new(url.clone());
+    small.max_listing_bytes = 16 * 1024;
+    let c = DavClient::new(small).expect("client");
+    let e = rt
+        .block_on(c.propfind(&p(""), Depth::One, true))
+        .expect_err("a listing over the limit");
+    assert!(e.to_string().contains("larger than 16384 bytes"), "{e}");
+    let full = rt
+        .block_on(client(url.as_str()).propfind(&p(""), Depth::One, true))
+        .expect("the same listing with the default limit");
+    assert_eq!(full.resources.len(), 201);
+}

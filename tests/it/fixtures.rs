@@ -7,7 +7,7 @@ use davdrive::dav::multistatus::{self, ParseError};
 use davdrive::dav::{DavPath, Root};
 use url::Url;
 
-use crate::support::project_dir;
+use crate::support::{project_dir, rt};
 
 struct Expect {
     base: String,
@@ -84,6 +84,22 @@ fn every_fixture_parses_as_documented() {
         let ms = multistatus::parse(&body, &base, &root)
             .unwrap_or_else(|e| panic!("{}: {e}", xml.display()));
         let got: Vec<[String; 5]> = ms.resources.iter().map(row_of).collect();
+        // The same body arriving a few bytes at a time (as listings are parsed while they
+        // download) gives the same resources.
+        let trickled = rt()
+            .block_on(multistatus::parse_async(
+                tokio::io::BufReader::with_capacity(7, &body[..]),
+                &base,
+                &root,
+            ))
+            .unwrap_or_else(|e| panic!("{} (streamed): {e}", xml.display()));
+        assert_eq!(trickled.resources, ms.resources, "{}", xml.display());
+        assert_eq!(
+            trickled.skipped.len(),
+            ms.skipped.len(),
+            "{}",
+            xml.display()
+        );
         // Bare entity tags are quoted by the parser (see multistatus::normalize_etag).
         let want: Vec<[String; 5]> = exp
             .rows
@@ -126,8 +142,12 @@ fn truncated_documents_are_errors_at_every_cut() {
     let bytes = doc.as_bytes();
     let full = parse(bytes).expect("whole document parses");
     assert_eq!(full.resources.len(), 2);
+    let r = root();
+    let rt = rt();
     for cut in 0..bytes.len() - 1 {
         assert!(parse(&bytes[..cut]).is_err(), "cut at {cut} parsed");
+        let streamed = rt.block_on(multistatus::parse_async(&bytes[..cut], r.url(), &r));
+        assert!(streamed.is_err(), "cut at {cut} parsed (streamed)");
     }
 }
 
