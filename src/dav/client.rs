@@ -303,8 +303,8 @@ struct Inner {
     tls: TlsSettings,
     connect_timeout: Duration,
     progress_timeout: Duration,
-    /// Whether requests go through a proxy (explicit or from the environment).
-    proxied: bool,
+    /// The proxy requests go through (explicit or from the environment), if any.
+    proxy: Option<ProxyConfig>,
     /// How the server challenged us; from then on credentials go out preemptively.
     auth: Mutex<AuthState>,
     /// Whether a failed Kerberos start was reported (once per mount).
@@ -341,9 +341,10 @@ pub fn credentials_allowed(root: &Url, target: &Url) -> bool {
                 && (same_port || target.port_or_known_default() == Some(443))))
 }
 
-/// Whether the standard proxy variables send requests for `url` through a proxy (a rough
-/// reading of NO_PROXY: exact host names or `*`).
-fn env_proxy_for(url: &Url) -> bool {
+/// The proxy the standard variables name for `url`, if any (a rough reading of NO_PROXY:
+/// exact host names, domain suffixes or `*`). A login in the proxy URL becomes its
+/// credentials.
+fn env_proxy(url: &Url) -> Option<ProxyConfig> {
     let var = |names: &[&str]| {
         names
             .iter()
@@ -354,16 +355,33 @@ fn env_proxy_for(url: &Url) -> bool {
     } else {
         var(&["HTTP_PROXY", "http_proxy"])
     };
-    if specific
-        .or_else(|| var(&["ALL_PROXY", "all_proxy"]))
-        .is_none()
-    {
-        return false;
-    }
+    let value = specific.or_else(|| var(&["ALL_PROXY", "all_proxy"]))?;
     let host = url.host_str().unwrap_or("");
     let no = var(&["NO_PROXY", "no_proxy"]).unwrap_or_default();
-    !no.split(',').map(str::trim).any(|n| {
+    if no.split(',').map(str::trim).any(|n| {
         n == "*" || n == host || (!n.is_empty() && host.ends_with(n.trim_start_matches('*')))
+    }) {
+        return None;
+    }
+    let value = value.trim();
+    let mut proxy = Url::parse(value)
+        .ok()
+        .filter(|u| u.has_host())
+        .or_else(|| Url::parse(&format!("http://{value}")).ok())?;
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let credentials = (!proxy.username().is_empty()).then(|| Credentials {
+        user: decode(proxy.username()),
+        password: Secret::new(decode(proxy.password().unwrap_or(""))),
+    });
+    let _ = proxy.set_username("");
+    let _ = proxy.set_password(None);
+    Some(ProxyConfig {
+        url: proxy,
+        credentials,
     })
 }
 
@@ -471,7 +489,7 @@ impl DavClient {
                 },
                 connect_timeout: config.connect_timeout,
                 progress_timeout: config.progress_timeout,
-                proxied: config.proxy.is_some() || env_proxy_for(&config.url),
+                proxy: config.proxy.clone().or_else(|| env_proxy(&config.url)),
                 auth: Mutex::new(AuthState::None),
                 kerberos_warned: std::sync::atomic::AtomicBool::new(false),
                 stats: RequestStats::default(),
@@ -1145,13 +1163,7 @@ impl DavClient {
         } else {
             None
         };
-        if ntlm.is_some() && self.inner.proxied {
-            tracing::warn!(
-                "the server wants NTLM, which davdrive cannot do through a proxy yet; \
-                 trying other schemes"
-            );
-        }
-        if let Some(scheme) = ntlm.filter(|_| !self.inner.proxied)
+        if let Some(scheme) = ntlm
             && !matches!(*st, AuthState::Ntlm(_))
             && let Some(creds) = &self.inner.credentials
         {
@@ -1162,6 +1174,7 @@ impl DavClient {
                 self.inner.connect_timeout,
                 self.inner.progress_timeout,
                 &self.inner.tls,
+                self.inner.proxy.clone(),
             ) {
                 Ok(t) => {
                     *st = AuthState::Ntlm(Arc::new(t));

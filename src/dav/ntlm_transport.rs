@@ -10,6 +10,12 @@
 //!
 //! The same trust rules as the main client apply to HTTPS: the system store plus `--ca-cert`,
 //! or the pins, or `--insecure`.
+//!
+//! Through an HTTP proxy each connection is a `CONNECT` tunnel to the server (with the
+//! proxy's Basic login when it has one): a forward proxy that relays requests may hand them
+//! to different upstream connections, which breaks NTLM; a tunnel is one TCP stream end to
+//! end. Proxies that allow `CONNECT` only to port 443 refuse tunnels to `http://` servers;
+//! the error says so.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +30,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, HeaderValue, WWW_AUTH
 use url::Url;
 
 use super::auth::Credentials;
+use super::client::ProxyConfig;
 use super::error::{DavError, TransportKind};
 use super::ntlm;
 
@@ -147,6 +154,8 @@ pub struct NtlmTransport {
     connect_timeout: Duration,
     progress_timeout: Duration,
     tls: Option<tokio_rustls::TlsConnector>,
+    /// An HTTP proxy to tunnel through.
+    proxy: Option<ProxyConfig>,
     idle: Arc<Mutex<Vec<SendRequest<reqwest::Body>>>>,
 }
 
@@ -198,6 +207,52 @@ fn tls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, String> {
     Ok(cfg)
 }
 
+/// Opens a `CONNECT` tunnel to `authority` on a connection to a proxy. Reads the proxy's
+/// answer byte by byte: what follows it belongs to the server.
+async fn tunnel(
+    tcp: &mut tokio::net::TcpStream,
+    authority: &str,
+    credentials: Option<&Credentials>,
+) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    if let Some(c) = credentials {
+        req.push_str(&format!("Proxy-Authorization: {}\r\n", c.basic_header()));
+    }
+    req.push_str("\r\n");
+    tcp.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("proxy: {e}"))?;
+    let mut head = Vec::with_capacity(128);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return Err("the proxy's answer to CONNECT is too long".into());
+        }
+        match tcp.read(&mut byte).await {
+            Ok(0) => return Err("the proxy closed the connection during CONNECT".into()),
+            Ok(_) => head.push(byte[0]),
+            Err(e) => return Err(format!("proxy: {e}")),
+        }
+    }
+    let status = std::str::from_utf8(&head)
+        .ok()
+        .and_then(|h| h.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok());
+    match status {
+        Some(200..=299) => Ok(()),
+        Some(407) => Err(format!(
+            "the proxy wants a login for a tunnel to {authority} (407); give it in --proxy \
+             (user in the URL, password in DAVDRIVE_PROXY_PASSWORD)"
+        )),
+        Some(s) => Err(format!(
+            "the proxy refused a tunnel to {authority} ({s}); some proxies allow CONNECT \
+             only to port 443: mount the server over https:// or bypass the proxy (NO_PROXY)"
+        )),
+        None => Err("the proxy answered CONNECT with something that is not HTTP".into()),
+    }
+}
+
 impl NtlmTransport {
     pub fn new(
         root: Url,
@@ -206,7 +261,16 @@ impl NtlmTransport {
         connect_timeout: Duration,
         progress_timeout: Duration,
         tls: &TlsSettings,
+        proxy: Option<ProxyConfig>,
     ) -> Result<Self, DavError> {
+        if let Some(p) = &proxy
+            && p.url.scheme() != "http"
+        {
+            return Err(DavError::Invalid(format!(
+                "NTLM tunnels only through http:// proxies, not {}",
+                p.url.scheme()
+            )));
+        }
         let tls = if root.scheme() == "https" {
             let cfg = tls_config(tls).map_err(DavError::Invalid)?;
             Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
@@ -220,6 +284,7 @@ impl NtlmTransport {
             connect_timeout,
             progress_timeout,
             tls,
+            proxy,
             idle: Arc::default(),
         })
     }
@@ -315,20 +380,36 @@ impl NtlmTransport {
     ) -> Result<SendRequest<reqwest::Body>, DavError> {
         let host = url.host_str().unwrap_or("").to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port)),
-        )
-        .await
-        .map_err(|_| {
-            transport(
-                method,
-                url,
-                TransportKind::Connect,
-                "connect timed out".into(),
-            )
-        })?
-        .map_err(|e| transport(method, url, TransportKind::Connect, e.to_string()))?;
+        let (dial_host, dial_port) = match &self.proxy {
+            Some(p) => (
+                p.url.host_str().unwrap_or("").to_owned(),
+                p.url.port_or_known_default().unwrap_or(80),
+            ),
+            None => (host.clone(), port),
+        };
+        let connected = tokio::time::timeout(self.connect_timeout, async {
+            let mut tcp =
+                tokio::net::TcpStream::connect((dial_host.trim_matches(['[', ']']), dial_port))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            if let Some(p) = &self.proxy {
+                tunnel(&mut tcp, &format!("{host}:{port}"), p.credentials.as_ref()).await?;
+            }
+            Ok::<_, String>(tcp)
+        })
+        .await;
+        let tcp = match connected {
+            Err(_) => {
+                return Err(transport(
+                    method,
+                    url,
+                    TransportKind::Connect,
+                    "connect timed out".into(),
+                ));
+            }
+            Ok(Err(e)) => return Err(transport(method, url, TransportKind::Connect, e)),
+            Ok(Ok(tcp)) => tcp,
+        };
         let _ = tcp.set_nodelay(true);
         macro_rules! handshake {
             ($io:expr) => {{

@@ -415,6 +415,66 @@ fn login_stores_the_password_in_the_keyutils_keyring() {
     assert!(ok && text.contains("held nothing"), "{text}");
 }
 
+/// NTLM behind a proxy: each authenticated connection is a CONNECT tunnel through it, given
+/// with --proxy (and a login the proxy ignores) or by HTTPS_PROXY/HTTP_PROXY.
+#[test]
+fn ntlm_through_a_proxy_tunnels() {
+    use crate::support::http_proxy::HttpProxy;
+    use crate::support::ntlm::{self, NtlmServer};
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let Some(server) = NtlmServer::start(a.port) else {
+        return;
+    };
+    let dir = a.fresh_dir("ntlm-proxy");
+    std::fs::write(dir.join("via.txt"), b"tunnelled").expect("write");
+    apache::give_to_server(&dir);
+    let url = format!("http://127.0.0.1:{}/dav/ntlm-proxy/", server.port);
+    let login = format!("{}\\{}", ntlm::DOMAIN, ntlm::USER);
+    let tunnel = format!("CONNECT 127.0.0.1:{} HTTP/1.1", server.port);
+    for via_env in [false, true] {
+        let proxy = HttpProxy::start();
+        let purl = format!("http://127.0.0.1:{}", proxy.port);
+        let (args, env): (Vec<&str>, Vec<(&str, &str)>) = if via_env {
+            (
+                vec!["--user", &login],
+                vec![("DAVDRIVE_PASSWORD", ntlm::PASSWORD), ("HTTP_PROXY", &purl)],
+            )
+        } else {
+            (
+                vec!["--user", &login, "--proxy", &purl],
+                vec![("DAVDRIVE_PASSWORD", ntlm::PASSWORD)],
+            )
+        };
+        let m = Mount::try_new(&url, &args, &env)
+            .unwrap_or_else(|e| panic!("{e}\n{:?}", server.log_lines()));
+        assert_eq!(
+            std::fs::read(m.path().join("via.txt")).expect("read through the tunnel"),
+            b"tunnelled"
+        );
+        let name = format!("up-{via_env}.bin");
+        let data = crate::support::pattern(1 << 20, 5);
+        std::fs::write(m.path().join(&name), &data).expect("write through the tunnel");
+        assert!(m.unmount().success());
+        assert!(std::fs::read(dir.join(&name)).expect("stored") == data);
+        let lines = proxy.first_lines();
+        assert!(
+            lines.contains(&tunnel),
+            "no tunnel through the proxy (env: {via_env}): {lines:?}"
+        );
+    }
+    assert!(
+        server
+            .log_lines()
+            .iter()
+            .any(|l| l.starts_with("verified alice CORP")),
+        "{:?}",
+        server.log_lines()
+    );
+}
+
 #[test]
 fn ntlm_windows_authentication_end_to_end() {
     use crate::support::ntlm::{self, NtlmServer};

@@ -166,7 +166,22 @@ impl Mount {
             .args(extra)
             .env_remove("DAVDRIVE_PASSWORD")
             .env_remove("DAVDRIVE_USER")
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        // The servers are on 127.0.0.1: a proxy from the machine's environment (for package
+        // registries, say) must not carry the tests' traffic. Tests that want one set it.
+        for var in [
+            "HTTP_PROXY",
+            "http_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
