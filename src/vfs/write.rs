@@ -60,28 +60,28 @@ struct JournalWriter {
 impl JournalWriter {
     fn start(file: std::fs::File) -> io::Result<Self> {
         let (tx, mut rx) = mpsc::channel::<JournalItem>(CHANNEL_DEPTH);
-        // On the runtime's blocking pool: its threads are reused, so a copy of many small
-        // files does not pay for a new thread per file.
-        let _writer = tokio::task::spawn_blocking(move || {
-            let mut error: Option<String> = None;
-            while let Some(item) = rx.blocking_recv() {
-                match item {
-                    JournalItem::Data(off, data) => {
-                        if error.is_none()
-                            && let Err(e) = write_at(&file, &data, off)
-                        {
-                            error = Some(e.to_string());
+        std::thread::Builder::new()
+            .name("davdrive-journal".into())
+            .spawn(move || {
+                let mut error: Option<String> = None;
+                while let Some(item) = rx.blocking_recv() {
+                    match item {
+                        JournalItem::Data(off, data) => {
+                            if error.is_none()
+                                && let Err(e) = write_at(&file, &data, off)
+                            {
+                                error = Some(e.to_string());
+                            }
+                        }
+                        JournalItem::Barrier(done) => {
+                            let _ = done.send(match &error {
+                                None => Ok(()),
+                                Some(e) => Err(e.clone()),
+                            });
                         }
                     }
-                    JournalItem::Barrier(done) => {
-                        let _ = done.send(match &error {
-                            None => Ok(()),
-                            Some(e) => Err(e.clone()),
-                        });
-                    }
                 }
-            }
-        });
+            })?;
         Ok(JournalWriter { tx })
     }
 
