@@ -309,12 +309,19 @@ struct Inner {
     auth: Mutex<AuthState>,
     /// Whether a failed Kerberos start was reported (once per mount).
     kerberos_warned: std::sync::atomic::AtomicBool,
+    kerberos_gate: tokio::sync::Mutex<KerberosGate>,
     stats: RequestStats,
     max_listing_bytes: usize,
     retry_budget: Duration,
     /// Whether connection errors are retried with backoff (on once the mount is up: a mount
     /// of a dead server must fail at once).
     reconnect_retries: std::sync::atomic::AtomicBool,
+}
+
+/// Serialises Kerberos starts and remembers a refused password.
+#[derive(Default)]
+struct KerberosGate {
+    password_refused: bool,
 }
 
 /// A proxy and, when it wants one, its login.
@@ -341,41 +348,30 @@ pub fn credentials_allowed(root: &Url, target: &Url) -> bool {
                 && (same_port || target.port_or_known_default() == Some(443))))
 }
 
-/// The proxy the standard variables name for `url`, if any (a rough reading of NO_PROXY:
-/// exact host names, domain suffixes or `*`). A login in the proxy URL becomes its
-/// credentials.
+/// The proxy the standard variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`)
+/// name for `url`, if any, decided by the same matcher reqwest uses, so our own connections
+/// (NTLM) and reqwest's agree. A login in the proxy URL becomes its credentials.
 fn env_proxy(url: &Url) -> Option<ProxyConfig> {
-    let var = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
-    };
-    let specific = if url.scheme() == "https" {
-        var(&["HTTPS_PROXY", "https_proxy"])
-    } else {
-        var(&["HTTP_PROXY", "http_proxy"])
-    };
-    let value = specific.or_else(|| var(&["ALL_PROXY", "all_proxy"]))?;
-    let host = url.host_str().unwrap_or("");
-    let no = var(&["NO_PROXY", "no_proxy"]).unwrap_or_default();
-    if no.split(',').map(str::trim).any(|n| {
-        n == "*" || n == host || (!n.is_empty() && host.ends_with(n.trim_start_matches('*')))
-    }) {
-        return None;
-    }
-    let value = value.trim();
-    let mut proxy = Url::parse(value)
-        .ok()
-        .filter(|u| u.has_host())
-        .or_else(|| Url::parse(&format!("http://{value}")).ok())?;
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let credentials = (!proxy.username().is_empty()).then(|| Credentials {
-        user: decode(proxy.username()),
-        password: Secret::new(decode(proxy.password().unwrap_or(""))),
+    let uri: http::Uri = url.as_str().parse().ok()?;
+    let intercept = hyper_util::client::proxy::matcher::Matcher::from_env().intercept(&uri)?;
+    let mut proxy = Url::parse(&intercept.uri().to_string()).ok()?;
+    // An http:// proxy's login comes as a ready `Basic` value: take it apart again.
+    let basic = intercept
+        .basic_auth()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| STANDARD.decode(b.trim()).ok())
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|pair| {
+            pair.split_once(':')
+                .map(|(u, p)| (u.to_owned(), p.to_owned()))
+        });
+    let raw = intercept
+        .raw_auth()
+        .map(|(u, p)| (u.to_owned(), p.to_owned()));
+    let credentials = basic.or(raw).map(|(user, password)| Credentials {
+        user,
+        password: Secret::new(password),
     });
     let _ = proxy.set_username("");
     let _ = proxy.set_password(None);
@@ -492,6 +488,7 @@ impl DavClient {
                 proxy: config.proxy.clone().or_else(|| env_proxy(&config.url)),
                 auth: Mutex::new(AuthState::None),
                 kerberos_warned: std::sync::atomic::AtomicBool::new(false),
+                kerberos_gate: tokio::sync::Mutex::new(KerberosGate::default()),
                 stats: RequestStats::default(),
                 max_listing_bytes: config.max_listing_bytes,
                 retry_budget: config.retry_budget,
@@ -897,8 +894,12 @@ impl DavClient {
         loop {
             let mut req = self.inner.http.request(m.clone(), url.clone());
             req = req.headers(headers.clone());
-            if credentials_allowed(self.inner.root.url(), &url)
-                && let Some(value) = self.authorization(method, &url)
+            let value = if credentials_allowed(self.inner.root.url(), &url) {
+                self.authorization(method, &url).await
+            } else {
+                None
+            };
+            if let Some(value) = value
                 && let Ok(mut v) = HeaderValue::from_str(&value)
             {
                 v.set_sensitive(true);
@@ -1021,19 +1022,28 @@ impl DavClient {
     }
 
     /// The `Authorization` value for the next request, if the server challenged us.
-    fn authorization(&self, method: &str, url: &Url) -> Option<String> {
-        let mut st = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
-        let creds = self.inner.credentials.as_ref();
-        match &mut *st {
-            AuthState::None | AuthState::Ntlm(_) => None,
-            AuthState::Negotiate(k) => match k.token() {
-                Ok(t) => Some(format!("Negotiate {}", STANDARD.encode(t))),
-                Err(e) => {
+    async fn authorization(&self, method: &str, url: &Url) -> Option<String> {
+        let kerberos = match &*self.inner.auth.lock().unwrap_or_else(|e| e.into_inner()) {
+            AuthState::Negotiate(k) => Some(k.clone()),
+            _ => None,
+        };
+        if let Some(k) = kerberos {
+            // Off the runtime and outside the lock: a token may need the KDC (a new service
+            // ticket, a renewed login).
+            return match tokio::task::spawn_blocking(move || k.token()).await {
+                Ok(Ok(t)) => Some(format!("Negotiate {}", STANDARD.encode(t))),
+                Ok(Err(e)) => {
                     // Typically an expired ticket: the 401 that follows starts over.
                     tracing::warn!("Kerberos: {e}");
                     None
                 }
-            },
+                Err(_) => None,
+            };
+        }
+        let mut st = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
+        let creds = self.inner.credentials.as_ref();
+        match &mut *st {
+            AuthState::None | AuthState::Ntlm(_) | AuthState::Negotiate(_) => None,
             AuthState::Bearer(token) => Some(format!("Bearer {}", token.expose())),
             AuthState::Basic => creds.map(Credentials::basic_header),
             AuthState::Digest { challenge, nc } => {
@@ -1096,19 +1106,36 @@ impl DavClient {
     /// A 401 offering Negotiate: start (or restart) Kerberos, from the ticket cache or with
     /// the password. Returns whether Kerberos is now in use with a session that made a token.
     /// A refused token (a second 401 with a working session) is not retried.
+    ///
+    /// Configured credentials decide the identity: a principal (`user@REALM`) logs in with its
+    /// password, any other name leaves Negotiate to NTLM; only without credentials is the
+    /// user's ticket cache used. A refused password is not tried again (each try is a login
+    /// at the KDC, which counts towards lockouts); starts run one at a time.
     async fn learn_kerberos(&self) -> bool {
+        let creds = self.inner.credentials.clone();
+        if creds.as_ref().is_some_and(|c| !Kerberos::is_principal(c)) {
+            return false;
+        }
+        let mut gate = self.inner.kerberos_gate.lock().await;
+        if gate.password_refused {
+            return false;
+        }
+        let current = match &*self.inner.auth.lock().unwrap_or_else(|e| e.into_inner()) {
+            AuthState::Negotiate(k) => Some(k.clone()),
+            _ => None,
+        };
+        if let Some(k) = current
+            && tokio::task::spawn_blocking(move || k.token().is_ok())
+                .await
+                .unwrap_or(false)
         {
-            let st = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
-            if let AuthState::Negotiate(k) = &*st
-                && k.token().is_ok()
-            {
-                return false;
-            }
+            // Tokens are made, and the server refused one.
+            return false;
         }
         let Some(host) = self.inner.root.url().host_str().map(str::to_owned) else {
             return false;
         };
-        let creds = self.inner.credentials.clone();
+        let with_password = creds.is_some();
         let started =
             tokio::task::spawn_blocking(move || Kerberos::start(&host, creds.as_ref())).await;
         match started {
@@ -1119,6 +1146,7 @@ impl DavClient {
                 true
             }
             Ok(Err(e)) => {
+                gate.password_refused = with_password;
                 if !self.inner.kerberos_warned.swap(true, Ordering::Relaxed) {
                     tracing::warn!("the server offers Kerberos, which cannot be used: {e}");
                 }

@@ -13,9 +13,11 @@
 //! mod_auth_gssapi both accept a token on every request. Mutual authentication is not
 //! requested: the server's identity is TLS's job (`https://`).
 //!
-//! When there is no ticket but the user gave a principal name (`user@REALM`) and a password
-//! (keyring, secrets file, `DAVDRIVE_PASSWORD`), a ticket is obtained with them (`gss_acquire_cred_with_password`)
-//! and kept in memory for this mount only; nothing is written to the user's ticket cache.
+//! Credentials given for the mount decide the identity: a principal name (`user@REALM`) with
+//! its password (keyring, secrets file, `DAVDRIVE_PASSWORD`) gets a ticket of its own
+//! (`gss_acquire_cred_with_password`), kept in memory for this mount only and never written
+//! to the user's ticket cache; other names (`DOMAIN\user`) mean NTLM. Without credentials the
+//! ticket cache is used.
 //!
 //! Windows (SSPI) and macOS (GSS.framework) are not wired up yet: there [`Kerberos::load`]
 //! says so and `Negotiate` falls back to NTLM.
@@ -36,11 +38,16 @@ impl std::fmt::Debug for Kerberos {
 }
 
 impl Kerberos {
-    /// A session for `host` from the default ticket cache, else (when `credentials` are
-    /// given) from a ticket obtained with them. Proves it works by producing a first token,
-    /// which is returned; may block (it can ask the KDC), so call it off the runtime.
-    ///
-    /// The error says why neither worked, in GSSAPI's words.
+    /// Whether `credentials` name a Kerberos principal (`user@REALM`) to log in with. Other
+    /// names (`DOMAIN\\user`, a bare name) are meant for NTLM or Basic.
+    pub fn is_principal(credentials: &Credentials) -> bool {
+        credentials.user.contains('@') && !credentials.user.contains('\\')
+    }
+
+    /// A session for `host`: with `credentials` (a principal and its password; the ticket is
+    /// kept in memory for this session), or else from the user's ticket cache. Proves it works
+    /// by producing a first token, which is returned. May block (it can ask the KDC): call it
+    /// off the runtime. The error says why, in GSSAPI's words.
     #[cfg(target_os = "linux")]
     pub fn start(
         host: &str,
@@ -48,24 +55,9 @@ impl Kerberos {
     ) -> Result<(Kerberos, Vec<u8>), String> {
         let lib = gss::Library::get()?;
         let service = format!("HTTP@{host}");
-        let from_cache = gss::Session::new(lib, &service, None);
-        // Only a principal name (`user@REALM`) is tried with the password: `DOMAIN\user` or a
-        // bare name is meant for NTLM, and asking a KDC about it would only cost time.
-        let principal = credentials.filter(|c| c.user.contains('@') && !c.user.contains('\\'));
-        match (from_cache, principal) {
-            (Ok((s, t)), _) => Ok((Kerberos { imp: s }, t)),
-            (Err(cache_err), Some(c)) => {
-                match gss::Session::new(lib, &service, Some((&c.user, c.password.expose()))) {
-                    Ok((s, t)) => Ok((Kerberos { imp: s }, t)),
-                    Err(pw_err) => Err(format!(
-                        "no usable ticket ({cache_err}), and none with the password of {} \
-                         ({pw_err})",
-                        c.user
-                    )),
-                }
-            }
-            (Err(e), None) => Err(e),
-        }
+        let login = credentials.map(|c| (c.user.as_str(), c.password.expose()));
+        let (s, t) = gss::Session::new(lib, &service, login)?;
+        Ok((Kerberos { imp: s }, t))
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -270,15 +262,17 @@ mod gss {
                 for _ in 0..8 {
                     let mut m: Om = 0;
                     let mut buf = Buffer::empty();
-                    let mut krb5 = oid(MECH_KRB5);
-                    let mech = if kind == GSS_C_MECH_CODE {
-                        &mut krb5 as *mut Oid
-                    } else {
-                        ptr::null_mut()
-                    };
+                    // No mechanism: the library finds the one the minor code belongs to.
                     // SAFETY: out-pointers are valid; the buffer is released below.
                     let st = unsafe {
-                        (self.display_status)(&mut m, code, kind, mech, &mut ctx, &mut buf)
+                        (self.display_status)(
+                            &mut m,
+                            code,
+                            kind,
+                            ptr::null_mut(),
+                            &mut ctx,
+                            &mut buf,
+                        )
                     };
                     if failed(st) {
                         break;
@@ -378,12 +372,16 @@ mod gss {
         /// at once: without mutual authentication the server's answer needs no processing.
         pub fn token(&self) -> Result<Vec<u8>, String> {
             self.token_with(MECH_SPNEGO).map_err(|e| {
-                // SPNEGO's own words ("cannot find mechanisms to negotiate") hide the reason;
-                // Kerberos says it (no ticket cache, expired ticket, unknown service).
-                match self.token_with(MECH_KRB5) {
-                    Err(krb5) if !self.cred.is_null() || e.contains("SPNEGO") => hint(krb5),
-                    _ => hint(e),
+                // SPNEGO's own words about the ticket cache ("cannot find mechanisms to
+                // negotiate") hide the reason; Kerberos says it (no ticket cache, expired
+                // ticket). A password credential is SPNEGO's only: its errors stand.
+                if self.cred.is_null()
+                    && e.contains("SPNEGO")
+                    && let Err(krb5) = self.token_with(MECH_KRB5)
+                {
+                    return hint(krb5);
                 }
+                hint(e)
             })
         }
 

@@ -123,6 +123,9 @@ struct State {
     changed_since_recovery: bool,
     /// A local-only file (OS litter): `file` is its permanent home; nothing is uploaded.
     local: bool,
+    /// A close with nothing written ended the streaming upload (see `flush_on_close`): the
+    /// next write from offset 0 starts a new one.
+    restream: bool,
 }
 
 impl State {
@@ -142,6 +145,7 @@ impl State {
             recovered: None,
             changed_since_recovery: false,
             local: false,
+            restream: false,
         }
     }
 }
@@ -538,6 +542,15 @@ impl WriteHandle {
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
+        if st.restream && st.stream.is_none() && offset == 0 && st.size == 0 && !st.local {
+            st.restream = false;
+            match start_stream(client, &self.path(), &st.pre, &st.file) {
+                Ok(s) => st.stream = Some(s),
+                Err(e) => {
+                    tracing::debug!(path = %self.path(), "cannot stream again ({e}); spooling")
+                }
+            }
+        }
         let sequential = st.stream.is_some() && offset == st.size;
         if st.stream.is_some() && !sequential {
             tracing::debug!(path = %self.path(), offset, size = st.size, "a write out of sequence");
@@ -676,23 +689,25 @@ impl WriteHandle {
 
     /// `close()` of one descriptor. FUSE sends a flush for every `close`, also of a descriptor
     /// that has a `dup` still open: a shell opens `> file`, moves it to standard output and
-    /// closes the original before anything is written. Ending the upload there would send an
-    /// empty PUT and spool every later write. So while a streaming upload has received no
-    /// byte, this close leaves it open; the last close (or fsync) completes it. A new file
-    /// exists empty on the server already; a truncated existing file keeps its old content
-    /// there until then.
+    /// closes the original before anything is written. That close completes the (empty)
+    /// upload like any close, so the server holds what the application wrote so far; the next
+    /// write from offset 0 then starts a new streaming upload instead of spooling everything
+    /// for the last close.
     pub(super) async fn flush_on_close(
         &self,
         client: &DavClient,
         cache: &CacheDir,
     ) -> VfsResult<Option<Uploaded>> {
-        {
+        let empty_stream = {
             let st = self.state.lock().await;
-            if st.stream.is_some() && st.size == 0 && st.failed.is_none() {
-                return Ok(None);
-            }
+            st.stream.is_some() && st.size == 0 && st.failed.is_none()
+        };
+        let r = self.flush(client, cache).await;
+        if empty_stream && r.is_ok() {
+            let mut st = self.state.lock().await;
+            st.restream = st.size == 0 && st.stream.is_none() && st.failed.is_none();
         }
-        self.flush(client, cache).await
+        r
     }
 
     /// Copies the data into the recovery folder (once per version of the data).

@@ -160,10 +160,11 @@ fn apache_write_request_counts_and_cache_coherence() {
 }
 
 /// A shell opens `> file`, moves the descriptor to standard output and closes the original
-/// before the command writes: the kernel sends a flush for that close. The upload must stay
-/// open for the writes that follow: one PUT, streamed, not an empty PUT and a second upload.
+/// before the command writes: the kernel sends a flush for that close. That close leaves the
+/// (empty) file on the server like any close; the writes that follow still stream, in one
+/// chunked PUT, not a spooled upload at the end.
 #[test]
-fn shell_redirect_streams_in_one_put() {
+fn shell_redirect_streams_its_data() {
     let Some(a) = apache() else { return };
     if !have_fuse() {
         return;
@@ -188,8 +189,42 @@ fn shell_redirect_streams_in_one_put() {
         .iter()
         .filter(|r| r.method == "PUT" && r.path.ends_with("/out.bin"))
         .collect();
-    assert_eq!(puts.len(), 1, "{puts:?}");
+    let carrying: Vec<_> = puts
+        .iter()
+        .filter(|r| r.bytes_in > data.len() as u64)
+        .collect();
+    assert_eq!(
+        carrying.len(),
+        1,
+        "the data went up more than once: {puts:?}"
+    );
+    assert_eq!(
+        carrying[0].transfer_encoding, "chunked",
+        "not streamed: {puts:?}"
+    );
+    // That first close completed the empty file; the data followed in a PUT of its own.
+    assert_eq!(puts.len(), 2, "{puts:?}");
     assert!(std::fs::read(dir.join("out.bin")).expect("on the server") == data);
+
+    // Every close leaves the server and the mount agreeing, also with nothing written.
+    run(Command::new("sh").arg("-c").arg(format!(
+        ": > '{0}'; test ! -s '{0}' && echo x >> '{0}' && : > '{1}' && rm '{1}' && touch '{2}' && mv '{2}' '{3}'",
+        out.display(),
+        m.path().join("gone.txt").display(),
+        m.path().join("touched").display(),
+        m.path().join("moved").display(),
+    )));
+    assert_eq!(
+        std::fs::read(m.path().join("out.bin")).expect("read back"),
+        b"x\n"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("out.bin")).expect("on the server"),
+        b"x\n"
+    );
+    assert!(!dir.join("gone.txt").exists());
+    assert!(!dir.join("touched").exists());
+    assert_eq!(std::fs::read(dir.join("moved")).expect("moved"), b"");
     assert!(m.unmount().success());
 }
 

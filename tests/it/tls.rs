@@ -415,8 +415,8 @@ fn login_stores_the_password_in_the_keyutils_keyring() {
     assert!(ok && text.contains("held nothing"), "{text}");
 }
 
-/// NTLM behind a proxy: each authenticated connection is a CONNECT tunnel through it, given
-/// with --proxy (and a login the proxy ignores) or by HTTPS_PROXY/HTTP_PROXY.
+/// NTLM behind a proxy: each authenticated connection is a CONNECT tunnel through it, with
+/// the proxy's login, given with --proxy or by HTTP_PROXY.
 #[test]
 fn ntlm_through_a_proxy_tunnels() {
     use crate::support::http_proxy::HttpProxy;
@@ -434,18 +434,30 @@ fn ntlm_through_a_proxy_tunnels() {
     let url = format!("http://127.0.0.1:{}/dav/ntlm-proxy/", server.port);
     let login = format!("{}\\{}", ntlm::DOMAIN, ntlm::USER);
     let tunnel = format!("CONNECT 127.0.0.1:{} HTTP/1.1", server.port);
+    use base64::Engine as _;
+    let proxy_login = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("px-user:px pass")
+    );
     for via_env in [false, true] {
         let proxy = HttpProxy::start();
-        let purl = format!("http://127.0.0.1:{}", proxy.port);
+        let purl = format!("http://px-user@127.0.0.1:{}", proxy.port);
+        let env_url = format!("http://px-user:px%20pass@127.0.0.1:{}", proxy.port);
         let (args, env): (Vec<&str>, Vec<(&str, &str)>) = if via_env {
             (
                 vec!["--user", &login],
-                vec![("DAVDRIVE_PASSWORD", ntlm::PASSWORD), ("HTTP_PROXY", &purl)],
+                vec![
+                    ("DAVDRIVE_PASSWORD", ntlm::PASSWORD),
+                    ("HTTP_PROXY", &env_url),
+                ],
             )
         } else {
             (
                 vec!["--user", &login, "--proxy", &purl],
-                vec![("DAVDRIVE_PASSWORD", ntlm::PASSWORD)],
+                vec![
+                    ("DAVDRIVE_PASSWORD", ntlm::PASSWORD),
+                    ("DAVDRIVE_PROXY_PASSWORD", "px pass"),
+                ],
             )
         };
         let m = Mount::try_new(&url, &args, &env)
@@ -459,10 +471,10 @@ fn ntlm_through_a_proxy_tunnels() {
         std::fs::write(m.path().join(&name), &data).expect("write through the tunnel");
         assert!(m.unmount().success());
         assert!(std::fs::read(dir.join(&name)).expect("stored") == data);
-        let lines = proxy.first_lines();
+        let lines = proxy.lines_with_login();
         assert!(
-            lines.contains(&tunnel),
-            "no tunnel through the proxy (env: {via_env}): {lines:?}"
+            lines.contains(&(tunnel.clone(), proxy_login.clone())),
+            "no tunnel with the proxy's login (env: {via_env}): {lines:?}"
         );
     }
     assert!(

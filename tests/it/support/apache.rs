@@ -3,7 +3,8 @@
 //! `/redir/x` redirects (308) to `https://127.0.0.1:TLS_PORT/dav/x` as IIS's HTTP→HTTPS
 //! rule does. `/dav/` serves `docroot` without authentication; `/auth/` serves `authroot` behind Basic
 //! authentication (user `alice`, password [`PASSWORD`]). The access log has one tab-separated
-//! line per request: method, decoded path, status, bytes sent (headers included), Range.
+//! line per request: method, decoded path, status, bytes sent (headers included), Range,
+//! Transfer-Encoding, bytes received.
 //! Apache drops root for `www-data`, so test data is handed to that user.
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,10 @@ pub struct Logged {
     pub status: u16,
     pub bytes_out: u64,
     pub range: String,
+    /// The request's `Transfer-Encoding` (`chunked` for a streamed upload, `-` if none).
+    pub transfer_encoding: String,
+    /// Bytes received, request line and headers included.
+    pub bytes_in: u64,
 }
 
 /// The shared Apache of this test binary, or `None` when it is not installed (outside CI).
@@ -298,7 +303,7 @@ EnableSendfile On
 LimitRequestBody 0
 Timeout 60
 DavLockDB "{run}/davlock"
-LogFormat "%m\t%U\t%>s\t%O\t%{{Range}}i" davlog
+LogFormat "%m\t%U\t%>s\t%O\t%{{Range}}i\t%{{Transfer-Encoding}}i\t%I" davlog
 CustomLog "{log}" davlog
 DocumentRoot "{docroot}"
 <Directory />
@@ -419,6 +424,8 @@ Alias /digest/ "{digestroot}/"
                     status: f[2].parse().unwrap_or(0),
                     bytes_out: f[3].parse().unwrap_or(0),
                     range: f[4].to_owned(),
+                    transfer_encoding: f.get(5).copied().unwrap_or("-").to_owned(),
+                    bytes_in: f.get(6).and_then(|v| v.parse().ok()).unwrap_or(0),
                 })
             })
             .filter(|r| r.path.starts_with(&want))

@@ -1,6 +1,7 @@
 //! A minimal forward HTTP proxy on 127.0.0.1: absolute-form requests are piped to their
 //! origin, `CONNECT host:port` opens a tunnel. It records the first request line of every
-//! connection, so a test can see that traffic went through it.
+//! connection, and the `Proxy-Authorization` it carried (or `-`), so a test can see that
+//! traffic went through it and with which login. It asks for no login itself.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 pub struct HttpProxy {
     pub port: u16,
     lines: Arc<Mutex<Vec<String>>>,
+    auths: Arc<Mutex<Vec<String>>>,
 }
 
 impl HttpProxy {
@@ -16,14 +18,22 @@ impl HttpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let lines: Arc<Mutex<Vec<String>>> = Arc::default();
-        let l = lines.clone();
+        let auths: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (l, a) = (lines.clone(), auths.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let l = l.clone();
-                std::thread::spawn(move || serve(client, l));
+                let (l, a) = (l.clone(), a.clone());
+                std::thread::spawn(move || serve(client, l, a));
             }
         });
-        HttpProxy { port, lines }
+        HttpProxy { port, lines, auths }
+    }
+
+    /// Each connection's first request line with the `Proxy-Authorization` it carried.
+    pub fn lines_with_login(&self) -> Vec<(String, String)> {
+        let lines = self.first_lines();
+        let auths = self.auths.lock().map(|a| a.clone()).unwrap_or_default();
+        lines.into_iter().zip(auths).collect()
     }
 
     /// The first request line of every connection so far.
@@ -47,7 +57,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
     let _ = to.shutdown(Shutdown::Write);
 }
 
-fn serve(client: TcpStream, lines: Arc<Mutex<Vec<String>>>) {
+fn serve(client: TcpStream, lines: Arc<Mutex<Vec<String>>>, auths: Arc<Mutex<Vec<String>>>) {
     let Ok(read_half) = client.try_clone() else {
         return;
     };
@@ -66,8 +76,19 @@ fn serve(client: TcpStream, lines: Arc<Mutex<Vec<String>>>) {
         }
     }
     let first = head[0].trim_end().to_owned();
+    let auth = head
+        .iter()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("proxy-authorization")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "-".into());
     if let Ok(mut l) = lines.lock() {
         l.push(first.clone());
+    }
+    if let Ok(mut a) = auths.lock() {
+        a.push(auth);
     }
     let mut parts = first.split(' ');
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
