@@ -411,6 +411,17 @@ mod platform {
             }
             return Err(msg);
         }
+        // Signals are caught from before the mount exists: a SIGTERM right after the ready
+        // line must unmount cleanly, not kill the daemon and leave a dead mount behind.
+        let (mut term, mut int, mut hup) = {
+            use tokio::signal::unix::{SignalKind, signal};
+            let _in_runtime = rt.enter();
+            (
+                signal(SignalKind::terminate()).ok(),
+                signal(SignalKind::interrupt()).ok(),
+                signal(SignalKind::hangup()).ok(),
+            )
+        };
         let opts = FuseOptions {
             fsname: shown_url.clone(),
             allow_other: cfg.allow_other,
@@ -435,7 +446,6 @@ mod platform {
         }
         tracing::info!(url = %shown_url, mountpoint = %cfg.mountpoint.display(), "mounted");
         let signalled = rt.block_on(async {
-            use tokio::signal::unix::{SignalKind, signal};
             async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
                 match s {
                     Some(s) => {
@@ -444,9 +454,6 @@ mod platform {
                     None => std::future::pending::<()>().await,
                 }
             }
-            let mut term = signal(SignalKind::terminate()).ok();
-            let mut int = signal(SignalKind::interrupt()).ok();
-            let mut hup = signal(SignalKind::hangup()).ok();
             tokio::select! {
                 _ = recv(term.as_mut()) => true,
                 _ = recv(int.as_mut()) => true,

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::apache::{self, apache};
+use crate::support::apache::{self, Logged, apache};
 use crate::support::dav_server::DavServer;
 use crate::support::orthanc::orthanc;
 use crate::support::{Mount, have, have_fuse, pattern, project_dir};
@@ -123,7 +123,12 @@ fn apache_write_request_counts_and_cache_coherence() {
         .arg("-r")
         .arg(src.path())
         .arg(m.path().join("in")));
-    let reqs = a.settled_requests("write-counts");
+    let puts_of_files = |r: &[Logged]| {
+        r.iter()
+            .filter(|l| l.method == "PUT" && l.path.contains("/in/f"))
+            .count()
+    };
+    let reqs = a.settled_until("write-counts", |r| puts_of_files(&r[before..]) >= 50);
     let new = &reqs[before..];
     let puts = new.iter().filter(|r| r.method == "PUT").count();
     let other: Vec<_> = new
@@ -136,7 +141,9 @@ fn apache_write_request_counts_and_cache_coherence() {
             .iter()
             .filter(|r| r.method == "PUT" && r.path.contains(".davdrive-probe"))
             .count(),
-        50
+        50,
+        "{:#?}",
+        new.iter().filter(|r| r.method == "PUT").collect::<Vec<_>>()
     );
     assert!(other.len() <= 3, "{other:?}");
     // A listing right after shows the new sizes without another request.
@@ -184,7 +191,11 @@ fn shell_redirect_streams_its_data() {
         src.path().join("in.bin").display(),
         out.display()
     )));
-    let reqs = a.settled_requests("redirect");
+    let reqs = a.settled_until("redirect", |r| {
+        r[before..]
+            .iter()
+            .any(|l| l.method == "PUT" && l.bytes_in > data.len() as u64)
+    });
     let puts: Vec<_> = reqs[before..]
         .iter()
         .filter(|r| r.method == "PUT" && r.path.ends_with("/out.bin"))

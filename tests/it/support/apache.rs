@@ -372,6 +372,18 @@ Alias /digest/ "{digestroot}/"
         }
     }
 
+    /// As [`Apache::settled_requests`], until `done` holds for them (at most 10 s; then the
+    /// last answer, for the caller's assertion to show).
+    pub fn settled_until(&self, prefix: &str, done: impl Fn(&[Logged]) -> bool) -> Vec<Logged> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reqs = self.settled_requests(prefix);
+            if done(&reqs) || Instant::now() >= deadline {
+                return reqs;
+            }
+        }
+    }
+
     /// `http://127.0.0.1:PORT/dav/<sub>/`.
     pub fn url(&self, sub: &str) -> String {
         if sub.is_empty() {
@@ -432,11 +444,13 @@ Alias /digest/ "{digestroot}/"
             .collect()
     }
 
-    /// The requests under `prefix` once every request sent before this call is logged.
+    /// The requests under `prefix` once the requests whose answers we have are logged.
     ///
     /// Apache logs a request after the client has seen the response, so a count taken right
     /// after a file operation could miss its last request. This sends a sentinel request and
-    /// waits (bounded) until it appears in the log; sentinels are not returned.
+    /// waits (bounded) until it appears in the log; sentinels are not returned. Another
+    /// worker may still be writing the line of a request answered just before: where a test
+    /// knows what it expects, [`Apache::settled_until`] waits for that.
     pub fn settled_requests(&self, prefix: &str) -> Vec<Logged> {
         use std::io::{Read, Write};
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
