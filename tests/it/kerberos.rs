@@ -39,18 +39,13 @@ fn kerberos_ticket_from_kinit_end_to_end() {
     // level, to check that no token reaches the log.
     let m = mount(r, "tickets", &ccache, &[], &[("RUST_LOG", "trace")])
         .unwrap_or_else(|e| panic!("{e}"));
-    let names: Vec<String> = std::fs::read_dir(m.path())
-        .expect("listing")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, ["report.txt"]);
-    assert_eq!(
-        std::fs::read(m.path().join("report.txt")).expect("read"),
-        b"behind kerberos"
+    let data = crate::support::list_read_write_mkdir(
+        &m,
+        "report.txt",
+        b"behind kerberos",
+        3 << 20,
+        "through Kerberos",
     );
-    let data = crate::support::pattern(3 << 20, 21);
-    std::fs::write(m.path().join("up.bin"), &data).expect("write through Kerberos");
-    std::fs::create_dir(m.path().join("folder")).expect("mkdir through Kerberos");
     let trace = m.log();
     assert!(trace.contains("authenticating with Kerberos"), "{trace}");
     // SPNEGO tokens are DER: base64 "YII…".

@@ -508,18 +508,13 @@ fn ntlm_windows_authentication_end_to_end() {
         &[("DAVDRIVE_PASSWORD", ntlm::PASSWORD)],
     )
     .unwrap_or_else(|e| panic!("{e}\n{:?}", server.log_lines()));
-    let names: Vec<String> = std::fs::read_dir(m.path())
-        .expect("listing")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(names, ["report.txt"]);
-    assert_eq!(
-        std::fs::read(m.path().join("report.txt")).expect("read"),
-        b"behind windows auth"
+    let data = crate::support::list_read_write_mkdir(
+        &m,
+        "report.txt",
+        b"behind windows auth",
+        2 << 20,
+        "through NTLM",
     );
-    let data = crate::support::pattern(2 << 20, 12);
-    std::fs::write(m.path().join("up.bin"), &data).expect("write through NTLM");
-    std::fs::create_dir(m.path().join("folder")).expect("mkdir through NTLM");
     assert!(m.unmount().success());
     assert!(std::fs::read(dir.join("up.bin")).expect("stored") == data);
     assert!(dir.join("folder").is_dir());

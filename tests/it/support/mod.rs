@@ -134,6 +134,32 @@ pub fn wait_for_port(port: u16, child: &mut Child, timeout: Duration) {
     }
 }
 
+/// What every authenticated-mount test does through the mount: the listing holds just
+/// `name`, which reads as `content`; a file of `size` bytes is written as `up.bin` and a
+/// directory `folder` is made. Returns what was written, for the caller to find on the server.
+pub fn list_read_write_mkdir(
+    m: &Mount,
+    name: &str,
+    content: &[u8],
+    size: usize,
+    how: &str,
+) -> Vec<u8> {
+    let names: Vec<String> = std::fs::read_dir(m.path())
+        .expect("listing")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [name], "listing {how}");
+    assert_eq!(
+        std::fs::read(m.path().join(name)).expect("read"),
+        content,
+        "read {how}"
+    );
+    let data = pattern(size, size as u64);
+    std::fs::write(m.path().join("up.bin"), &data).unwrap_or_else(|e| panic!("write {how}: {e}"));
+    std::fs::create_dir(m.path().join("folder")).unwrap_or_else(|e| panic!("mkdir {how}: {e}"));
+    data
+}
+
 /// The project's root directory.
 pub fn project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
