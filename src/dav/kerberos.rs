@@ -19,7 +19,7 @@
 //! to the user's ticket cache; other names (`DOMAIN\user`) mean NTLM. Without credentials the
 //! ticket cache is used.
 //!
-//! Windows (SSPI) and macOS (GSS.framework) are not wired up yet: there [`Kerberos::load`]
+//! Windows (SSPI) and macOS (GSS.framework) are not wired up yet: there [`Kerberos::start`]
 //! says so and `Negotiate` falls back to NTLM.
 
 use super::auth::Credentials;
@@ -77,18 +77,6 @@ impl Kerberos {
         #[cfg(not(target_os = "linux"))]
         {
             Err("Kerberos is not supported on this platform yet".into())
-        }
-    }
-
-    /// Whether the system's GSSAPI library can be loaded at all.
-    pub fn available() -> bool {
-        #[cfg(target_os = "linux")]
-        {
-            gss::Library::get().is_ok()
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            false
         }
     }
 }
