@@ -307,8 +307,6 @@ struct Inner {
     proxy: Option<ProxyConfig>,
     /// How the server challenged us; from then on credentials go out preemptively.
     auth: Mutex<AuthState>,
-    /// Whether a failed Kerberos start was reported (once per mount).
-    kerberos_warned: std::sync::atomic::AtomicBool,
     kerberos_gate: tokio::sync::Mutex<KerberosGate>,
     stats: RequestStats,
     max_listing_bytes: usize,
@@ -318,10 +316,12 @@ struct Inner {
     reconnect_retries: std::sync::atomic::AtomicBool,
 }
 
-/// Serialises Kerberos starts and remembers a refused password.
+/// Serialises Kerberos starts; remembers a refused password and whether a failure was
+/// reported (once per mount).
 #[derive(Default)]
 struct KerberosGate {
     password_refused: bool,
+    warned: bool,
 }
 
 /// A proxy and, when it wants one, its login.
@@ -487,7 +487,6 @@ impl DavClient {
                 progress_timeout: config.progress_timeout,
                 proxy: config.proxy.clone().or_else(|| env_proxy(&config.url)),
                 auth: Mutex::new(AuthState::None),
-                kerberos_warned: std::sync::atomic::AtomicBool::new(false),
                 kerberos_gate: tokio::sync::Mutex::new(KerberosGate::default()),
                 stats: RequestStats::default(),
                 max_listing_bytes: config.max_listing_bytes,
@@ -1023,11 +1022,7 @@ impl DavClient {
 
     /// The `Authorization` value for the next request, if the server challenged us.
     async fn authorization(&self, method: &str, url: &Url) -> Option<String> {
-        let kerberos = match &*self.inner.auth.lock().unwrap_or_else(|e| e.into_inner()) {
-            AuthState::Negotiate(k) => Some(k.clone()),
-            _ => None,
-        };
-        if let Some(k) = kerberos {
+        if let Some(k) = self.kerberos() {
             // Off the runtime and outside the lock: a token may need the KDC (a new service
             // ticket, a renewed login).
             return match tokio::task::spawn_blocking(move || k.token()).await {
@@ -1051,6 +1046,14 @@ impl DavClient {
                 let uri = &url[url::Position::BeforePath..];
                 creds.map(|c| challenge.authorization(c, method, uri, *nc, &cnonce()))
             }
+        }
+    }
+
+    /// The Kerberos session, once the server asked for Negotiate and one started.
+    fn kerberos(&self) -> Option<Arc<Kerberos>> {
+        match &*self.inner.auth.lock().unwrap_or_else(|e| e.into_inner()) {
+            AuthState::Negotiate(k) => Some(k.clone()),
+            _ => None,
         }
     }
 
@@ -1083,14 +1086,8 @@ impl DavClient {
     /// a new Digest nonce): then the request is worth sending again. An unchanged challenge
     /// means the credentials themselves were refused.
     async fn learn_challenge(&self, headers: &HeaderMap) -> Result<bool, DavError> {
-        let values = || {
-            headers
-                .get_all(reqwest::header::WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-        };
         if let Some(source) = &self.inner.bearer
-            && offered_schemes(values()).iter().any(|s| s == "bearer")
+            && offers(headers, "bearer")
         {
             return self.learn_bearer(source).await;
         }
@@ -1120,11 +1117,7 @@ impl DavClient {
         if gate.password_refused {
             return false;
         }
-        let current = match &*self.inner.auth.lock().unwrap_or_else(|e| e.into_inner()) {
-            AuthState::Negotiate(k) => Some(k.clone()),
-            _ => None,
-        };
-        if let Some(k) = current
+        if let Some(k) = self.kerberos()
             && tokio::task::spawn_blocking(move || k.token().is_ok())
                 .await
                 .unwrap_or(false)
@@ -1147,7 +1140,7 @@ impl DavClient {
             }
             Ok(Err(e)) => {
                 gate.password_refused = with_password;
-                if !self.inner.kerberos_warned.swap(true, Ordering::Relaxed) {
+                if !std::mem::replace(&mut gate.warned, true) {
                     tracing::warn!("the server offers Kerberos, which cannot be used: {e}");
                 }
                 false

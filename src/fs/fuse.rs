@@ -79,15 +79,10 @@ impl FuseAdapter {
         FuseAdapter { vfs, rt, ttl }
     }
 
-    fn flush_and_reply(&self, fh: FileHandle, closing: bool, reply: ReplyEmpty) {
+    fn flush_and_reply(&self, fh: FileHandle, reply: ReplyEmpty) {
         let vfs = self.vfs.clone();
         self.rt.spawn(async move {
-            let flushed = if closing {
-                vfs.close(fh.0).await
-            } else {
-                vfs.flush(fh.0).await
-            };
-            match flushed {
+            match vfs.flush(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -304,7 +299,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.flush_and_reply(fh, true, reply);
+        self.flush_and_reply(fh, reply);
     }
 
     fn fsync(
@@ -316,7 +311,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         // fsync and close both return once the server holds the data.
-        self.flush_and_reply(fh, false, reply);
+        self.flush_and_reply(fh, reply);
     }
 
     fn setattr(

@@ -419,34 +419,19 @@ impl Vfs {
         }
     }
 
-    /// fsync(): returns once the server holds the data.
+    /// close() and fsync(): returns once the server holds the data.
     pub async fn flush(&self, fh: u64) -> VfsResult<()> {
-        self.flush_as(fh, false).await
-    }
-
-    /// close() of a descriptor: as `flush`, except that a streaming upload that has not
-    /// received a byte yet stays open (see `WriteHandle::flush_on_close`).
-    pub async fn close(&self, fh: u64) -> VfsResult<()> {
-        self.flush_as(fh, true).await
-    }
-
-    async fn flush_as(&self, fh: u64, closing: bool) -> VfsResult<()> {
         let Handle::Write(w) = self.handle(fh)? else {
             return Ok(());
         };
         self.uploads.send_modify(|n| *n += 1);
-        let r = self.flush_handle(&w, closing).await;
+        let r = self.flush_handle(&w).await;
         self.uploads.send_modify(|n| *n -= 1);
         r
     }
 
-    async fn flush_handle(&self, w: &Arc<WriteHandle>, closing: bool) -> VfsResult<()> {
-        let flushed = if closing {
-            w.flush_on_close(&self.client, &self.cache).await
-        } else {
-            w.flush(&self.client, &self.cache).await
-        };
-        match flushed {
+    async fn flush_handle(&self, w: &Arc<WriteHandle>) -> VfsResult<()> {
+        match w.flush(&self.client, &self.cache).await {
             Ok(Some(up)) => {
                 self.apply_upload(w.ino(), &up);
                 let local = self.local.get(&w.path()).is_some();
@@ -508,8 +493,7 @@ impl Vfs {
                 return;
             };
             if shared {
-                // Another descriptor still uses the session: as a close of one of them.
-                let _ = this.flush_handle(&w, true).await;
+                let _ = this.flush_handle(&w).await;
             } else {
                 this.finish_session(fh, &w).await;
             }

@@ -123,8 +123,8 @@ struct State {
     changed_since_recovery: bool,
     /// A local-only file (OS litter): `file` is its permanent home; nothing is uploaded.
     local: bool,
-    /// A close with nothing written ended the streaming upload (see `flush_on_close`): the
-    /// next write from offset 0 starts a new one.
+    /// A flush with nothing written ended the streaming upload (see `flush`): the next write
+    /// from offset 0 starts a new one.
     restream: bool,
 }
 
@@ -672,7 +672,16 @@ impl WriteHandle {
         cache: &CacheDir,
     ) -> VfsResult<Option<Uploaded>> {
         let mut st = self.state.lock().await;
+        // FUSE flushes on every `close`, also of a descriptor whose `dup` stays open: a shell
+        // opens `> file`, moves it to standard output and closes the original before anything
+        // is written. That flush completes the (empty) upload like any other, and the next
+        // write from offset 0 starts a new streaming upload instead of spooling everything
+        // for the last close.
+        let empty_stream = st.stream.is_some() && st.size == 0 && st.failed.is_none();
         let r = self.flush_locked(client, &mut st).await;
+        if empty_stream && r.is_ok() {
+            st.restream = st.size == 0 && st.stream.is_none() && st.failed.is_none();
+        }
         match &r {
             Ok(Some(_)) => {
                 if let Some(p) = st.recovered.take() {
@@ -683,29 +692,6 @@ impl WriteHandle {
             }
             Ok(None) => {}
             Err(e) => self.keep_copy(cache, &mut st, e),
-        }
-        r
-    }
-
-    /// `close()` of one descriptor. FUSE sends a flush for every `close`, also of a descriptor
-    /// that has a `dup` still open: a shell opens `> file`, moves it to standard output and
-    /// closes the original before anything is written. That close completes the (empty)
-    /// upload like any close, so the server holds what the application wrote so far; the next
-    /// write from offset 0 then starts a new streaming upload instead of spooling everything
-    /// for the last close.
-    pub(super) async fn flush_on_close(
-        &self,
-        client: &DavClient,
-        cache: &CacheDir,
-    ) -> VfsResult<Option<Uploaded>> {
-        let empty_stream = {
-            let st = self.state.lock().await;
-            st.stream.is_some() && st.size == 0 && st.failed.is_none()
-        };
-        let r = self.flush(client, cache).await;
-        if empty_stream && r.is_ok() {
-            let mut st = self.state.lock().await;
-            st.restream = st.size == 0 && st.stream.is_none() && st.failed.is_none();
         }
         r
     }
