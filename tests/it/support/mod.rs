@@ -109,10 +109,33 @@ pub fn spawn_kept(cmd: Command, die_with_us: bool) -> std::io::Result<Child> {
     rx.recv().expect("keeper answered")
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a server that is started later (or restarted on it).
+///
+/// Ports come from below the kernel's ephemeral range (32768–60999 by default), so no
+/// outgoing connection of a parallel test and no `bind(0)` can take the port between this
+/// call and the server's own bind; the counter keeps the ports of one test run distinct, and
+/// its start depends on the process id so that two test binaries rarely meet.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000; // up to 31_999
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 997) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "no free TCP port on 127.0.0.1 between {LOW} and {}",
+        LOW + SPAN
+    )
 }
 
 /// Waits until something accepts connections on `port`, or fails after `timeout`.
