@@ -33,9 +33,9 @@ use url::Url;
 
 use super::auth::{BearerSource, Credentials, DigestChallenge, Secret, offered_schemes};
 use super::error::{DavError, TransportKind};
-use super::href::{DavPath, Root};
+use super::href::{DavPath, HrefError, Root};
 use super::kerberos::Kerberos;
-use super::multistatus::{self, Multistatus};
+use super::multistatus::{self, Multistatus, Resource};
 use super::ntlm_transport::{NtlmTransport, Scheme, TlsSettings, Trust};
 use super::tls::ClientIdentity;
 
@@ -563,6 +563,23 @@ impl DavClient {
         depth: Depth,
         collection: bool,
     ) -> Result<Multistatus, DavError> {
+        let mut resources = Vec::new();
+        let skipped = self
+            .propfind_each(path, depth, collection, |r| resources.push(r))
+            .await?;
+        Ok(Multistatus { resources, skipped })
+    }
+
+    /// As [`DavClient::propfind`], handing each resource to `sink` as soon as it is parsed,
+    /// while the rest of the listing downloads. Returns the hrefs that were refused. On an
+    /// error, what `sink` received stays valid (complete responses) but the listing is not.
+    pub async fn propfind_each(
+        &self,
+        path: &DavPath,
+        depth: Depth,
+        collection: bool,
+        sink: impl FnMut(Resource),
+    ) -> Result<Vec<HrefError>, DavError> {
         let url = self.inner.root.url_for(path, collection);
         let mut h = HeaderMap::new();
         h.insert(
@@ -596,9 +613,9 @@ impl DavClient {
         }
         // Parsed as it downloads: a large listing costs little more than its transfer.
         let mut body = BodyReader::new(resp, limit);
-        let parsed = multistatus::parse_async(&mut body, &url, &self.inner.root).await;
+        let parsed = multistatus::parse_each(&mut body, &url, &self.inner.root, sink).await;
         match (parsed, body.failure) {
-            (Ok(ms), _) => Ok(ms),
+            (Ok(skipped), _) => Ok(skipped),
             (Err(_), Some(BodyFailure::TooLarge)) => Err(too_large("PROPFIND", path, limit)),
             (Err(_), Some(BodyFailure::Transport(e))) => {
                 Err(transport_error("PROPFIND", &path.to_string(), &e))

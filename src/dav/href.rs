@@ -84,6 +84,12 @@ impl DavPath {
         })
     }
 
+    /// Whether `parent` is this path's parent (without building the parent).
+    pub fn is_child_of(&self, parent: &DavPath) -> bool {
+        self.segments.len() == parent.segments.len() + 1
+            && self.segments.starts_with(&parent.segments)
+    }
+
     /// The last segment, or `None` for the root.
     pub fn name(&self) -> Option<&str> {
         self.segments.last().map(String::as_str)
@@ -185,6 +191,19 @@ impl Root {
     /// Resolves an href found in a response to the request `base` into a path below the root.
     pub fn resolve_href(&self, base: &Url, href: &str) -> Result<DavPath, HrefError> {
         let href_trimmed = href.trim();
+        match self.resolve_plain_path(href_trimmed, href) {
+            Some(resolved) => resolved,
+            None => self.resolve_joined(base, href_trimmed, href),
+        }
+    }
+
+    /// The general rules: the href joined to the request URL as a URL reference.
+    fn resolve_joined(
+        &self,
+        base: &Url,
+        href_trimmed: &str,
+        href: &str,
+    ) -> Result<DavPath, HrefError> {
         // Some servers (Orthanc's PROPPATCH, IIS in places) put raw, unencoded paths in hrefs.
         // A raw '%' that is not an escape, or a space, would make URL parsing fail or change
         // the meaning, so encode what cannot appear in a URL first.
@@ -203,6 +222,48 @@ impl Root {
         Ok(DavPath {
             segments: segments[self.segments.len()..].to_vec(),
         })
+    }
+}
+
+impl Root {
+    /// The common case without URL parsing: an absolute path (`/dav/dir/name`) of plain
+    /// characters and valid escapes, with no dot segment, query or fragment, which joining
+    /// to any base leaves unchanged. `None` when the href needs the general rules.
+    fn resolve_plain_path(&self, h: &str, href: &str) -> Option<Result<DavPath, HrefError>> {
+        let b = h.as_bytes();
+        if b.first() != Some(&b'/') || b.get(1) == Some(&b'/') || h.contains("/.") {
+            return None;
+        }
+        for (i, &c) in b.iter().enumerate() {
+            let plain = c.is_ascii_alphanumeric() || b"-_~!$&'()*+,;=:@/".contains(&c);
+            let escape = c == b'%'
+                && b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)
+                // An escaped dot can make a dot segment: leave that to the URL rules.
+                && !matches!(&b[i + 1..i + 3], b"2e" | b"2E");
+            if !(plain || escape || c == b'.') {
+                return None;
+            }
+        }
+        let mut segments = Vec::new();
+        for (i, raw) in h.split('/').filter(|r| !r.is_empty()).enumerate() {
+            let s = match percent_decode_str(raw).decode_utf8() {
+                Ok(s) => s,
+                Err(_) => return Some(Err(HrefError::NotUtf8(href.to_owned()))),
+            };
+            if s.contains('/') || s.contains('\0') {
+                return Some(Err(HrefError::BadSegment(href.to_owned())));
+            }
+            match self.segments.get(i) {
+                Some(root) if *root == s => {}
+                Some(_) => return Some(Err(HrefError::OutsideRoot(href.to_owned()))),
+                None => segments.push(s.into_owned()),
+            }
+        }
+        if h.split('/').filter(|r| !r.is_empty()).count() < self.segments.len() {
+            return Some(Err(HrefError::OutsideRoot(href.to_owned())));
+        }
+        Some(Ok(DavPath { segments }))
     }
 }
 
@@ -271,6 +332,52 @@ mod tests {
 
     fn p(s: &str) -> DavPath {
         DavPath::parse(s).expect("path")
+    }
+
+    #[test]
+    fn plain_paths_resolve_as_the_url_rules_would() {
+        let r = root("http://h/my%20dav/");
+        let base = Url::parse("http://h/my%20dav/sub/").expect("base");
+        for href in [
+            "/my%20dav/sub/a.txt",
+            "/my%20dav/sub/",
+            "/my%20dav",
+            "/my%20dav/",
+            "/my%20dav//sub//x",
+            "/my%20dav/sub/caf%C3%A9%2Bx@y:z;(1)!$&'*,=~_-",
+            "/my%20dav/sub/%7e%41",
+            "/other/x",
+            "/",
+            "/my%20dav2/x",
+            "/my%20da/x",
+            "/my%20dav/sub/a%2Fb",
+            "/my%20dav/sub/a%00b",
+            "/my%20dav/sub/%FF",
+        ] {
+            let fast = r.resolve_plain_path(href, href);
+            let fast = fast.unwrap_or_else(|| panic!("{href}: plain"));
+            let slow = r.resolve_joined(&base, href, href);
+            assert_eq!(fast.is_ok(), slow.is_ok(), "{href}: {fast:?} vs {slow:?}");
+            assert_eq!(fast.ok(), slow.ok(), "{href}");
+        }
+        for href in [
+            "sub/x",
+            "//h/my%20dav/x",
+            "/my%20dav/./x",
+            "/my%20dav/sub/../x",
+            "/my%20dav/%2e%2e/x",
+            "/my%20dav/a b",
+            "/my%20dav/a?q",
+            "/my%20dav/a#f",
+            "/my%20dav/caf\u{e9}",
+            "/my%20dav/100%",
+            "http://h/my%20dav/x",
+        ] {
+            assert!(
+                r.resolve_plain_path(href, href).is_none(),
+                "{href}: not plain"
+            );
+        }
     }
 
     #[test]

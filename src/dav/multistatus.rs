@@ -187,19 +187,22 @@ struct PropstatState {
     props: Props,
 }
 
-/// Turns raw responses into resources as they come: the href rules and duplicates.
-struct Collector<'a> {
-    out: Multistatus,
-    seen: std::collections::HashSet<DavPath>,
+/// Turns raw responses into resources as they come: the href rules and duplicates. Each
+/// resource goes to `sink` as soon as its `<response>` element is complete.
+struct Collector<'a, F: FnMut(Resource)> {
+    sink: F,
+    skipped: Vec<HrefError>,
+    seen: std::collections::HashSet<DavPath, foldhash::fast::RandomState>,
     request_url: &'a Url,
     root: &'a Root,
 }
 
-impl<'a> Collector<'a> {
-    fn new(request_url: &'a Url, root: &'a Root) -> Self {
+impl<'a, F: FnMut(Resource)> Collector<'a, F> {
+    fn new(request_url: &'a Url, root: &'a Root, sink: F) -> Self {
         Collector {
-            out: Multistatus::default(),
-            seen: std::collections::HashSet::new(),
+            sink,
+            skipped: Vec::new(),
+            seen: std::collections::HashSet::default(),
             request_url,
             root,
         }
@@ -215,14 +218,14 @@ impl<'a> Collector<'a> {
             let path = match self.root.resolve_href(self.request_url, href) {
                 Ok(p) => p,
                 Err(e) => {
-                    self.out.skipped.push(e);
+                    self.skipped.push(e);
                     continue;
                 }
             };
             if !self.seen.insert(path.clone()) {
                 continue;
             }
-            self.out.resources.push(build_resource(path, &r.props)?);
+            (self.sink)(build_resource(path, &r.props)?);
         }
         Ok(())
     }
@@ -230,10 +233,11 @@ impl<'a> Collector<'a> {
 
 /// Parses a multistatus body answering a request to `request_url`, below `root`.
 pub fn parse(body: &[u8], request_url: &Url, root: &Root) -> Result<Multistatus, ParseError> {
+    let mut resources = Vec::new();
     let mut reader = NsReader::from_reader(body);
     configure(&mut reader);
     let mut parser = RawParser::default();
-    let mut collector = Collector::new(request_url, root);
+    let mut collector = Collector::new(request_url, root, |r| resources.push(r));
     loop {
         let (ns, event) = match reader.read_resolved_event() {
             Ok(v) => v,
@@ -242,7 +246,35 @@ pub fn parse(body: &[u8], request_url: &Url, root: &Root) -> Result<Multistatus,
         match parser.feed(ns, event)? {
             Step::More => {}
             Step::Response(r) => collector.push(*r)?,
-            Step::Done => return Ok(collector.out),
+            Step::Done => break,
+        }
+    }
+    let skipped = collector.skipped;
+    Ok(Multistatus { resources, skipped })
+}
+
+/// As [`parse_each`], from a blocking reader (a body fed to a parsing thread).
+pub fn parse_each_blocking<R: std::io::BufRead>(
+    body: R,
+    request_url: &Url,
+    root: &Root,
+    sink: impl FnMut(Resource),
+) -> Result<Vec<HrefError>, ParseError> {
+    let mut reader = NsReader::from_reader(body);
+    configure(&mut reader);
+    let mut parser = RawParser::default();
+    let mut collector = Collector::new(request_url, root, sink);
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        buf.clear();
+        let (ns, event) = match reader.read_resolved_event_into(&mut buf) {
+            Ok(v) => v,
+            Err(e) => return Err(xml_error(&reader, e)),
+        };
+        match parser.feed(ns, event)? {
+            Step::More => {}
+            Step::Response(r) => collector.push(*r)?,
+            Step::Done => return Ok(collector.skipped),
         }
     }
 }
@@ -255,10 +287,24 @@ pub async fn parse_async<R: tokio::io::AsyncBufRead + Unpin>(
     request_url: &Url,
     root: &Root,
 ) -> Result<Multistatus, ParseError> {
+    let mut resources = Vec::new();
+    let skipped = parse_each(body, request_url, root, |r| resources.push(r)).await?;
+    Ok(Multistatus { resources, skipped })
+}
+
+/// As [`parse_async`], handing each resource to `sink` as soon as it is parsed (a directory
+/// listing can be shown while it downloads). Returns the refused hrefs. On an error, the
+/// resources already handed out stay valid: they were complete `<response>` elements.
+pub async fn parse_each<R: tokio::io::AsyncBufRead + Unpin>(
+    body: R,
+    request_url: &Url,
+    root: &Root,
+    sink: impl FnMut(Resource),
+) -> Result<Vec<HrefError>, ParseError> {
     let mut reader = NsReader::from_reader(body);
     configure(&mut reader);
     let mut parser = RawParser::default();
-    let mut collector = Collector::new(request_url, root);
+    let mut collector = Collector::new(request_url, root, sink);
     let mut buf = Vec::with_capacity(4096);
     loop {
         buf.clear();
@@ -269,7 +315,7 @@ pub async fn parse_async<R: tokio::io::AsyncBufRead + Unpin>(
         match parser.feed(ns, event)? {
             Step::More => {}
             Step::Response(r) => collector.push(*r)?,
-            Step::Done => return Ok(collector.out),
+            Step::Done => return Ok(collector.skipped),
         }
     }
 }

@@ -20,6 +20,10 @@ use tokio::runtime::Handle;
 
 use crate::vfs::{Attr, ErrorKind, FileKind, OpenMode, SetAttr, Vfs, VfsError};
 
+/// Directory entries asked of the core per readdir reply: more than a reply can hold, so
+/// one call fills the kernel's buffer when the entries are there.
+const DIR_BATCH: usize = 4096;
+
 /// The errno of each core error kind.
 pub fn errno_for(kind: ErrorKind) -> i32 {
     match kind {
@@ -445,12 +449,8 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.vfs.readdir(fh.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
-        };
+        // Offsets: 1 = ".", 2 = "..", 3 + i = entry i; the kernel passes back the last one.
         let parent = self.vfs.parent_of(ino.0);
-        // Offsets: 1 = ".", 2 = "..", 3 + i = entries[i]; the kernel passes back the last one.
         let dots = [(ino.0, "."), (parent, "..")];
         for (i, (dino, name)) in dots.iter().enumerate() {
             let off = i as u64 + 1;
@@ -458,49 +458,57 @@ impl Filesystem for FuseAdapter {
                 return reply.ok();
             }
         }
-        for (i, e) in entries.iter().enumerate() {
-            let off = i as u64 + 3;
-            if offset < off && reply.add(INodeNo(e.attr.ino), off, file_type(e.attr.kind), &e.name)
-            {
-                break;
+        let from = offset.saturating_sub(2) as usize;
+        let vfs = self.vfs.clone();
+        self.rt.spawn(async move {
+            let entries = match vfs.readdir(fh.0, from, DIR_BATCH).await {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            for (i, e) in entries.iter().enumerate() {
+                let off = (from + i) as u64 + 3;
+                if reply.add(INodeNo(e.attr.ino), off, file_type(e.attr.kind), &e.name) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn readdirplus(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.vfs.readdir(fh.0) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno(&e)),
-        };
+        // Offsets as in `readdir`; no dot entries (the kernel adds them).
+        let from = offset.saturating_sub(2) as usize;
+        let vfs = self.vfs.clone();
         let ttl = self.ttl;
-        for (i, e) in entries.iter().enumerate() {
-            let off = i as u64 + 3;
-            if offset >= off {
-                continue;
+        self.rt.spawn(async move {
+            let entries = match vfs.readdir(fh.0, from, DIR_BATCH).await {
+                Ok(e) => e,
+                Err(e) => return reply.error(errno(&e)),
+            };
+            for (i, e) in entries.iter().enumerate() {
+                let off = (from + i) as u64 + 3;
+                if reply.add(
+                    INodeNo(e.attr.ino),
+                    off,
+                    &e.name,
+                    &ttl,
+                    &file_attr(&e.attr),
+                    Generation(0),
+                ) {
+                    break;
+                }
+                // The kernel takes a lookup reference for each entry it accepted.
+                vfs.remember(e.attr.ino);
             }
-            if reply.add(
-                INodeNo(e.attr.ino),
-                off,
-                &e.name,
-                &ttl,
-                &file_attr(&e.attr),
-                Generation(0),
-            ) {
-                break;
-            }
-            // The kernel takes a lookup reference for each entry it accepted.
-            self.vfs.remember(e.attr.ino);
-        }
-        let _ = ino;
-        reply.ok();
+            reply.ok();
+        });
     }
 
     fn releasedir(

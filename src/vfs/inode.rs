@@ -16,6 +16,11 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
+/// Maps keyed by what a server sends (paths, names): foldhash with a random seed per map is
+/// several times faster than SipHash on 10,000-entry listings and still not predictable
+/// from outside.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 use tokio::time::Instant;
 
 use crate::dav::{DavPath, Resource};
@@ -77,7 +82,7 @@ pub struct Listing {
     pub fetched: Instant,
     /// Local names in server order.
     pub order: Vec<(String, Ino)>,
-    pub by_name: HashMap<String, Ino>,
+    pub by_name: FastMap<String, Ino>,
 }
 
 #[derive(Debug)]
@@ -101,8 +106,8 @@ pub struct Node {
 
 #[derive(Debug)]
 pub(crate) struct InodeTable {
-    nodes: HashMap<Ino, Node>,
-    by_path: HashMap<DavPath, Ino>,
+    nodes: FastMap<Ino, Node>,
+    by_path: FastMap<DavPath, Ino>,
     next: Ino,
 }
 
@@ -115,8 +120,8 @@ impl Default for InodeTable {
 impl InodeTable {
     pub fn new() -> Self {
         let mut t = InodeTable {
-            nodes: HashMap::new(),
-            by_path: HashMap::new(),
+            nodes: FastMap::default(),
+            by_path: FastMap::default(),
             next: ROOT_INO + 1,
         };
         t.nodes.insert(

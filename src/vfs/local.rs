@@ -118,7 +118,7 @@ impl LocalFiles {
     pub(super) fn children(&self, dir: &DavPath) -> Vec<(String, DavPath, LocalEntry)> {
         self.map()
             .iter()
-            .filter(|(p, _)| p.parent().as_ref() == Some(dir))
+            .filter(|(p, _)| p.is_child_of(dir))
             .filter_map(|(p, e)| Some((p.name()?.to_owned(), p.clone(), e.clone())))
             .collect()
     }

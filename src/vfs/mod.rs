@@ -20,6 +20,7 @@
 //! Lock order: `listing_locks` entry, then `table`.
 
 pub mod cache_dir;
+mod dir;
 mod inode;
 pub mod local;
 mod mutate;
@@ -40,9 +41,10 @@ use tokio::time::Instant;
 pub use crate::dav::ErrorKind;
 use crate::dav::{DavClient, DavPath, Depth};
 use cache_dir::CacheDir;
+use dir::DirStream;
 pub use error::{VfsError, VfsResult};
+use inode::{FastMap, InodeTable, Listing, Meta};
 pub use inode::{FileKind, Ino, ROOT_INO};
-use inode::{InodeTable, Listing, Meta};
 pub use mutate::SetAttr;
 pub use names::NamePolicy;
 use read::ReadHandle;
@@ -167,6 +169,32 @@ pub struct Opened {
 const UNKNOWN_SPACE: u64 = 1 << 50;
 const BLOCK: u64 = 4096;
 
+/// What a listing in progress has gathered.
+struct Gathered {
+    now: Instant,
+    /// The directory's own entry.
+    me: Option<Meta>,
+    quota: Option<(Option<u64>, Option<u64>)>,
+    not_a_directory: bool,
+    metas: Vec<(Ino, Meta)>,
+    order: Vec<(String, Ino)>,
+    by_name: FastMap<String, Ino>,
+}
+
+impl Gathered {
+    fn new(now: Instant) -> Self {
+        Gathered {
+            now,
+            me: None,
+            quota: None,
+            not_a_directory: false,
+            metas: Vec::new(),
+            order: Vec::new(),
+            by_name: FastMap::default(),
+        }
+    }
+}
+
 /// The filesystem core of one mount.
 pub struct Vfs {
     client: DavClient,
@@ -174,7 +202,7 @@ pub struct Vfs {
     table: Mutex<InodeTable>,
     listing_locks: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
     handles: Mutex<HashMap<u64, Handle>>,
-    dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    dir_handles: Mutex<HashMap<u64, Arc<DirStream>>>,
     next_fh: AtomicU64,
     quota: Mutex<(Option<u64>, Option<u64>)>,
     mounted_at: SystemTime,
@@ -350,18 +378,28 @@ impl Vfs {
 
     /// A fresh listing of directory `dir`, from the cache or one PROPFIND Depth 1.
     async fn listing(&self, dir: Ino) -> VfsResult<Listing> {
+        self.listing_into(dir, None).await
+    }
+
+    /// As [`Vfs::listing`]; when `sink` is given, every entry also goes there as soon as it
+    /// is known (while the PROPFIND still downloads), and the sink is told when the server
+    /// has answered. The cache, the inode metadata and lookups see the listing only once it
+    /// is complete.
+    async fn listing_into(&self, dir: Ino, sink: Option<&DirStream>) -> VfsResult<Listing> {
         if let Some(l) = self.cached_listing(dir)? {
-            return Ok(l);
+            return Ok(self.hand_out(l, sink));
         }
         let lock = self.listing_lock(dir);
         let _guard = lock.lock().await;
         if let Some(l) = self.cached_listing(dir)? {
-            return Ok(l);
+            return Ok(self.hand_out(l, sink));
         }
         // A listing fetched while we changed the directory (create, unlink, rename) may
         // predate the change: fetch again, once.
         let mut attempt = 0;
-        let (path, ms, mut t) = loop {
+        // Inodes numbered for entries of a first attempt, which the second may not list.
+        let mut numbered: Vec<Ino> = Vec::new();
+        let (path, acc, mut t) = loop {
             attempt += 1;
             let (path, changes) = {
                 let t = self.table();
@@ -370,8 +408,20 @@ impl Vfs {
                     .ok_or_else(|| VfsError::not_found(format!("inode {dir}")))?;
                 (n.path.clone(), n.changes)
             };
-            let ms = match self.client.propfind(&path, Depth::One, true).await {
-                Ok(ms) => ms,
+            if attempt > 1
+                && let Some(s) = sink
+            {
+                s.fetching_again();
+            }
+            let mut acc = Gathered::new(Instant::now());
+            let fetched = self
+                .client
+                .propfind_each(&path, Depth::One, true, |r| {
+                    self.gather(dir, &path, r, &mut acc, sink);
+                })
+                .await;
+            let skipped = match fetched {
+                Ok(s) => s,
                 Err(e) => {
                     let err = VfsError::from(e);
                     if err.kind == ErrorKind::NotFound {
@@ -380,84 +430,63 @@ impl Vfs {
                     return Err(err);
                 }
             };
-            let t = self.table();
-            let unchanged = t.get(dir).is_some_and(|n| n.changes == changes);
-            if unchanged || attempt >= 2 {
-                break (path, ms, t);
+            for skipped in &skipped {
+                tracing::warn!(dir = %path, "skipping an entry: {skipped}");
             }
-        };
-        for skipped in &ms.skipped {
-            tracing::warn!(dir = %path, "skipping an entry: {skipped}");
-        }
-        let now = Instant::now();
-        // The directory itself: Orthanc lists it with a trailing slash, others without.
-        if let Some(me) = ms.get(&path) {
-            if !me.is_collection {
+            if acc.not_a_directory {
                 return Err(VfsError::new(
                     ErrorKind::NotADirectory,
                     format!("{path}: not a directory"),
                 ));
             }
-            if dir == ROOT_INO {
-                drop(t);
-                self.note_quota(me.quota_available, me.quota_used);
-                t = self.table();
+            if let Some((avail, used)) = acc.quota.filter(|_| dir == ROOT_INO) {
+                self.note_quota(avail, used);
             }
-            let meta = Meta::from_resource(me, now, self.mounted_at);
-            if let Some(n) = t.get_mut(dir) {
+            let t = self.table();
+            let unchanged = t.get(dir).is_some_and(|n| n.changes == changes);
+            if unchanged || attempt >= 2 {
+                break (path, acc, t);
+            }
+            numbered.extend(acc.order.iter().map(|(_, ino)| *ino));
+        };
+        let now = acc.now;
+        if let Some(meta) = acc.me
+            && let Some(n) = t.get_mut(dir)
+        {
+            n.meta = Some(meta);
+        }
+        for (ino, meta) in acc.metas {
+            if let Some(n) = t.get_mut(ino) {
                 n.meta = Some(meta);
             }
         }
+        let (mut order, mut by_name) = (acc.order, acc.by_name);
         let old: Vec<(String, Ino)> = t
             .get(dir)
             .and_then(|n| n.listing.as_ref())
             .map(|l| l.order.clone())
             .unwrap_or_default();
-        let mut order = Vec::new();
-        let mut by_name = HashMap::new();
-        for r in &ms.resources {
-            if r.path.parent().as_ref() != Some(&path) {
-                continue;
-            }
-            let Some(server_name) = r.path.name() else {
-                continue;
-            };
-            let mut local = self.cfg.names.to_local(server_name);
-            if by_name.contains_key(&local) {
-                // Two server names that map to one local name (only possible after mapping):
-                // disambiguate deterministically rather than hide one.
-                local = self.cfg.names.to_local(&format!("{server_name}~dup"));
-                if by_name.contains_key(&local) {
-                    tracing::warn!(dir = %path, name = server_name, "skipping a duplicate name");
-                    continue;
-                }
-            }
-            if local != server_name {
-                tracing::debug!(dir = %path, server = server_name, local = %local, "mapped a name");
-            }
-            let ino = t.ensure(dir, &r.path);
-            let meta = Meta::from_resource(r, now, self.mounted_at);
-            if let Some(n) = t.get_mut(ino) {
-                n.meta = Some(meta);
-            }
-            by_name.insert(local.clone(), ino);
-            order.push((local, ino));
-        }
         // Local-only files of this directory are part of its listing.
+        let mut late = Vec::new();
         for (name, lpath, e) in self.local.children(&path) {
             if by_name.contains_key(&name) {
                 continue;
             }
             let ino = t.ensure(dir, &lpath);
+            let meta = Meta {
+                kind: FileKind::File,
+                size: e.size,
+                mtime: e.mtime,
+                ctime: e.mtime,
+                etag: None,
+                fetched: now,
+            };
+            late.push(DirEntry {
+                name: name.clone(),
+                attr: self.attr_of(ino, &meta),
+            });
             if let Some(n) = t.get_mut(ino) {
-                n.meta = Some(Meta {
-                    kind: FileKind::File,
-                    size: e.size,
-                    mtime: e.mtime,
-                    ctime: e.mtime,
-                    etag: None,
-                    fetched: now,
-                });
+                n.meta = Some(meta);
             }
             by_name.insert(name.clone(), ino);
             order.push((name, ino));
@@ -470,9 +499,23 @@ impl Vfs {
             // A file still being written may not be on the server yet: it stays listed.
             let writing = t.get(ino).is_some_and(|n| n.writer.is_some() && !n.gone);
             if writing && !by_name.contains_key(&name) {
+                if let Some(m) = t.get(ino).and_then(|n| n.meta.as_ref()) {
+                    late.push(DirEntry {
+                        name: name.clone(),
+                        attr: self.attr_of(ino, m),
+                    });
+                }
                 by_name.insert(name.clone(), ino);
                 order.push((name, ino));
             } else {
+                t.mark_gone(ino);
+            }
+        }
+        // Entries of a first attempt that the second did not list.
+        for ino in numbered {
+            let listed = current.contains(&ino);
+            let writing = t.get(ino).is_some_and(|n| n.writer.is_some() && !n.gone);
+            if !listed && !writing {
                 t.mark_gone(ino);
             }
         }
@@ -484,7 +527,98 @@ impl Vfs {
         if let Some(n) = t.get_mut(dir) {
             n.listing = Some(listing.clone());
         }
+        drop(t);
+        tracing::debug!(
+            dir = %path,
+            entries = listing.order.len(),
+            secs = now.elapsed().as_secs_f64(),
+            "listed"
+        );
+        if let Some(s) = sink {
+            for e in late {
+                s.push(e);
+            }
+        }
         Ok(listing)
+    }
+
+    /// One resource of a listing as it arrives: numbered, named, handed to `sink`.
+    fn gather(
+        &self,
+        dir: Ino,
+        path: &DavPath,
+        r: crate::dav::Resource,
+        acc: &mut Gathered,
+        sink: Option<&DirStream>,
+    ) {
+        // The directory itself: Orthanc lists it with a trailing slash, others without.
+        if r.path == *path {
+            if r.is_collection {
+                acc.quota = Some((r.quota_available, r.quota_used));
+                acc.me = Some(Meta::from_resource(&r, acc.now, self.mounted_at));
+                if let Some(s) = sink {
+                    s.start();
+                }
+            } else {
+                acc.not_a_directory = true;
+            }
+            return;
+        }
+        if acc.not_a_directory || !r.path.is_child_of(path) {
+            return;
+        }
+        let Some(server_name) = r.path.name() else {
+            return;
+        };
+        let mut local = self.cfg.names.to_local(server_name);
+        if acc.by_name.contains_key(&local) {
+            // Two server names that map to one local name (only possible after mapping):
+            // disambiguate deterministically rather than hide one.
+            local = self.cfg.names.to_local(&format!("{server_name}~dup"));
+            if acc.by_name.contains_key(&local) {
+                tracing::warn!(dir = %path, name = server_name, "skipping a duplicate name");
+                return;
+            }
+        }
+        if local != server_name {
+            tracing::debug!(dir = %path, server = server_name, local = %local, "mapped a name");
+        }
+        let ino = self.table().ensure(dir, &r.path);
+        let meta = Meta::from_resource(&r, acc.now, self.mounted_at);
+        if let Some(s) = sink {
+            s.push(DirEntry {
+                name: local.clone(),
+                attr: self.attr_of(ino, &meta),
+            });
+        }
+        acc.metas.push((ino, meta));
+        acc.by_name.insert(local.clone(), ino);
+        acc.order.push((local, ino));
+    }
+
+    /// A cached listing, also handed to `sink` in full.
+    fn hand_out(&self, l: Listing, sink: Option<&DirStream>) -> Listing {
+        if let Some(s) = sink {
+            for e in self.entries_of(&l) {
+                s.push(e);
+            }
+        }
+        l
+    }
+
+    fn entries_of(&self, l: &Listing) -> Vec<DirEntry> {
+        let t = self.table();
+        l.order
+            .iter()
+            .filter_map(|(name, i)| {
+                let n = t.get(*i)?;
+                let m = n.meta.as_ref()?;
+                Some(DirEntry {
+                    name: name.clone(),
+                    attr: self.attr_of(*i, m),
+                })
+            })
+            .collect()
     }
 
     fn cached_listing(&self, dir: Ino) -> VfsResult<Option<Listing>> {
@@ -597,40 +731,43 @@ impl Vfs {
         Ok(attr)
     }
 
-    /// Opens a directory: a snapshot of its entries, served by [`Vfs::readdir`].
-    pub async fn opendir(&self, ino: Ino) -> VfsResult<u64> {
-        let listing = self.listing(ino).await?;
-        let entries: Vec<DirEntry> = {
-            let t = self.table();
-            listing
-                .order
-                .iter()
-                .filter_map(|(name, i)| {
-                    let n = t.get(*i)?;
-                    let m = n.meta.as_ref()?;
-                    Some(DirEntry {
-                        name: name.clone(),
-                        attr: self.attr_of(*i, m),
-                    })
-                })
-                .collect()
+    /// Opens a directory. A cached listing is served at once; otherwise the listing is
+    /// fetched in the background and [`Vfs::readdir`] hands out its entries as they arrive
+    /// (see `dir.rs`). Returns once the server has answered, so that a missing or forbidden
+    /// directory fails here.
+    pub async fn opendir(self: &Arc<Self>, ino: Ino) -> VfsResult<u64> {
+        let stream = match self.cached_listing(ino)? {
+            Some(l) => Arc::new(DirStream::complete(self.entries_of(&l))),
+            None => {
+                let stream = Arc::new(DirStream::new());
+                let (vfs, s) = (self.clone(), stream.clone());
+                tokio::spawn(async move {
+                    let result = vfs.listing_into(ino, Some(&s)).await;
+                    s.finish(result.map(|_| ()));
+                });
+                stream.started().await?;
+                stream
+            }
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dir_handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, Arc::new(entries));
+            .insert(fh, stream);
         Ok(fh)
     }
 
-    /// The snapshot taken at `opendir` (without `.` and `..`).
-    pub fn readdir(&self, fh: u64) -> VfsResult<Arc<Vec<DirEntry>>> {
-        self.dir_handles
+    /// Up to `max` entries of open directory `fh` (without `.` and `..`) from index `from`,
+    /// waiting for them while the listing downloads; empty at the end.
+    pub async fn readdir(&self, fh: u64, from: usize, max: usize) -> VfsResult<Vec<DirEntry>> {
+        let stream = self
+            .dir_handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh)
             .cloned()
-            .ok_or_else(|| VfsError::new(ErrorKind::Io, format!("no open directory {fh}")))
+            .ok_or_else(|| VfsError::new(ErrorKind::Io, format!("no open directory {fh}")))?;
+        stream.entries(from, max).await
     }
 
     pub fn releasedir(&self, fh: u64) {

@@ -391,3 +391,80 @@ fn server_killed_mid_upload_and_restarted_loses_nothing() {
     assert!(m.unmount().success());
     drop(server);
 }
+
+#[test]
+fn a_large_listing_is_shown_while_it_downloads_and_a_cut_one_fails_after_its_entries() {
+    if !have_fuse() {
+        return;
+    }
+    let server = DavServer::start();
+    let all: Vec<String> = (0..3000).map(|i| format!("entry-{i:05}.txt")).collect();
+    for name in &all {
+        std::fs::write(server.root.join(name), b"x").expect("file");
+    }
+    let proxy = FaultProxy::start(server.port);
+    let url = format!("http://127.0.0.1:{}/", proxy.port);
+    let m = Mount::new(&url, &["--timeout", "3"]);
+    // The listing's answer stops after ~300 kB (a few hundred entries) and the connection
+    // stays open: the entries that arrived are listed at once, then the directory read fails
+    // when the progress timeout gives up on the rest.
+    proxy.inject(&[Fault::StallAfter(300_000)]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = m.path().to_path_buf();
+    std::thread::spawn(move || {
+        let entries = match std::fs::read_dir(&p) {
+            Ok(d) => d,
+            Err(e) => return tx.send(Err(e)).unwrap_or(()),
+        };
+        for e in entries {
+            let item = e.map(|e| e.file_name().to_string_lossy().into_owned());
+            let failed = item.is_err();
+            if tx.send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let mut shown = Vec::new();
+    let error = loop {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(name)) => shown.push(name),
+            Ok(Err(e)) => break e,
+            Err(_) => panic!(
+                "the directory read neither ended nor failed ({} entries)",
+                shown.len()
+            ),
+        }
+    };
+    assert!(
+        matches!(
+            error.raw_os_error(),
+            Some(libc::ETIMEDOUT) | Some(libc::EIO)
+        ),
+        "{error}"
+    );
+    assert!(
+        shown.len() >= 100 && shown.len() < all.len(),
+        "{} entries before the error",
+        shown.len()
+    );
+    let unique: std::collections::HashSet<&String> = shown.iter().collect();
+    assert_eq!(unique.len(), shown.len(), "an entry was listed twice");
+    assert!(
+        shown.iter().all(|n| all.contains(n)),
+        "an entry that is not on the server"
+    );
+    assert_eq!(proxy.pending(), 0);
+    // The cut listing was not cached: the next read lists everything.
+    let p = m.path().to_path_buf();
+    let mut names = bounded(Duration::from_secs(20), move || {
+        std::fs::read_dir(&p).map(|d| {
+            d.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<Result<Vec<_>, _>>()
+        })
+    })
+    .and_then(|r| r)
+    .expect("the full listing");
+    names.sort();
+    assert_eq!(names, all);
+    assert!(m.unmount().success());
+}
