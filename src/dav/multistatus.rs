@@ -253,32 +253,6 @@ pub fn parse(body: &[u8], request_url: &Url, root: &Root) -> Result<Multistatus,
     Ok(Multistatus { resources, skipped })
 }
 
-/// As [`parse_each`], from a blocking reader (a body fed to a parsing thread).
-pub fn parse_each_blocking<R: std::io::BufRead>(
-    body: R,
-    request_url: &Url,
-    root: &Root,
-    sink: impl FnMut(Resource),
-) -> Result<Vec<HrefError>, ParseError> {
-    let mut reader = NsReader::from_reader(body);
-    configure(&mut reader);
-    let mut parser = RawParser::default();
-    let mut collector = Collector::new(request_url, root, sink);
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        buf.clear();
-        let (ns, event) = match reader.read_resolved_event_into(&mut buf) {
-            Ok(v) => v,
-            Err(e) => return Err(xml_error(&reader, e)),
-        };
-        match parser.feed(ns, event)? {
-            Step::More => {}
-            Step::Response(r) => collector.push(*r)?,
-            Step::Done => return Ok(collector.skipped),
-        }
-    }
-}
-
 /// As [`parse`], reading the body as it arrives: parsing overlaps the download (a listing of
 /// 10,000 files is ready when its last byte is). An error of `body` itself (transport,
 /// size limit) surfaces as [`ParseError::Xml`]; the caller knows it from its reader.

@@ -83,9 +83,23 @@ impl FuseAdapter {
         FuseAdapter { vfs, rt, ttl }
     }
 
+    /// Runs the work of one callback: polled once right here, in the FUSE thread, and
+    /// handed to the runtime only if it has to wait. Answers that come from the caches
+    /// (lookups, attributes, cached listings, buffered reads, writes with room) then cost no
+    /// hand-over to another thread and no wake-up. Futures re-register their wakers on
+    /// every poll, so the runtime's first poll picks up whatever the first one started.
+    fn run(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let _runtime = self.rt.enter();
+        let mut work = Box::pin(work);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if work.as_mut().poll(&mut cx).is_pending() {
+            self.rt.spawn(work);
+        }
+    }
+
     fn flush_and_reply(&self, fh: FileHandle, reply: ReplyEmpty) {
         let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.flush(fh.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -162,7 +176,7 @@ impl Filesystem for FuseAdapter {
             return;
         };
         let (vfs, ttl) = (self.vfs.clone(), self.ttl);
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.lookup(parent.0, &name).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
@@ -176,7 +190,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let (vfs, ttl) = (self.vfs.clone(), self.ttl);
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.getattr(ino.0).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -187,7 +201,7 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = open_mode(flags.0);
         let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.open(ino.0, mode).await {
                 Ok(o) => {
                     let f = if o.keep_cache {
@@ -214,7 +228,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.read(fh.0, offset, size).await {
                 Ok(b) => reply.data(&b),
                 Err(e) => reply.error(errno(&e)),
@@ -234,7 +248,7 @@ impl Filesystem for FuseAdapter {
     ) {
         // The core records the release now (unmount waits for it) and uploads in the task.
         let done = self.vfs.release(fh.0);
-        self.rt.spawn(async move {
+        self.run(async move {
             done.await;
             reply.ok();
         });
@@ -254,7 +268,7 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::from_i32(libc::EINVAL));
         };
         let (vfs, ttl) = (self.vfs.clone(), self.ttl);
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.create(parent.0, &name).await {
                 Ok((a, o)) => reply.created(
                     &ttl,
@@ -287,7 +301,7 @@ impl Filesystem for FuseAdapter {
             return reply.written(n);
         }
         let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.write(fh.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(&e)),
@@ -345,7 +359,7 @@ impl Filesystem for FuseAdapter {
                 || mtime.is_some(),
         };
         let (vfs, ttl) = (self.vfs.clone(), self.ttl);
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.setattr(ino.0, fh.map(|f| f.0), set).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
@@ -366,7 +380,7 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::from_i32(libc::EINVAL));
         };
         let (vfs, ttl) = (self.vfs.clone(), self.ttl);
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.mkdir(parent.0, &name).await {
                 Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
@@ -379,7 +393,7 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::from_i32(libc::ENOENT));
         };
         let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.unlink(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -392,7 +406,7 @@ impl Filesystem for FuseAdapter {
             return reply.error(Errno::from_i32(libc::ENOENT));
         };
         let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.rmdir(parent.0, &name).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
@@ -420,7 +434,7 @@ impl Filesystem for FuseAdapter {
         }
         let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs
                 .rename(parent.0, &name, newparent.0, &newname, noreplace)
                 .await
@@ -433,7 +447,7 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.opendir(ino.0).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
@@ -460,7 +474,7 @@ impl Filesystem for FuseAdapter {
         }
         let from = offset.saturating_sub(2) as usize;
         let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             let entries = match vfs.readdir(fh.0, from, DIR_BATCH).await {
                 Ok(e) => e,
                 Err(e) => return reply.error(errno(&e)),
@@ -487,7 +501,7 @@ impl Filesystem for FuseAdapter {
         let from = offset.saturating_sub(2) as usize;
         let vfs = self.vfs.clone();
         let ttl = self.ttl;
-        self.rt.spawn(async move {
+        self.run(async move {
             let entries = match vfs.readdir(fh.0, from, DIR_BATCH).await {
                 Ok(e) => e,
                 Err(e) => return reply.error(errno(&e)),
@@ -525,7 +539,7 @@ impl Filesystem for FuseAdapter {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let vfs = self.vfs.clone();
-        self.rt.spawn(async move {
+        self.run(async move {
             match vfs.statfs().await {
                 Ok(s) => reply.statfs(
                     s.blocks,

@@ -134,25 +134,25 @@ impl CacheDir {
     }
 
     /// A new journal file for an upload of `target`; its `.info` names the target.
-    pub fn new_journal(&self, target: &DavPath) -> io::Result<PathBuf> {
+    pub fn new_journal(&self, target: &DavPath) -> io::Result<(PathBuf, std::fs::File)> {
         let id = self.unique();
         let data = self.root.join("journal").join(format!("{id}.data"));
         std::fs::write(
             self.root.join("journal").join(format!("{id}.info")),
             format!("url={}\npath={target}\n", self.url),
         )?;
-        create_private_file(&data)?;
-        Ok(data)
+        let file = create_private_file(&data)?;
+        Ok((data, file))
     }
 
-    /// A new, empty spool file.
-    pub fn new_spool(&self) -> io::Result<PathBuf> {
+    /// A new, empty spool file, open for reading and writing.
+    pub fn new_spool(&self) -> io::Result<(PathBuf, std::fs::File)> {
         let data = self
             .root
             .join("spool")
             .join(format!("{}.data", self.unique()));
-        create_private_file(&data)?;
-        Ok(data)
+        let file = create_private_file(&data)?;
+        Ok((data, file))
     }
 
     /// Moves journal and spool files left by a davdrive that stopped without finishing
@@ -230,15 +230,16 @@ impl CacheDir {
     }
 }
 
-fn create_private_file(p: &Path) -> io::Result<()> {
+/// Creates `p` (it must not exist), readable and writable by the user only, and opens it.
+fn create_private_file(p: &Path) -> io::Result<std::fs::File> {
     let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
+    o.read(true).write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
-    o.open(p).map(drop)
+    o.open(p)
 }
 
 /// Every file in the recovery folders below `base` (all mounts), oldest first.
@@ -279,7 +280,7 @@ mod tests {
         assert_ne!(key, mount_key("http://h/dav/", Some("bob")));
         let cd = CacheDir::open(tmp.join(&key), "http://h/dav/").expect("open");
         let target = DavPath::parse("/dir/report.pdf").expect("path");
-        let j = cd.new_journal(&target).expect("journal");
+        let (j, _) = cd.new_journal(&target).expect("journal");
         std::fs::write(&j, b"precious").expect("write");
         let kept = cd.recover(&j, &target, "server gone").expect("recover");
         assert!(!j.exists());
@@ -292,7 +293,7 @@ mod tests {
             all[0].info
         );
         assert!(all[0].info.contains("reason=server gone"));
-        let s = cd.new_spool().expect("spool");
+        let (s, _) = cd.new_spool().expect("spool");
         cd.discard(&s);
         assert!(!s.exists());
         assert!(timestamp().len() == 16, "{}", timestamp());

@@ -23,6 +23,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{Mutex, mpsc};
@@ -36,6 +37,8 @@ use crate::dav::{DavClient, DavError, DavPath, ErrorKind, Preconditions, PutBody
 /// Chunks in flight between the writer and the HTTP body. With 1 MiB FUSE writes this keeps
 /// at most ~16 MiB in memory per upload.
 const CHANNEL_DEPTH: usize = 16;
+/// Items queued for the journal thread, all uploads together.
+const JOURNAL_DEPTH: usize = 64;
 
 type Chunk = Result<Bytes, io::Error>;
 
@@ -46,48 +49,82 @@ struct Streaming {
 }
 
 enum JournalItem {
-    Data(u64, Bytes),
-    Barrier(tokio::sync::oneshot::Sender<Result<(), String>>),
+    Data(Arc<JournalFile>, u64, Bytes),
+    Barrier(
+        Arc<JournalFile>,
+        tokio::sync::oneshot::Sender<Result<(), String>>,
+    ),
 }
 
-/// Writes the journal of a streaming upload on its own thread, in order, so that disk writes
-/// overlap the network instead of sitting on the writer's critical path. A barrier waits
-/// until everything sent before it is on disk (or says why it is not).
+/// One journal file and the first error writing it (only the journal thread writes).
+struct JournalFile {
+    file: std::fs::File,
+    error: std::sync::Mutex<Option<String>>,
+}
+
+/// Journals are written by one thread for the whole process, in order, so that disk writes
+/// overlap the network instead of sitting on the writer's critical path, and a copy of many
+/// small files does not start a thread per file. Items of one journal keep their order; a
+/// barrier waits until everything sent before it is on disk (or says why it is not). The
+/// channel is bounded: a writer faster than the disk waits.
+fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
+    static THREAD: std::sync::OnceLock<Result<mpsc::Sender<JournalItem>, String>> =
+        std::sync::OnceLock::new();
+    THREAD
+        .get_or_init(|| {
+            let (tx, mut rx) = mpsc::channel::<JournalItem>(JOURNAL_DEPTH);
+            std::thread::Builder::new()
+                .name("davdrive-journal".into())
+                .spawn(move || {
+                    while let Some(item) = rx.blocking_recv() {
+                        match item {
+                            JournalItem::Data(j, off, data) => {
+                                let mut error = j.error.lock().unwrap_or_else(|e| e.into_inner());
+                                if error.is_none()
+                                    && let Err(e) = write_at(&j.file, &data, off)
+                                {
+                                    *error = Some(e.to_string());
+                                }
+                            }
+                            JournalItem::Barrier(j, done) => {
+                                let error = j.error.lock().unwrap_or_else(|e| e.into_inner());
+                                let _ = done.send(match &*error {
+                                    None => Ok(()),
+                                    Some(e) => Err(e.clone()),
+                                });
+                            }
+                        }
+                    }
+                })
+                .map(|_| tx)
+                .map_err(|e| format!("cannot start the journal thread: {e}"))
+        })
+        .clone()
+}
+
+/// The journal of one streaming upload.
 struct JournalWriter {
     tx: mpsc::Sender<JournalItem>,
+    file: Arc<JournalFile>,
 }
 
 impl JournalWriter {
     fn start(file: std::fs::File) -> io::Result<Self> {
-        let (tx, mut rx) = mpsc::channel::<JournalItem>(CHANNEL_DEPTH);
-        std::thread::Builder::new()
-            .name("davdrive-journal".into())
-            .spawn(move || {
-                let mut error: Option<String> = None;
-                while let Some(item) = rx.blocking_recv() {
-                    match item {
-                        JournalItem::Data(off, data) => {
-                            if error.is_none()
-                                && let Err(e) = write_at(&file, &data, off)
-                            {
-                                error = Some(e.to_string());
-                            }
-                        }
-                        JournalItem::Barrier(done) => {
-                            let _ = done.send(match &error {
-                                None => Ok(()),
-                                Some(e) => Err(e.clone()),
-                            });
-                        }
-                    }
-                }
-            })?;
-        Ok(JournalWriter { tx })
+        let tx = journal_thread().map_err(io::Error::other)?;
+        let file = Arc::new(JournalFile {
+            file,
+            error: std::sync::Mutex::new(None),
+        });
+        Ok(JournalWriter { tx, file })
+    }
+
+    fn item(&self, off: u64, data: Bytes) -> JournalItem {
+        JournalItem::Data(self.file.clone(), off, data)
     }
 
     async fn push(&self, off: u64, data: Bytes) -> Result<(), String> {
         self.tx
-            .send(JournalItem::Data(off, data))
+            .send(self.item(off, data))
             .await
             .map_err(|_| "the journal writer stopped".to_owned())
     }
@@ -95,7 +132,7 @@ impl JournalWriter {
     async fn barrier(&self) -> Result<(), String> {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.tx
-            .send(JournalItem::Barrier(done))
+            .send(JournalItem::Barrier(self.file.clone(), done))
             .await
             .map_err(|_| "the journal writer stopped".to_owned())?;
         wait.await
@@ -285,13 +322,12 @@ impl WriteHandle {
         pre: Preconditions,
         stream: bool,
     ) -> VfsResult<Self> {
-        let file_path = if stream {
+        let (file_path, file) = if stream {
             cache.new_journal(&path)
         } else {
             cache.new_spool()
         }
         .map_err(|e| io_err(&path, "cannot create a journal", &e))?;
-        let file = open_rw(&file_path).map_err(|e| io_err(&path, "cannot open the journal", &e))?;
         let stream = if stream {
             Some(
                 start_stream(client, &path, &pre, &file)
@@ -321,10 +357,9 @@ impl WriteHandle {
         size: u64,
         pre: Preconditions,
     ) -> VfsResult<Self> {
-        let file_path = cache
+        let (file_path, file) = cache
             .new_spool()
             .map_err(|e| io_err(&path, "cannot create a spool file", &e))?;
-        let file = open_rw(&file_path).map_err(|e| io_err(&path, "cannot open the spool", &e))?;
         Ok(Self::assemble(
             ino,
             path,
@@ -515,10 +550,11 @@ impl WriteHandle {
         if s.tx.capacity() == 0 || s.journal.tx.capacity() == 0 {
             return None;
         }
-        // Both have room and we hold the session: neither send can fail for lack of space.
+        // Both have room and we hold the session. The journal's queue is shared with other
+        // uploads and may fill meanwhile: then nothing was sent and the general path waits.
         s.journal
             .tx
-            .try_send(JournalItem::Data(offset, data.clone()))
+            .try_send(s.journal.item(offset, data.clone()))
             .ok()?;
         if s.tx.try_send(Ok(data.clone())).is_err() {
             // The upload ended; the general path finds out why (the journal write above is
@@ -707,7 +743,7 @@ impl WriteHandle {
         }
         let _ = st.file.sync_data();
         let copy = match cache.new_spool() {
-            Ok(c) => c,
+            Ok((c, _)) => c,
             Err(io) => {
                 tracing::error!(
                     "could not upload {} ({e}) nor copy it aside ({io}); it stays in {}",
