@@ -44,8 +44,51 @@ type Chunk = Result<Bytes, io::Error>;
 
 struct Streaming {
     tx: mpsc::Sender<Chunk>,
-    task: JoinHandle<Result<ResponseMeta, DavError>>,
+    task: UploadTask,
     journal: JournalWriter,
+    /// Set by [`Streaming::complete`] only: the body ends, and the server stores the file,
+    /// only when we say so. Otherwise (abandoned, dropped, failed) the body never ends and
+    /// the connection is closed under it, so the server keeps nothing half-written. (An
+    /// error item in the body is not enough: hyper may still write the last chunk of a
+    /// body that failed, and the server then stores what it got.)
+    complete: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Streaming {
+    /// Ends the body: the server completes the file. Returns the upload's outcome.
+    async fn complete(self) -> Result<Result<ResponseMeta, DavError>, tokio::task::JoinError> {
+        self.complete
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(self.tx);
+        self.task.await
+    }
+}
+
+/// The task running a streaming PUT; aborted when dropped, so that a session that ends
+/// without completing its upload never leaves a request behind.
+struct UploadTask(JoinHandle<Result<ResponseMeta, DavError>>);
+
+impl UploadTask {
+    fn abort(&self) {
+        self.0.abort();
+    }
+}
+
+impl std::future::Future for UploadTask {
+    type Output = Result<Result<ResponseMeta, DavError>, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl Drop for UploadTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 enum JournalItem {
@@ -271,8 +314,15 @@ fn start_stream(
 ) -> io::Result<Streaming> {
     let journal = JournalWriter::start(file.try_clone()?)?;
     let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    let complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = complete.clone();
+    let body = futures_util::stream::unfold((rx, done), |(mut rx, done)| async move {
+        match rx.recv().await {
+            Some(item) => Some((item, (rx, done))),
+            None if done.load(std::sync::atomic::Ordering::SeqCst) => None,
+            // Abandoned: never end the body (see `Streaming::complete`).
+            None => std::future::pending().await,
+        }
     });
     let client = client.clone();
     let path = path.clone();
@@ -289,7 +339,12 @@ fn start_stream(
             )
             .await
     });
-    Ok(Streaming { tx, task, journal })
+    Ok(Streaming {
+        tx,
+        task: UploadTask(task),
+        journal,
+        complete,
+    })
 }
 
 fn client_stall() -> std::time::Duration {
@@ -298,7 +353,8 @@ fn client_stall() -> std::time::Duration {
 
 /// Ends a streaming PUT without completing it: the server keeps nothing half-written.
 async fn abort_stream(s: Streaming) {
-    let _ = s.tx.send(Err(io::Error::other("upload abandoned"))).await;
+    // The body is left unfinished and the request dropped: the connection is closed in the
+    // middle of the body.
     drop(s.tx);
     s.task.abort();
     let _ = s.task.await;
@@ -633,9 +689,15 @@ impl WriteHandle {
             _ => true,
         };
         if !sent && let Some(s) = st.stream.take() {
-            // The PUT ended early. The journal must hold everything before it becomes the
-            // spool; then find out why the PUT ended.
-            if let Err(e) = s.journal.barrier().await {
+            // The PUT ended early, or its server stopped reading. The journal must hold
+            // everything before it becomes the spool; then find out why the PUT ended (a
+            // stalled one is given up, never completed).
+            let barrier = s.journal.barrier().await;
+            let Streaming { tx, mut task, .. } = s;
+            drop(tx);
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(5), &mut task).await;
+            task.abort();
+            if let Err(e) = barrier {
                 let err = VfsError::new(
                     ErrorKind::NoSpace,
                     format!("{}: cannot keep the written data: {e}", self.path()),
@@ -643,7 +705,7 @@ impl WriteHandle {
                 st.failed = Some(err.clone());
                 return Err(err);
             }
-            if let Ok(Err(e)) = s.task.await {
+            if let Ok(Ok(Err(e))) = ended {
                 let err = VfsError::from(e);
                 if !transient(&err) {
                     st.failed = Some(err.clone());
@@ -802,8 +864,7 @@ impl WriteHandle {
         // Everything written must be in the journal before the server may complete the file.
         self.journal_barrier(st).await?;
         if let Some(s) = st.stream.take() {
-            drop(s.tx);
-            match s.task.await {
+            match s.complete().await {
                 Ok(Ok(meta)) => result = Some(meta),
                 Ok(Err(e)) => {
                     let err = VfsError::from(e);

@@ -216,7 +216,11 @@ fn full_cache_disk_fails_the_writer_and_leaves_no_half_file_on_the_server() {
         match on_server {
             Err(_) => break,
             Ok(0) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(n) => panic!("the server has a file of {n} bytes after a failed upload"),
+            Ok(n) => panic!(
+                "the server has a file of {n} bytes after a failed upload\nrequests: {:#?}\nlog:\n{}",
+                a.settled_requests("fault-full"),
+                m.log()
+            ),
         }
     }
     drop(m);

@@ -75,7 +75,7 @@ fn apache_listing_costs_one_propfind_then_nothing() {
     let dir = a.fresh_dir("mount-counts");
     let files = populate(&dir, 100);
     let m = Mount::new(&a.url("mount-counts"), &["--read-only"]);
-    let before = a.settled_requests("mount-counts").len();
+    let before = a.after_mount("mount-counts").len();
 
     // Cold `ls -l`: one PROPFIND Depth 1, and nothing else.
     let listing = ls_l(m.path());
@@ -189,7 +189,7 @@ fn apache_head_of_a_large_file_fetches_little() {
     std::fs::write(dir.join("large.bin"), &data).expect("write");
     apache::give_to_server(&dir);
     let m = Mount::new(&a.url("mount-head"), &[]);
-    let before = a.settled_requests("mount-head").len();
+    let before = a.after_mount("mount-head").len();
     let out = Command::new("head")
         .arg("-c")
         .arg("1048576")

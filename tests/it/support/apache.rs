@@ -384,6 +384,22 @@ Alias /digest/ "{digestroot}/"
         }
     }
 
+    /// The requests under `prefix` once those of a mount that just started are logged (its
+    /// PROPFIND of the mounted collection): the count to compare later ones with. Apache
+    /// writes a log line after it sent the answer, so a request the mount already has an
+    /// answer to may still be missing from the log.
+    pub fn after_mount(&self, prefix: &str) -> Vec<Logged> {
+        self.settled_until(prefix, |r| r.iter().any(|x| x.method == "PROPFIND"))
+    }
+
+    /// The requests under `prefix` once a PUT of `path` (as logged, e.g. `/dav/x/f.txt`) is
+    /// among them.
+    pub fn after_put(&self, prefix: &str, path: &str) -> Vec<Logged> {
+        self.settled_until(prefix, |r| {
+            r.iter().any(|x| x.method == "PUT" && x.path == path)
+        })
+    }
+
     /// `http://127.0.0.1:PORT/dav/<sub>/`.
     pub fn url(&self, sub: &str) -> String {
         if sub.is_empty() {
