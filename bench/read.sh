@@ -96,7 +96,8 @@ cs=$(printf '%s\n' "${c[@]}" | median); ds=$(printf '%s\n' "${d[@]}" | median)
 ws=$(printf '%s\n' "${w[@]}" | median); wq=$(printf '%s\n' "${wr[@]}" | sort -g | tail -1)
 echo "curl PROPFIND: ${cs}s  davdrive cold ls -l: ${ds}s  ratio: $(ratio "$ds" "$cs")   (target <= 1.3)"
 echo "davdrive warm ls -l: ${ws}s with $wq requests (max over runs; target 0)"
-# ls itself needs the whole listing before it sorts and prints: the download plus a warm
-# ls -l is the floor of a cold one short of handing out entries before the listing is whole.
+# What a cold ls -l would cost if no entry were handed out before the whole listing is in:
+# the download plus a warm ls -l. Entries are handed out as they are parsed, so ls works
+# on the first ones while the rest downloads and the cold ls -l can beat this sum.
 fl=$(awk -v a="$cs" -v b="$ws" 'BEGIN { printf "%.4f", a + b }')
-echo "floor (curl PROPFIND + warm ls -l): ${fl}s = $(ratio "$fl" "$cs") x curl; cold ls -l is $(ratio "$ds" "$fl") x that floor"
+echo "download + warm ls -l, one after the other: ${fl}s = $(ratio "$fl" "$cs") x curl; cold ls -l is $(ratio "$ds" "$fl") x that"

@@ -22,7 +22,7 @@ use crate::vfs::{Attr, ErrorKind, FileKind, OpenMode, SetAttr, Vfs, VfsError};
 
 /// Directory entries asked of the core per readdir reply: more than a reply can hold, so
 /// one call fills the kernel's buffer when the entries are there.
-const DIR_BATCH: usize = 4096;
+const DIR_BATCH: usize = 1024;
 
 /// The errno of each core error kind.
 pub fn errno_for(kind: ErrorKind) -> i32 {
@@ -92,7 +92,12 @@ impl FuseAdapter {
         let _runtime = self.rt.enter();
         let mut work = Box::pin(work);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if work.as_mut().poll(&mut cx).is_pending() {
+        // A panic stays in this callback (as it would in a task): the reply inside the work
+        // is dropped on the way out, which answers EIO.
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            work.as_mut().poll(&mut cx).is_pending()
+        }));
+        if matches!(polled, Ok(true)) {
             self.rt.spawn(work);
         }
     }

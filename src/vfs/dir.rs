@@ -177,6 +177,19 @@ impl DirStream {
     }
 }
 
+/// Ends a listing with an error when dropped, unless it ended before (a listing task that
+/// panicked or was cancelled must not leave `opendir`/`readdir` waiting forever).
+pub(super) struct EndGuard(pub(super) std::sync::Arc<DirStream>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.finish(Err(super::error::VfsError::new(
+            super::ErrorKind::Io,
+            "the directory listing stopped",
+        )));
+    }
+}
+
 impl std::fmt::Debug for DirStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let st = self.state();

@@ -511,11 +511,15 @@ impl Vfs {
                 t.mark_gone(ino);
             }
         }
-        // Entries of a first attempt that the second did not list.
+        // Entries of a first attempt that the second did not list (and that did not move
+        // elsewhere meanwhile: a rename out of this directory is what made us fetch again).
         for ino in numbered {
             let listed = current.contains(&ino);
+            let still_here = t
+                .get(ino)
+                .is_some_and(|n| n.parent == dir && n.path.is_child_of(&path));
             let writing = t.get(ino).is_some_and(|n| n.writer.is_some() && !n.gone);
-            if !listed && !writing {
+            if !listed && still_here && !writing {
                 t.mark_gone(ino);
             }
         }
@@ -742,6 +746,8 @@ impl Vfs {
                 let stream = Arc::new(DirStream::new());
                 let (vfs, s) = (self.clone(), stream.clone());
                 tokio::spawn(async move {
+                    // Whatever happens to this task, readers are not left waiting.
+                    let _ended = dir::EndGuard(s.clone());
                     let result = vfs.listing_into(ino, Some(&s)).await;
                     s.finish(result.map(|_| ()));
                 });

@@ -38,7 +38,7 @@ use crate::dav::{DavClient, DavError, DavPath, ErrorKind, Preconditions, PutBody
 /// at most ~16 MiB in memory per upload.
 const CHANNEL_DEPTH: usize = 16;
 /// Items queued for the journal thread, all uploads together.
-const JOURNAL_DEPTH: usize = 64;
+const JOURNAL_DEPTH: usize = 16;
 
 type Chunk = Result<Bytes, io::Error>;
 
@@ -111,38 +111,38 @@ struct JournalFile {
 /// barrier waits until everything sent before it is on disk (or says why it is not). The
 /// channel is bounded: a writer faster than the disk waits.
 fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
-    static THREAD: std::sync::OnceLock<Result<mpsc::Sender<JournalItem>, String>> =
-        std::sync::OnceLock::new();
-    THREAD
-        .get_or_init(|| {
-            let (tx, mut rx) = mpsc::channel::<JournalItem>(JOURNAL_DEPTH);
-            std::thread::Builder::new()
-                .name("davdrive-journal".into())
-                .spawn(move || {
-                    while let Some(item) = rx.blocking_recv() {
-                        match item {
-                            JournalItem::Data(j, off, data) => {
-                                let mut error = j.error.lock().unwrap_or_else(|e| e.into_inner());
-                                if error.is_none()
-                                    && let Err(e) = write_at(&j.file, &data, off)
-                                {
-                                    *error = Some(e.to_string());
-                                }
-                            }
-                            JournalItem::Barrier(j, done) => {
-                                let error = j.error.lock().unwrap_or_else(|e| e.into_inner());
-                                let _ = done.send(match &*error {
-                                    None => Ok(()),
-                                    Some(e) => Err(e.clone()),
-                                });
-                            }
+    static THREAD: std::sync::OnceLock<mpsc::Sender<JournalItem>> = std::sync::OnceLock::new();
+    if let Some(tx) = THREAD.get() {
+        return Ok(tx.clone());
+    }
+    // Not cached on failure: a later upload tries again. Two first uploads at once may
+    // start two threads; the one whose sender is not kept ends at once.
+    let (tx, mut rx) = mpsc::channel::<JournalItem>(JOURNAL_DEPTH);
+    std::thread::Builder::new()
+        .name("davdrive-journal".into())
+        .spawn(move || {
+            while let Some(item) = rx.blocking_recv() {
+                match item {
+                    JournalItem::Data(j, off, data) => {
+                        let mut error = j.error.lock().unwrap_or_else(|e| e.into_inner());
+                        if error.is_none()
+                            && let Err(e) = write_at(&j.file, &data, off)
+                        {
+                            *error = Some(e.to_string());
                         }
                     }
-                })
-                .map(|_| tx)
-                .map_err(|e| format!("cannot start the journal thread: {e}"))
+                    JournalItem::Barrier(j, done) => {
+                        let error = j.error.lock().unwrap_or_else(|e| e.into_inner());
+                        let _ = done.send(match &*error {
+                            None => Ok(()),
+                            Some(e) => Err(e.clone()),
+                        });
+                    }
+                }
+            }
         })
-        .clone()
+        .map_err(|e| format!("cannot start the journal thread: {e}"))?;
+    Ok(THREAD.get_or_init(|| tx).clone())
 }
 
 /// The journal of one streaming upload.
@@ -385,10 +385,14 @@ impl WriteHandle {
         }
         .map_err(|e| io_err(&path, "cannot create a journal", &e))?;
         let stream = if stream {
-            Some(
-                start_stream(client, &path, &pre, &file)
-                    .map_err(|e| io_err(&path, "cannot start the journal", &e))?,
-            )
+            match start_stream(client, &path, &pre, &file) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    // The file still works: spooled and sent at close.
+                    tracing::warn!(path = %path, "cannot stream this upload ({e}); spooling it");
+                    None
+                }
+            }
         } else {
             None
         };
@@ -789,7 +793,12 @@ impl WriteHandle {
                 }
             }
             Ok(None) => {}
-            Err(e) => self.keep_copy(cache, &mut st, e),
+            Err(e) => {
+                // Copying the file aside is disk work of any size: not on the thread that
+                // polled this first (a FUSE thread, see `fs::fuse`), but on the runtime.
+                tokio::task::yield_now().await;
+                self.keep_copy(cache, &mut st, e)
+            }
         }
         r
     }
