@@ -54,6 +54,13 @@ now() { date +%s%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", (b - a) / 1e9 }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+# pratio "A1 A2 ..." "B1 B2 ...": the median over runs of Ai / Bi. Each run pairs curl and
+# davdrive back to back, so this is steadier than the ratio of the medians when the
+# machine's speed drifts between runs (it does on small VMs).
+pratio() {
+  paste -d' ' <(printf '%s\n' $1) <(printf '%s\n' $2) | awk '{ printf "%.4f\n", $1 / $2 }' |
+    median | awk '{ printf "%.2f", $1 }'
+}
 loglines() { wc -l < "$WORK/access.log"; }
 mount_dav() {
   rm -f "$WORK/mount.out"

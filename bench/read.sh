@@ -63,7 +63,7 @@ else
   echo "(build examples/fuse-floor with 'cargo build --release --example fuse-floor' for the FUSE floor)"
 fi
 echo "curl: ${cs}s ($(awk -v s="$cs" -v m="$SIZE_MIB" 'BEGIN{printf "%.0f", m/s}') MiB/s)  davdrive: ${ds}s ($(awk -v s="$ds" -v m="$SIZE_MIB" 'BEGIN{printf "%.0f", m/s}') MiB/s)"
-echo "throughput ratio davdrive/curl: $(ratio "$cs" "$ds")   (target >= 0.80)"
+echo "throughput ratio davdrive/curl: $(ratio "$cs" "$ds"), paired per run $(pratio "${c[*]}" "${d[*]}")   (target >= 0.80)"
 echo "daemon peak RSS: $((rk / 1024)) MiB   (target < 48 MiB)"
 
 echo "== head -c 1M of the $SIZE_MIB MiB file"
@@ -78,7 +78,7 @@ for r in $(seq 1 "$RUNS"); do
 done
 cs=$(printf '%s\n' "${c[@]}" | median); ds=$(printf '%s\n' "${d[@]}" | median)
 bm=$(printf '%s\n' "${bytes[@]}" | median)
-echo "curl: ${cs}s  davdrive: ${ds}s  time ratio: $(ratio "$ds" "$cs")   (target <= 2.0)"
+echo "curl: ${cs}s  davdrive: ${ds}s  time ratio: $(ratio "$ds" "$cs"), paired per run $(pratio "${d[*]}" "${c[*]}")   (target <= 2.0)"
 echo "fetched by davdrive: $(awk -v b="$bm" 'BEGIN{printf "%.2f", b/1048576}') MiB   (target <= 4 MiB)"
 
 echo "== ls -l of a 10,000-file directory"
@@ -94,7 +94,7 @@ for r in $(seq 1 "$RUNS"); do
 done
 cs=$(printf '%s\n' "${c[@]}" | median); ds=$(printf '%s\n' "${d[@]}" | median)
 ws=$(printf '%s\n' "${w[@]}" | median); wq=$(printf '%s\n' "${wr[@]}" | sort -g | tail -1)
-echo "curl PROPFIND: ${cs}s  davdrive cold ls -l: ${ds}s  ratio: $(ratio "$ds" "$cs")   (target <= 1.3)"
+echo "curl PROPFIND: ${cs}s  davdrive cold ls -l: ${ds}s  ratio: $(ratio "$ds" "$cs"), paired per run $(pratio "${d[*]}" "${c[*]}")   (target <= 1.3)"
 echo "davdrive warm ls -l: ${ws}s with $wq requests (max over runs; target 0)"
 # What a cold ls -l would cost if no entry were handed out before the whole listing is in:
 # the download plus a warm ls -l. Entries are handed out as they are parsed, so ls works

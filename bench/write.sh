@@ -46,7 +46,7 @@ done
 cs=$(printf '%s\n' "${c[@]}" | median); ds=$(printf '%s\n' "${d[@]}" | median)
 rk=$(printf '%s\n' "${rss[@]}" | median)
 cmp -s "$SRC/big.bin" "$WORK/www/dd.bin" && echo "content on the server: identical" || echo "content on the server: DIFFERS"
-echo "curl -T: ${cs}s  davdrive (dd, until close returned): ${ds}s  time ratio: $(ratio "$ds" "$cs")   (target <= 1.15)"
+echo "curl -T: ${cs}s  davdrive (dd, until close returned): ${ds}s  time ratio: $(ratio "$ds" "$cs"), paired per run $(pratio "${d[*]}" "${c[*]}")   (target <= 1.15)"
 echo "daemon peak RSS: $((rk / 1024)) MiB   (target < 48 MiB)"
 
 echo "== 500 files x 100 KiB"
@@ -66,5 +66,5 @@ for r in $(seq 1 "$RUNS"); do
 done
 cs=$(printf '%s\n' "${c[@]}" | median); ds=$(printf '%s\n' "${d[@]}" | median)
 qs=$(printf '%s\n' "${q[@]}" | median)
-echo "curl (one process, 500 uploads): ${cs}s  davdrive cp -r: ${ds}s  time ratio: $(ratio "$ds" "$cs")   (target <= 1.2)"
+echo "curl (one process, 500 uploads): ${cs}s  davdrive cp -r: ${ds}s  time ratio: $(ratio "$ds" "$cs"), paired per run $(pratio "${d[*]}" "${c[*]}")   (target <= 1.2)"
 echo "requests: $qs for 500 files = $(ratio "$qs" 500) per file   (target <= 1.05)"
