@@ -424,8 +424,15 @@ impl Vfs {
                 Ok(s) => s,
                 Err(e) => {
                     let err = VfsError::from(e);
+                    let mut t = self.table();
+                    // Entries numbered for this listing that nothing else knows yet.
+                    for (_, ino) in &acc.order {
+                        if t.get(*ino).is_some_and(|n| n.meta.is_none()) {
+                            t.mark_gone(*ino);
+                        }
+                    }
                     if err.kind == ErrorKind::NotFound {
-                        self.table().mark_gone(dir);
+                        t.mark_gone(dir);
                     }
                     return Err(err);
                 }
