@@ -173,6 +173,16 @@ impl JournalWriter {
     }
 
     async fn barrier(&self) -> Result<(), String> {
+        // Every queued item holds a reference to the file, and the journal thread drops it
+        // once the item is done: when ours is the only one left, everything sent is written
+        // and no round trip to the thread is needed (a small file's close saves a wake-up).
+        if Arc::strong_count(&self.file) == 1 {
+            let error = self.file.error.lock().unwrap_or_else(|e| e.into_inner());
+            return match &*error {
+                None => Ok(()),
+                Some(e) => Err(e.clone()),
+            };
+        }
         let (done, wait) = tokio::sync::oneshot::channel();
         self.tx
             .send(JournalItem::Barrier(self.file.clone(), done))
