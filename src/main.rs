@@ -322,6 +322,21 @@ mod platform {
         let vfs = Vfs::new(client, cfg.vfs.clone()).map_err(|e| e.to_string())?;
         if let Err(e) = rt.block_on(vfs.probe()) {
             let mut msg = format!("cannot mount {shown_url}: {e}");
+            // A server that requires a client certificate may refuse one we do not send with
+            // an alert or by just hanging up; ask the handshake itself.
+            let connection_failed = matches!(
+                e.kind,
+                davdrive::vfs::ErrorKind::TlsFailure
+                    | davdrive::vfs::ErrorKind::Io
+                    | davdrive::vfs::ErrorKind::Unreachable
+                    | davdrive::vfs::ErrorKind::Protocol
+            );
+            let wants_client_cert = connection_failed
+                && cfg.client.client_identity.is_none()
+                && rt.block_on(davdrive::dav::tls::asks_for_client_cert(&cfg.url));
+            if wants_client_cert && e.kind != davdrive::vfs::ErrorKind::TlsFailure {
+                msg.push_str("\nThe server wants a client certificate: pass --client-cert FILE.");
+            }
             if e.kind == davdrive::vfs::ErrorKind::AuthRequired {
                 let text = e.to_string();
                 let offers_only_bearer = text.contains("offers: bearer)");
@@ -383,6 +398,7 @@ mod platform {
                     );
                 } else if detail.contains("CertificateRequired")
                     || (detail.contains("HandshakeFailure") && cfg.client.client_identity.is_none())
+                    || wants_client_cert
                 {
                     msg.push_str(
                         "\nThe server wants a client certificate: pass --client-cert FILE.",

@@ -303,6 +303,67 @@ pub async fn peer_certificate(url: &Url) -> Result<CertSummary, String> {
     Ok(summarize(der))
 }
 
+/// Whether the server at `url` asks for a client certificate in its TLS handshake. A server
+/// that requires one and gets none may answer with an alert or just hang up (TLS 1.3 sends
+/// that alert after the handshake, and a reset can overtake it), so a failed mount asks this
+/// separately to say what is missing. Any failure to find out is `false`.
+pub async fn asks_for_client_cert(url: &Url) -> bool {
+    #[derive(Debug, Default)]
+    struct Asked(std::sync::atomic::AtomicBool);
+    impl rustls::client::ResolvesClientCert for Asked {
+        fn resolve(
+            &self,
+            _hints: &[&[u8]],
+            _schemes: &[SignatureScheme],
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            None
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return false;
+    };
+    if url.scheme() != "https" {
+        return false;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = Arc::new(VouchedVerifier {
+        pins: None,
+        provider: provider.clone(),
+    });
+    let asked = Arc::new(Asked::default());
+    let Ok(builder) =
+        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let cfg = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(asked.clone());
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let Ok(name) = ServerName::try_from(host.clone()) else {
+        return false;
+    };
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .ok()?;
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .ok()
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), handshake).await;
+    asked.0.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Fingerprint, subject and issuer CN (or whole name), validity of a DER certificate. The
 /// fields are best effort: a certificate we cannot parse still has its fingerprint.
 pub fn summarize(der: &[u8]) -> CertSummary {

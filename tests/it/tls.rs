@@ -673,6 +673,18 @@ fn certificate_errors_say_what_is_wrong() {
         .err()
         .expect("no client certificate");
     assert!(err.contains("--client-cert"), "{err}");
+    // The hint does not depend on how the server hangs up: the handshake itself is asked
+    // whether a client certificate is wanted.
+    let rt = crate::support::rt();
+    let wants = |u: &str| {
+        let u = url::Url::parse(u).expect("url");
+        rt.block_on(davdrive::dav::tls::asks_for_client_cert(&u))
+    };
+    assert!(wants(&url), "the mTLS server asks for a client certificate");
+    assert!(
+        !wants(&a.tls_url("names")),
+        "the plain TLS server does not ask for one"
+    );
 }
 
 #[test]
