@@ -52,6 +52,9 @@ struct Streaming {
     /// error item in the body is not enough: hyper may still write the last chunk of a
     /// body that failed, and the server then stores what it got.)
     complete: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the upload goes, and the client to clean up with (see [`abort_stream`]).
+    client: DavClient,
+    path: DavPath,
 }
 
 impl Streaming {
@@ -334,6 +337,7 @@ fn start_stream(
             None => std::future::pending().await,
         }
     });
+    let (owner, target) = (client.clone(), path.clone());
     let client = client.clone();
     let path = path.clone();
     let pre = pre.clone();
@@ -354,6 +358,8 @@ fn start_stream(
         task: UploadTask(task),
         journal,
         complete,
+        client: owner,
+        path: target,
     })
 }
 
@@ -362,12 +368,53 @@ fn client_stall() -> std::time::Duration {
 }
 
 /// Ends a streaming PUT without completing it: the server keeps nothing half-written.
-async fn abort_stream(s: Streaming) {
-    // The body is left unfinished and the request dropped: the connection is closed in the
-    // middle of the body.
-    drop(s.tx);
-    s.task.abort();
-    let _ = s.task.await;
+/// Abandons a streaming upload: the server must not keep what was sent so far. Returns
+/// `true` when the server had stored it anyway and that version was deleted again.
+///
+/// The body gets an error and is never ended; the request runs on until the HTTP library
+/// gives up on it, so that its outcome is known. HTTP libraries may still end a body that
+/// failed or whose request was dropped (hyper did, now and then, and Apache stored a
+/// truncated file), so the outcome is checked: a PUT that succeeded after all is undone with a
+/// DELETE of exactly the version it created (`If-Match` with its entity tag).
+async fn abort_stream(s: Streaming) -> bool {
+    let Streaming {
+        tx,
+        mut task,
+        client,
+        path,
+        ..
+    } = s;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tx.send(Err(io::Error::other("upload abandoned"))),
+    )
+    .await;
+    drop(tx);
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), &mut task).await;
+    task.abort();
+    let Ok(Ok(Ok(meta))) = outcome else {
+        return false;
+    };
+    let Some(tag) = meta.etag.filter(|t| !t.starts_with("W/")) else {
+        tracing::error!(
+            path = %path,
+            "an abandoned upload was completed by the server, which gave no entity tag to \
+             delete it safely: the file on the server is incomplete"
+        );
+        return false;
+    };
+    tracing::warn!(path = %path, "an abandoned upload was completed by the server; deleting it");
+    let pre = Preconditions {
+        if_match: Some(tag),
+        ..Default::default()
+    };
+    match client.delete(&path, false, &pre).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(path = %path, "cannot delete an incomplete upload: {e}");
+            false
+        }
+    }
 }
 
 /// Whether a failed upload should be retried from the local copy rather than given up.
@@ -552,7 +599,14 @@ impl WriteHandle {
                     format!("{}: cannot keep the written data: {e}", self.path()),
                 ));
             }
-            abort_stream(s).await;
+            if abort_stream(s).await {
+                // What the server had is gone: the whole file is created anew at close.
+                st.pre = Preconditions {
+                    if_none_match_any: true,
+                    lock_token: st.pre.lock_token.clone(),
+                    ..Default::default()
+                };
+            }
         }
     }
 
