@@ -395,7 +395,7 @@ async fn abort_stream(s: Streaming) -> bool {
     let Ok(Ok(Ok(meta))) = outcome else {
         return false;
     };
-    let Some(tag) = meta.etag.filter(|t| !t.starts_with("W/")) else {
+    let Some(tag) = meta.etag else {
         tracing::error!(
             path = %path,
             "an abandoned upload was completed by the server, which gave no entity tag to \
@@ -404,6 +404,16 @@ async fn abort_stream(s: Streaming) -> bool {
         return false;
     };
     tracing::warn!(path = %path, "an abandoned upload was completed by the server; deleting it");
+    // If-Match compares strongly. Apache marks the tag of a file changed within the last
+    // second as weak and the same tag becomes strong a second later: wait that second out,
+    // then name the version by its strong tag (no other version can carry it).
+    let tag = match tag.strip_prefix("W/") {
+        Some(strong) => {
+            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+            strong.to_owned()
+        }
+        None => tag,
+    };
     let pre = Preconditions {
         if_match: Some(tag),
         ..Default::default()
