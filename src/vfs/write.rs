@@ -46,11 +46,9 @@ struct Streaming {
     tx: mpsc::Sender<Chunk>,
     task: UploadTask,
     journal: JournalWriter,
-    /// Set by [`Streaming::complete`] only: the body ends, and the server stores the file,
-    /// only when we say so. Otherwise (abandoned, dropped, failed) the body never ends and
-    /// the connection is closed under it, so the server keeps nothing half-written. (An
-    /// error item in the body is not enough: hyper may still write the last chunk of a
-    /// body that failed, and the server then stores what it got.)
+    /// Set by [`Streaming::complete`] only: our body stream ends only when we say so; a
+    /// dropped sender alone never ends it. Abandoning is [`abort_stream`]'s job, which also
+    /// checks whether the server stored the upload anyway.
     complete: Arc<std::sync::atomic::AtomicBool>,
     /// Where the upload goes, and the client to clean up with (see [`abort_stream`]).
     client: DavClient,
