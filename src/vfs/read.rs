@@ -20,14 +20,15 @@
 //!   forward as needed, and only a backward seek starts a new GET.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use super::error::{VfsError, VfsResult};
 use super::inode::Ino;
 use crate::dav::multistatus::etags_match;
-use crate::dav::{ByteRange, DavClient, DavPath, ErrorKind, GetStream};
+use crate::dav::{ByteRange, DavClient, DavError, DavPath, ErrorKind, GetStream};
 
 /// Read-ahead settings.
 #[derive(Debug, Clone)]
@@ -40,6 +41,9 @@ pub struct ReadTuning {
     pub keep_behind: u64,
     /// A forward gap up to this size is read through rather than a new request. Default 1 MiB.
     pub max_skip: u64,
+    /// Bytes of a response received ahead of the reader, within the requested window.
+    /// Default 8 MiB.
+    pub ahead: u32,
 }
 
 impl Default for ReadTuning {
@@ -49,12 +53,81 @@ impl Default for ReadTuning {
             max_window: 64 << 20,
             keep_behind: 4 << 20,
             max_skip: 1 << 20,
+            ahead: 8 << 20,
         }
     }
 }
 
+/// A response body received by a task of its own, up to `ahead` bytes before the reader, so
+/// that receiving from the network overlaps with handing bytes to the application. Dropping
+/// it stops the task (and so the response).
+struct Prefetch {
+    rx: mpsc::UnboundedReceiver<Result<Bytes, DavError>>,
+    budget: Arc<Semaphore>,
+    ahead: u32,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Prefetch {
+    fn spawn(mut get: GetStream, ahead: u32) -> Self {
+        let ahead = ahead.max(1);
+        let budget = Arc::new(Semaphore::new(ahead as usize));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = budget.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let chunk = match get.chunk().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                match room.acquire_many(cost(&chunk, ahead)).await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return,
+                }
+                if tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+            }
+        });
+        Prefetch {
+            rx,
+            budget,
+            ahead,
+            task,
+        }
+    }
+
+    /// The next chunk; `None` at the end of the body (or if the task died: the caller checks
+    /// the length it got).
+    async fn chunk(&mut self) -> Result<Option<Bytes>, DavError> {
+        match self.rx.recv().await {
+            Some(Ok(c)) => {
+                self.budget.add_permits(cost(&c, self.ahead) as usize);
+                Ok(Some(c))
+            }
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        }
+    }
+}
+
+/// A chunk's share of the read-ahead budget (a chunk larger than the budget takes all of it).
+fn cost(chunk: &Bytes, ahead: u32) -> u32 {
+    u32::try_from(chunk.len()).unwrap_or(u32::MAX).min(ahead)
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 struct Active {
-    get: GetStream,
+    get: Prefetch,
     /// Offset of the next byte the response will yield.
     pos: u64,
     /// Exclusive end of what this response covers.
@@ -348,7 +421,11 @@ impl ReadHandle {
             st.buf_start = start;
             st.buf_end = start;
         }
-        st.active = Some(Active { get, pos, end });
+        st.active = Some(Active {
+            get: Prefetch::spawn(get, self.tuning.ahead),
+            pos,
+            end,
+        });
         Ok(())
     }
 }
