@@ -127,6 +127,11 @@ pub struct MountArgs {
     /// [default: 1].
     #[arg(long, value_name = "SECONDS", help_heading = "Caching")]
     pub kernel_ttl: Option<u64>,
+    /// Read files opened read-only straight from the stream, bypassing the kernel's page
+    /// cache: faster for large sequential reads (media, archives, disk images); slower for
+    /// programs that read in small pieces and for files read again (nothing is cached).
+    #[arg(long, help_heading = "Caching")]
+    pub direct_io: bool,
 
     /// Also trust this CA (or self-signed server) certificate, PEM, for this mount only.
     #[arg(long, value_name = "FILE.pem", help_heading = "TLS")]

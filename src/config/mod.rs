@@ -194,6 +194,7 @@ impl MountConfig {
             cache_dir: base.join(key),
             upload,
             keep_os_litter_local: !flag(args.upload_os_files, profile.upload_os_files),
+            direct_reads: flag(args.direct_io, profile.direct_io),
             ..VfsConfig::default()
         };
         Ok(MountConfig {

@@ -49,6 +49,7 @@ pub struct Profile {
     pub upload_os_files: Option<bool>,
     pub dir_cache_ttl: Option<u64>,
     pub kernel_ttl: Option<u64>,
+    pub direct_io: Option<bool>,
     pub ca_cert: Option<PathBuf>,
     pub insecure: Option<bool>,
     pub pin_cert: Option<String>,

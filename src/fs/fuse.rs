@@ -75,12 +75,19 @@ pub struct FuseAdapter {
     vfs: Arc<Vfs>,
     rt: Handle,
     ttl: Duration,
+    /// The kernel lets programs mmap files opened with FOPEN_DIRECT_IO (Linux 6.6+).
+    direct_mmap: bool,
 }
 
 impl FuseAdapter {
     pub fn new(vfs: Arc<Vfs>, rt: Handle) -> Self {
         let ttl = vfs.config().kernel_ttl;
-        FuseAdapter { vfs, rt, ttl }
+        FuseAdapter {
+            vfs,
+            rt,
+            ttl,
+            direct_mmap: false,
+        }
     }
 
     /// Runs the work of one callback: polled once right here, in the FUSE thread, and
@@ -152,12 +159,15 @@ fn open_mode(flags: i32) -> OpenMode {
     }
 }
 
-fn fopen_flags(o: &Opened) -> FopenFlags {
+/// `direct_mmap`: whether the kernel still allows mmap on a direct-I/O file. Where it does not
+/// (before Linux 6.6), a handle that may read keeps the page cache so that mmap works; a
+/// write-only descriptor cannot be mapped anyway.
+fn fopen_flags(o: &Opened, mode: OpenMode, direct_mmap: bool) -> FopenFlags {
     let mut f = FopenFlags::empty();
     if o.keep_cache {
         f |= FopenFlags::FOPEN_KEEP_CACHE;
     }
-    if o.direct {
+    if o.direct && (direct_mmap || !mode.read) {
         f |= FopenFlags::FOPEN_DIRECT_IO;
     }
     f
@@ -183,6 +193,16 @@ impl Filesystem for FuseAdapter {
                 // O_TRUNC reaches open(): an overwrite then streams like a new file.
                 | InitFlags::FUSE_ATOMIC_O_TRUNC,
         );
+        // mmap keeps working on files opened with FOPEN_DIRECT_IO (`--direct-io`).
+        self.direct_mmap = config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
+        if self.vfs.config().direct_reads && !self.direct_mmap {
+            tracing::warn!(
+                "this kernel cannot mmap files read with direct I/O (Linux 6.6 can): \
+                 --direct-io is ignored so that mmap keeps working"
+            );
+        }
         Ok(())
     }
 
@@ -217,10 +237,10 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = open_mode(flags.0);
-        let vfs = self.vfs.clone();
+        let (vfs, direct_mmap) = (self.vfs.clone(), self.direct_mmap);
         self.run(async move {
             match vfs.open(ino.0, mode).await {
-                Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
+                Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o, mode, direct_mmap)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -278,7 +298,7 @@ impl Filesystem for FuseAdapter {
         let Some(name) = utf8(name) else {
             return reply.error(Errno::from_i32(libc::EINVAL));
         };
-        let (vfs, ttl) = (self.vfs.clone(), self.ttl);
+        let (vfs, ttl, direct_mmap) = (self.vfs.clone(), self.ttl, self.direct_mmap);
         self.run(async move {
             match vfs.create(parent.0, &name, mode).await {
                 Ok((a, o)) => reply.created(
@@ -286,7 +306,7 @@ impl Filesystem for FuseAdapter {
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(o.fh),
-                    fopen_flags(&o),
+                    fopen_flags(&o, mode, direct_mmap),
                 ),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -601,6 +621,46 @@ pub fn mount(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_only_opens_bypass_the_page_cache() {
+        let cases = [
+            (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, true),
+            (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, true),
+            (libc::O_WRONLY | libc::O_APPEND, true),
+            (libc::O_WRONLY, true),
+            (libc::O_RDWR, false),
+            (libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC, false),
+            (libc::O_RDONLY, false),
+            (libc::O_RDONLY | libc::O_TRUNC, false),
+        ];
+        for (flags, direct) in cases {
+            for keep_cache in [false, true] {
+                let mode = open_mode(flags);
+                let f = fopen_flags(&Opened::new(7, keep_cache, mode), mode, false);
+                assert_eq!(
+                    f.contains(FopenFlags::FOPEN_DIRECT_IO),
+                    direct,
+                    "flags {flags:#o}"
+                );
+                assert_eq!(f.contains(FopenFlags::FOPEN_KEEP_CACHE), keep_cache);
+            }
+        }
+    }
+
+    #[test]
+    fn direct_reads_only_where_mmap_survives_them() {
+        let ro = open_mode(libc::O_RDONLY);
+        let mut o = Opened::new(7, false, ro);
+        assert!(!o.direct);
+        o.direct = true; // as with --direct-io
+        assert!(fopen_flags(&o, ro, true).contains(FopenFlags::FOPEN_DIRECT_IO));
+        assert!(!fopen_flags(&o, ro, false).contains(FopenFlags::FOPEN_DIRECT_IO));
+        // Write-only descriptors cannot be mapped: direct either way.
+        let wo = open_mode(libc::O_WRONLY);
+        let o = Opened::new(7, false, wo);
+        assert!(fopen_flags(&o, wo, false).contains(FopenFlags::FOPEN_DIRECT_IO));
+    }
 
     #[test]
     fn errno_table() {

@@ -53,7 +53,7 @@ impl Default for ReadTuning {
             max_window: 64 << 20,
             keep_behind: 4 << 20,
             max_skip: 1 << 20,
-            ahead: 8 << 20,
+            ahead: 2 << 20,
         }
     }
 }

@@ -129,6 +129,69 @@ fn apache_listing_costs_one_propfind_then_nothing() {
     assert!(m.unmount().success());
 }
 
+/// `--direct-io`: read-only descriptors bypass the kernel's page cache. Reads are
+/// byte-identical, mmap still works, and a second read of the file goes to the server again
+/// (nothing is cached), where without the option it costs no request.
+#[test]
+fn direct_io_reads_bypass_the_page_cache_and_mmap_still_works() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("mount-direct");
+    let data = pattern(6 << 20, 7);
+    std::fs::write(dir.join("f.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    for (args, cached) in [(&[][..], true), (&["--direct-io"][..], false)] {
+        let m = Mount::new(&a.url("mount-direct"), args);
+        let path = m.path().join("f.bin");
+        assert!(std::fs::read(&path).expect("read") == data, "{args:?}");
+        let before = a.settled_requests("mount-direct").len();
+        assert!(
+            std::fs::read(&path).expect("read again") == data,
+            "{args:?}"
+        );
+        let gets = count(&a.settled_requests("mount-direct")[before..], "GET");
+        assert_eq!(
+            gets == 0,
+            cached,
+            "{args:?}: {gets} GETs for the second read"
+        );
+
+        let f = std::fs::File::open(&path).expect("open");
+        let mut buf = vec![0u8; 100_000];
+        for off in [0usize, 4095, 1 << 20, (6 << 20) - 100_000] {
+            let n = f.read_at(&mut buf, off as u64).expect("pread");
+            assert!(
+                buf[..n] == data[off..off + n] && n > 0,
+                "{args:?}: pread at {off}"
+            );
+        }
+        let mapped = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                data.len(),
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+            )
+        };
+        assert_ne!(
+            mapped,
+            libc::MAP_FAILED,
+            "{args:?}: mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let view = unsafe { std::slice::from_raw_parts(mapped as *const u8, data.len()) };
+        let same = view == data.as_slice();
+        unsafe { libc::munmap(mapped, data.len()) };
+        drop(f);
+        assert!(same, "{args:?}: mmap view differs");
+        assert!(m.unmount().success());
+    }
+}
+
 #[test]
 fn apache_reads_are_byte_identical_at_random_offsets() {
     let Some(a) = apache() else { return };

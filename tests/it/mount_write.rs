@@ -330,6 +330,86 @@ fn namespace_operations_on_apache() {
     assert!(m.unmount().success());
 }
 
+/// Write-only descriptors bypass the kernel's page cache (FOPEN_DIRECT_IO) while descriptors
+/// that read keep it. Whatever mix of them a program uses, and through mmap too, every reader
+/// sees the bytes last written, and so does the server.
+#[test]
+fn write_only_and_reading_descriptors_see_the_same_bytes() {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::FileExt;
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("write-direct");
+    let m = Mount::new(&a.url("write-direct"), &[]);
+    let p = m.path().join("f.bin");
+    let mut want = pattern(3 << 20, 41);
+    // Created through a write-only descriptor (streamed).
+    std::fs::write(&p, &want).expect("write");
+    assert!(
+        std::fs::read(&p).expect("read") == want,
+        "after a write-only create"
+    );
+
+    // A read-write descriptor: its writes go through the page cache and it reads them back.
+    let rw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .expect("open rw");
+    let patch = pattern(100_000, 42);
+    rw.write_all_at(&patch, 1 << 20).expect("pwrite");
+    want[1 << 20..(1 << 20) + patch.len()].copy_from_slice(&patch);
+    let mut back = vec![0; patch.len()];
+    rw.read_exact_at(&mut back, 1 << 20).expect("pread");
+    assert!(back == patch, "read-write descriptor reads its own write");
+    drop(rw);
+
+    // A write-only descriptor without O_TRUNC: a random write into the existing file.
+    let mut wo = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .expect("open wo");
+    let patch2 = pattern(5_000, 43);
+    wo.seek(SeekFrom::Start(7)).expect("seek");
+    wo.write_all(&patch2).expect("write");
+    want[7..7 + patch2.len()].copy_from_slice(&patch2);
+    drop(wo);
+
+    let mut got = Vec::new();
+    std::fs::File::open(&p)
+        .expect("open")
+        .read_to_end(&mut got)
+        .expect("read");
+    assert!(got == want, "read after the mixed writes differs");
+    // mmap reads through the page cache.
+    let f = std::fs::File::open(&p).expect("open for mmap");
+    let mapped = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            want.len(),
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    assert_ne!(
+        mapped,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    let view = unsafe { std::slice::from_raw_parts(mapped as *const u8, want.len()) };
+    let same = view == want.as_slice();
+    unsafe { libc::munmap(mapped, want.len()) };
+    drop(f);
+    assert!(same, "mmap view differs");
+    assert!(m.unmount().success());
+    assert!(std::fs::read(dir.join("f.bin")).expect("server copy") == want);
+}
+
 #[test]
 fn sqlite_database_round_trips() {
     let Some(a) = apache() else { return };

@@ -12,13 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{START_TIMEOUT, free_port, have, project_dir, rt, spawn_owned, wait_for_port};
+use super::{START_TIMEOUT, free_port, have, project_dir, rt, spawn_kept, wait_for_port};
 
 pub struct Orthanc {
     pub port: u16,
     pub storage: PathBuf,
     pub instances: usize,
-    _tmp: tempfile::TempDir,
     _child: Mutex<Child>,
 }
 
@@ -75,7 +74,7 @@ impl Orthanc {
             .prefix("davdrive-orthanc")
             .tempdir()
             .expect("tempdir");
-        let storage = tmp.path().to_path_buf();
+        let storage = tmp.keep();
         let db = storage.join("db");
         std::fs::create_dir_all(&db).expect("mkdir");
         let port = free_port();
@@ -102,20 +101,27 @@ impl Orthanc {
         );
         let conf_path = storage.join("orthanc.json");
         std::fs::write(&conf_path, config).expect("write config");
-        let mut cmd = Command::new("Orthanc");
-        cmd.arg(format!("--logdir={}", storage.display()))
-            .arg(&conf_path)
-            .stdin(Stdio::null())
+        // The server lives as long as the test binary, so its directory would outlive the
+        // binary (statics are never dropped): a wrapper shell stops Orthanc when our end of
+        // its standard input closes, then removes the directory.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "Orthanc '--logdir={dir}' '{conf}' </dev/null >/dev/null 2>&1 & pid=$!; \
+                 read _ignored; kill -TERM $pid; wait $pid; rm -rf '{dir}'",
+                dir = storage.display(),
+                conf = conf_path.display()
+            ))
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        let mut child = spawn_owned(cmd).expect("spawn Orthanc");
+        let mut child = spawn_kept(cmd, false).expect("spawn Orthanc");
         wait_for_port(port, &mut child, START_TIMEOUT);
         let instances = load_samples(port);
         Orthanc {
             port,
             storage,
             instances,
-            _tmp: tmp,
             _child: Mutex::new(child),
         }
     }
