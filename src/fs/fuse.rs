@@ -159,15 +159,16 @@ fn open_mode(flags: i32) -> OpenMode {
     }
 }
 
-/// `direct_mmap`: whether the kernel still allows mmap on a direct-I/O file. Where it does not
-/// (before Linux 6.6), a handle that may read keeps the page cache so that mmap works; a
-/// write-only descriptor cannot be mapped anyway.
-fn fopen_flags(o: &Opened, mode: OpenMode, direct_mmap: bool) -> FopenFlags {
+/// `direct_mmap`: whether the kernel granted FUSE_DIRECT_IO_ALLOW_MMAP (Linux 6.6+). Only such
+/// kernels keep direct I/O coherent with the page cache of other descriptors of the same file
+/// (they write back and drop cached pages around each direct write) and let programs mmap a
+/// file opened for direct I/O. Older kernels get no direct I/O at all.
+fn fopen_flags(o: &Opened, direct_mmap: bool) -> FopenFlags {
     let mut f = FopenFlags::empty();
     if o.keep_cache {
         f |= FopenFlags::FOPEN_KEEP_CACHE;
     }
-    if o.direct && (direct_mmap || !mode.read) {
+    if o.direct && direct_mmap {
         f |= FopenFlags::FOPEN_DIRECT_IO;
     }
     f
@@ -193,14 +194,15 @@ impl Filesystem for FuseAdapter {
                 // O_TRUNC reaches open(): an overwrite then streams like a new file.
                 | InitFlags::FUSE_ATOMIC_O_TRUNC,
         );
-        // mmap keeps working on files opened with FOPEN_DIRECT_IO (`--direct-io`).
+        // Direct I/O (write-only descriptors, `--direct-io`) only where the kernel keeps it
+        // coherent with the page cache and mmap working (see `fopen_flags`).
         self.direct_mmap = config
             .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             .is_ok();
         if self.vfs.config().direct_reads && !self.direct_mmap {
             tracing::warn!(
-                "this kernel cannot mmap files read with direct I/O (Linux 6.6 can): \
-                 --direct-io is ignored so that mmap keeps working"
+                "--direct-io needs Linux 6.6 or later (FUSE_DIRECT_IO_ALLOW_MMAP); \
+                 reads go through the page cache"
             );
         }
         Ok(())
@@ -240,7 +242,7 @@ impl Filesystem for FuseAdapter {
         let (vfs, direct_mmap) = (self.vfs.clone(), self.direct_mmap);
         self.run(async move {
             match vfs.open(ino.0, mode).await {
-                Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o, mode, direct_mmap)),
+                Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o, direct_mmap)),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -306,7 +308,7 @@ impl Filesystem for FuseAdapter {
                     &file_attr(&a),
                     Generation(0),
                     FileHandle(o.fh),
-                    fopen_flags(&o, mode, direct_mmap),
+                    fopen_flags(&o, direct_mmap),
                 ),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -636,8 +638,7 @@ mod tests {
         ];
         for (flags, direct) in cases {
             for keep_cache in [false, true] {
-                let mode = open_mode(flags);
-                let f = fopen_flags(&Opened::new(7, keep_cache, mode), mode, false);
+                let f = fopen_flags(&Opened::new(7, keep_cache, open_mode(flags)), true);
                 assert_eq!(
                     f.contains(FopenFlags::FOPEN_DIRECT_IO),
                     direct,
@@ -649,17 +650,15 @@ mod tests {
     }
 
     #[test]
-    fn direct_reads_only_where_mmap_survives_them() {
-        let ro = open_mode(libc::O_RDONLY);
-        let mut o = Opened::new(7, false, ro);
-        assert!(!o.direct);
-        o.direct = true; // as with --direct-io
-        assert!(fopen_flags(&o, ro, true).contains(FopenFlags::FOPEN_DIRECT_IO));
-        assert!(!fopen_flags(&o, ro, false).contains(FopenFlags::FOPEN_DIRECT_IO));
-        // Write-only descriptors cannot be mapped: direct either way.
-        let wo = open_mode(libc::O_WRONLY);
-        let o = Opened::new(7, false, wo);
-        assert!(fopen_flags(&o, wo, false).contains(FopenFlags::FOPEN_DIRECT_IO));
+    fn direct_io_only_where_the_kernel_keeps_it_coherent() {
+        let mut ro = Opened::new(7, false, open_mode(libc::O_RDONLY));
+        assert!(!ro.direct);
+        ro.direct = true; // as with --direct-io
+        let wo = Opened::new(7, false, open_mode(libc::O_WRONLY));
+        for o in [ro, wo] {
+            assert!(fopen_flags(&o, true).contains(FopenFlags::FOPEN_DIRECT_IO));
+            assert!(!fopen_flags(&o, false).contains(FopenFlags::FOPEN_DIRECT_IO));
+        }
     }
 
     #[test]

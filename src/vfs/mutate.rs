@@ -346,7 +346,11 @@ impl Vfs {
             if let Some(n) = self.table().get_mut(ino) {
                 n.writer = Some(fh);
             }
-            return Ok(Opened::new(fh, false, mode));
+            // Not direct: descriptors of a shared session may be page-cached and mapped, and
+            // direct writes beside them would leave their cached pages stale.
+            let mut o = Opened::new(fh, false, mode);
+            o.direct = false;
+            return Ok(o);
         }
         let attr = self.getattr(ino).await?;
         if attr.kind == FileKind::Directory {

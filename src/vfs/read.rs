@@ -42,7 +42,8 @@ pub struct ReadTuning {
     /// A forward gap up to this size is read through rather than a new request. Default 1 MiB.
     pub max_skip: u64,
     /// Bytes of a response received ahead of the reader, within the requested window.
-    /// Default 8 MiB.
+    /// Default 2 MiB (8 MiB was no faster and took the daemon's peak RSS during a 1 GiB read
+    /// from about 32 to 45 MiB).
     pub ahead: u32,
 }
 

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{START_TIMEOUT, free_port, have, spawn_kept, wait_for_port};
+use super::{START_TIMEOUT, free_port, have, spawn_server, wait_for_port};
 
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -114,21 +114,13 @@ pub fn run_apache(conf: &Path, port: u16, env: &[(&str, &Path)]) -> Child {
     let dir = conf
         .parent()
         .expect("the configuration lives in the server's directory");
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!(
-            "apache2 -f '{}' -DFOREGROUND & pid=$!; read _ignored; kill -TERM $pid; wait $pid; \
-             rm -rf '{}'",
-            conf.display(),
-            dir.display()
-        ))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = spawn_kept(cmd, false).expect("spawn apache2");
+    let mut child = spawn_server(
+        "apache2",
+        &["-f".as_ref(), conf.as_os_str(), "-DFOREGROUND".as_ref()],
+        dir,
+        env,
+        Stdio::inherit(),
+    );
     wait_for_port(port, &mut child, START_TIMEOUT);
     child
 }

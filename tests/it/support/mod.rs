@@ -109,6 +109,43 @@ pub fn spawn_kept(cmd: Command, die_with_us: bool) -> std::io::Result<Child> {
     rx.recv().expect("keeper answered")
 }
 
+/// Runs a server for the lifetime of the test binary (statics are never dropped) and removes
+/// `dir` after it. A wrapper shell starts `program args`, stops it with SIGTERM when our end of
+/// its standard input closes (the binary exited, however it ended), waits for it and removes
+/// `dir`. The wrapper also exits when the server does, so a server that dies at start-up
+/// fails `wait_for_port` at once. Paths travel as arguments, never spliced into the script.
+pub fn spawn_server(
+    program: &str,
+    args: &[&std::ffi::OsStr],
+    dir: &Path,
+    env: &[(&str, &Path)],
+    stderr: Stdio,
+) -> Child {
+    const SCRIPT: &str = r#"dir=$1; shift
+exec 3<&0
+"$@" </dev/null 3<&- &
+pid=$!
+{ read _ignored <&3; kill -TERM "$pid"; } &
+reader=$!
+wait "$pid"
+kill "$reader" 2>/dev/null
+rm -rf "$dir""#;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(SCRIPT)
+        .arg("sh")
+        .arg(dir)
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    spawn_kept(cmd, false).unwrap_or_else(|e| panic!("spawn {program}: {e}"))
+}
+
 /// A free TCP port on 127.0.0.1, for a server that is started later (or restarted on it).
 ///
 /// Ports come from below the kernel's ephemeral range (32768–60999 by default), so no

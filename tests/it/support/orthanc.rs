@@ -8,11 +8,11 @@
 //! keep-alive of 1 s, and only source address 127.0.0.1 is served.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{START_TIMEOUT, free_port, have, project_dir, rt, spawn_kept, wait_for_port};
+use super::{START_TIMEOUT, free_port, have, project_dir, rt, spawn_server, wait_for_port};
 
 pub struct Orthanc {
     pub port: u16,
@@ -101,21 +101,14 @@ impl Orthanc {
         );
         let conf_path = storage.join("orthanc.json");
         std::fs::write(&conf_path, config).expect("write config");
-        // The server lives as long as the test binary, so its directory would outlive the
-        // binary (statics are never dropped): a wrapper shell stops Orthanc when our end of
-        // its standard input closes, then removes the directory.
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!(
-                "Orthanc '--logdir={dir}' '{conf}' </dev/null >/dev/null 2>&1 & pid=$!; \
-                 read _ignored; kill -TERM $pid; wait $pid; rm -rf '{dir}'",
-                dir = storage.display(),
-                conf = conf_path.display()
-            ))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = spawn_kept(cmd, false).expect("spawn Orthanc");
+        let logdir = format!("--logdir={}", storage.display());
+        let mut child = spawn_server(
+            "Orthanc",
+            &[logdir.as_ref(), conf_path.as_os_str()],
+            &storage,
+            &[],
+            Stdio::null(),
+        );
         wait_for_port(port, &mut child, START_TIMEOUT);
         let instances = load_samples(port);
         Orthanc {
