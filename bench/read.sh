@@ -19,7 +19,8 @@ PORT=${BENCH_PORT:-18181}
 RUNS=${RUNS:-3}
 SIZE_MIB=${SIZE_MIB:-1024}
 . "$ROOT/bench/lib.sh"
-MOUNT_ARGS=()
+# Extra mount options, e.g. DAVDRIVE_MOUNT_ARGS=--direct-io.
+read -r -a MOUNT_ARGS <<< "${DAVDRIVE_MOUNT_ARGS:-}"
 
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 mkdir -p "$WORK"

@@ -137,7 +137,13 @@ mod floor {
         cfg.n_threads = Some(2);
         let session =
             fuser::Session::new(Floor { size: mib << 20 }, std::path::Path::new(&mnt), &cfg)?;
-        println!("fuse-floor: mounted");
+        // The same kernel read-ahead as davdrive sets where it may (see raise_read_ahead),
+        // which needs the session running.
+        let raise = std::path::PathBuf::from(&mnt);
+        std::thread::spawn(move || {
+            davdrive::fs::fuse::raise_read_ahead(&raise);
+            println!("fuse-floor: mounted");
+        });
         session.run()
     }
 }

@@ -455,6 +455,7 @@ mod platform {
                 r
             })
             .map_err(|e| format!("cannot start the FUSE loop: {e}"))?;
+        fuse::raise_read_ahead(&cfg.mountpoint);
         {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{READY} {shown_url} on {}", cfg.mountpoint.display());
