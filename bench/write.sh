@@ -17,7 +17,8 @@ PORT=${BENCH_PORT:-18182}
 RUNS=${RUNS:-3}
 SIZE_MIB=${SIZE_MIB:-1024}
 . "$ROOT/bench/lib.sh"
-MOUNT_ARGS=(--cache-dir "$WORK/cache")
+read -r -a EXTRA <<< "${DAVDRIVE_MOUNT_ARGS:-}"
+MOUNT_ARGS=(--cache-dir "$WORK/cache" "${EXTRA[@]}")
 
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 SRC="$WORK/src"
