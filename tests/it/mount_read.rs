@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::support::apache::{self, apache};
 use crate::support::dav_server::DavServer;
 use crate::support::orthanc::{manifest, orthanc};
-use crate::support::{Mount, have_fuse, is_mounted, pattern};
+use crate::support::{Mount, have_fuse, is_mounted, pattern, read_mapped};
 
 fn count(reqs: &[apache::Logged], method: &str) -> usize {
     reqs.iter().filter(|r| r.method == method).count()
@@ -167,25 +167,7 @@ fn direct_io_reads_bypass_the_page_cache_and_mmap_still_works() {
                 "{args:?}: pread at {off}"
             );
         }
-        let mapped = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                data.len(),
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                0,
-            )
-        };
-        assert_ne!(
-            mapped,
-            libc::MAP_FAILED,
-            "{args:?}: mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        let view = unsafe { std::slice::from_raw_parts(mapped as *const u8, data.len()) };
-        let same = view == data.as_slice();
-        unsafe { libc::munmap(mapped, data.len()) };
+        let same = read_mapped(&f, data.len()) == data;
         drop(f);
         assert!(same, "{args:?}: mmap view differs");
         assert!(m.unmount().success());

@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::support::apache::{self, Logged, apache};
 use crate::support::dav_server::DavServer;
 use crate::support::orthanc::orthanc;
-use crate::support::{Mount, have, have_fuse, pattern, project_dir};
+use crate::support::{Mount, have, have_fuse, pattern, project_dir, read_mapped};
 
 fn run(cmd: &mut Command) -> std::process::Output {
     let out = cmd.output().expect("spawn");
@@ -385,25 +385,7 @@ fn write_only_and_reading_descriptors_see_the_same_bytes() {
     assert!(got == want, "read after the mixed writes differs");
     // mmap reads through the page cache.
     let f = std::fs::File::open(&p).expect("open for mmap");
-    let mapped = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            want.len(),
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            0,
-        )
-    };
-    assert_ne!(
-        mapped,
-        libc::MAP_FAILED,
-        "mmap: {}",
-        std::io::Error::last_os_error()
-    );
-    let view = unsafe { std::slice::from_raw_parts(mapped as *const u8, want.len()) };
-    let same = view == want.as_slice();
-    unsafe { libc::munmap(mapped, want.len()) };
+    let same = read_mapped(&f, want.len()) == want;
     drop(f);
     assert!(same, "mmap view differs");
     assert!(m.unmount().success());

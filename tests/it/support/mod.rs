@@ -146,6 +146,31 @@ rm -rf "$dir""#;
     spawn_kept(cmd, false).unwrap_or_else(|e| panic!("spawn {program}: {e}"))
 }
 
+/// The first `len` bytes of `f` as a shared read-only mapping shows them.
+pub fn read_mapped(f: &std::fs::File, len: usize) -> Vec<u8> {
+    // SAFETY: a fresh read-only mapping of a file we hold open, copied out and unmapped
+    // before returning; nothing else refers to it.
+    unsafe {
+        let mapped = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            0,
+        );
+        assert_ne!(
+            mapped,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let copy = std::slice::from_raw_parts(mapped as *const u8, len).to_vec();
+        libc::munmap(mapped, len);
+        copy
+    }
+}
+
 /// A free TCP port on 127.0.0.1, for a server that is started later (or restarted on it).
 ///
 /// Ports come from below the kernel's ephemeral range (32768–60999 by default), so no
