@@ -183,17 +183,21 @@ fn file_type(k: FileKind) -> FileType {
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        // Large kernel read-ahead means fewer, larger reads; the core streams them.
+        // The kernel caps this at the read-ahead it offers (128 KiB by default); see
+        // `raise_read_ahead` for getting more.
         let _ = config.set_max_readahead(4 << 20);
         // Large writes: fewer callbacks per uploaded MiB.
         let _ = config.set_max_write(1 << 20);
-        let _ = config.add_capabilities(
-            InitFlags::FUSE_DO_READDIRPLUS
-                | InitFlags::FUSE_READDIRPLUS_AUTO
-                | InitFlags::FUSE_PARALLEL_DIROPS
-                // O_TRUNC reaches open(): an overwrite then streams like a new file.
-                | InitFlags::FUSE_ATOMIC_O_TRUNC,
-        );
+        // One flag per call: fuser grants all flags of a call or none.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            // O_TRUNC reaches open(): an overwrite then streams like a new file.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
         // Direct I/O (write-only descriptors, `--direct-io`) only where the kernel keeps it
         // coherent with the page cache and mmap working (see `fopen_flags`).
         self.direct_mmap = config
@@ -590,9 +594,6 @@ impl Filesystem for FuseAdapter {
     }
 }
 
-/// Mounts `vfs` at `mountpoint` with FUSE. The mount exists when this returns; the caller
-/// runs the session (`Session::run`) and may unmount it from another thread through
-/// `Session::unmount_callable`.
 /// Kernel read-ahead of the mount where we may set it: 1 MiB instead of the kernel's 128 KiB
 /// (a FUSE server cannot ask for more than the kernel offers at FUSE_INIT). Fewer, larger
 /// read requests through /dev/fuse: a 1 GiB sequential read took about 10 % less time and CPU
@@ -635,6 +636,9 @@ pub fn raise_read_ahead(mountpoint: &Path) {
     }
 }
 
+/// Mounts `vfs` at `mountpoint` with FUSE. The mount exists when this returns; the caller
+/// runs the session (`Session::run`) and may unmount it from another thread through
+/// `Session::unmount_callable`.
 pub fn mount(
     vfs: Arc<Vfs>,
     rt: Handle,

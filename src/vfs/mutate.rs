@@ -346,8 +346,9 @@ impl Vfs {
             if let Some(n) = self.table().get_mut(ino) {
                 n.writer = Some(fh);
             }
-            // Not direct: descriptors of a shared session may be page-cached and mapped, and
-            // direct writes beside them would leave their cached pages stale.
+            // Not direct, as a precaution: descriptors of a shared session may be page-cached
+            // and mapped. (Kernels that allow direct I/O here, 6.6+, write back and drop
+            // cached pages around each direct write anyway.)
             let mut o = Opened::new(fh, false, mode);
             o.direct = false;
             return Ok(o);

@@ -66,6 +66,17 @@ pub fn have_fuse() -> bool {
     ok
 }
 
+/// Whether the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
 type SpawnReq = (Command, bool, mpsc::Sender<std::io::Result<Child>>);
 
 /// Spawns `cmd` from a thread that lives as long as the test binary, with the child set to
@@ -121,13 +132,16 @@ pub fn spawn_server(
     env: &[(&str, &Path)],
     stderr: Stdio,
 ) -> Child {
+    // A signal to the wrapper (Ctrl-C, a runner's SIGTERM) stops the server and still
+    // removes the directory: `wait` returns early on a trapped signal, hence the loop.
     const SCRIPT: &str = r#"dir=$1; shift
 exec 3<&0
 "$@" </dev/null 3<&- &
 pid=$!
+trap 'kill -TERM "$pid" 2>/dev/null' INT TERM HUP
 { read _ignored <&3; kill -TERM "$pid"; } &
 reader=$!
-wait "$pid"
+while kill -0 "$pid" 2>/dev/null; do wait "$pid"; done
 kill "$reader" 2>/dev/null
 rm -rf "$dir""#;
     let mut cmd = Command::new("sh");
@@ -148,8 +162,14 @@ rm -rf "$dir""#;
 
 /// The first `len` bytes of `f` as a shared read-only mapping shows them.
 pub fn read_mapped(f: &std::fs::File, len: usize) -> Vec<u8> {
-    // SAFETY: a fresh read-only mapping of a file we hold open, copied out and unmapped
-    // before returning; nothing else refers to it.
+    let size = f.metadata().expect("stat").len();
+    assert!(
+        len > 0 && size >= len as u64,
+        "cannot map {len} bytes of a {size}-byte file"
+    );
+    // SAFETY: a fresh read-only mapping of a file we hold open, no longer than the file
+    // (checked above, so no SIGBUS), copied out and unmapped before returning; nothing else
+    // refers to it.
     unsafe {
         let mapped = libc::mmap(
             std::ptr::null_mut(),
