@@ -62,6 +62,10 @@ pratio() {
     median | awk '{ printf "%.2f", $1 }'
 }
 loglines() { wc -l < "$WORK/access.log"; }
+# busy: CPU time the whole machine has spent so far, in clock ticks (user, nice, system, irq,
+# softirq from /proc/stat). cpusecs A B: the seconds between two readings.
+busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+cpusecs() { awk -v a="$1" -v b="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", (b - a) / hz }'; }
 mount_dav() {
   rm -f "$WORK/mount.out"
   "$BIN" mount "$URL" "$MNT" --foreground "${MOUNT_ARGS[@]}" > "$WORK/mount.out" 2> "$WORK/mount.err" &

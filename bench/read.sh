@@ -38,11 +38,13 @@ PROPS='<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop>
 cat "$WORK/www/big.bin" > /dev/null
 
 echo "== sequential read of $SIZE_MIB MiB"
-c=(); d=(); rss=()
+c=(); d=(); rss=(); cc=(); dc=()
 for r in $(seq 1 "$RUNS"); do
-  s=$(now); curl -s -o /dev/null "$URL/big.bin"; e=$(now); c+=("$(secs "$s" "$e")")
+  b=$(busy); s=$(now); curl -s -o /dev/null "$URL/big.bin"; e=$(now); c+=("$(secs "$s" "$e")")
+  cc+=("$(cpusecs "$b" "$(busy)")")
   mount_dav
-  s=$(now); cat "$MNT/big.bin" > /dev/null; e=$(now); d+=("$(secs "$s" "$e")")
+  b=$(busy); s=$(now); cat "$MNT/big.bin" > /dev/null; e=$(now); d+=("$(secs "$s" "$e")")
+  dc+=("$(cpusecs "$b" "$(busy)")")
   rss+=("$(awk '/VmHWM/ { print $2 }' "/proc/$DAEMON/status")")
   unmount_dav
 done
@@ -55,11 +57,22 @@ if [ -x "$FLOOR" ]; then
   "$FLOOR" "$FMNT" "$SIZE_MIB" > "$WORK/floor.out" &
   FPID=$!
   for i in $(seq 1 200); do grep -q mounted "$WORK/floor.out" 2>/dev/null && break; sleep 0.025; done
-  f=()
-  for r in $(seq 1 "$RUNS"); do s=$(now); cat "$FMNT/zero.bin" > /dev/null; e=$(now); f+=("$(secs "$s" "$e")"); done
+  f=(); fc=()
+  for r in $(seq 1 "$RUNS"); do
+    b=$(busy); s=$(now); cat "$FMNT/zero.bin" > /dev/null; e=$(now); f+=("$(secs "$s" "$e")")
+    fc+=("$(cpusecs "$b" "$(busy)")")
+  done
   fusermount3 -u "$FMNT" 2>/dev/null || umount "$FMNT"; wait "$FPID" || true; rmdir "$FMNT"
   fs=$(printf '%s\n' "${f[@]}" | median)
   echo "FUSE floor (no network, same kernel settings): ${fs}s, ratio to curl $(ratio "$cs" "$fs")"
+  # CPU time of the whole machine. A client reading through the page cache does at least what
+  # curl (with the server) does plus what the floor does; on this many cores that cannot take
+  # less than their sum divided by the cores.
+  ccs=$(printf '%s\n' "${cc[@]}" | median); fcs=$(printf '%s\n' "${fc[@]}" | median)
+  dcs=$(printf '%s\n' "${dc[@]}" | median); n=$(nproc)
+  lb=$(awk -v a="$ccs" -v b="$fcs" -v n="$n" 'BEGIN { printf "%.4f", (a + b) / n }')
+  echo "CPU time, whole machine: curl ${ccs}s, FUSE floor ${fcs}s, davdrive ${dcs}s;" \
+    "a page-cache client on $n cores needs >= ${lb}s: at most $(ratio "$cs" "$lb") x curl"
 else
   echo "(build examples/fuse-floor with 'cargo build --release --example fuse-floor' for the FUSE floor)"
 fi
