@@ -32,7 +32,9 @@ use tokio::task::JoinHandle;
 use super::cache_dir::CacheDir;
 use super::error::{VfsError, VfsResult};
 use super::inode::Ino;
-use crate::dav::{DavClient, DavError, DavPath, ErrorKind, Preconditions, PutBody, ResponseMeta};
+use crate::dav::{
+    ByteRange, DavClient, DavError, DavPath, ErrorKind, Preconditions, PutBody, ResponseMeta,
+};
 
 /// Chunks in flight between the writer and the HTTP body. With 1 MiB FUSE writes this keeps
 /// at most ~16 MiB in memory per upload.
@@ -607,6 +609,7 @@ impl WriteHandle {
                     format!("{}: cannot keep the written data: {e}", self.path()),
                 ));
             }
+            let client = s.client.clone();
             if abort_stream(s).await {
                 // What the server had is gone: the whole file is created anew at close.
                 st.pre = Preconditions {
@@ -614,8 +617,67 @@ impl WriteHandle {
                     lock_token: st.pre.lock_token.clone(),
                     ..Default::default()
                 };
+            } else if st.failed.is_none() {
+                self.adopt_partial(&client, st).await;
             }
         }
+    }
+
+    /// A PUT of ours ended without success and the data will be sent again. Servers that
+    /// write a PUT body in place (dav-server's LocalFs and others) then hold the part that
+    /// arrived, as a new version, and the retry's preconditions would call our own part a
+    /// conflict. When the file on the server is no longer the version we expected, is no
+    /// longer than what we wrote, and its last bytes are ours, it is our part: the retry
+    /// replaces exactly that version. Anything else stays a conflict.
+    async fn adopt_partial(&self, client: &DavClient, st: &mut State) {
+        let expects_version = st.pre.if_none_match_any || st.pre.if_match.is_some();
+        if !expects_version || st.local {
+            return;
+        }
+        let path = self.path();
+        let Ok(meta) = client.head(&path).await else {
+            return; // gone or unreachable: the preconditions stand.
+        };
+        let strong = |t: &str| t.trim_start_matches("W/").to_owned();
+        if let (Some(have), Some(want)) = (&meta.etag, &st.pre.if_match)
+            && strong(have) == strong(want)
+        {
+            return; // still the version we expected: the server kept nothing of ours.
+        }
+        let Some(len) = meta.content_length.filter(|&n| n <= st.size) else {
+            return;
+        };
+        let tail = len.saturating_sub(64 * 1024);
+        let mut ours = vec![0u8; (len - tail) as usize];
+        match read_at(&st.file, &mut ours, tail) {
+            Ok(n) if n == ours.len() => {}
+            _ => return,
+        }
+        let mut theirs = Vec::with_capacity(ours.len());
+        if len > 0 {
+            let range = ByteRange {
+                start: tail,
+                end: Some(len - 1),
+            };
+            let Ok(mut get) = client.get(&path, Some(range), meta.etag.as_deref()).await else {
+                return;
+            };
+            if get.range.is_none() || get.meta.etag != meta.etag {
+                return;
+            }
+            while let Ok(Some(c)) = get.chunk().await {
+                theirs.extend_from_slice(&c);
+            }
+        }
+        if theirs != ours {
+            return;
+        }
+        tracing::debug!(path = %path, len, "the server kept part of our upload; replacing it");
+        st.pre = Preconditions {
+            if_match: meta.etag.filter(|t| !t.starts_with("W/")),
+            lock_token: st.pre.lock_token.clone(),
+            ..Default::default()
+        };
     }
 
     /// Waits until the journal holds every byte written so far (streaming only).
@@ -789,6 +851,7 @@ impl WriteHandle {
                 }
             }
             tracing::debug!(path = %self.path(), "streaming upload broke; spooling instead");
+            self.adopt_partial(client, &mut st).await;
         }
         Ok(len)
     }
@@ -954,8 +1017,9 @@ impl WriteHandle {
                         return Err(err);
                     }
                     tracing::info!(path = %self.path(), "streaming upload failed ({err}); sending it again");
+                    self.adopt_partial(client, st).await;
                 }
-                Err(_) => {}
+                Err(_) => self.adopt_partial(client, st).await,
             }
         }
         let meta = match result {
@@ -964,7 +1028,10 @@ impl WriteHandle {
                 let mut last = None;
                 let mut meta = None;
                 // Two attempts from the local copy: a dropped connection is retried once.
-                for _ in 0..2 {
+                for attempt in 0..2 {
+                    if attempt > 0 {
+                        self.adopt_partial(client, st).await;
+                    }
                     match self.put_file(client, st).await {
                         Ok(m) => {
                             meta = Some(m);

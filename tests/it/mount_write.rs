@@ -795,3 +795,45 @@ fn abandoned_streaming_uploads_never_complete_on_the_server() {
     assert!(left.is_empty(), "abandoned uploads completed: {left:?}");
     assert!(m.unmount().success());
 }
+
+/// Servers that write a PUT body in place (dav-server's LocalFs) keep the part of an upload
+/// that arrived before it was given up. A streaming upload given up because the program
+/// wrote out of sequence must still end with the whole file on the server, not with a
+/// "conflict" against our own part, for a new file and for an overwritten one. A real
+/// change by someone else is still refused (see `a_change_on_the_server_...`).
+#[test]
+fn random_writes_after_streaming_succeed_on_servers_that_write_in_place() {
+    use std::os::unix::fs::FileExt;
+    if !have_fuse() {
+        return;
+    }
+    let s = DavServer::start();
+    std::fs::write(s.root.join("old.bin"), b"the old version").expect("seed");
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(&s.url(), &["--cache-dir", &cache_arg]);
+    for name in ["new.bin", "old.bin"] {
+        let p = m.path().join(name);
+        let mut want = pattern(6 << 20, 7);
+        let mut f = std::fs::File::create(&p).expect("create");
+        for c in want.chunks(1 << 20) {
+            f.write_all(c).expect("sequential write");
+        }
+        // Out of sequence: the streaming upload is given up, the rest goes at close.
+        f.write_all_at(b"PATCHED", 1000).expect("pwrite");
+        want[1000..1007].copy_from_slice(b"PATCHED");
+        f.sync_all()
+            .unwrap_or_else(|e| panic!("{name}: close after a random write: {e}"));
+        drop(f);
+        assert!(
+            std::fs::read(s.root.join(name)).expect("on the server") == want,
+            "{name}: the server has different bytes"
+        );
+        assert!(std::fs::read(&p).expect("read back") == want, "{name}");
+    }
+    assert!(
+        recovered(cache.path()).is_empty(),
+        "nothing should be left for recovery"
+    );
+    assert!(m.unmount().success());
+}
