@@ -119,6 +119,11 @@ pub struct MountArgs {
     /// are kept locally for the lifetime of the mount.
     #[arg(long, help_heading = "Writing")]
     pub upload_os_files: bool,
+    /// Files larger than this many MiB go up in resumable segments of this size, where the
+    /// server takes partial PUTs (probed once); 0 sends every file in one request
+    /// [default: 16].
+    #[arg(long, value_name = "MIB", help_heading = "Writing")]
+    pub segment_size: Option<u64>,
 
     /// Seconds a directory listing is trusted before it is fetched again [default: 30].
     #[arg(long, value_name = "SECONDS", help_heading = "Caching")]

@@ -195,6 +195,7 @@ impl MountConfig {
             upload,
             keep_os_litter_local: !flag(args.upload_os_files, profile.upload_os_files),
             direct_reads: flag(args.direct_io, profile.direct_io),
+            segment_size: secs(args.segment_size, profile.segment_size, 16).saturating_mul(1 << 20),
             ..VfsConfig::default()
         };
         Ok(MountConfig {

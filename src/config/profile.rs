@@ -47,6 +47,7 @@ pub struct Profile {
     pub cache_dir: Option<PathBuf>,
     pub upload: Option<Upload>,
     pub upload_os_files: Option<bool>,
+    pub segment_size: Option<u64>,
     pub dir_cache_ttl: Option<u64>,
     pub kernel_ttl: Option<u64>,
     pub direct_io: Option<bool>,

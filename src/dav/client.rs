@@ -726,6 +726,80 @@ impl DavClient {
         Ok(response_meta(resp.headers()))
     }
 
+    /// PUT `len` bytes at `start` into an existing file (`Content-Range: bytes a-b/*`), for
+    /// servers that store such a PUT as a partial update (Apache mod_dav, dav-server,
+    /// SabreDAV). RFC 9110 lets other servers replace the whole file with the piece: callers
+    /// must have proven the server's behaviour first.
+    pub async fn put_range(
+        &self,
+        path: &DavPath,
+        start: u64,
+        len: u64,
+        stream: Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static>,
+    ) -> Result<ResponseMeta, DavError> {
+        if len == 0 {
+            return Err(DavError::Invalid("an empty partial PUT".into()));
+        }
+        let url = self.inner.root.url_for(path, false);
+        let mut h = HeaderMap::new();
+        h.insert(reqwest::header::CONTENT_LENGTH, HeaderValue::from(len));
+        let range = format!("bytes {start}-{}/*", start + len - 1);
+        if let Ok(v) = HeaderValue::from_str(&range) {
+            h.insert(reqwest::header::CONTENT_RANGE, v);
+        }
+        let body = ReqBody::Stream(reqwest::Body::wrap_stream(Box::into_pin(stream)));
+        let resp = self.send("PUT", &url, path, h, body, true).await?;
+        let resp = check("PUT", path, resp).await?;
+        Ok(response_meta(resp.headers()))
+    }
+
+    /// MOVE the file `from` onto `to` under the preconditions of a PUT to `to`: create only
+    /// (`Overwrite: F`), or replace only the version with entity tag `if_match`, named in a
+    /// tagged `If` header on the destination (RFC 4918 10.4), with our lock token if any.
+    pub async fn move_onto(
+        &self,
+        from: &DavPath,
+        to: &DavPath,
+        pre: &Preconditions,
+    ) -> Result<(), DavError> {
+        if from.is_root() || to.is_root() {
+            return Err(DavError::Invalid(
+                "refusing to MOVE the mounted root".into(),
+            ));
+        }
+        let url = self.inner.root.url_for(from, false);
+        let dest = self.inner.root.url_for(to, false);
+        let mut h = HeaderMap::new();
+        let value = |v: &str| {
+            HeaderValue::from_str(v)
+                .map_err(|_| DavError::Invalid("destination is not a valid header".into()))
+        };
+        h.insert(
+            HeaderName::from_static("destination"),
+            value(dest.as_str())?,
+        );
+        h.insert(
+            HeaderName::from_static("overwrite"),
+            HeaderValue::from_static(if pre.if_none_match_any { "F" } else { "T" }),
+        );
+        let tag = pre.if_match.as_ref().filter(|t| !t.starts_with("W/"));
+        let conditions: Vec<String> = pre
+            .lock_token
+            .iter()
+            .map(|t| format!("<{t}>"))
+            .chain(tag.map(|t| format!("[{t}]")))
+            .collect();
+        if !conditions.is_empty() {
+            let v = format!("<{dest}> ({})", conditions.join(" "));
+            h.insert(HeaderName::from_static("if"), value(&v)?);
+        }
+        let resp = self
+            .send("MOVE", &url, from, h, ReqBody::Empty, false)
+            .await?;
+        let resp = check("MOVE", from, resp).await?;
+        multistatus_failure("MOVE", from, resp).await
+    }
+
     /// MKCOL.
     pub async fn mkcol(&self, path: &DavPath) -> Result<(), DavError> {
         let url = self.inner.root.url_for(path, true);

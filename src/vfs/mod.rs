@@ -26,6 +26,7 @@ pub mod local;
 mod mutate;
 pub mod names;
 mod read;
+mod segments;
 mod write;
 
 pub mod error;
@@ -73,6 +74,9 @@ pub struct VfsConfig {
     pub keep_os_litter_local: bool,
     /// Read-only handles bypass the kernel's page cache (`--direct-io`). Default off.
     pub direct_reads: bool,
+    /// Files larger than this are uploaded in resumable segments of this size where the
+    /// server takes partial PUTs (see `segments`); 0: never.
+    pub segment_size: u64,
 }
 
 /// How new files are uploaded.
@@ -102,6 +106,7 @@ impl Default for VfsConfig {
             upload: UploadPolicy::Auto,
             keep_os_litter_local: true,
             direct_reads: false,
+            segment_size: 16 << 20,
         }
     }
 }
@@ -232,6 +237,8 @@ pub struct Vfs {
     cache: CacheDir,
     /// Whether chunked uploads are safe on this server: (verdict, probes tried).
     stream_ok: tokio::sync::Mutex<(Option<bool>, u32)>,
+    /// Segmented uploads of large files, and whether this server takes them.
+    segments: Arc<segments::SegmentPolicy>,
     /// Directories where the server refused a write (403): later writes fail at once.
     forbidden: Mutex<HashSet<Ino>>,
     /// Directories where a write succeeded (or that we created): no check before creating.
@@ -282,6 +289,7 @@ impl Vfs {
             );
         }
         let local = local::LocalFiles::new(cfg.cache_dir.join("local")).map_err(cache_err)?;
+        let segments = Arc::new(segments::SegmentPolicy::new(cfg.segment_size));
         Ok(Arc::new(Vfs {
             client,
             cfg,
@@ -296,6 +304,7 @@ impl Vfs {
             mounted_at: SystemTime::now(),
             cache,
             stream_ok: tokio::sync::Mutex::new((None, 0)),
+            segments,
             forbidden: Mutex::new(HashSet::new()),
             writable: Mutex::new(HashSet::new()),
             uploads: tokio::sync::watch::channel(0).0,
@@ -604,6 +613,10 @@ impl Vfs {
         let Some(server_name) = r.path.name() else {
             return;
         };
+        if server_name.starts_with(segments::PART_PREFIX) {
+            // An upload in progress (ours or another davdrive's), not a file yet.
+            return;
+        }
         let mut local = self.cfg.names.to_local(server_name);
         if acc.by_name.contains_key(&local) {
             // Two server names that map to one local name (only possible after mapping):

@@ -280,7 +280,8 @@ impl Vfs {
         }
         let stream = self.can_stream(&dir).await;
         let ino = self.insert_child(parent, name, &path, meta.clone());
-        let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?;
+        let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?
+            .with_segments(self.segments.clone());
         w.mark_new_file();
         Ok(self.created(ino, &meta, w, mode))
     }
@@ -376,8 +377,10 @@ impl Vfs {
             let dir = path.parent().unwrap_or_default();
             let stream = self.can_stream(&dir).await;
             WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?
+                .with_segments(self.segments.clone())
         } else {
             WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre)?
+                .with_segments(self.segments.clone())
         };
         let fh = self.add_handle(Handle::Write(Arc::new(w)));
         if let Some(n) = self.table().get_mut(ino) {
@@ -624,7 +627,8 @@ impl Vfs {
                 self.overwrite_preconditions(n.meta.as_ref()),
             )
         };
-        let w = WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre)?;
+        let w = WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre)?
+            .with_segments(self.segments.clone());
         w.set_size(&self.client, size).await?;
         if let Some(up) = w.release(&self.client, &self.cache, false).await? {
             self.apply_upload(ino, &up);

@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use super::cache_dir::CacheDir;
 use super::error::{VfsError, VfsResult};
 use super::inode::Ino;
+use super::segments::{self, Follower, Resume, SegmentPolicy};
 use crate::dav::{
     ByteRange, DavClient, DavError, DavPath, ErrorKind, Preconditions, PutBody, ResponseMeta,
 };
@@ -106,6 +107,8 @@ enum JournalItem {
 struct JournalFile {
     file: std::fs::File,
     error: std::sync::Mutex<Option<String>>,
+    /// How far the file is written (appends only: a streaming journal grows in order).
+    written: tokio::sync::watch::Sender<u64>,
 }
 
 /// Journals are written by one thread for the whole process, in order, so that disk writes
@@ -128,10 +131,18 @@ fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
                 match item {
                     JournalItem::Data(j, off, data) => {
                         let mut error = j.error.lock().unwrap_or_else(|e| e.into_inner());
-                        if error.is_none()
-                            && let Err(e) = write_at(&j.file, &data, off)
-                        {
-                            *error = Some(e.to_string());
+                        if error.is_none() {
+                            match write_at(&j.file, &data, off) {
+                                Ok(()) => {
+                                    let end = off + data.len() as u64;
+                                    j.written.send_if_modified(|w| {
+                                        let grew = end > *w;
+                                        *w = (*w).max(end);
+                                        grew
+                                    });
+                                }
+                                Err(e) => *error = Some(e.to_string()),
+                            }
                         }
                     }
                     JournalItem::Barrier(j, done) => {
@@ -155,13 +166,20 @@ struct JournalWriter {
 }
 
 impl JournalWriter {
-    fn start(file: std::fs::File) -> io::Result<Self> {
+    /// A journal for `file`, whose first `written` bytes are already in place.
+    fn start(file: std::fs::File, written: u64) -> io::Result<Self> {
         let tx = journal_thread().map_err(io::Error::other)?;
         let file = Arc::new(JournalFile {
             file,
             error: std::sync::Mutex::new(None),
+            written: tokio::sync::watch::Sender::new(written),
         });
         Ok(JournalWriter { tx, file })
+    }
+
+    /// How far the journal is written, as it grows.
+    fn watermark(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.file.written.subscribe()
     }
 
     fn item(&self, off: u64, data: Bytes) -> JournalItem {
@@ -219,6 +237,27 @@ struct State {
     /// A flush with nothing written ended the streaming upload (see `flush`): the next write
     /// from offset 0 starts a new one.
     restream: bool,
+    /// A streaming session that outgrew one segment: uploaded in segments behind the writer.
+    segmented: Option<Segmented>,
+    /// An upload to a temporary name that has not finished: the next attempt resumes it.
+    resume: Option<Resume>,
+    /// Whether a streaming session may still switch to segments.
+    may_segment: bool,
+}
+
+/// What stands on the server after an upload of ours broke (see `adopt_partial`).
+enum Partial {
+    /// The part of our upload that arrived, with its entity tag.
+    Ours(Option<String>),
+    NotOurs(String),
+    /// Changing as we look: the server is still writing it.
+    Changing,
+}
+
+/// The journal of a segmented streaming session and the task uploading behind it.
+struct Segmented {
+    journal: JournalWriter,
+    follower: Follower,
 }
 
 impl State {
@@ -239,6 +278,9 @@ impl State {
             changed_since_recovery: false,
             local: false,
             restream: false,
+            segmented: None,
+            resume: None,
+            may_segment: true,
         }
     }
 }
@@ -264,6 +306,10 @@ pub(super) struct WriteHandle {
     /// The file did not exist before this session: if the upload fails for good, whatever
     /// stands on the server under its name (an empty placeholder, never a half file) goes.
     new_file: std::sync::atomic::AtomicBool,
+    /// Segmented (resumable) uploads of large files, where the server takes them.
+    segments: Option<Arc<SegmentPolicy>>,
+    /// A streaming session switches to segments once its size passes this (see `segments`).
+    switch_at: u64,
     state: Mutex<State>,
 }
 
@@ -325,7 +371,7 @@ fn start_stream(
     pre: &Preconditions,
     file: &std::fs::File,
 ) -> io::Result<Streaming> {
-    let journal = JournalWriter::start(file.try_clone()?)?;
+    let journal = JournalWriter::start(file.try_clone()?, 0)?;
     let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
     let complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done = complete.clone();
@@ -533,8 +579,19 @@ impl WriteHandle {
             unlinked: false.into(),
             stall: client_stall(),
             new_file: false.into(),
+            segments: None,
+            switch_at: u64::MAX,
             state: Mutex::new(state),
         }
+    }
+
+    /// Large files of this session go in resumable segments where the server takes them.
+    pub(super) fn with_segments(mut self, policy: Arc<SegmentPolicy>) -> Self {
+        if policy.size() > 0 {
+            self.switch_at = policy.size();
+            self.segments = Some(policy);
+        }
+        self
     }
 
     pub(super) fn ino(&self) -> Ino {
@@ -566,6 +623,10 @@ impl WriteHandle {
         let mut st = self.state.lock().await;
         if let Some(s) = st.stream.take() {
             abort_stream(s).await;
+        }
+        if let Some(g) = st.segmented.take() {
+            // Its temporary file goes at release.
+            st.resume = Some(g.follower.stop());
         }
         st.dirty = false;
     }
@@ -599,8 +660,18 @@ impl WriteHandle {
     }
 
     /// Stops streaming: the journal becomes the spool. Aborts the PUT so the server keeps
-    /// nothing half-written.
+    /// nothing half-written. A segmented upload stops where it is, to be resumed at flush.
     async fn to_spool(&self, st: &mut State) {
+        if let Some(seg) = st.segmented.take() {
+            tracing::debug!(path = %self.path(), size = st.size, "segmented streaming stops; spooling");
+            if let Err(e) = seg.journal.barrier().await {
+                st.failed = Some(VfsError::new(
+                    ErrorKind::Io,
+                    format!("{}: cannot keep the written data: {e}", self.path()),
+                ));
+            }
+            st.resume = Some(seg.follower.stop());
+        }
         if let Some(s) = st.stream.take() {
             tracing::debug!(path = %self.path(), size = st.size, "streaming stops; spooling");
             if let Err(e) = s.journal.barrier().await {
@@ -629,29 +700,60 @@ impl WriteHandle {
     /// conflict. When the file on the server is no longer the version we expected, is no
     /// longer than what we wrote, and its last bytes are ours, it is our part: the retry
     /// replaces exactly that version. Anything else stays a conflict.
+    ///
+    /// Such a server may still be writing the body it received when we look: a file that
+    /// changes between two looks is looked at again, for at most about 3 s.
     async fn adopt_partial(&self, client: &DavClient, st: &mut State) {
         let expects_version = st.pre.if_none_match_any || st.pre.if_match.is_some();
         if !expects_version || st.local {
             return;
         }
         let path = self.path();
-        let Ok(meta) = client.head(&path).await else {
-            return; // gone or unreachable: the preconditions stand.
+        let mut pause = std::time::Duration::from_millis(25);
+        for _ in 0..7 {
+            match self.look_at_partial(client, &path, st).await {
+                Partial::Ours(etag) => {
+                    tracing::debug!(path = %path, "the server kept part of our upload; replacing it");
+                    st.pre = Preconditions {
+                        if_match: etag.filter(|t| !t.starts_with("W/")),
+                        lock_token: st.pre.lock_token.clone(),
+                        ..Default::default()
+                    };
+                    return;
+                }
+                Partial::NotOurs(why) => {
+                    tracing::debug!(path = %path, "no partial upload to adopt: {why}");
+                    return;
+                }
+                Partial::Changing => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+        tracing::debug!(path = %path, "the file on the server keeps changing; not adopting it");
+    }
+
+    async fn look_at_partial(&self, client: &DavClient, path: &DavPath, st: &State) -> Partial {
+        let meta = match client.head(path).await {
+            Ok(m) => m,
+            // Gone or unreachable: the preconditions stand.
+            Err(e) => return Partial::NotOurs(e.to_string()),
         };
         let strong = |t: &str| t.trim_start_matches("W/").to_owned();
         if let (Some(have), Some(want)) = (&meta.etag, &st.pre.if_match)
             && strong(have) == strong(want)
         {
-            return; // still the version we expected: the server kept nothing of ours.
+            return Partial::NotOurs("still the version we expected".into());
         }
         let Some(len) = meta.content_length.filter(|&n| n <= st.size) else {
-            return;
+            return Partial::NotOurs(format!("{:?} bytes, more than ours", meta.content_length));
         };
         let tail = len.saturating_sub(64 * 1024);
         let mut ours = vec![0u8; (len - tail) as usize];
         match read_at(&st.file, &mut ours, tail) {
             Ok(n) if n == ours.len() => {}
-            _ => return,
+            _ => return Partial::NotOurs("our copy cannot be read".into()),
         }
         let mut theirs = Vec::with_capacity(ours.len());
         if len > 0 {
@@ -659,31 +761,43 @@ impl WriteHandle {
                 start: tail,
                 end: Some(len - 1),
             };
-            let Ok(mut get) = client.get(&path, Some(range), meta.etag.as_deref()).await else {
-                return;
+            let mut get = match client.get(path, Some(range), meta.etag.as_deref()).await {
+                Ok(g) => g,
+                Err(e) => return Partial::NotOurs(e.to_string()),
             };
             if get.range.is_none() || get.meta.etag != meta.etag {
-                return;
+                return Partial::Changing;
             }
-            while let Ok(Some(c)) = get.chunk().await {
-                theirs.extend_from_slice(&c);
+            loop {
+                match get.chunk().await {
+                    Ok(Some(c)) => theirs.extend_from_slice(&c),
+                    Ok(None) => break,
+                    Err(_) => return Partial::Changing,
+                }
             }
         }
         if theirs != ours {
-            return;
+            return Partial::NotOurs("other bytes".into());
         }
-        tracing::debug!(path = %path, len, "the server kept part of our upload; replacing it");
-        st.pre = Preconditions {
-            if_match: meta.etag.filter(|t| !t.starts_with("W/")),
-            lock_token: st.pre.lock_token.clone(),
-            ..Default::default()
-        };
+        // Still the same version after we read it?
+        match client.head(path).await {
+            Ok(again) if again.etag == meta.etag && again.content_length == meta.content_length => {
+                Partial::Ours(meta.etag)
+            }
+            Ok(_) => Partial::Changing,
+            Err(e) => Partial::NotOurs(e.to_string()),
+        }
     }
 
     /// Waits until the journal holds every byte written so far (streaming only).
     async fn journal_barrier(&self, st: &mut State) -> VfsResult<()> {
-        if let Some(s) = &st.stream
-            && let Err(e) = s.journal.barrier().await
+        let journal = match (&st.stream, &st.segmented) {
+            (Some(s), _) => Some(&s.journal),
+            (None, Some(g)) => Some(&g.journal),
+            (None, None) => None,
+        };
+        if let Some(j) = journal
+            && let Err(e) = j.barrier().await
         {
             let err = VfsError::new(
                 ErrorKind::NoSpace,
@@ -695,10 +809,111 @@ impl WriteHandle {
             if let Some(s) = st.stream.take() {
                 abort_stream(s).await;
             }
+            if let Some(g) = st.segmented.take() {
+                st.resume = Some(g.follower.stop());
+            }
             st.failed = Some(err.clone());
             return Err(err);
         }
         Ok(())
+    }
+
+    /// A streaming session about to outgrow one segment switches to a segmented upload
+    /// where the server takes one: the whole-file PUT is given up (the journal holds all of
+    /// it) and a follower uploads the journal to a temporary name from offset 0 on.
+    async fn start_segments(&self, client: &DavClient, st: &mut State) {
+        st.may_segment = false;
+        let Some(policy) = &self.segments else {
+            return;
+        };
+        let path = self.path();
+        let dir = path.parent().unwrap_or_default();
+        if !policy.usable(client, &dir).await {
+            return;
+        }
+        let Ok(temp) = segments::temp_for(&path) else {
+            return;
+        };
+        let journal = match st
+            .file
+            .try_clone()
+            .and_then(|f| JournalWriter::start(f, st.size))
+        {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::debug!(path = %path, "cannot upload in segments ({e})");
+                return;
+            }
+        };
+        self.to_spool(st).await;
+        if st.failed.is_some() {
+            return;
+        }
+        tracing::debug!(path = %path, temp = %temp, "the file outgrew one segment; uploading it in segments");
+        let follower = Follower::start(
+            client.clone(),
+            st.file_path.clone(),
+            Resume::new(temp),
+            journal.watermark(),
+            policy.size(),
+        );
+        st.segmented = Some(Segmented { journal, follower });
+    }
+
+    /// A segmented session whose follower stopped (it gave up after its retries) goes on
+    /// as a spooled one; the flush resumes the upload where it stopped.
+    async fn check_follower(&self, st: &mut State) -> VfsResult<()> {
+        if !st.segmented.as_ref().is_some_and(|g| g.follower.stopped()) {
+            return Ok(());
+        }
+        let Some(g) = st.segmented.take() else {
+            return Ok(());
+        };
+        let barrier = g.journal.barrier().await;
+        let (resume, r) = g.follower.complete(st.size).await;
+        st.resume = Some(resume);
+        if let Err(e) = barrier {
+            let err = VfsError::new(
+                ErrorKind::NoSpace,
+                format!("{}: cannot keep the written data: {e}", self.path()),
+            );
+            st.failed = Some(err.clone());
+            return Err(err);
+        }
+        if let Err(e) = r {
+            if !transient(&e) {
+                st.failed = Some(e.clone());
+                return Err(e);
+            }
+            tracing::info!(path = %self.path(), "segmented upload paused ({e}); the rest goes at close");
+        }
+        Ok(())
+    }
+
+    /// Waits while the writer is more than two segments ahead of the server, so that the
+    /// writer's progress stays the upload's progress (bounded: a stalled server does not
+    /// block the writer for longer than `stall`).
+    async fn segment_backpressure(&self, st: &mut State) {
+        let Some(g) = &mut st.segmented else {
+            return;
+        };
+        let window = 2 * self.switch_at;
+        let mut acked = g.follower.acked.clone();
+        let ahead = |a: u64| st.size.saturating_sub(a) > window;
+        if !ahead(*acked.borrow()) {
+            return;
+        }
+        let waited = tokio::time::timeout(self.stall, async {
+            while ahead(*acked.borrow_and_update()) {
+                if acked.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::debug!(path = %self.path(), "the segmented upload does not keep up");
+        }
     }
 
     /// Fetches the server's version into the spool, if not done yet.
@@ -739,6 +954,29 @@ impl WriteHandle {
         let mut st = self.state.try_lock().ok()?;
         if st.failed.is_some() || offset != st.size {
             return None;
+        }
+        let end = offset + data.len() as u64;
+        if let Some(g) = &st.segmented {
+            // Segmented: only the journal takes the data; the follower reads it from there.
+            let acked = *g.follower.acked.borrow();
+            if g.follower.stopped()
+                || end.saturating_sub(acked) > 2 * self.switch_at
+                || g.journal.tx.capacity() == 0
+            {
+                return None;
+            }
+            g.journal
+                .tx
+                .try_send(g.journal.item(offset, data.clone()))
+                .ok()?;
+            st.size = end;
+            st.dirty = true;
+            st.changed_since_recovery = true;
+            self.set_size_now(&st);
+            return Some(data.len() as u32);
+        }
+        if st.may_segment && end > self.switch_at {
+            return None; // time to switch: the general path does it.
         }
         let s = st.stream.as_ref()?;
         if s.tx.capacity() == 0 || s.journal.tx.capacity() == 0 {
@@ -781,6 +1019,24 @@ impl WriteHandle {
                 }
             }
         }
+        if st.stream.is_some()
+            && st.may_segment
+            && offset == st.size
+            && offset + data.len() as u64 > self.switch_at
+        {
+            self.start_segments(client, &mut st).await;
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+        }
+        self.check_follower(&mut st).await?;
+        if st.segmented.is_some() && offset != st.size {
+            tracing::debug!(path = %self.path(), offset, size = st.size, "a write out of sequence");
+            self.to_spool(&mut st).await;
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+        }
         let sequential = st.stream.is_some() && offset == st.size;
         if st.stream.is_some() && !sequential {
             tracing::debug!(path = %self.path(), offset, size = st.size, "a write out of sequence");
@@ -798,8 +1054,13 @@ impl WriteHandle {
                 self.load_original(client, &mut st).await?;
             }
         }
-        let journaled = match (&st.stream, sequential) {
-            (Some(s), true) => s
+        let journaled = match (&st.stream, &st.segmented, sequential) {
+            (Some(s), _, true) => s
+                .journal
+                .push(offset, data.clone())
+                .await
+                .map_err(io::Error::other),
+            (None, Some(g), _) => g
                 .journal
                 .push(offset, data.clone())
                 .await
@@ -816,8 +1077,15 @@ impl WriteHandle {
         st.size = st.size.max(offset + data.len() as u64);
         st.dirty = true;
         st.changed_since_recovery = true;
+        if let Some(r) = &mut st.resume {
+            r.changed_from(offset);
+        }
         self.set_size_now(&st);
         let len = data.len() as u32;
+        if st.segmented.is_some() {
+            self.segment_backpressure(&mut st).await;
+            return Ok(len);
+        }
         let sent = match (&st.stream, sequential) {
             // A server that stops reading without closing would block the send forever.
             (Some(s), true) => matches!(
@@ -882,7 +1150,7 @@ impl WriteHandle {
 
     pub(super) async fn set_size(&self, client: &DavClient, size: u64) -> VfsResult<()> {
         let mut st = self.state.lock().await;
-        if st.size == size && (st.stream.is_some() || st.complete) {
+        if st.size == size && (st.stream.is_some() || st.segmented.is_some() || st.complete) {
             return Ok(());
         }
         self.to_spool(&mut st).await;
@@ -892,6 +1160,9 @@ impl WriteHandle {
         st.file
             .set_len(size)
             .map_err(|e| io_err(&self.path(), "truncate", &e))?;
+        if let Some(r) = &mut st.resume {
+            r.changed_from(size);
+        }
         st.size = size;
         st.complete = true;
         st.dirty = true;
@@ -1007,6 +1278,17 @@ impl WriteHandle {
         let mut result = None;
         // Everything written must be in the journal before the server may complete the file.
         self.journal_barrier(st).await?;
+        if let Some(g) = st.segmented.take() {
+            let (resume, r) = g.follower.complete(st.size).await;
+            st.resume = Some(resume);
+            if let Err(e) = r {
+                if !transient(&e) {
+                    st.failed = Some(e.clone());
+                    return Err(e);
+                }
+                tracing::info!(path = %self.path(), "segmented upload failed ({e}); resuming it");
+            }
+        }
         if let Some(s) = st.stream.take() {
             match s.complete().await {
                 Ok(Ok(meta)) => result = Some(meta),
@@ -1022,8 +1304,25 @@ impl WriteHandle {
                 Err(_) => self.adopt_partial(client, st).await,
             }
         }
+        let segmented = match (&result, &self.segments) {
+            (None, _) if st.resume.is_some() => true,
+            (None, Some(p)) if st.size > p.size() => {
+                let dir = self.path().parent().unwrap_or_default();
+                p.usable(client, &dir).await
+            }
+            _ => false,
+        };
         let meta = match result {
             Some(m) => m,
+            None if segmented => match self.put_segments(client, st).await {
+                Ok(m) => m,
+                Err(e) => {
+                    if !transient(&e) {
+                        st.failed = Some(e.clone());
+                    }
+                    return Err(e);
+                }
+            },
             None => {
                 let mut last = None;
                 let mut meta = None;
@@ -1072,6 +1371,59 @@ impl WriteHandle {
         }))
     }
 
+    /// Uploads the local copy in segments to a temporary name, resuming where an earlier
+    /// attempt stopped, and moves it in place. What was done survives a failure.
+    async fn put_segments(&self, client: &DavClient, st: &mut State) -> VfsResult<ResponseMeta> {
+        let seg = self.segments.as_ref().map_or(u64::MAX, |p| p.size());
+        let mut r = match st.resume.take() {
+            Some(r) => r,
+            None => Resume::new(segments::temp_for(&self.path())?),
+        };
+        if r.extent > st.size {
+            // The file became shorter than what the temporary file may hold: start again
+            // (the first segment's PUT replaces it).
+            r.acked = 0;
+        }
+        let target = self.path();
+        for attempt in 0..2 {
+            if let Err(e) =
+                segments::send_range(client, &st.file_path, &mut r, st.size, seg, &|_| {}).await
+            {
+                st.resume = Some(r);
+                return Err(e);
+            }
+            let there = match client.head(&r.temp).await {
+                Ok(m) => m.content_length,
+                Err(e) => {
+                    st.resume = Some(r);
+                    return Err(e.into());
+                }
+            };
+            if there.is_none_or(|n| n == st.size) {
+                break;
+            }
+            // The server holds something else under the temporary name: send it all again.
+            tracing::info!(temp = %r.temp, ?there, size = st.size, "the temporary upload is not whole");
+            r.acked = 0;
+            if attempt == 1 {
+                st.resume = Some(r);
+                return Err(VfsError::new(
+                    ErrorKind::Io,
+                    format!("{target}: the server does not keep the upload's segments"),
+                ));
+            }
+        }
+        match segments::finish(client, &r, &target, &st.pre).await {
+            Ok(meta) => Ok(meta),
+            Err(e) => {
+                if e.kind != ErrorKind::Stale {
+                    st.resume = Some(r);
+                }
+                Err(e)
+            }
+        }
+    }
+
     async fn put_file(&self, client: &DavClient, st: &State) -> VfsResult<ResponseMeta> {
         let file = tokio::fs::File::open(&st.file_path)
             .await
@@ -1108,9 +1460,14 @@ impl WriteHandle {
         } else {
             self.flush(client, cache).await
         };
-        let st = self.state.lock().await;
+        let mut st = self.state.lock().await;
         if st.local {
             return outcome;
+        }
+        if let Some(r) = st.resume.take() {
+            // Not finished and never will be: the temporary upload goes (the data is in the
+            // recovery folder when the upload failed).
+            segments::discard(client, &r).await;
         }
         if outcome.is_err() && st.recovered.is_none() && (st.size > 0 || st.dirty) {
             // No copy could be made aside: leave the only copy where it is.

@@ -472,3 +472,99 @@ fn a_large_listing_is_shown_while_it_downloads_and_a_cut_one_fails_after_its_ent
     assert_eq!(names, all);
     assert!(m.unmount().success());
 }
+
+/// A large file goes up in segments to a hidden temporary name: uploads cut in the middle
+/// cost one segment each, not the whole file, the temporary name never shows in the mount,
+/// and a MOVE puts the whole file in place.
+#[test]
+fn cut_segments_are_resent_alone_and_the_file_appears_whole() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("fault-segments");
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/fault-segments/", proxy.port);
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let seg = 4usize << 20;
+    let m = Mount::new(
+        &url,
+        &[
+            "--cache-dir",
+            &cache_arg,
+            "--segment-size",
+            "4",
+            "--dir-cache-ttl",
+            "0",
+        ],
+    );
+    let len = 40usize << 20;
+    let data = pattern(len, 77);
+    let p = m.path().join("big.bin");
+    let mut f = std::fs::File::create(&p).expect("create");
+    let (first, rest) = data.split_at(12 << 20);
+    for c in first.chunks(1 << 20) {
+        f.write_all(c).expect("write");
+    }
+    // Uploading in segments now: the server holds a hidden temporary file, the mount
+    // shows only the file being written.
+    let names = |d: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    // The upload runs behind the writer: wait (bounded) for its first segment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !names(&dir).iter().any(|n| n.starts_with(".davdrive-part-")) {
+        assert!(
+            Instant::now() < deadline,
+            "no temporary upload on the server: {:?}",
+            names(&dir)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        names(m.path()),
+        ["big.bin"],
+        "the mount shows the temporary upload"
+    );
+    // The next two segment uploads are cut half-way.
+    proxy.inject(&[
+        Fault::CutUploadAfter(seg / 2),
+        Fault::CutUploadAfter(seg / 2),
+    ]);
+    let rest = rest.to_vec();
+    let closed = bounded(Duration::from_secs(90), move || {
+        for c in rest.chunks(1 << 20) {
+            f.write_all(c)?;
+        }
+        f.sync_all()
+    });
+    closed.expect("the upload went through the cuts");
+    assert_eq!(proxy.pending(), 0, "the cuts were not all met");
+    assert!(
+        std::fs::read(dir.join("big.bin")).expect("on the server") == data,
+        "the server has different bytes"
+    );
+    let left: Vec<String> = names(&dir)
+        .into_iter()
+        .filter(|n| n.starts_with(".davdrive-"))
+        .collect();
+    assert!(left.is_empty(), "temporary uploads left behind: {left:?}");
+    // What reached the server for the temporary file: the file once, plus the two cut
+    // halves; a whole-file resend would be another 40 MiB.
+    let sent: u64 = a
+        .requests("fault-segments/.davdrive-part-")
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.bytes_in)
+        .sum();
+    assert!(
+        sent < (len + 2 * seg) as u64,
+        "{sent} bytes sent for a {len}-byte file"
+    );
+    assert!(crate::mount_write::recovered(cache.path()).is_empty());
+    assert!(m.unmount().success());
+}

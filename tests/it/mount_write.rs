@@ -803,15 +803,25 @@ fn abandoned_streaming_uploads_never_complete_on_the_server() {
 /// change by someone else is still refused (see `a_change_on_the_server_...`).
 #[test]
 fn random_writes_after_streaming_succeed_on_servers_that_write_in_place() {
-    use std::os::unix::fs::FileExt;
     if !have_fuse() {
         return;
     }
+    // With 2 MiB segments the uploads also switch to segments before the random write.
+    for segment in ["16", "2"] {
+        random_writes_after_streaming(segment);
+    }
+}
+
+fn random_writes_after_streaming(segment: &str) {
+    use std::os::unix::fs::FileExt;
     let s = DavServer::start();
     std::fs::write(s.root.join("old.bin"), b"the old version").expect("seed");
     let cache = tempfile::tempdir().expect("cache");
     let cache_arg = cache.path().to_string_lossy().into_owned();
-    let m = Mount::new(&s.url(), &["--cache-dir", &cache_arg]);
+    let m = Mount::new(
+        &s.url(),
+        &["--cache-dir", &cache_arg, "--segment-size", segment, "-v"],
+    );
     for name in ["new.bin", "old.bin"] {
         let p = m.path().join(name);
         let mut want = pattern(6 << 20, 7);
@@ -822,12 +832,16 @@ fn random_writes_after_streaming_succeed_on_servers_that_write_in_place() {
         // Out of sequence: the streaming upload is given up, the rest goes at close.
         f.write_all_at(b"PATCHED", 1000).expect("pwrite");
         want[1000..1007].copy_from_slice(b"PATCHED");
-        f.sync_all()
-            .unwrap_or_else(|e| panic!("{name}: close after a random write: {e}"));
+        f.sync_all().unwrap_or_else(|e| {
+            panic!(
+                "{name}, segments of {segment} MiB: close after a random write: {e}\n{}",
+                m.log()
+            )
+        });
         drop(f);
         assert!(
             std::fs::read(s.root.join(name)).expect("on the server") == want,
-            "{name}: the server has different bytes"
+            "{name}, segments of {segment} MiB: the server has different bytes"
         );
         assert!(std::fs::read(&p).expect("read back") == want, "{name}");
     }
