@@ -195,7 +195,10 @@ impl MountConfig {
             upload,
             keep_os_litter_local: !flag(args.upload_os_files, profile.upload_os_files),
             direct_reads: flag(args.direct_io, profile.direct_io),
-            segment_size: secs(args.segment_size, profile.segment_size, 16).saturating_mul(1 << 20),
+            segment_size: (args.segment_size)
+                .or(profile.segment_size)
+                .unwrap_or(16)
+                .saturating_mul(1 << 20),
             ..VfsConfig::default()
         };
         Ok(MountConfig {

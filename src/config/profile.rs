@@ -191,6 +191,7 @@ mod tests {
             user = "radiology"
             read-only = true
             upload = "spool"
+            segment-size = 64
             dir-cache-ttl = 60
             ca-cert = "/etc/davdrive/ca.pem"
 
@@ -203,6 +204,7 @@ mod tests {
         assert_eq!(pacs.user.as_deref(), Some("radiology"));
         assert_eq!(pacs.read_only, Some(true));
         assert_eq!(pacs.upload, Some(Upload::Spool));
+        assert_eq!(pacs.segment_size, Some(64));
         assert_eq!(pacs.dir_cache_ttl, Some(60));
         assert_eq!(p["home"].mountpoint, None);
     }

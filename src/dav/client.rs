@@ -504,6 +504,16 @@ impl DavClient {
         &self.inner.stats
     }
 
+    /// How long a transfer may go without progress (`--timeout`).
+    pub fn progress_timeout(&self) -> Duration {
+        self.inner.progress_timeout
+    }
+
+    /// How long failed requests are retried (`--retry-time`).
+    pub fn retry_budget(&self) -> Duration {
+        self.inner.retry_budget
+    }
+
     /// An OPTIONS of the mounted URL (redirects followed).
     async fn options_of_root(&self) -> Result<(Response, Url), DavError> {
         let path = DavPath::root();

@@ -12,9 +12,12 @@
 //! [`Follower`] then uploads behind the writer, from the journal, as the journal fills.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -25,9 +28,19 @@ use crate::dav::{DavClient, DavPath, ErrorKind, Preconditions, PutBody, Response
 pub const PART_PREFIX: &str = ".davdrive-part-";
 
 /// Retries of one segment after a transient failure, and the first pause between them
-/// (doubled each time: 0.5 + 1 + 2 + 4 + 8 s).
-const SEGMENT_RETRIES: u32 = 5;
-const FIRST_PAUSE: Duration = Duration::from_millis(500);
+/// (doubled each time: 0.25 + 0.5 + 1 + 2 + 4 s). Retrying also stops once the client's
+/// retry time (`--retry-time`, 30 s by default) is spent since the first failure.
+pub const SEGMENT_RETRIES: u32 = 5;
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+
+/// How a segmented upload is doing, for the writer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes `[0, acked)` are on the server.
+    pub acked: u64,
+    /// The last request failed; the upload is pausing before it tries again.
+    pub failing: bool,
+}
 
 /// Whether and how large files are uploaded in segments; one per mount.
 #[derive(Debug)]
@@ -131,7 +144,6 @@ async fn probe(client: &DavClient, dir: &DavPath) -> Option<bool> {
 }
 
 fn temp_name() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -205,18 +217,48 @@ async fn send_segment(
         .await
         .map_err(local_err)?;
     let len = end - start;
-    let body = Box::new(read_stream(tokio::io::AsyncReadExt::take(file, len)));
-    if start == 0 {
-        let pre = Preconditions::default();
-        let body = PutBody::Stream {
-            stream: body,
-            len: Some(len),
-        };
-        client.put(temp, body, &pre).await?;
-    } else {
-        client.put_range(temp, start, len, body).await?;
+    // Bytes the HTTP library took from the body so far: a server that stops reading
+    // without closing the connection would otherwise hold the request forever (the
+    // library's own timeout covers reading the answer, not sending the body).
+    let taken = Arc::new(AtomicU64::new(0));
+    let counter = taken.clone();
+    let body = read_stream(tokio::io::AsyncReadExt::take(file, len)).inspect(move |c| {
+        if let Ok(b) = c {
+            counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+        }
+    });
+    let body = Box::new(body);
+    let request = async {
+        if start == 0 {
+            let pre = Preconditions::default();
+            let body = PutBody::Stream {
+                stream: body,
+                len: Some(len),
+            };
+            client.put(temp, body, &pre).await.map(drop)
+        } else {
+            client.put_range(temp, start, len, body).await.map(drop)
+        }
+    };
+    let limit = client.progress_timeout();
+    let watchdog = async {
+        let mut seen = 0;
+        loop {
+            tokio::time::sleep(limit).await;
+            let now = taken.load(Ordering::Relaxed);
+            if now == seen && now < len {
+                return;
+            }
+            seen = now;
+        }
+    };
+    tokio::select! {
+        r = request => Ok(r?),
+        () = watchdog => Err(VfsError::new(
+            ErrorKind::TimedOut,
+            format!("PUT {temp}: the server stopped taking the upload"),
+        )),
     }
-    Ok(())
 }
 
 /// Sends `[resume.acked, end)` in segments of `seg` bytes, each retried on its own after a
@@ -228,40 +270,63 @@ pub async fn send_range(
     resume: &mut Resume,
     end: u64,
     seg: u64,
-    on_ack: &(dyn Fn(u64) + Send + Sync),
+    retries: u32,
+    report: &(dyn Fn(Progress) + Send + Sync),
 ) -> VfsResult<()> {
     let seg = seg.max(1);
     let mut failures = 0u32;
+    let mut failing_since = None;
     while resume.acked < end {
         let start = resume.acked;
         let stop = end.min(start + seg);
         resume.extent = resume.extent.max(stop);
         match send_segment(client, local, &resume.temp, start, stop).await {
             Ok(()) => {
+                tracing::debug!(temp = %resume.temp, start, stop, "segment stored");
                 failures = 0;
+                failing_since = None;
                 resume.acked = stop;
-                on_ack(stop);
+                report(Progress {
+                    acked: stop,
+                    failing: false,
+                });
             }
-            Err(e) if transient(e.kind) && failures < SEGMENT_RETRIES => {
+            Err(e)
+                if transient(e.kind)
+                    && failures < retries
+                    && failing_since
+                        .get_or_insert_with(std::time::Instant::now)
+                        .elapsed()
+                        < client.retry_budget() =>
+            {
+                report(Progress {
+                    acked: start,
+                    failing: true,
+                });
                 let pause = FIRST_PAUSE * 2u32.pow(failures);
                 failures += 1;
                 tracing::info!(
                     temp = %resume.temp, start, "segment failed ({e}); again in {pause:?}"
                 );
                 tokio::time::sleep(pause).await;
-                if start > 0 {
-                    let kept = client.head(&resume.temp).await.ok();
-                    if kept.and_then(|m| m.content_length).unwrap_or(0) < start {
-                        tracing::info!(temp = %resume.temp, "the server lost the upload's start; sending all of it again");
-                        resume.acked = 0;
-                        on_ack(0);
-                    }
+                if start > 0 && lost_start(client, &resume.temp, start).await {
+                    tracing::info!(temp = %resume.temp, "the server lost the upload's start; sending all of it again");
+                    resume.acked = 0;
                 }
             }
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Whether the server answers that the temporary file is gone or shorter than `start`
+/// (an unreachable server says nothing: the upload resumes where it was).
+async fn lost_start(client: &DavClient, temp: &DavPath, start: u64) -> bool {
+    match client.head(temp).await {
+        Ok(m) => m.content_length.is_some_and(|n| n < start),
+        Err(e) => e.kind() == ErrorKind::NotFound,
+    }
 }
 
 /// Puts the complete temporary file in place of `target` under `pre`, and
@@ -325,8 +390,8 @@ pub struct Follower {
     seg: u64,
     /// The file's final size, once known (flush).
     end: watch::Sender<Option<u64>>,
-    /// Bytes acknowledged by the server so far.
-    pub acked: watch::Receiver<u64>,
+    /// How the upload is doing.
+    pub progress: watch::Receiver<Progress>,
     pub temp: DavPath,
 }
 
@@ -341,12 +406,15 @@ impl Follower {
         seg: u64,
     ) -> Self {
         let (end_tx, mut end_rx) = watch::channel(None::<u64>);
-        let (ack_tx, ack_rx) = watch::channel(resume.acked);
+        let (ack_tx, ack_rx) = watch::channel(Progress {
+            acked: resume.acked,
+            failing: false,
+        });
         let temp = resume.temp.clone();
         let task = tokio::spawn(async move {
             let mut resume = resume;
-            let on_ack = move |n: u64| {
-                ack_tx.send_replace(n);
+            let report = move |p: Progress| {
+                ack_tx.send_replace(p);
             };
             loop {
                 let start = resume.acked;
@@ -374,7 +442,18 @@ impl Follower {
                 if stop <= start {
                     return (resume, Ok(()));
                 }
-                if let Err(e) = send_range(&client, &local, &mut resume, stop, seg, &on_ack).await {
+                if let Err(e) = send_range(
+                    &client,
+                    &local,
+                    &mut resume,
+                    stop,
+                    seg,
+                    SEGMENT_RETRIES,
+                    &report,
+                )
+                .await
+                {
+                    tracing::debug!(temp = %resume.temp, acked = resume.acked, "segmented upload stops: {e}");
                     return (resume, Err(e));
                 }
             }
@@ -383,7 +462,7 @@ impl Follower {
             task,
             seg,
             end: end_tx,
-            acked: ack_rx,
+            progress: ack_rx,
             temp,
         }
     }
@@ -399,8 +478,8 @@ impl Follower {
         self.end.send_replace(Some(size));
         let fallback = Resume {
             temp: self.temp.clone(),
-            acked: *self.acked.borrow(),
-            extent: self.acked.borrow().saturating_add(self.seg),
+            acked: self.progress.borrow().acked,
+            extent: self.progress.borrow().acked.saturating_add(self.seg),
         };
         match self.task.await {
             Ok(done) => done,
@@ -417,7 +496,7 @@ impl Follower {
     /// Stops the follower where it is. Returns how far it got (what the server holds).
     pub fn stop(self) -> Resume {
         self.task.abort();
-        let acked = *self.acked.borrow();
+        let acked = self.progress.borrow().acked;
         // The segment in flight started at `acked`: it may have left bytes up to one
         // segment past it, never further.
         Resume {

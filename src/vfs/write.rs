@@ -243,6 +243,8 @@ struct State {
     resume: Option<Resume>,
     /// Whether a streaming session may still switch to segments.
     may_segment: bool,
+    /// When the last round of segment retries failed.
+    failed_round: Option<std::time::Instant>,
 }
 
 /// What stands on the server after an upload of ours broke (see `adopt_partial`).
@@ -281,6 +283,7 @@ impl State {
             segmented: None,
             resume: None,
             may_segment: true,
+            failed_round: None,
         }
     }
 }
@@ -885,34 +888,39 @@ impl WriteHandle {
                 st.failed = Some(e.clone());
                 return Err(e);
             }
+            st.failed_round = Some(std::time::Instant::now());
             tracing::info!(path = %self.path(), "segmented upload paused ({e}); the rest goes at close");
         }
         Ok(())
     }
 
-    /// Waits while the writer is more than two segments ahead of the server, so that the
-    /// writer's progress stays the upload's progress (bounded: a stalled server does not
-    /// block the writer for longer than `stall`).
+    /// Waits while the writer is more than two segments ahead of a server that is taking
+    /// the upload, so that the writer's progress stays the upload's progress. While the
+    /// upload fails and pauses before trying again, the writer goes on into the journal: the
+    /// upload catches up from there. Bounded: a follower that makes no progress for `stall`
+    /// is stopped, and the writer goes on into the spool.
     async fn segment_backpressure(&self, st: &mut State) {
         let Some(g) = &mut st.segmented else {
             return;
         };
         let window = 2 * self.switch_at;
-        let mut acked = g.follower.acked.clone();
-        let ahead = |a: u64| st.size.saturating_sub(a) > window;
-        if !ahead(*acked.borrow()) {
+        let mut progress = g.follower.progress.clone();
+        let wait = |p: segments::Progress| !p.failing && st.size.saturating_sub(p.acked) > window;
+        if !wait(*progress.borrow()) {
             return;
         }
         let waited = tokio::time::timeout(self.stall, async {
-            while ahead(*acked.borrow_and_update()) {
-                if acked.changed().await.is_err() {
+            while wait(*progress.borrow_and_update()) {
+                if progress.changed().await.is_err() {
                     break;
                 }
             }
         })
         .await;
         if waited.is_err() {
-            tracing::debug!(path = %self.path(), "the segmented upload does not keep up");
+            // The follower is stuck: stop it; the rest goes (resumed) at flush.
+            tracing::info!(path = %self.path(), "the segmented upload makes no progress; the rest goes at close");
+            self.to_spool(st).await;
         }
     }
 
@@ -958,9 +966,9 @@ impl WriteHandle {
         let end = offset + data.len() as u64;
         if let Some(g) = &st.segmented {
             // Segmented: only the journal takes the data; the follower reads it from there.
-            let acked = *g.follower.acked.borrow();
+            let p = *g.follower.progress.borrow();
             if g.follower.stopped()
-                || end.saturating_sub(acked) > 2 * self.switch_at
+                || (!p.failing && end.saturating_sub(p.acked) > 2 * self.switch_at)
                 || g.journal.tx.capacity() == 0
             {
                 return None;
@@ -1286,6 +1294,7 @@ impl WriteHandle {
                     st.failed = Some(e.clone());
                     return Err(e);
                 }
+                st.failed_round = Some(std::time::Instant::now());
                 tracing::info!(path = %self.path(), "segmented upload failed ({e}); resuming it");
             }
         }
@@ -1374,7 +1383,6 @@ impl WriteHandle {
     /// Uploads the local copy in segments to a temporary name, resuming where an earlier
     /// attempt stopped, and moves it in place. What was done survives a failure.
     async fn put_segments(&self, client: &DavClient, st: &mut State) -> VfsResult<ResponseMeta> {
-        let seg = self.segments.as_ref().map_or(u64::MAX, |p| p.size());
         let mut r = match st.resume.take() {
             Some(r) => r,
             None => Resume::new(segments::temp_for(&self.path())?),
@@ -1384,21 +1392,39 @@ impl WriteHandle {
             // (the first segment's PUT replaces it).
             r.acked = 0;
         }
+        // Right after a round of retries failed, one attempt: the close that follows a
+        // failed fsync, and the release after that, need not wait the pauses out again.
+        let retries = match st.failed_round {
+            Some(t) if t.elapsed() < std::time::Duration::from_secs(30) => 0,
+            _ => segments::SEGMENT_RETRIES,
+        };
+        let out = self.put_segments_from(client, st, &mut r, retries).await;
+        match &out {
+            Ok(_) => st.failed_round = None,
+            Err(e) => {
+                st.failed_round = Some(std::time::Instant::now());
+                // After a conflict the temporary file is gone; otherwise the next attempt
+                // resumes it.
+                if e.kind != ErrorKind::Stale {
+                    st.resume = Some(r);
+                }
+            }
+        }
+        out
+    }
+
+    async fn put_segments_from(
+        &self,
+        client: &DavClient,
+        st: &State,
+        r: &mut Resume,
+        retries: u32,
+    ) -> VfsResult<ResponseMeta> {
+        let seg = self.segments.as_ref().map_or(u64::MAX, |p| p.size());
         let target = self.path();
         for attempt in 0..2 {
-            if let Err(e) =
-                segments::send_range(client, &st.file_path, &mut r, st.size, seg, &|_| {}).await
-            {
-                st.resume = Some(r);
-                return Err(e);
-            }
-            let there = match client.head(&r.temp).await {
-                Ok(m) => m.content_length,
-                Err(e) => {
-                    st.resume = Some(r);
-                    return Err(e.into());
-                }
-            };
+            segments::send_range(client, &st.file_path, r, st.size, seg, retries, &|_| {}).await?;
+            let there = client.head(&r.temp).await?.content_length;
             if there.is_none_or(|n| n == st.size) {
                 break;
             }
@@ -1406,22 +1432,13 @@ impl WriteHandle {
             tracing::info!(temp = %r.temp, ?there, size = st.size, "the temporary upload is not whole");
             r.acked = 0;
             if attempt == 1 {
-                st.resume = Some(r);
                 return Err(VfsError::new(
                     ErrorKind::Io,
                     format!("{target}: the server does not keep the upload's segments"),
                 ));
             }
         }
-        match segments::finish(client, &r, &target, &st.pre).await {
-            Ok(meta) => Ok(meta),
-            Err(e) => {
-                if e.kind != ErrorKind::Stale {
-                    st.resume = Some(r);
-                }
-                Err(e)
-            }
-        }
+        segments::finish(client, r, &target, &st.pre).await
     }
 
     async fn put_file(&self, client: &DavClient, st: &State) -> VfsResult<ResponseMeta> {

@@ -344,7 +344,17 @@ fn server_killed_mid_upload_and_restarted_loses_nothing() {
     let url = format!("http://127.0.0.1:{port}/");
     let cache = tempfile::tempdir().expect("cache");
     let cache_arg = cache.path().to_string_lossy().into_owned();
-    let m = Mount::new(&url, &["--cache-dir", &cache_arg, "--timeout", "5"]);
+    let m = Mount::new(
+        &url,
+        &[
+            "--cache-dir",
+            &cache_arg,
+            "--timeout",
+            "5",
+            "--retry-time",
+            "5",
+        ],
+    );
     let data = pattern(200 << 20, 99);
     let path = m.path().join("big.bin");
     let mut f = std::fs::File::create(&path).expect("create");

@@ -507,7 +507,17 @@ fn server_stopped_mid_upload_loses_nothing() {
     let root = s.root.clone();
     let cache = tempfile::tempdir().expect("cache");
     let cache_arg = cache.path().to_string_lossy().into_owned();
-    let m = Mount::new(&url, &["--cache-dir", &cache_arg, "--timeout", "5"]);
+    let m = Mount::new(
+        &url,
+        &[
+            "--cache-dir",
+            &cache_arg,
+            "--timeout",
+            "5",
+            "--retry-time",
+            "5",
+        ],
+    );
     let data = pattern(200 << 20, 77);
     let mut f = std::fs::File::create(m.path().join("big.bin")).expect("create");
     let mut server = Some(s);
