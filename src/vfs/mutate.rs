@@ -810,19 +810,14 @@ impl Vfs {
             }
             self.local.rename(&from, &to);
         } else {
-            let writer = self.writer_of(ino);
-            match self
-                .client
-                .move_to(&from, &to, collection, !noreplace)
-                .await
-            {
-                Ok(()) => {}
-                // A file still being written may not be on the server yet.
-                Err(e) if writer.is_some() && e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-            if let Some(w) = writer {
-                w.retarget(to.clone()).await;
+            match self.writer_of(ino) {
+                // An open file: renamed by its session, so no upload of it runs meanwhile.
+                Some(w) => w.rename(&self.client, to.clone(), !noreplace).await?,
+                None => {
+                    self.client
+                        .move_to(&from, &to, collection, !noreplace)
+                        .await?
+                }
             }
         }
         if let Some((dst, _)) = existing

@@ -134,6 +134,8 @@ async fn probe(client: &DavClient, dir: &DavPath) -> Option<bool> {
                 }
             }
             Ok(_) => Some(false),
+            // Gone at once (a drop box that ingests files) or refused: not for segments.
+            Err(e) if e.status().is_some() => Some(false),
             Err(_) => None,
         },
     };
@@ -386,7 +388,8 @@ pub async fn discard(client: &DavClient, resume: &Resume) {
 /// Uploads a streaming session's journal behind the writer: each segment once the journal
 /// holds all of it, the last once the session says how long the file is.
 pub struct Follower {
-    task: JoinHandle<(Resume, VfsResult<()>)>,
+    /// Aborted when the follower is dropped without `complete` or `stop`.
+    task: Option<JoinHandle<(Resume, VfsResult<()>)>>,
     seg: u64,
     /// The file's final size, once known (flush).
     end: watch::Sender<Option<u64>>,
@@ -459,7 +462,7 @@ impl Follower {
             }
         });
         Follower {
-            task,
+            task: Some(task),
             seg,
             end: end_tx,
             progress: ack_rx,
@@ -469,19 +472,21 @@ impl Follower {
 
     /// Whether the follower stopped (it failed: a follower ends on its own only then).
     pub fn stopped(&self) -> bool {
-        self.task.is_finished()
+        self.task.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Tells the follower the file is `size` bytes and waits until all of it is sent (or the
     /// upload failed). Returns how far it got.
-    pub async fn complete(self, size: u64) -> (Resume, VfsResult<()>) {
+    pub async fn complete(mut self, size: u64) -> (Resume, VfsResult<()>) {
         self.end.send_replace(Some(size));
-        let fallback = Resume {
-            temp: self.temp.clone(),
-            acked: self.progress.borrow().acked,
-            extent: self.progress.borrow().acked.saturating_add(self.seg),
+        let fallback = self.here();
+        let Some(task) = self.task.take() else {
+            return (
+                fallback,
+                Err(VfsError::new(ErrorKind::Io, "the upload task is gone")),
+            );
         };
-        match self.task.await {
+        match task.await {
             Ok(done) => done,
             Err(e) => (
                 fallback,
@@ -493,16 +498,30 @@ impl Follower {
         }
     }
 
-    /// Stops the follower where it is. Returns how far it got (what the server holds).
-    pub fn stop(self) -> Resume {
-        self.task.abort();
+    /// Where the upload is, as far as the server acknowledged it. The segment in flight
+    /// started at `acked`: it may have left bytes up to one segment past it, never further.
+    fn here(&self) -> Resume {
         let acked = self.progress.borrow().acked;
-        // The segment in flight started at `acked`: it may have left bytes up to one
-        // segment past it, never further.
         Resume {
-            temp: self.temp,
+            temp: self.temp.clone(),
             acked,
             extent: acked.saturating_add(self.seg),
+        }
+    }
+
+    /// Stops the follower where it is. Returns how far it got (what the server holds).
+    pub fn stop(mut self) -> Resume {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+        self.here()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
         }
     }
 }

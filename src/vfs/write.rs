@@ -249,8 +249,8 @@ struct State {
 
 /// What stands on the server after an upload of ours broke (see `adopt_partial`).
 enum Partial {
-    /// The part of our upload that arrived, with its entity tag.
-    Ours(Option<String>),
+    /// The part of our upload that arrived: its entity tag and length.
+    Ours(Option<String>, u64),
     NotOurs(String),
     /// Changing as we look: the server is still writing it.
     Changing,
@@ -453,21 +453,28 @@ async fn abort_stream(s: Streaming) -> bool {
         return false;
     };
     tracing::warn!(path = %path, "an abandoned upload was completed by the server; deleting it");
-    // If-Match compares strongly. Apache marks the tag of a file changed within the last
-    // second as weak and the same tag becomes strong a second later: wait that second out,
-    // then name the version by its strong tag (no other version can carry it).
+    delete_version(&client, &path, &tag).await
+}
+
+/// Deletes exactly the version of `path` with entity tag `tag` (`If-Match`), an incomplete
+/// upload of ours. Returns whether it is gone.
+///
+/// If-Match compares strongly. Apache marks the tag of a file changed within the last second
+/// as weak and the same tag becomes strong a second later: wait that second out, then name
+/// the version by its strong tag (no other version can carry it).
+async fn delete_version(client: &DavClient, path: &DavPath, tag: &str) -> bool {
     let tag = match tag.strip_prefix("W/") {
         Some(strong) => {
             tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
             strong.to_owned()
         }
-        None => tag,
+        None => tag.to_owned(),
     };
     let pre = Preconditions {
         if_match: Some(tag),
         ..Default::default()
     };
-    match client.delete(&path, false, &pre).await {
+    match client.delete(path, false, &pre).await {
         Ok(()) => true,
         Err(e) => {
             tracing::error!(path = %path, "cannot delete an incomplete upload: {e}");
@@ -647,11 +654,34 @@ impl WriteHandle {
         self.unlinked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The open file was renamed to `to`: its data goes there, replacing what is there.
-    /// A streaming upload to the old name is abandoned; the whole file is sent at close.
-    pub(super) async fn retarget(&self, to: DavPath) {
+    /// Renames the open file to `to` on the server (MOVE, replacing what is there when
+    /// `overwrite`), and sends its data there from now on. Holding the session throughout, so
+    /// that no upload of the old name (a flush, a streaming PUT) runs in between: a streaming
+    /// upload is given up first, and a part of it the server kept under the old name goes
+    /// (see `adopt_partial`). The whole file is sent to the new name at close.
+    pub(super) async fn rename(
+        &self,
+        client: &DavClient,
+        to: DavPath,
+        overwrite: bool,
+    ) -> VfsResult<()> {
         let mut st = self.state.lock().await;
-        self.to_spool(&mut st).await;
+        let from = self.path();
+        if let Some(c) = self.stop_streaming(&mut st).await
+            && let Partial::Ours(Some(tag), len) = self.look_at_partial(&c, &from, &st).await
+            && len > 0
+        {
+            tracing::info!(path = %from, "deleting the part of an upload given up by a rename");
+            delete_version(client, &from, &tag).await;
+        }
+        if !st.local {
+            match client.move_to(&from, &to, false, overwrite).await {
+                Ok(()) => {}
+                // Nothing uploaded under the old name yet.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = to;
         if !st.local {
             st.dirty = true;
@@ -660,11 +690,21 @@ impl WriteHandle {
                 ..Default::default()
             };
         }
+        Ok(())
     }
 
     /// Stops streaming: the journal becomes the spool. Aborts the PUT so the server keeps
-    /// nothing half-written. A segmented upload stops where it is, to be resumed at flush.
+    /// nothing half-written (or adopts what it kept, see `adopt_partial`). A segmented upload
+    /// stops where it is, to be resumed at flush.
     async fn to_spool(&self, st: &mut State) {
+        if let Some(client) = self.stop_streaming(st).await {
+            self.adopt_partial(&client, st).await;
+        }
+    }
+
+    /// As `to_spool` without looking at what the server kept. Returns the client of a
+    /// streaming upload that was given up without the server completing it.
+    async fn stop_streaming(&self, st: &mut State) -> Option<DavClient> {
         if let Some(seg) = st.segmented.take() {
             tracing::debug!(path = %self.path(), size = st.size, "segmented streaming stops; spooling");
             if let Err(e) = seg.journal.barrier().await {
@@ -692,9 +732,10 @@ impl WriteHandle {
                     ..Default::default()
                 };
             } else if st.failed.is_none() {
-                self.adopt_partial(&client, st).await;
+                return Some(client);
             }
         }
+        None
     }
 
     /// A PUT of ours ended without success and the data will be sent again. Servers that
@@ -715,7 +756,7 @@ impl WriteHandle {
         let mut pause = std::time::Duration::from_millis(25);
         for _ in 0..7 {
             match self.look_at_partial(client, &path, st).await {
-                Partial::Ours(etag) => {
+                Partial::Ours(etag, _) => {
                     tracing::debug!(path = %path, "the server kept part of our upload; replacing it");
                     st.pre = Preconditions {
                         if_match: etag.filter(|t| !t.starts_with("W/")),
@@ -785,7 +826,7 @@ impl WriteHandle {
         // Still the same version after we read it?
         match client.head(path).await {
             Ok(again) if again.etag == meta.etag && again.content_length == meta.content_length => {
-                Partial::Ours(meta.etag)
+                Partial::Ours(meta.etag, len)
             }
             Ok(_) => Partial::Changing,
             Err(e) => Partial::NotOurs(e.to_string()),

@@ -507,16 +507,23 @@ fn cut_segments_are_resent_alone_and_the_file_appears_whole() {
             "4",
             "--dir-cache-ttl",
             "0",
+            "-v",
         ],
     );
     let len = 40usize << 20;
     let data = pattern(len, 77);
-    let p = m.path().join("big.bin");
-    let mut f = std::fs::File::create(&p).expect("create");
+    // The writer is a process of its own (dd, fed through a pipe): an open descriptor in
+    // this test process would be inherited by the processes other tests start, and each
+    // such fork's exec closes it, which makes the kernel flush the file (a complete upload).
+    let mut dd = std::process::Command::new("dd")
+        .arg(format!("of={}", m.path().join("big.bin").display()))
+        .args(["bs=1M", "iflag=fullblock", "status=none"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("dd");
+    let mut pipe = dd.stdin.take().expect("dd stdin");
     let (first, rest) = data.split_at(12 << 20);
-    for c in first.chunks(1 << 20) {
-        f.write_all(c).expect("write");
-    }
+    pipe.write_all(first).expect("write");
     // Uploading in segments now: the server holds a hidden temporary file, the mount
     // shows only the file being written.
     let names = |d: &std::path::Path| -> Vec<String> {
@@ -547,12 +554,14 @@ fn cut_segments_are_resent_alone_and_the_file_appears_whole() {
     ]);
     let rest = rest.to_vec();
     let closed = bounded(Duration::from_secs(90), move || {
-        for c in rest.chunks(1 << 20) {
-            f.write_all(c)?;
-        }
-        f.sync_all()
+        pipe.write_all(&rest)?;
+        drop(pipe);
+        dd.wait()
     });
-    closed.expect("the upload went through the cuts");
+    assert!(
+        closed.expect("dd").success(),
+        "dd failed: the upload did not go through the cuts"
+    );
     assert_eq!(proxy.pending(), 0, "the cuts were not all met");
     assert!(
         std::fs::read(dir.join("big.bin")).expect("on the server") == data,
@@ -573,7 +582,9 @@ fn cut_segments_are_resent_alone_and_the_file_appears_whole() {
         .sum();
     assert!(
         sent < (len + 2 * seg) as u64,
-        "{sent} bytes sent for a {len}-byte file"
+        "{sent} bytes sent for a {len}-byte file: {:?}\n{}",
+        a.requests("fault-segments/"),
+        m.log()
     );
     assert!(crate::mount_write::recovered(cache.path()).is_empty());
     assert!(m.unmount().success());
