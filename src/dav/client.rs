@@ -19,7 +19,7 @@
 //!   (IIS's HTTP→HTTPS rule), so that later requests go there directly.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -166,15 +166,17 @@ pub struct GetStream {
     response: Response,
     method: &'static str,
     path: String,
+    /// How long one chunk may take (`--timeout`).
+    stall: Duration,
 }
 
 impl GetStream {
     /// The next chunk of the body, `None` at its end.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, DavError> {
-        self.response
-            .chunk()
-            .await
-            .map_err(|e| transport_error(self.method, &self.path, &e))
+        match tokio::time::timeout(self.stall, self.response.chunk()).await {
+            Ok(r) => r.map_err(|e| transport_error(self.method, &self.path, &e)),
+            Err(_) => Err(stalled_at(self.method, &self.path)),
+        }
     }
 }
 
@@ -285,7 +287,7 @@ enum ReqBody {
     Empty,
     Bytes(Bytes),
     Xml(&'static str),
-    Stream(reqwest::Body),
+    Stream(std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>),
 }
 
 impl ReqBody {
@@ -458,7 +460,6 @@ impl DavClient {
         let http = builder
             .user_agent(config.user_agent.clone())
             .connect_timeout(config.connect_timeout)
-            .read_timeout(config.progress_timeout)
             .pool_idle_timeout(Duration::from_secs(20))
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())
@@ -502,11 +503,6 @@ impl DavClient {
 
     pub fn stats(&self) -> &RequestStats {
         &self.inner.stats
-    }
-
-    /// How long a transfer may go without progress (`--timeout`).
-    pub fn progress_timeout(&self) -> Duration {
-        self.inner.progress_timeout
     }
 
     /// How long failed requests are retried (`--retry-time`).
@@ -622,7 +618,7 @@ impl DavClient {
             return Err(too_large("PROPFIND", path, limit));
         }
         // Parsed as it downloads: a large listing costs little more than its transfer.
-        let mut body = BodyReader::new(resp, limit);
+        let mut body = BodyReader::new(resp, limit, self.inner.progress_timeout);
         let parsed = multistatus::parse_each(&mut body, &url, &self.inner.root, sink).await;
         match (parsed, body.failure) {
             (Ok(skipped), _) => Ok(skipped),
@@ -630,6 +626,7 @@ impl DavClient {
             (Err(_), Some(BodyFailure::Transport(e))) => {
                 Err(transport_error("PROPFIND", &path.to_string(), &e))
             }
+            (Err(_), Some(BodyFailure::Stalled)) => Err(stalled("PROPFIND", path)),
             (Err(e), None) => Err(DavError::InvalidResponse {
                 method: "PROPFIND".into(),
                 path: path.to_string(),
@@ -690,6 +687,7 @@ impl DavClient {
             response: resp,
             method: "GET",
             path: path.to_string(),
+            stall: self.inner.progress_timeout,
         })
     }
 
@@ -728,7 +726,7 @@ impl DavClient {
                 if let Some(n) = len {
                     h.insert(reqwest::header::CONTENT_LENGTH, HeaderValue::from(n));
                 }
-                ReqBody::Stream(reqwest::Body::wrap_stream(Box::into_pin(stream)))
+                ReqBody::Stream(Box::into_pin(stream))
             }
         };
         let resp = self.send("PUT", &url, path, h, body, true).await?;
@@ -757,7 +755,7 @@ impl DavClient {
         if let Ok(v) = HeaderValue::from_str(&range) {
             h.insert(reqwest::header::CONTENT_RANGE, v);
         }
-        let body = ReqBody::Stream(reqwest::Body::wrap_stream(Box::into_pin(stream)));
+        let body = ReqBody::Stream(Box::into_pin(stream));
         let resp = self.send("PUT", &url, path, h, body, true).await?;
         let resp = check("PUT", path, resp).await?;
         Ok(response_meta(resp.headers()))
@@ -807,7 +805,7 @@ impl DavClient {
             .send("MOVE", &url, from, h, ReqBody::Empty, false)
             .await?;
         let resp = check("MOVE", from, resp).await?;
-        multistatus_failure("MOVE", from, resp).await
+        multistatus_failure("MOVE", from, resp, self.inner.progress_timeout).await
     }
 
     /// MKCOL.
@@ -837,7 +835,7 @@ impl DavClient {
             .send("DELETE", &url, path, h, ReqBody::Empty, true)
             .await?;
         let resp = check("DELETE", path, resp).await?;
-        multistatus_failure("DELETE", path, resp).await
+        multistatus_failure("DELETE", path, resp, self.inner.progress_timeout).await
     }
 
     /// MOVE `from` to `to`.
@@ -889,7 +887,7 @@ impl DavClient {
             .send(method, &url, from, h, ReqBody::Empty, false)
             .await?;
         let resp = check(method, from, resp).await?;
-        multistatus_failure(method, from, resp).await
+        multistatus_failure(method, from, resp, self.inner.progress_timeout).await
     }
 
     /// LOCK (exclusive write, depth 0).
@@ -991,6 +989,7 @@ impl DavClient {
         let mut attempt = 0u32;
         let mut url = url.clone();
         let mut hops = 0u32;
+        let mut progress = None;
         loop {
             let mut req = self.inner.http.request(m.clone(), url.clone());
             req = req.headers(headers.clone());
@@ -1013,7 +1012,11 @@ impl DavClient {
                 }
             } else {
                 match body.take() {
-                    Some(ReqBody::Stream(s)) => Some(s),
+                    Some(ReqBody::Stream(s)) => {
+                        let (b, p) = counted(s);
+                        progress = Some(p);
+                        Some(b)
+                    }
                     _ => None,
                 }
             };
@@ -1030,10 +1033,13 @@ impl DavClient {
                     Ok(r) => t.send(r).await,
                     Err(e) => Err(transport_error(method, &path.to_string(), &e)),
                 },
-                None => req
-                    .send()
-                    .await
-                    .map_err(|e| transport_error(method, &path.to_string(), &e)),
+                None => {
+                    let limit = self.inner.progress_timeout;
+                    match within_progress(req.send(), progress.take(), limit).await {
+                        Some(r) => r.map_err(|e| transport_error(method, &path.to_string(), &e)),
+                        None => Err(stalled(method, path)),
+                    }
+                }
             };
             match sent {
                 Err(err) => {
@@ -1458,11 +1464,12 @@ async fn multistatus_failure(
     method: &'static str,
     path: &DavPath,
     resp: Response,
+    stall: Duration,
 ) -> Result<(), DavError> {
     if resp.status() != StatusCode::MULTI_STATUS {
         return Ok(());
     }
-    let body = read_bounded(resp, 1024 * 1024, method, path).await?;
+    let body = read_bounded(resp, 1024 * 1024, method, path, stall).await?;
     let text = String::from_utf8_lossy(&body);
     // Any status line inside the body that is not 2xx means a member failed.
     let failed = text
@@ -1486,6 +1493,7 @@ async fn read_bounded(
     limit: usize,
     method: &'static str,
     path: &DavPath,
+    stall: Duration,
 ) -> Result<Vec<u8>, DavError> {
     if let Some(len) = resp.content_length()
         && len > limit as u64
@@ -1494,11 +1502,13 @@ async fn read_bounded(
     }
     let mut out =
         Vec::with_capacity(resp.content_length().unwrap_or(8192).min(limit as u64) as usize);
-    while let Some(c) = resp
-        .chunk()
-        .await
-        .map_err(|e| transport_error(method, &path.to_string(), &e))?
-    {
+    loop {
+        let c = match tokio::time::timeout(stall, resp.chunk()).await {
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(transport_error(method, &path.to_string(), &e)),
+            Err(_) => return Err(stalled(method, path)),
+        };
         if out.len() + c.len() > limit {
             return Err(too_large(method, path, limit));
         }
@@ -1511,6 +1521,8 @@ async fn read_bounded(
 enum BodyFailure {
     TooLarge,
     Transport(reqwest::Error),
+    /// No byte for the progress timeout.
+    Stalled,
 }
 
 /// A response body as `AsyncBufRead`, for parsers that work while it downloads. At most
@@ -1522,16 +1534,23 @@ struct BodyReader {
     total: usize,
     limit: usize,
     failure: Option<BodyFailure>,
+    /// How long the body may go without a byte, and the timer for the wait in progress.
+    stall: Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
 }
 
 impl BodyReader {
-    fn new(resp: Response, limit: usize) -> Self {
+    fn new(resp: Response, limit: usize, stall: Duration) -> Self {
         BodyReader {
             stream: Box::pin(resp.bytes_stream()),
             chunk: Bytes::new(),
             total: 0,
             limit,
             failure: None,
+            stall,
+            timer: Box::pin(tokio::time::sleep(stall)),
+            armed: false,
         }
     }
 }
@@ -1547,7 +1566,22 @@ impl tokio::io::AsyncBufRead for BodyReader {
             if this.failure.is_some() {
                 return Poll::Ready(Err(std::io::Error::other("the body failed")));
             }
-            match this.stream.as_mut().poll_next(cx) {
+            let next = this.stream.as_mut().poll_next(cx);
+            if next.is_pending() {
+                if !this.armed {
+                    let at = tokio::time::Instant::now() + this.stall;
+                    this.timer.as_mut().reset(at);
+                    this.armed = true;
+                }
+                if std::future::Future::poll(this.timer.as_mut(), cx).is_ready() {
+                    this.armed = false;
+                    this.failure = Some(BodyFailure::Stalled);
+                    continue;
+                }
+                return Poll::Pending;
+            }
+            this.armed = false;
+            match next {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(Ok(&[])),
                 Poll::Ready(Some(Err(e))) => this.failure = Some(BodyFailure::Transport(e)),
@@ -1588,6 +1622,74 @@ impl tokio::io::AsyncRead for BodyReader {
         };
         self.consume(n);
         std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A request or response that made no progress for the progress timeout (`--timeout`).
+fn stalled(method: &str, path: &DavPath) -> DavError {
+    stalled_at(method, &path.to_string())
+}
+
+fn stalled_at(method: &str, path: &str) -> DavError {
+    DavError::Transport {
+        method: method.into(),
+        path: path.into(),
+        kind: TransportKind::Timeout,
+        detail: "no progress within the timeout (--timeout)".into(),
+    }
+}
+
+/// A streamed request body as reqwest takes it, and a counter of its progress: bytes taken,
+/// plus one when it ends.
+fn counted(
+    stream: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>,
+) -> (reqwest::Body, Arc<AtomicU64>) {
+    let taken = Arc::new(AtomicU64::new(0));
+    let counter = taken.clone();
+    let body = futures_util::stream::unfold(Some((stream, counter)), |st| async move {
+        let (mut s, c) = st?;
+        match futures_util::StreamExt::next(&mut s).await {
+            Some(item) => {
+                if let Ok(b) = &item {
+                    c.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
+                Some((item, Some((s, c))))
+            }
+            None => {
+                c.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    });
+    (reqwest::Body::wrap_stream(body), taken)
+}
+
+/// Runs `fut` (a request, until its response head) as long as it makes progress: with a
+/// streamed body, as long as the HTTP library keeps taking bytes (a long upload is never
+/// cut) and then for `limit` after the body's end; without one, for `limit`. `None`: no
+/// progress for `limit`.
+async fn within_progress<F: std::future::Future>(
+    fut: F,
+    progress: Option<Arc<AtomicU64>>,
+    limit: Duration,
+) -> Option<F::Output> {
+    let Some(p) = progress else {
+        return tokio::time::timeout(limit, fut).await.ok();
+    };
+    let watchdog = async {
+        let mut seen = p.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(limit).await;
+            let now = p.load(Ordering::Relaxed);
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    };
+    tokio::select! {
+        r = fut => Some(r),
+        () = watchdog => None,
     }
 }
 

@@ -12,12 +12,10 @@
 //! [`Follower`] then uploads behind the writer, from the journal, as the journal fills.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -176,6 +174,8 @@ pub struct Resume {
     /// The end of the furthest segment ever sent (a failed one may have left bytes up to
     /// there): a file that became shorter must start again from 0.
     pub extent: u64,
+    /// A MOVE into place was sent: if its answer was lost, it may have happened.
+    pub moving: bool,
 }
 
 impl Resume {
@@ -184,6 +184,7 @@ impl Resume {
             temp,
             acked: 0,
             extent: 0,
+            moving: false,
         }
     }
 
@@ -219,48 +220,20 @@ async fn send_segment(
         .await
         .map_err(local_err)?;
     let len = end - start;
-    // Bytes the HTTP library took from the body so far: a server that stops reading
-    // without closing the connection would otherwise hold the request forever (the
-    // library's own timeout covers reading the answer, not sending the body).
-    let taken = Arc::new(AtomicU64::new(0));
-    let counter = taken.clone();
-    let body = read_stream(tokio::io::AsyncReadExt::take(file, len)).inspect(move |c| {
-        if let Ok(b) = c {
-            counter.fetch_add(b.len() as u64, Ordering::Relaxed);
-        }
-    });
-    let body = Box::new(body);
-    let request = async {
-        if start == 0 {
-            let pre = Preconditions::default();
-            let body = PutBody::Stream {
-                stream: body,
-                len: Some(len),
-            };
-            client.put(temp, body, &pre).await.map(drop)
-        } else {
-            client.put_range(temp, start, len, body).await.map(drop)
-        }
-    };
-    let limit = client.progress_timeout();
-    let watchdog = async {
-        let mut seen = 0;
-        loop {
-            tokio::time::sleep(limit).await;
-            let now = taken.load(Ordering::Relaxed);
-            if now == seen && now < len {
-                return;
-            }
-            seen = now;
-        }
-    };
-    tokio::select! {
-        r = request => Ok(r?),
-        () = watchdog => Err(VfsError::new(
-            ErrorKind::TimedOut,
-            format!("PUT {temp}: the server stopped taking the upload"),
-        )),
+    // A server that stops taking the body, or does not answer after it, is given up after
+    // the client's progress timeout (`--timeout`); a slow one that keeps going is not.
+    let body = Box::new(read_stream(tokio::io::AsyncReadExt::take(file, len)));
+    if start == 0 {
+        let pre = Preconditions::default();
+        let body = PutBody::Stream {
+            stream: body,
+            len: Some(len),
+        };
+        client.put(temp, body, &pre).await?;
+    } else {
+        client.put_range(temp, start, len, body).await?;
     }
+    Ok(())
 }
 
 /// Sends `[resume.acked, end)` in segments of `seg` bytes, each retried on its own after a
@@ -314,6 +287,10 @@ pub async fn send_range(
                 if start > 0 && lost_start(client, &resume.temp, start).await {
                     tracing::info!(temp = %resume.temp, "the server lost the upload's start; sending all of it again");
                     resume.acked = 0;
+                    report(Progress {
+                        acked: 0,
+                        failing: true,
+                    });
                 }
             }
             Err(e) => return Err(e),
@@ -324,7 +301,7 @@ pub async fn send_range(
 
 /// Whether the server answers that the temporary file is gone or shorter than `start`
 /// (an unreachable server says nothing: the upload resumes where it was).
-async fn lost_start(client: &DavClient, temp: &DavPath, start: u64) -> bool {
+pub async fn lost_start(client: &DavClient, temp: &DavPath, start: u64) -> bool {
     match client.head(temp).await {
         Ok(m) => m.content_length.is_some_and(|n| n < start),
         Err(e) => e.kind() == ErrorKind::NotFound,
@@ -337,10 +314,11 @@ async fn lost_start(client: &DavClient, temp: &DavPath, start: u64) -> bool {
 /// MOVE is repeated without it.
 pub async fn finish(
     client: &DavClient,
-    resume: &Resume,
+    resume: &mut Resume,
     target: &DavPath,
     pre: &Preconditions,
 ) -> VfsResult<ResponseMeta> {
+    resume.moving = true;
     let mut moved = client.move_onto(&resume.temp, target, pre).await;
     if let Err(e) = &moved
         && e.status() == Some(412)
@@ -369,7 +347,9 @@ pub async fn finish(
         }
         Err(e) => return Err(e.into()),
     }
-    Ok(client.head(target).await?)
+    // In place: whatever the HEAD says, the upload is done (without an entity tag, the next
+    // overwrite goes without If-Match).
+    Ok(client.head(target).await.unwrap_or_default())
 }
 
 /// Deletes a temporary upload that will not be finished (best effort, bounded).
@@ -506,6 +486,7 @@ impl Follower {
             temp: self.temp.clone(),
             acked,
             extent: acked.saturating_add(self.seg),
+            moving: false,
         }
     }
 

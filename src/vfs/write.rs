@@ -483,6 +483,13 @@ async fn delete_version(client: &DavClient, path: &DavPath, tag: &str) -> bool {
     }
 }
 
+/// Stops a follower where it is; it never sent past `size` bytes (the file's size now).
+fn stopped(f: Follower, size: u64) -> Resume {
+    let mut r = f.stop();
+    r.extent = r.extent.min(size);
+    r
+}
+
 /// Whether a failed upload should be retried from the local copy rather than given up.
 fn transient(e: &VfsError) -> bool {
     matches!(
@@ -636,7 +643,7 @@ impl WriteHandle {
         }
         if let Some(g) = st.segmented.take() {
             // Its temporary file goes at release.
-            st.resume = Some(g.follower.stop());
+            st.resume = Some(stopped(g.follower, st.size));
         }
         st.dirty = false;
     }
@@ -713,7 +720,7 @@ impl WriteHandle {
                     format!("{}: cannot keep the written data: {e}", self.path()),
                 ));
             }
-            st.resume = Some(seg.follower.stop());
+            st.resume = Some(stopped(seg.follower, st.size));
         }
         if let Some(s) = st.stream.take() {
             tracing::debug!(path = %self.path(), size = st.size, "streaming stops; spooling");
@@ -756,10 +763,25 @@ impl WriteHandle {
         let mut pause = std::time::Duration::from_millis(25);
         for _ in 0..7 {
             match self.look_at_partial(client, &path, st).await {
+                // An empty file proves nothing: anyone may have emptied it. (For a new
+                // file, an empty one at its name is taken as ours: in-place servers create
+                // it before the first byte arrives.)
+                Partial::Ours(_, 0) if !st.pre.if_none_match_any => return,
+                Partial::Ours(Some(tag), _) if tag.starts_with("W/") => {
+                    // A tag that is weak now (Apache: changed within the last second)
+                    // becomes strong a second later; look again then.
+                    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+                }
                 Partial::Ours(etag, _) => {
+                    if etag.is_none() && !st.pre.if_none_match_any {
+                        // An overwrite must stay conditional: without a tag to name our part
+                        // by, the conflict stands.
+                        tracing::debug!(path = %path, "our part has no entity tag; not adopting it");
+                        return;
+                    }
                     tracing::debug!(path = %path, "the server kept part of our upload; replacing it");
                     st.pre = Preconditions {
-                        if_match: etag.filter(|t| !t.starts_with("W/")),
+                        if_match: etag,
                         lock_token: st.pre.lock_token.clone(),
                         ..Default::default()
                     };
@@ -854,7 +876,7 @@ impl WriteHandle {
                 abort_stream(s).await;
             }
             if let Some(g) = st.segmented.take() {
-                st.resume = Some(g.follower.stop());
+                st.resume = Some(stopped(g.follower, st.size));
             }
             st.failed = Some(err.clone());
             return Err(err);
@@ -1354,6 +1376,14 @@ impl WriteHandle {
                 Err(_) => self.adopt_partial(client, st).await,
             }
         }
+        let seg = self.segments.as_ref().map_or(0, |p| p.size());
+        if st.size <= seg
+            && let Some(r) = st.resume.take()
+        {
+            // The file became small (truncated while open): one PUT; the temporary upload
+            // goes.
+            segments::discard(client, &r).await;
+        }
         let segmented = match (&result, &self.segments) {
             (None, _) if st.resume.is_some() => true,
             (None, Some(p)) if st.size > p.size() => {
@@ -1463,9 +1493,31 @@ impl WriteHandle {
     ) -> VfsResult<ResponseMeta> {
         let seg = self.segments.as_ref().map_or(u64::MAX, |p| p.size());
         let target = self.path();
+        if r.moving {
+            // The last attempt sent the MOVE and lost its answer: if the temporary file is
+            // gone and the target has our size, the MOVE happened.
+            let temp_gone =
+                matches!(client.head(&r.temp).await, Err(e) if e.kind() == ErrorKind::NotFound);
+            if temp_gone
+                && let Ok(meta) = client.head(&target).await
+                && meta.content_length == Some(st.size)
+            {
+                return Ok(meta);
+            }
+            r.moving = false;
+        }
+        if r.acked > 0 && segments::lost_start(client, &r.temp, r.acked).await {
+            // Resuming into a temporary file that lost bytes would leave a hole of zeros.
+            tracing::info!(temp = %r.temp, "the server lost the upload's start; sending all of it again");
+            r.acked = 0;
+        }
         for attempt in 0..2 {
             segments::send_range(client, &st.file_path, r, st.size, seg, retries, &|_| {}).await?;
-            let there = client.head(&r.temp).await?.content_length;
+            let there = match client.head(&r.temp).await {
+                Ok(m) => m.content_length,
+                Err(e) if e.kind() == ErrorKind::NotFound => Some(u64::MAX),
+                Err(e) => return Err(e.into()),
+            };
             if there.is_none_or(|n| n == st.size) {
                 break;
             }

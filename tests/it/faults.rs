@@ -589,3 +589,52 @@ fn cut_segments_are_resent_alone_and_the_file_appears_whole() {
     assert!(crate::mount_write::recovered(cache.path()).is_empty());
     assert!(m.unmount().success());
 }
+
+/// `--timeout` bounds a transfer that makes no progress, never one that is slow: uploads
+/// over a slow link take many times the timeout and arrive whole, in one PUT and in
+/// segments.
+#[test]
+fn slow_uploads_are_not_cut_by_the_progress_timeout() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("fault-slow");
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/fault-slow/", proxy.port);
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    for (name, segment) in [("one-put.bin", "0"), ("segments.bin", "2")] {
+        let m = Mount::new(
+            &url,
+            &[
+                "--cache-dir",
+                &cache_arg,
+                "--timeout",
+                "1",
+                "--segment-size",
+                segment,
+            ],
+        );
+        // Settle the probes at full speed.
+        std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
+        proxy.limit_uploads(2 << 20);
+        let data = pattern(10 << 20, 5);
+        let p = m.path().join(name);
+        let d = data.clone();
+        let start = Instant::now();
+        let r = bounded(Duration::from_secs(60), move || std::fs::write(&p, &d));
+        let took = start.elapsed();
+        proxy.limit_uploads(0);
+        r.unwrap_or_else(|e| panic!("{name}: a slow upload failed after {took:?}: {e}"));
+        assert!(
+            took > Duration::from_secs(2),
+            "{name}: the link was not slow ({took:?}): the test proves nothing"
+        );
+        assert!(
+            std::fs::read(dir.join(name)).expect("on the server") == data,
+            "{name}: the server has different bytes"
+        );
+        assert!(m.unmount().success());
+    }
+}

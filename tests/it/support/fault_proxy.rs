@@ -15,7 +15,9 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -40,6 +42,9 @@ pub struct FaultProxy {
     pub port: u16,
     faults: Arc<Mutex<VecDeque<Fault>>>,
     connections: Arc<Mutex<usize>>,
+    /// Bytes per second forwarded from clients to the server, on every connection (0: no
+    /// limit).
+    upload_rate: Arc<AtomicUsize>,
 }
 
 impl FaultProxy {
@@ -49,21 +54,29 @@ impl FaultProxy {
         let port = listener.local_addr().expect("addr").port();
         let faults: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
         let connections: Arc<Mutex<usize>> = Arc::default();
-        let (f, c) = (faults.clone(), connections.clone());
+        let upload_rate: Arc<AtomicUsize> = Arc::default();
+        let (f, c, u) = (faults.clone(), connections.clone(), upload_rate.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if let Ok(mut n) = c.lock() {
                     *n += 1;
                 }
                 let faults = f.clone();
-                std::thread::spawn(move || serve(client, upstream, faults));
+                let rate = u.clone();
+                std::thread::spawn(move || serve(client, upstream, faults, rate));
             }
         });
         FaultProxy {
             port,
             faults,
             connections,
+            upload_rate,
         }
+    }
+
+    /// Limits what clients send to `bytes_per_sec` (0: no limit), like a slow uplink.
+    pub fn limit_uploads(&self, bytes_per_sec: usize) {
+        self.upload_rate.store(bytes_per_sec, Ordering::Relaxed);
     }
 
     /// Queues faults for the next connections, in order.
@@ -123,7 +136,12 @@ fn reset(s: &TcpStream) {
     }
 }
 
-fn serve(client: TcpStream, upstream: u16, faults: Arc<Mutex<VecDeque<Fault>>>) {
+fn serve(
+    client: TcpStream,
+    upstream: u16,
+    faults: Arc<Mutex<VecDeque<Fault>>>,
+    upload_rate: Arc<AtomicUsize>,
+) {
     // A fault for the answer, armed when its request goes out, taken when the answer starts.
     let armed: Arc<Mutex<Option<Fault>>> = Arc::default();
     let arm = armed.clone();
@@ -173,6 +191,10 @@ fn serve(client: TcpStream, upstream: u16, faults: Arc<Mutex<VecDeque<Fault>>>) 
             let n = n.min(up_limit - forwarded);
             if s_write.write_all(&buf[..n]).is_err() {
                 break;
+            }
+            let rate = upload_rate.load(Ordering::Relaxed);
+            if rate > 0 {
+                std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
             }
             forwarded += n;
             if forwarded >= up_limit {
