@@ -83,6 +83,9 @@ pub struct Listing {
     /// Local names in server order.
     pub order: Vec<(String, Ino)>,
     pub by_name: FastMap<String, Ino>,
+    /// Entries not shown (uploads in progress to temporary names): the directory is not
+    /// empty for rmdir even when `order` is.
+    pub hidden: usize,
 }
 
 #[derive(Debug)]

@@ -207,6 +207,7 @@ struct Gathered {
     metas: Vec<(Ino, Meta)>,
     order: Vec<(String, Ino)>,
     by_name: FastMap<String, Ino>,
+    hidden: usize,
 }
 
 impl Gathered {
@@ -219,6 +220,7 @@ impl Gathered {
             metas: Vec::new(),
             order: Vec::new(),
             by_name: FastMap::default(),
+            hidden: 0,
         }
     }
 }
@@ -499,7 +501,7 @@ impl Vfs {
                 n.meta = Some(meta);
             }
         }
-        let (mut order, mut by_name) = (acc.order, acc.by_name);
+        let (mut order, mut by_name, hidden) = (acc.order, acc.by_name, acc.hidden);
         let old: Vec<(String, Ino)> = t
             .get(dir)
             .and_then(|n| n.listing.as_ref())
@@ -566,6 +568,7 @@ impl Vfs {
             fetched: now,
             order,
             by_name,
+            hidden,
         };
         if let Some(n) = t.get_mut(dir) {
             n.listing = Some(listing.clone());
@@ -615,6 +618,7 @@ impl Vfs {
         };
         if server_name.starts_with(segments::PART_PREFIX) {
             // An upload in progress (ours or another davdrive's), not a file yet.
+            acc.hidden += 1;
             return;
         }
         let mut local = self.cfg.names.to_local(server_name);

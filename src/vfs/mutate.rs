@@ -664,6 +664,7 @@ impl Vfs {
                 fetched: Instant::now(),
                 order: Vec::new(),
                 by_name: Default::default(),
+                hidden: 0,
             });
             n.lookups += 1;
         }
@@ -723,10 +724,15 @@ impl Vfs {
             ));
         }
         let listing = self.listing(ino).await?;
-        if !listing.order.is_empty() {
+        if !listing.order.is_empty() || listing.hidden > 0 {
+            let why = if listing.order.is_empty() {
+                " (an upload to it is in progress: a hidden .davdrive-part-* file)"
+            } else {
+                ""
+            };
             return Err(VfsError::new(
                 ErrorKind::NotEmpty,
-                format!("{name}: directory not empty"),
+                format!("{name}: directory not empty{why}"),
             ));
         }
         let path = self.path_of(ino)?;
@@ -788,7 +794,8 @@ impl Vfs {
                 }
                 (FileKind::Directory, FileKind::Directory) => {
                     self.drop_listing(dst);
-                    if !self.listing(dst).await?.order.is_empty() {
+                    let l = self.listing(dst).await?;
+                    if !l.order.is_empty() || l.hidden > 0 {
                         return Err(VfsError::new(
                             ErrorKind::NotEmpty,
                             format!("{to}: directory not empty"),

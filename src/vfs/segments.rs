@@ -411,8 +411,8 @@ impl Follower {
                         _ => {}
                     }
                     tokio::select! {
-                        r = written.changed() => if r.is_err() && end_rx.borrow().is_none() {
-                            // The journal is gone and no end will come: the session is over.
+                        r = written.changed() => if r.is_err() {
+                            // The journal is gone: nothing more will arrive.
                             let e = VfsError::new(ErrorKind::Io, "the journal closed");
                             return (resume, Err(e));
                         },

@@ -245,6 +245,8 @@ struct State {
     may_segment: bool,
     /// When the last round of segment retries failed.
     failed_round: Option<std::time::Instant>,
+    /// `pre` names a part of our own upload the server kept (see `adopt_partial`).
+    adopted: bool,
 }
 
 /// What stands on the server after an upload of ours broke (see `adopt_partial`).
@@ -284,6 +286,7 @@ impl State {
             resume: None,
             may_segment: true,
             failed_round: None,
+            adopted: false,
         }
     }
 }
@@ -674,12 +677,8 @@ impl WriteHandle {
     ) -> VfsResult<()> {
         let mut st = self.state.lock().await;
         let from = self.path();
-        if let Some(c) = self.stop_streaming(&mut st).await
-            && let Partial::Ours(Some(tag), len) = self.look_at_partial(&c, &from, &st).await
-            && len > 0
-        {
-            tracing::info!(path = %from, "deleting the part of an upload given up by a rename");
-            delete_version(client, &from, &tag).await;
+        if let Some(c) = self.stop_streaming(&mut st).await {
+            self.remove_partial(&c, &from, &mut st).await;
         }
         if !st.local {
             match client.move_to(&from, &to, false, overwrite).await {
@@ -745,6 +744,23 @@ impl WriteHandle {
         None
     }
 
+    /// Deletes the part of our given-up PUT that the server kept at `path` (see
+    /// `look_at_partial`), if any; the session's preconditions then create the file anew.
+    async fn remove_partial(&self, client: &DavClient, path: &DavPath, st: &mut State) {
+        if let Partial::Ours(Some(tag), len) = self.look_at_partial(client, path, st).await
+            && len > 0
+        {
+            tracing::debug!(path = %path, len, "deleting the part of a given-up upload");
+            if delete_version(client, path, &tag).await {
+                st.pre = Preconditions {
+                    if_none_match_any: true,
+                    lock_token: st.pre.lock_token.clone(),
+                    ..Default::default()
+                };
+            }
+        }
+    }
+
     /// A PUT of ours ended without success and the data will be sent again. Servers that
     /// write a PUT body in place (dav-server's LocalFs and others) then hold the part that
     /// arrived, as a new version, and the retry's preconditions would call our own part a
@@ -780,6 +796,7 @@ impl WriteHandle {
                         return;
                     }
                     tracing::debug!(path = %path, "the server kept part of our upload; replacing it");
+                    st.adopted = true;
                     st.pre = Preconditions {
                         if_match: etag,
                         lock_token: st.pre.lock_token.clone(),
@@ -911,7 +928,12 @@ impl WriteHandle {
                 return;
             }
         };
-        self.to_spool(st).await;
+        if let Some(c) = self.stop_streaming(st).await {
+            // A server that writes bodies in place kept the start of the given-up PUT under
+            // the real name: it goes, so that no reader sees a half file there. The name is
+            // then free, and the MOVE at the end creates the file.
+            self.remove_partial(&c, &path, st).await;
+        }
         if st.failed.is_some() {
             return;
         }
@@ -951,7 +973,6 @@ impl WriteHandle {
                 st.failed = Some(e.clone());
                 return Err(e);
             }
-            st.failed_round = Some(std::time::Instant::now());
             tracing::info!(path = %self.path(), "segmented upload paused ({e}); the rest goes at close");
         }
         Ok(())
@@ -960,8 +981,7 @@ impl WriteHandle {
     /// Waits while the writer is more than two segments ahead of a server that is taking
     /// the upload, so that the writer's progress stays the upload's progress. While the
     /// upload fails and pauses before trying again, the writer goes on into the journal: the
-    /// upload catches up from there. Bounded: a follower that makes no progress for `stall`
-    /// is stopped, and the writer goes on into the spool.
+    /// upload catches up from there. Each wait is bounded by `stall`.
     async fn segment_backpressure(&self, st: &mut State) {
         let Some(g) = &mut st.segmented else {
             return;
@@ -981,9 +1001,10 @@ impl WriteHandle {
         })
         .await;
         if waited.is_err() {
-            // The follower is stuck: stop it; the rest goes (resumed) at flush.
-            tracing::info!(path = %self.path(), "the segmented upload makes no progress; the rest goes at close");
-            self.to_spool(st).await;
+            // A slow link (a segment taking longer than `stall`): let this write through.
+            // A stuck request fails by the client's progress timeout, and the follower then
+            // reports `failing`.
+            tracing::debug!(path = %self.path(), "the segmented upload is slow");
         }
     }
 
@@ -1406,22 +1427,32 @@ impl WriteHandle {
             None => {
                 let mut last = None;
                 let mut meta = None;
-                // Two attempts from the local copy: a dropped connection is retried once.
-                for attempt in 0..2 {
-                    if attempt > 0 {
-                        self.adopt_partial(client, st).await;
-                    }
+                // From the local copy: a dropped connection is retried once. A 412 right
+                // after we adopted our own part (see `adopt_partial`) means the server was
+                // still writing that part: look again, at most twice.
+                let (mut dropped, mut still_writing) = (1, 2);
+                loop {
                     match self.put_file(client, st).await {
                         Ok(m) => {
                             meta = Some(m);
                             break;
                         }
                         Err(e) => {
-                            let retry = transient(&e);
+                            let retry = if transient(&e) && dropped > 0 {
+                                dropped -= 1;
+                                true
+                            } else if e.kind == ErrorKind::Stale && st.adopted && still_writing > 0
+                            {
+                                still_writing -= 1;
+                                true
+                            } else {
+                                false
+                            };
                             last = Some(e);
                             if !retry {
                                 break;
                             }
+                            self.adopt_partial(client, st).await;
                         }
                     }
                 }

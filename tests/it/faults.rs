@@ -587,6 +587,15 @@ fn cut_segments_are_resent_alone_and_the_file_appears_whole() {
         m.log()
     );
     assert!(crate::mount_write::recovered(cache.path()).is_empty());
+    // A folder holding only another client's upload in progress looks empty, but rmdir
+    // (a recursive DELETE on the server) must not take that upload with it.
+    std::fs::create_dir(dir.join("busy")).expect("mkdir on the server");
+    std::fs::write(dir.join("busy/.davdrive-part-1-2-3"), b"someone's upload").expect("part");
+    apache::give_to_server(&dir);
+    assert_eq!(names(&m.path().join("busy")), Vec::<String>::new());
+    let e = std::fs::remove_dir(m.path().join("busy")).expect_err("rmdir of a busy folder");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{e}");
+    assert!(dir.join("busy/.davdrive-part-1-2-3").exists());
     assert!(m.unmount().success());
 }
 
