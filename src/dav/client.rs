@@ -1013,7 +1013,11 @@ impl DavClient {
             } else {
                 match body.take() {
                     Some(ReqBody::Stream(s)) => {
-                        let (b, p) = counted(s);
+                        let len = headers
+                            .get(reqwest::header::CONTENT_LENGTH)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok());
+                        let (b, p) = counted(s, len);
                         progress = Some(p);
                         Some(b)
                     }
@@ -1639,49 +1643,76 @@ fn stalled_at(method: &str, path: &str) -> DavError {
     }
 }
 
-/// A streamed request body as reqwest takes it, and a counter of its progress: bytes taken,
-/// plus one when it ends.
+/// How far a streamed request body is: bytes taken by the HTTP library, and whether all of
+/// it was taken (its end, or `len` bytes: with a length, the library stops asking at the
+/// last byte).
+struct BodyProgress {
+    taken: AtomicU64,
+    done: std::sync::atomic::AtomicBool,
+    /// The library asked for more and the body's source has none yet (a program writing
+    /// slowly into a streaming upload): waiting on us, not on the server.
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+/// A streamed request body as reqwest takes it, and its progress.
 fn counted(
     stream: std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>,
-) -> (reqwest::Body, Arc<AtomicU64>) {
-    let taken = Arc::new(AtomicU64::new(0));
-    let counter = taken.clone();
-    let body = futures_util::stream::unfold(Some((stream, counter)), |st| async move {
-        let (mut s, c) = st?;
-        match futures_util::StreamExt::next(&mut s).await {
+    len: Option<u64>,
+) -> (reqwest::Body, Arc<BodyProgress>) {
+    let progress = Arc::new(BodyProgress {
+        taken: AtomicU64::new(0),
+        done: false.into(),
+        waiting: false.into(),
+    });
+    let p = progress.clone();
+    let body = futures_util::stream::unfold(Some((stream, p)), move |st| async move {
+        let (mut s, p) = st?;
+        p.waiting.store(true, Ordering::Relaxed);
+        let next = futures_util::StreamExt::next(&mut s).await;
+        p.waiting.store(false, Ordering::Relaxed);
+        match next {
             Some(item) => {
                 if let Ok(b) = &item {
-                    c.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    let now = p.taken.fetch_add(b.len() as u64, Ordering::Relaxed) + b.len() as u64;
+                    if len.is_some_and(|n| now >= n) {
+                        p.done.store(true, Ordering::Relaxed);
+                    }
                 }
-                Some((item, Some((s, c))))
+                Some((item, Some((s, p))))
             }
             None => {
-                c.fetch_add(1, Ordering::Relaxed);
+                p.done.store(true, Ordering::Relaxed);
                 None
             }
         }
     });
-    (reqwest::Body::wrap_stream(body), taken)
+    (reqwest::Body::wrap_stream(body), progress)
 }
 
 /// Runs `fut` (a request, until its response head) as long as it makes progress: with a
 /// streamed body, as long as the HTTP library keeps taking bytes (a long upload is never
-/// cut) and then for `limit` after the body's end; without one, for `limit`. `None`: no
-/// progress for `limit`.
+/// cut), then for `AFTER_BODY` times `limit` once it took the last one (the socket's
+/// buffers may still be draining over a slow link); without one, for `limit`. `None`: no
+/// progress.
 async fn within_progress<F: std::future::Future>(
     fut: F,
-    progress: Option<Arc<AtomicU64>>,
+    progress: Option<Arc<BodyProgress>>,
     limit: Duration,
 ) -> Option<F::Output> {
+    const AFTER_BODY: u32 = 4;
     let Some(p) = progress else {
         return tokio::time::timeout(limit, fut).await.ok();
     };
     let watchdog = async {
-        let mut seen = p.load(Ordering::Relaxed);
+        let mut seen = p.taken.load(Ordering::Relaxed);
         loop {
             tokio::time::sleep(limit).await;
-            let now = p.load(Ordering::Relaxed);
-            if now == seen {
+            if p.done.load(Ordering::Relaxed) {
+                tokio::time::sleep(limit * (AFTER_BODY - 1)).await;
+                return;
+            }
+            let now = p.taken.load(Ordering::Relaxed);
+            if now == seen && !p.waiting.load(Ordering::Relaxed) {
                 return;
             }
             seen = now;

@@ -34,8 +34,10 @@ use super::client::ProxyConfig;
 use super::error::{DavError, TransportKind};
 use super::ntlm;
 
-/// A stream whose reads fail with `TimedOut` when no byte arrives for `limit` (the same
-/// progress timeout the main client applies; a transfer that keeps moving is never cut).
+/// A stream whose reads fail with `TimedOut` when nothing moves for `limit`: no byte arrives
+/// and none is sent (the same progress timeout the main client applies; a transfer that
+/// keeps moving is never cut). The HTTP library waits for the answer while it still sends
+/// the request body: bytes sent count as progress, or a long upload would be cut.
 struct Timed<T> {
     io: T,
     limit: Duration,
@@ -93,7 +95,13 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Timed<T> {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        let this = &mut *self;
+        let r = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) && this.armed {
+            let at = tokio::time::Instant::now() + this.limit;
+            this.sleep.as_mut().reset(at);
+        }
+        r
     }
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,

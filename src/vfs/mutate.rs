@@ -723,6 +723,8 @@ impl Vfs {
                 format!("{name}: not a directory"),
             ));
         }
+        // DELETE of a collection is recursive: decide on a fresh listing.
+        self.drop_listing(ino);
         let listing = self.listing(ino).await?;
         if !listing.order.is_empty() || listing.hidden > 0 {
             let why = if listing.order.is_empty() {

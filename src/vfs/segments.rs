@@ -191,6 +191,8 @@ impl Resume {
     /// Bytes from `offset` on changed: they must be sent again.
     pub fn changed_from(&mut self, offset: u64) {
         self.acked = self.acked.min(offset);
+        // A MOVE whose answer was lost carried other bytes: it proves nothing any more.
+        self.moving = false;
     }
 }
 

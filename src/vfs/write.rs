@@ -691,6 +691,7 @@ impl WriteHandle {
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = to;
         if !st.local {
             st.dirty = true;
+            st.adopted = false;
             st.pre = Preconditions {
                 lock_token: st.pre.lock_token.clone(),
                 ..Default::default()
@@ -746,19 +747,38 @@ impl WriteHandle {
 
     /// Deletes the part of our given-up PUT that the server kept at `path` (see
     /// `look_at_partial`), if any; the session's preconditions then create the file anew.
+    /// When it cannot be deleted (still changing, no usable tag, the DELETE failed), it is
+    /// adopted instead, so that the next upload replaces it.
     async fn remove_partial(&self, client: &DavClient, path: &DavPath, st: &mut State) {
-        if let Partial::Ours(Some(tag), len) = self.look_at_partial(client, path, st).await
-            && len > 0
-        {
-            tracing::debug!(path = %path, len, "deleting the part of a given-up upload");
-            if delete_version(client, path, &tag).await {
-                st.pre = Preconditions {
-                    if_none_match_any: true,
-                    lock_token: st.pre.lock_token.clone(),
-                    ..Default::default()
-                };
+        // Only where we know which version we expected: anything else is not provably ours.
+        if !(st.pre.if_none_match_any || st.pre.if_match.is_some()) || st.local {
+            return;
+        }
+        let mut pause = std::time::Duration::from_millis(25);
+        for _ in 0..7 {
+            match self.look_at_partial(client, path, st).await {
+                Partial::Changing => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Partial::Ours(Some(tag), len) if len > 0 => {
+                    tracing::debug!(path = %path, len, "deleting the part of a given-up upload");
+                    if delete_version(client, path, &tag).await {
+                        st.adopted = false;
+                        st.pre = Preconditions {
+                            if_none_match_any: true,
+                            lock_token: st.pre.lock_token.clone(),
+                            ..Default::default()
+                        };
+                        return;
+                    }
+                    break;
+                }
+                Partial::Ours(..) => break,
+                Partial::NotOurs(_) => return,
             }
         }
+        self.adopt_partial(client, st).await;
     }
 
     /// A PUT of ours ended without success and the data will be sent again. Servers that
@@ -1470,6 +1490,7 @@ impl WriteHandle {
             }
         };
         st.dirty = false;
+        st.adopted = false;
         // From now on we overwrite our own version.
         st.pre = Preconditions {
             if_match: meta.etag.clone().filter(|t| !t.starts_with("W/")),
@@ -1529,9 +1550,12 @@ impl WriteHandle {
             // gone and the target has our size, the MOVE happened.
             let temp_gone =
                 matches!(client.head(&r.temp).await, Err(e) if e.kind() == ErrorKind::NotFound);
+            let strong = |t: &str| t.trim_start_matches("W/").to_owned();
             if temp_gone
                 && let Ok(meta) = client.head(&target).await
                 && meta.content_length == Some(st.size)
+                && (meta.etag.as_deref().map(strong) != st.pre.if_match.as_deref().map(strong)
+                    || st.pre.if_match.is_none())
             {
                 return Ok(meta);
             }
