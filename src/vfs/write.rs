@@ -53,6 +53,8 @@ struct Streaming {
     /// dropped sender alone never ends it. Abandoning is [`abort_stream`]'s job, which also
     /// checks whether the server stored the upload anyway.
     complete: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by [`abort_stream`]: the body yields nothing more, not even what is queued.
+    abandoned: Arc<std::sync::atomic::AtomicBool>,
     /// Where the upload goes, and the client to clean up with (see [`abort_stream`]).
     client: DavClient,
     path: DavPath,
@@ -265,6 +267,14 @@ struct Segmented {
 }
 
 impl State {
+    /// Replaces the preconditions of our next upload, keeping our lock token.
+    fn expect(&mut self, pre: Preconditions) {
+        self.pre = Preconditions {
+            lock_token: self.pre.lock_token.take(),
+            ..pre
+        };
+    }
+
     /// A session of `size` bytes in `file`, nothing streaming, nothing written yet, the
     /// server's version not fetched (unless the caller says otherwise).
     fn new(file: std::fs::File, file_path: PathBuf, size: u64, pre: Preconditions) -> Self {
@@ -380,12 +390,18 @@ fn start_stream(
     let journal = JournalWriter::start(file.try_clone()?, 0)?;
     let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
     let complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let done = complete.clone();
-    let body = futures_util::stream::unfold((rx, done), |(mut rx, done)| async move {
-        match rx.recv().await {
-            Some(item) => Some((item, (rx, done))),
+    let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done, gone) = (complete.clone(), abandoned.clone());
+    let body = futures_util::stream::unfold((rx, done, gone), |(mut rx, done, gone)| async move {
+        let item = rx.recv().await;
+        if gone.load(std::sync::atomic::Ordering::SeqCst) {
+            // Abandoned: never end the body, never fail it (see `abort_stream`).
+            drop(rx);
+            return std::future::pending().await;
+        }
+        match item {
+            Some(item) => Some((item, (rx, done, gone))),
             None if done.load(std::sync::atomic::Ordering::SeqCst) => None,
-            // Abandoned: never end the body (see `Streaming::complete`).
             None => std::future::pending().await,
         }
     });
@@ -410,6 +426,7 @@ fn start_stream(
         task: UploadTask(task),
         journal,
         complete,
+        abandoned,
         client: owner,
         path: target,
     })
@@ -419,30 +436,30 @@ fn client_stall() -> std::time::Duration {
     std::time::Duration::from_secs(60)
 }
 
-/// Ends a streaming PUT without completing it: the server keeps nothing half-written.
 /// Abandons a streaming upload: the server must not keep what was sent so far. Returns
 /// `true` when the server had stored it anyway and that version was deleted again.
 ///
-/// The body gets an error and is never ended; the request runs on until the HTTP library
-/// gives up on it, so that its outcome is known. HTTP libraries may still end a body that
-/// failed or whose request was dropped (hyper did, now and then, and Apache stored a
-/// truncated file), so the outcome is checked: a PUT that succeeded after all is undone with a
-/// DELETE of exactly the version it created (`If-Match` with its entity tag).
+/// The body is never ended and never failed: it yields nothing more, and the request is
+/// dropped, which makes the HTTP library close the connection in the middle of the body.
+/// Servers discard a body cut off like that (Apache answers 400 and keeps no file; servers
+/// that write in place keep the part, see `adopt_partial`). A failed body is not used to
+/// abandon: hyper, after a body error, can still write the final chunk when it next polls
+/// the connection, and Apache then stored the truncated file. A PUT that had already
+/// completed (the server answered before its body ended) is undone with a DELETE of exactly
+/// the version it created (`If-Match` with its entity tag).
 async fn abort_stream(s: Streaming) -> bool {
     let Streaming {
         tx,
         mut task,
+        abandoned,
         client,
         path,
         ..
     } = s;
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        tx.send(Err(io::Error::other("upload abandoned"))),
-    )
-    .await;
+    abandoned.store(true, std::sync::atomic::Ordering::SeqCst);
     drop(tx);
-    let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), &mut task).await;
+    // Already answered, or it ends at once now (an error): the outcome is known.
+    let outcome = tokio::time::timeout(std::time::Duration::from_millis(50), &mut task).await;
     task.abort();
     let Ok(Ok(Ok(meta))) = outcome else {
         return false;
@@ -692,10 +709,7 @@ impl WriteHandle {
         if !st.local {
             st.dirty = true;
             st.adopted = false;
-            st.pre = Preconditions {
-                lock_token: st.pre.lock_token.clone(),
-                ..Default::default()
-            };
+            st.expect(Preconditions::default());
         }
         Ok(())
     }
@@ -733,11 +747,10 @@ impl WriteHandle {
             let client = s.client.clone();
             if abort_stream(s).await {
                 // What the server had is gone: the whole file is created anew at close.
-                st.pre = Preconditions {
+                st.expect(Preconditions {
                     if_none_match_any: true,
-                    lock_token: st.pre.lock_token.clone(),
                     ..Default::default()
-                };
+                });
             } else if st.failed.is_none() {
                 return Some(client);
             }
@@ -754,6 +767,27 @@ impl WriteHandle {
         if !(st.pre.if_none_match_any || st.pre.if_match.is_some()) || st.local {
             return;
         }
+        match self.settled_partial(client, path, st).await {
+            Partial::NotOurs(_) => return,
+            Partial::Ours(Some(tag), len) if len > 0 => {
+                tracing::debug!(path = %path, len, "deleting the part of a given-up upload");
+                if delete_version(client, path, &tag).await {
+                    st.adopted = false;
+                    st.expect(Preconditions {
+                        if_none_match_any: true,
+                        ..Default::default()
+                    });
+                    return;
+                }
+            }
+            Partial::Ours(..) | Partial::Changing => {}
+        }
+        self.adopt_partial(client, st).await;
+    }
+
+    /// `look_at_partial`, looked at again while the server is still writing the file (for
+    /// at most about 3 s).
+    async fn settled_partial(&self, client: &DavClient, path: &DavPath, st: &State) -> Partial {
         let mut pause = std::time::Duration::from_millis(25);
         for _ in 0..7 {
             match self.look_at_partial(client, path, st).await {
@@ -761,24 +795,10 @@ impl WriteHandle {
                     tokio::time::sleep(pause).await;
                     pause *= 2;
                 }
-                Partial::Ours(Some(tag), len) if len > 0 => {
-                    tracing::debug!(path = %path, len, "deleting the part of a given-up upload");
-                    if delete_version(client, path, &tag).await {
-                        st.adopted = false;
-                        st.pre = Preconditions {
-                            if_none_match_any: true,
-                            lock_token: st.pre.lock_token.clone(),
-                            ..Default::default()
-                        };
-                        return;
-                    }
-                    break;
-                }
-                Partial::Ours(..) => break,
-                Partial::NotOurs(_) => return,
+                settled => return settled,
             }
         }
-        self.adopt_partial(client, st).await;
+        Partial::Changing
     }
 
     /// A PUT of ours ended without success and the data will be sent again. Servers that
@@ -796,9 +816,9 @@ impl WriteHandle {
             return;
         }
         let path = self.path();
-        let mut pause = std::time::Duration::from_millis(25);
-        for _ in 0..7 {
-            match self.look_at_partial(client, &path, st).await {
+        // A weak tag is looked at once more, a second later.
+        for _ in 0..2 {
+            match self.settled_partial(client, &path, st).await {
                 // An empty file proves nothing: anyone may have emptied it. (For a new
                 // file, an empty one at its name is taken as ours: in-place servers create
                 // it before the first byte arrives.)
@@ -817,11 +837,10 @@ impl WriteHandle {
                     }
                     tracing::debug!(path = %path, "the server kept part of our upload; replacing it");
                     st.adopted = true;
-                    st.pre = Preconditions {
+                    st.expect(Preconditions {
                         if_match: etag,
-                        lock_token: st.pre.lock_token.clone(),
                         ..Default::default()
-                    };
+                    });
                     return;
                 }
                 Partial::NotOurs(why) => {
@@ -829,12 +848,11 @@ impl WriteHandle {
                     return;
                 }
                 Partial::Changing => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+                    tracing::debug!(path = %path, "the file on the server keeps changing; not adopting it");
+                    return;
                 }
             }
         }
-        tracing::debug!(path = %path, "the file on the server keeps changing; not adopting it");
     }
 
     async fn look_at_partial(&self, client: &DavClient, path: &DavPath, st: &State) -> Partial {
@@ -1492,11 +1510,10 @@ impl WriteHandle {
         st.dirty = false;
         st.adopted = false;
         // From now on we overwrite our own version.
-        st.pre = Preconditions {
+        st.expect(Preconditions {
             if_match: meta.etag.clone().filter(|t| !t.starts_with("W/")),
-            lock_token: st.pre.lock_token.clone(),
             ..Default::default()
-        };
+        });
         Ok(Some(Uploaded {
             size: st.size,
             etag: meta.etag,
@@ -1595,7 +1612,7 @@ impl WriteHandle {
             .map_err(|e| io_err(&self.path(), "cannot reopen the local copy", &e))?;
         let len = st.size;
         let reader = tokio::io::AsyncReadExt::take(file, len);
-        let stream = tokio_util_stream(reader);
+        let stream = segments::read_stream(reader);
         Ok(client
             .put(
                 &self.path(),
@@ -1647,22 +1664,4 @@ fn info_path(p: &std::path::Path) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(".info");
     PathBuf::from(s)
-}
-
-/// Reads an AsyncRead as a stream of chunks (256 KiB), for PUT bodies from disk.
-fn tokio_util_stream<R>(reader: R) -> impl futures_util::Stream<Item = Chunk> + Send + 'static
-where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-{
-    futures_util::stream::unfold(reader, |mut r| async move {
-        let mut buf = vec![0u8; 256 * 1024];
-        match tokio::io::AsyncReadExt::read(&mut r, &mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), r))
-            }
-            Err(e) => Some((Err(e), r)),
-        }
-    })
 }
