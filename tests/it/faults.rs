@@ -344,6 +344,8 @@ fn server_killed_mid_upload_and_restarted_loses_nothing() {
     let url = format!("http://127.0.0.1:{port}/");
     let cache = tempfile::tempdir().expect("cache");
     let cache_arg = cache.path().to_string_lossy().into_owned();
+    // Short retries: while this file is open with its server gone, every process another
+    // test starts inherits the descriptor, and its exec flushes it (a full upload attempt).
     let m = Mount::new(
         &url,
         &[
@@ -352,7 +354,7 @@ fn server_killed_mid_upload_and_restarted_loses_nothing() {
             "--timeout",
             "5",
             "--retry-time",
-            "5",
+            "1",
         ],
     );
     let data = pattern(200 << 20, 99);

@@ -507,6 +507,8 @@ fn server_stopped_mid_upload_loses_nothing() {
     let root = s.root.clone();
     let cache = tempfile::tempdir().expect("cache");
     let cache_arg = cache.path().to_string_lossy().into_owned();
+    // Short retries: while this file is open with its server gone, every process another
+    // test starts inherits the descriptor, and its exec flushes it (a full upload attempt).
     let m = Mount::new(
         &url,
         &[
@@ -515,7 +517,7 @@ fn server_stopped_mid_upload_loses_nothing() {
             "--timeout",
             "5",
             "--retry-time",
-            "5",
+            "1",
         ],
     );
     let data = pattern(200 << 20, 77);
