@@ -564,7 +564,9 @@ fn orthanc_uploads_drop_box_and_read_only_views() {
     if !have_fuse() {
         return;
     }
-    let m = Mount::new(&o.webdav_url(), &[]);
+    // Small segments: a file of a few MiB makes davdrive ask Orthanc whether it takes partial
+    // PUTs (it does not: it drops uploads and refuses MOVE), and the file goes in one PUT.
+    let m = Mount::new(&o.webdav_url(), &["--segment-size", "1"]);
     let src = tempfile::tempdir().expect("src");
     let samples = project_dir().join("tests/data/dicom/pydicom");
     for name in ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm"] {
@@ -584,6 +586,13 @@ fn orthanc_uploads_drop_box_and_read_only_views() {
             .arg(src.path().join("MR_small.dcm")));
         run(Command::new("cp").arg(&zip).arg(m.path().join("uploads/")));
     }
+    // A large file (larger than one segment) into the drop box: one PUT, no temporary name.
+    std::fs::write(m.path().join("uploads/large.bin"), pattern(3 << 20, 3)).expect("large");
+    assert!(
+        m.log().contains("large files are uploaded in one request"),
+        "the segment probe did not decide against Orthanc:\n{}",
+        m.log()
+    );
     // Outside uploads/ the views are read-only: EACCES, at once.
     let e = std::fs::write(m.path().join("by-patients/x.dcm"), b"x").expect_err("write outside");
     assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
