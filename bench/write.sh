@@ -36,11 +36,17 @@ c=(); d=(); rss=()
 for r in $(seq 1 "$RUNS"); do
   rm -f "$WORK/www/curl.bin" "$WORK/www/dd.bin"; sync   # start each run without dirty pages
   s=$(now); curl -s -T "$SRC/big.bin" "$URL/curl.bin" -o /dev/null; e=$(now); c+=("$(secs "$s" "$e")")
+  csize=$(stat -c %s "$WORK/www/curl.bin")
+  [ "$csize" = $((SIZE_MIB << 20)) ] || echo "WARNING: curl left $csize bytes on the server" >&2
+  # Both uploads start from the same state: the other one's file deleted, nothing dirty.
+  # (Deleting a file frees page-cache pages that the next upload's server then reuses; on a
+  # VM, pages never touched since boot cost several times more to fill.)
+  rm -f "$WORK/www/curl.bin"; sync
   mount_dav; sync
   s=$(now); dd if="$SRC/big.bin" of="$MNT/dd.bin" bs=1M status=none; e=$(now); d+=("$(secs "$s" "$e")")
   rss+=("$(awk '/VmHWM/ { print $2 }' "/proc/$DAEMON/status")")
   echo "  run $r: curl -T ${c[-1]}s, davdrive ${d[-1]}s" >&2
-  size=$(stat -c %s "$WORK/www/dd.bin"); rm -f "$WORK/www/curl.bin"
+  size=$(stat -c %s "$WORK/www/dd.bin")
   [ "$size" = $((SIZE_MIB << 20)) ] || echo "WARNING: server has $size bytes after close" >&2
   unmount_dav
 done

@@ -319,7 +319,12 @@ mod platform {
             // Errors show up, with their explanation, in the probe below.
             Ok(None) | Err(_) => client,
         };
-        let vfs = Vfs::new(client, cfg.vfs.clone()).map_err(|e| e.to_string())?;
+        let mut vfs_cfg = cfg.vfs.clone();
+        #[cfg(target_os = "linux")]
+        {
+            vfs_cfg.open_direct = Some(davdrive::fs::fuse::open_direct);
+        }
+        let vfs = Vfs::new(client, vfs_cfg).map_err(|e| e.to_string())?;
         if let Err(e) = rt.block_on(vfs.probe()) {
             let mut msg = format!("cannot mount {shown_url}: {e}");
             // A server that requires a client certificate may refuse one we do not send with

@@ -636,6 +636,17 @@ pub fn raise_read_ahead(mountpoint: &Path) {
     }
 }
 
+/// Opens a file for writes around the page cache (`O_DIRECT`), for the core's journals of
+/// segmented uploads (`vfs::segments::OpenDirect`).
+#[cfg(target_os = "linux")]
+pub fn open_direct(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
 /// Mounts `vfs` at `mountpoint` with FUSE. The mount exists when this returns; the caller
 /// runs the session (`Session::run`) and may unmount it from another thread through
 /// `Session::unmount_callable`.

@@ -77,6 +77,9 @@ pub struct VfsConfig {
     /// Files larger than this are uploaded in resumable segments of this size where the
     /// server takes partial PUTs (see `segments`); 0: never.
     pub segment_size: u64,
+    /// How the platform opens a file for writes around the page cache (Linux: `O_DIRECT`),
+    /// for the journals of segmented uploads; `None`: they go through it.
+    pub open_direct: Option<segments::OpenDirect>,
 }
 
 /// How new files are uploaded.
@@ -107,6 +110,7 @@ impl Default for VfsConfig {
             keep_os_litter_local: true,
             direct_reads: false,
             segment_size: 16 << 20,
+            open_direct: None,
         }
     }
 }
@@ -291,7 +295,9 @@ impl Vfs {
             );
         }
         let local = local::LocalFiles::new(cfg.cache_dir.join("local")).map_err(cache_err)?;
-        let segments = Arc::new(segments::SegmentPolicy::new(cfg.segment_size));
+        let segments = Arc::new(
+            segments::SegmentPolicy::new(cfg.segment_size).with_open_direct(cfg.open_direct),
+        );
         Ok(Arc::new(Vfs {
             client,
             cfg,

@@ -9,9 +9,13 @@
 //! PUT (see [`DavClient::move_onto`]): readers never see a half file under the real name.
 //!
 //! A streaming session switches to this once its file outgrows the first segment; the
-//! [`Follower`] then uploads behind the writer, from the journal, as the journal fills.
+//! [`Follower`] then uploads behind the writer, from the journal, as the journal fills
+//! (from a small copy of the last segments in the page cache where the journal itself goes
+//! around it, see [`Ring`]).
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -40,10 +44,14 @@ pub struct Progress {
     pub failing: bool,
 }
 
+/// Opens a file for writes around the page cache (`O_DIRECT`): the platform layer knows how.
+pub type OpenDirect = fn(&std::path::Path) -> std::io::Result<std::fs::File>;
+
 /// Whether and how large files are uploaded in segments; one per mount.
 #[derive(Debug)]
 pub struct SegmentPolicy {
     size: u64,
+    open_direct: Option<OpenDirect>,
     /// The probe's verdict and how many probes were tried.
     verdict: tokio::sync::Mutex<(Option<bool>, u32)>,
 }
@@ -53,12 +61,23 @@ impl SegmentPolicy {
     pub fn new(size: u64) -> Self {
         SegmentPolicy {
             size,
+            open_direct: None,
             verdict: tokio::sync::Mutex::new((None, 0)),
         }
     }
 
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Journals of segmented uploads are written with `open` (see `vfs::write`).
+    pub fn with_open_direct(mut self, open: Option<OpenDirect>) -> Self {
+        self.open_direct = open;
+        self
+    }
+
+    pub fn open_direct(&self) -> Option<OpenDirect> {
+        self.open_direct
     }
 
     /// Whether this server takes segmented uploads, decided once by a probe in `dir`: a PUT,
@@ -164,6 +183,153 @@ pub fn temp_for(target: &DavPath) -> VfsResult<DavPath> {
     Ok(dir.join(&temp_name())?)
 }
 
+/// The last segments of a segmented upload, kept in a small file of their own for the
+/// [`Follower`] to send from, while the journal (the whole file, for retries and recovery) is
+/// written around the page cache (`O_DIRECT`, see `vfs::write`).
+///
+/// Each segment sits in a slot (a region one segment long), and the slot of a segment the
+/// server acknowledged goes to a later one. The ring is rewritten in place, in pages the OS
+/// already holds: on the 2-core machine we measure on, filling newly allocated page-cache
+/// pages with a journal of the whole file cost as much CPU as the rest of the upload
+/// (docs/PERFORMANCE.md). A segment without a slot (the ring is full because the server is
+/// slow or failing, or it was written before the ring began) is sent from the journal.
+#[derive(Debug)]
+pub struct Ring {
+    pub file: Arc<std::fs::File>,
+    seg: u64,
+    slots: std::sync::Mutex<Slots>,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    /// Segment index -> slot index.
+    map: HashMap<u64, u64>,
+    free: Vec<u64>,
+    next: u64,
+    /// Segments below this never get a slot (they were written before the ring began).
+    from: u64,
+    /// Segments below this were acknowledged and gave up their slots.
+    released: u64,
+    /// A write into the ring failed: it holds no segment.
+    broken: bool,
+}
+
+impl Ring {
+    /// Slots in a ring: the segment being sent, the two the writer may be ahead, and the one
+    /// being written.
+    pub const SLOTS: u64 = 4;
+
+    /// A ring in `file` for the segments of `seg` bytes after the first `written` bytes.
+    pub fn new(file: std::fs::File, seg: u64, written: u64) -> Self {
+        let seg = seg.max(1);
+        Ring {
+            file: Arc::new(file),
+            seg,
+            slots: std::sync::Mutex::new(Slots {
+                from: written.div_ceil(seg),
+                ..Slots::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes from `off` to the end of its segment.
+    pub fn room(&self, off: u64) -> u64 {
+        self.seg - off % self.seg
+    }
+
+    /// After a failed write into the ring: nothing is sent from it any more.
+    pub fn break_down(&self) {
+        let mut s = self.lock();
+        s.broken = true;
+        s.map.clear();
+    }
+
+    /// Where in the ring to write the byte at `off`, and how many bytes fit from there to the
+    /// end of its segment. A segment gets its slot at its first byte (a free one, or a new
+    /// one while there are fewer than [`Ring::SLOTS`]); `None`: the segment has no slot.
+    pub fn place(&self, off: u64) -> Option<(u64, u64)> {
+        let k = off / self.seg;
+        let within = off % self.seg;
+        let mut s = self.lock();
+        let slot = match s.map.get(&k) {
+            Some(&slot) => slot,
+            // Only from a segment's first byte: a slot holds whole segments.
+            None if s.broken || k < s.from || k < s.released || within != 0 => return None,
+            None => {
+                let slot = match s.free.pop() {
+                    Some(slot) => slot,
+                    None if s.next < Self::SLOTS => {
+                        s.next += 1;
+                        s.next - 1
+                    }
+                    None => return None,
+                };
+                s.map.insert(k, slot);
+                slot
+            }
+        };
+        Some((slot * self.seg + within, self.seg - within))
+    }
+
+    /// Where the ring holds `[start, end)` in one piece, if it does.
+    pub fn locate(&self, start: u64, end: u64) -> Option<u64> {
+        let within = start % self.seg;
+        if end - start > self.seg - within {
+            return None;
+        }
+        let slot = *self.lock().map.get(&(start / self.seg))?;
+        Some(slot * self.seg + within)
+    }
+
+    /// Frees the slots of the whole segments below `acked`: the server holds them.
+    pub fn release_below(&self, acked: u64) {
+        let upto = acked / self.seg;
+        let mut s = self.lock();
+        while s.released < upto {
+            let k = s.released;
+            if let Some(slot) = s.map.remove(&k) {
+                s.free.push(slot);
+            }
+            s.released += 1;
+        }
+    }
+}
+
+/// The local copy an upload is sent from: the journal or spool file, and the ring of a
+/// segmented upload's last segments, if it has one.
+#[derive(Debug, Clone)]
+pub struct Local {
+    pub path: PathBuf,
+    pub ring: Option<Arc<Ring>>,
+}
+
+impl Local {
+    pub fn file(path: PathBuf) -> Self {
+        Local { path, ring: None }
+    }
+
+    /// `[start, end)` as the chunks of a request body.
+    fn stream(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> std::io::Result<
+        impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    > {
+        if let Some(r) = &self.ring
+            && let Some(at) = r.locate(start, end)
+        {
+            return Ok(file_stream(r.file.clone(), at, end - start));
+        }
+        let file = std::fs::File::open(&self.path)?;
+        Ok(file_stream(Arc::new(file), start, end - start))
+    }
+}
+
 /// How far an upload to a temporary name got; kept across failed attempts so that the next
 /// one resumes.
 #[derive(Debug, Clone)]
@@ -208,23 +374,18 @@ pub fn transient(kind: ErrorKind) -> bool {
 /// empties the temporary file) from 0, a partial PUT after that.
 async fn send_segment(
     client: &DavClient,
-    local: &Path,
+    local: &Local,
     temp: &DavPath,
     start: u64,
     end: u64,
 ) -> VfsResult<()> {
-    use tokio::io::AsyncSeekExt;
-    let local_err = |e: std::io::Error| {
-        VfsError::new(ErrorKind::Io, format!("cannot read the local copy: {e}"))
-    };
-    let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(local_err)?;
     let len = end - start;
     // A server that stops taking the body, or does not answer after it, is given up after
     // the client's progress timeout (`--timeout`); a slow one that keeps going is not.
-    let body = Box::new(read_stream(tokio::io::AsyncReadExt::take(file, len)));
+    let body = local
+        .stream(start, end)
+        .map_err(|e| VfsError::new(ErrorKind::Io, format!("cannot read the local copy: {e}")))?;
+    let body = Box::new(body);
     if start == 0 {
         let pre = Preconditions::default();
         let body = PutBody::Stream {
@@ -243,7 +404,7 @@ async fn send_segment(
 /// restarted without them, or someone deleted it) makes the upload start again from 0.
 pub async fn send_range(
     client: &DavClient,
-    local: &Path,
+    local: &Local,
     resume: &mut Resume,
     end: u64,
     seg: u64,
@@ -382,10 +543,10 @@ pub struct Follower {
 
 impl Follower {
     /// Starts uploading `local` to `resume.temp` from `resume.acked`, as far as `written`
-    /// (the journal's watermark) allows.
+    /// (the journal's watermark) allows. Acknowledged segments give up their ring slots.
     pub fn start(
         client: DavClient,
-        local: PathBuf,
+        local: Local,
         resume: Resume,
         mut written: watch::Receiver<u64>,
         seg: u64,
@@ -398,7 +559,11 @@ impl Follower {
         let temp = resume.temp.clone();
         let task = tokio::spawn(async move {
             let mut resume = resume;
+            let ring = local.ring.clone();
             let report = move |p: Progress| {
+                if let (Some(r), false) = (&ring, p.failing) {
+                    r.release_below(p.acked);
+                }
                 ack_tx.send_replace(p);
             };
             loop {
@@ -509,22 +674,113 @@ impl Drop for Follower {
     }
 }
 
-/// Reads an AsyncRead as a stream of chunks (256 KiB), for PUT bodies from disk.
-pub fn read_stream<R>(
-    reader: R,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
-where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-{
-    futures_util::stream::unfold(reader, |mut r| async move {
-        let mut buf = vec![0u8; 256 * 1024];
-        match tokio::io::AsyncReadExt::read(&mut r, &mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), r))
+/// Reads `len` bytes of `file` from `at` on, as the chunks of a request body: positioned
+/// reads of 1 MiB on the blocking pool, each into the buffer that is sent (no intermediate
+/// buffer). A file shorter than that is an error.
+pub fn file_stream(
+    file: Arc<std::fs::File>,
+    at: u64,
+    len: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    const CHUNK: u64 = 1 << 20;
+    futures_util::stream::unfold(0u64, move |done| {
+        let file = file.clone();
+        async move {
+            if done >= len {
+                return None;
             }
-            Err(e) => Some((Err(e), r)),
+            let n = (len - done).min(CHUNK) as usize;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; n];
+                read_exact_at(&file, &mut buf, at + done)?;
+                Ok(buf)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            Some(match read {
+                Ok(buf) => (Ok(Bytes::from(buf)), done + n as u64),
+                Err(e) => (Err(e), len),
+            })
         }
     })
+}
+
+fn read_exact_at(f: &std::fs::File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        #[cfg(unix)]
+        let n = std::os::unix::fs::FileExt::read_at(f, buf, off)?;
+        #[cfg(windows)]
+        let n = std::os::windows::fs::FileExt::seek_read(f, buf, off)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the local copy is shorter than the upload",
+            ));
+        }
+        buf = &mut buf[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(seg: u64, written: u64) -> Ring {
+        Ring::new(tempfile::tempfile().expect("file"), seg, written)
+    }
+
+    #[test]
+    fn ring_slots_hold_whole_segments_and_are_reused_once_acknowledged() {
+        // Segments of 4 bytes; the first 3 bytes were written before the ring began.
+        let r = ring(4, 3);
+        assert_eq!(r.place(3), None, "segment 0 began before the ring");
+        assert_eq!(r.place(4), Some((0, 4)));
+        assert_eq!(r.place(5), Some((1, 3)), "the rest of a placed segment");
+        assert_eq!(r.place(8), Some((4, 4)));
+        assert_eq!(r.place(12), Some((8, 4)));
+        assert_eq!(r.place(16), Some((12, 4)));
+        assert_eq!(r.place(20), None, "all {} slots are taken", Ring::SLOTS);
+        assert_eq!(r.place(21), None, "a segment never starts mid-way");
+        assert_eq!(r.locate(4, 8), Some(0));
+        assert_eq!(r.locate(5, 8), Some(1));
+        assert_eq!(r.locate(4, 9), None, "a range across two segments");
+        assert_eq!(r.locate(20, 24), None, "a segment without a slot");
+        // Bytes [0, 9) acknowledged: segment 1 gives its slot up (segment 2 is not whole).
+        r.release_below(9);
+        assert_eq!(r.locate(4, 8), None);
+        assert_eq!(r.locate(8, 12), Some(4));
+        assert_eq!(r.place(4), None, "an acknowledged segment comes back");
+        assert_eq!(r.place(24), Some((0, 4)), "the freed slot is reused");
+        r.break_down();
+        assert_eq!(r.locate(8, 12), None);
+        assert_eq!(r.place(28), None);
+    }
+
+    #[tokio::test]
+    async fn file_streams_read_exactly_the_range_or_fail() {
+        use futures_util::StreamExt;
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut f = tempfile::tempfile().expect("file");
+        std::io::Write::write_all(&mut f, &data).expect("write");
+        let f = Arc::new(f);
+        let mut got = Vec::new();
+        let mut s = Box::pin(file_stream(f.clone(), 1000, 2_500_000));
+        while let Some(c) = s.next().await {
+            got.extend_from_slice(&c.expect("chunk"));
+        }
+        assert!(got == data[1000..2_501_000]);
+        let mut short = Box::pin(file_stream(f, 2_999_000, 5000));
+        let e = short
+            .next()
+            .await
+            .expect("an item")
+            .expect_err("past the end");
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(
+            short.next().await.is_none(),
+            "the stream ends after an error"
+        );
+    }
 }

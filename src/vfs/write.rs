@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use super::cache_dir::CacheDir;
 use super::error::{VfsError, VfsResult};
 use super::inode::Ino;
-use super::segments::{self, Follower, Resume, SegmentPolicy};
+use super::segments::{self, Follower, Local, Resume, Ring, SegmentPolicy};
 use crate::dav::{
     ByteRange, DavClient, DavError, DavPath, ErrorKind, Preconditions, PutBody, ResponseMeta,
 };
@@ -108,6 +108,11 @@ enum JournalItem {
 /// One journal file and the first error writing it (only the journal thread writes).
 struct JournalFile {
     file: std::fs::File,
+    /// A segmented upload's last segments, for the follower (see [`Ring`]).
+    ring: Option<Arc<Ring>>,
+    /// Writes around the page cache; `None` once they failed (then through it).
+    direct: std::sync::Mutex<Option<Direct>>,
+    has_direct: bool,
     error: std::sync::Mutex<Option<String>>,
     /// How far the file is written (appends only: a streaming journal grows in order).
     written: tokio::sync::watch::Sender<u64>,
@@ -134,7 +139,7 @@ fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
                     JournalItem::Data(j, off, data) => {
                         let mut error = j.error.lock().unwrap_or_else(|e| e.into_inner());
                         if error.is_none() {
-                            match write_at(&j.file, &data, off) {
+                            match j.write(&data, off) {
                                 Ok(()) => {
                                     let end = off + data.len() as u64;
                                     j.written.send_if_modified(|w| {
@@ -148,7 +153,12 @@ fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
                         }
                     }
                     JournalItem::Barrier(j, done) => {
-                        let error = j.error.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut error = j.error.lock().unwrap_or_else(|e| e.into_inner());
+                        if error.is_none()
+                            && let Err(e) = j.flush_direct()
+                        {
+                            *error = Some(e.to_string());
+                        }
                         let _ = done.send(match &*error {
                             None => Ok(()),
                             Some(e) => Err(e.clone()),
@@ -161,6 +171,198 @@ fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
     Ok(THREAD.get_or_init(|| tx).clone())
 }
 
+impl JournalFile {
+    /// Writes `data` at `off`: into the ring where it has a slot, and into the journal.
+    fn write(&self, data: &[u8], off: u64) -> io::Result<()> {
+        // What the ring does not hold, the follower sends from the journal file: it must be
+        // there once the watermark says it is written, not staged.
+        let mut all_in_ring = true;
+        if let Some(r) = &self.ring {
+            let (mut at, mut rest) = (off, data);
+            while !rest.is_empty() {
+                let n = r.room(at).min(rest.len() as u64) as usize;
+                match r.place(at) {
+                    Some((slot_at, _)) => {
+                        if let Err(e) = write_at(&r.file, &rest[..n], slot_at) {
+                            tracing::debug!("the ring failed ({e}); segments go from the journal");
+                            r.break_down();
+                            all_in_ring = false;
+                        }
+                    }
+                    None => all_in_ring = false,
+                }
+                rest = &rest[n..];
+                at += n as u64;
+            }
+        }
+        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = direct.as_mut() {
+            let written = d
+                .append(&self.file, data, off)
+                .and_then(|()| if all_in_ring { Ok(()) } else { d.flush() });
+            match written {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!("direct journal writes failed ({e}); through the page cache");
+                    if let Some((start, staged)) = d.staged() {
+                        write_at(&self.file, staged, start)?;
+                    }
+                    *direct = None;
+                }
+            }
+        }
+        write_at(&self.file, data, off)
+    }
+
+    /// Writes out what direct writes keep staged, so that the journal holds every byte.
+    fn flush_direct(&self) -> io::Result<()> {
+        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = direct.as_mut()
+            && let Err(e) = d.flush()
+        {
+            tracing::debug!("direct journal writes failed ({e}); through the page cache");
+            if let Some((start, staged)) = d.staged() {
+                write_at(&self.file, staged, start)?;
+            }
+            *direct = None;
+        }
+        Ok(())
+    }
+}
+
+/// A segmented upload's journal written around the page cache (`O_DIRECT` on Linux: the
+/// platform layer opens it, see [`segments::OpenDirect`]), through an
+/// aligned buffer of 1 MiB. A journal of the whole file must be kept (it is what a failed
+/// upload is retried and recovered from), but nothing reads it while the upload goes well:
+/// the follower sends from the [`Ring`]. Filling newly allocated page-cache pages with it was
+/// the largest cost of a fast upload (docs/PERFORMANCE.md); a direct write costs the disk's
+/// bandwidth instead. Bytes must come in order; the staged ones are written out (padded to
+/// the alignment, the file then cut to length) at every barrier.
+struct Direct {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    /// Where the aligned part of `buf` starts.
+    base: usize,
+    /// The file offset of the first staged byte (aligned), and how many are staged.
+    start: u64,
+    len: usize,
+    /// Whether the staged block's bytes from before the first append were read in.
+    primed: bool,
+}
+
+impl Direct {
+    const ALIGN: usize = 4096;
+    const CHUNK: usize = 1 << 20;
+
+    /// Direct writes to the journal at `path`, whose first `written` bytes are there.
+    fn open(open: segments::OpenDirect, path: &std::path::Path, written: u64) -> io::Result<Self> {
+        let file = open(path)?;
+        let buf = vec![0u8; Self::CHUNK + Self::ALIGN];
+        let base = buf.as_ptr().align_offset(Self::ALIGN);
+        if base >= Self::ALIGN {
+            return Err(io::Error::other("cannot align a buffer"));
+        }
+        let start = written - written % Self::ALIGN as u64;
+        Ok(Direct {
+            file,
+            buf,
+            base,
+            start,
+            len: (written - start) as usize,
+            primed: false,
+        })
+    }
+
+    fn append(&mut self, plain: &std::fs::File, mut data: &[u8], off: u64) -> io::Result<()> {
+        let chunk = self.base..self.base + Self::CHUNK;
+        if !self.primed {
+            // The journal's last block so far: its first bytes came through the page cache.
+            let head = self.base..self.base + self.len;
+            if read_at(plain, &mut self.buf[head], self.start)? < self.len {
+                return Err(io::Error::other("the journal is shorter than written"));
+            }
+            self.primed = true;
+        }
+        if off != self.start + self.len as u64 {
+            return Err(io::Error::other("a journal write out of order"));
+        }
+        while !data.is_empty() {
+            let n = (Self::CHUNK - self.len).min(data.len());
+            let at = self.base + self.len;
+            self.buf[at..at + n].copy_from_slice(&data[..n]);
+            self.len += n;
+            data = &data[n..];
+            if self.len == Self::CHUNK {
+                write_at(&self.file, &self.buf[chunk.clone()], self.start)?;
+                self.start += Self::CHUNK as u64;
+                self.len = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.primed || self.len == 0 {
+            return Ok(());
+        }
+        let padded = self.len.next_multiple_of(Self::ALIGN);
+        self.buf[self.base + self.len..self.base + padded].fill(0);
+        write_at(
+            &self.file,
+            &self.buf[self.base..self.base + padded],
+            self.start,
+        )?;
+        self.file.set_len(self.start + self.len as u64)
+    }
+
+    /// The staged bytes and where they go, for writing them another way.
+    fn staged(&self) -> Option<(u64, &[u8])> {
+        self.primed
+            .then(|| (self.start, &self.buf[self.base..self.base + self.len]))
+    }
+}
+
+/// For a segmented upload of the journal at `path` (`written` bytes so far): direct writes to
+/// the journal and a ring of segments to send from, both or neither.
+fn around_page_cache(
+    policy: &SegmentPolicy,
+    path: &std::path::Path,
+    written: u64,
+) -> (Option<Arc<Ring>>, Option<Direct>) {
+    let Some(open) = policy.open_direct() else {
+        return (None, None);
+    };
+    let direct = match Direct::open(open, path, written) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::debug!("the journal goes through the page cache ({e})");
+            return (None, None);
+        }
+    };
+    // The ring needs no name: unlinked at once (where the OS allows), it goes with its last
+    // descriptor.
+    let ring_path = path.with_extension("ring");
+    let ring = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&ring_path);
+    let _ = std::fs::remove_file(&ring_path);
+    match ring {
+        Ok(f) => {
+            tracing::debug!(journal = %path.display(), "segments go from a ring; the journal is written around the page cache");
+            (
+                Some(Arc::new(Ring::new(f, policy.size(), written))),
+                Some(direct),
+            )
+        }
+        Err(e) => {
+            tracing::debug!("no ring for the upload ({e})");
+            (None, None)
+        }
+    }
+}
+
 /// The journal of one streaming upload.
 struct JournalWriter {
     tx: mpsc::Sender<JournalItem>,
@@ -168,11 +370,20 @@ struct JournalWriter {
 }
 
 impl JournalWriter {
-    /// A journal for `file`, whose first `written` bytes are already in place.
-    fn start(file: std::fs::File, written: u64) -> io::Result<Self> {
+    /// A journal for `file`, whose first `written` bytes are already in place; with a ring
+    /// and direct writes for a segmented upload (see [`around_page_cache`]).
+    fn start(
+        file: std::fs::File,
+        written: u64,
+        ring: Option<Arc<Ring>>,
+        direct: Option<Direct>,
+    ) -> io::Result<Self> {
         let tx = journal_thread().map_err(io::Error::other)?;
         let file = Arc::new(JournalFile {
             file,
+            ring,
+            has_direct: direct.is_some(),
+            direct: std::sync::Mutex::new(direct),
             error: std::sync::Mutex::new(None),
             written: tokio::sync::watch::Sender::new(written),
         });
@@ -199,7 +410,8 @@ impl JournalWriter {
         // Every queued item holds a reference to the file, and the journal thread drops it
         // once the item is done: when ours is the only one left, everything sent is written
         // and no round trip to the thread is needed (a small file's close saves a wake-up).
-        if Arc::strong_count(&self.file) == 1 {
+        // Direct writes keep bytes staged: the thread writes them out.
+        if Arc::strong_count(&self.file) == 1 && !self.file.has_direct {
             let error = self.file.error.lock().unwrap_or_else(|e| e.into_inner());
             return match &*error {
                 None => Ok(()),
@@ -387,7 +599,7 @@ fn start_stream(
     pre: &Preconditions,
     file: &std::fs::File,
 ) -> io::Result<Streaming> {
-    let journal = JournalWriter::start(file.try_clone()?, 0)?;
+    let journal = JournalWriter::start(file.try_clone()?, 0, None, None)?;
     let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
     let complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -955,10 +1167,11 @@ impl WriteHandle {
         let Ok(temp) = segments::temp_for(&path) else {
             return;
         };
+        let (ring, direct) = around_page_cache(policy, &st.file_path, st.size);
         let journal = match st
             .file
             .try_clone()
-            .and_then(|f| JournalWriter::start(f, st.size))
+            .and_then(|f| JournalWriter::start(f, st.size, ring.clone(), direct))
         {
             Ok(j) => j,
             Err(e) => {
@@ -978,7 +1191,10 @@ impl WriteHandle {
         tracing::debug!(path = %path, temp = %temp, "the file outgrew one segment; uploading it in segments");
         let follower = Follower::start(
             client.clone(),
-            st.file_path.clone(),
+            Local {
+                path: st.file_path.clone(),
+                ring,
+            },
             Resume::new(temp),
             journal.watermark(),
             policy.size(),
@@ -1584,7 +1800,8 @@ impl WriteHandle {
             r.acked = 0;
         }
         for attempt in 0..2 {
-            segments::send_range(client, &st.file_path, r, st.size, seg, retries, &|_| {}).await?;
+            let local = Local::file(st.file_path.clone());
+            segments::send_range(client, &local, r, st.size, seg, retries, &|_| {}).await?;
             let there = match client.head(&r.temp).await {
                 Ok(m) => m.content_length,
                 Err(e) if e.kind() == ErrorKind::NotFound => Some(u64::MAX),
@@ -1607,12 +1824,10 @@ impl WriteHandle {
     }
 
     async fn put_file(&self, client: &DavClient, st: &State) -> VfsResult<ResponseMeta> {
-        let file = tokio::fs::File::open(&st.file_path)
-            .await
+        let file = std::fs::File::open(&st.file_path)
             .map_err(|e| io_err(&self.path(), "cannot reopen the local copy", &e))?;
         let len = st.size;
-        let reader = tokio::io::AsyncReadExt::take(file, len);
-        let stream = segments::read_stream(reader);
+        let stream = segments::file_stream(Arc::new(file), 0, len);
         Ok(client
             .put(
                 &self.path(),
@@ -1664,4 +1879,117 @@ fn info_path(p: &std::path::Path) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(".info");
     PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plain(path: &std::path::Path) -> io::Result<std::fs::File> {
+        std::fs::OpenOptions::new().write(true).open(path)
+    }
+
+    fn pattern(len: usize, seed: u32) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 253) as u8)
+            .collect()
+    }
+
+    /// A segmented journal as the journal thread writes it, with the platform's direct
+    /// writes replaced by plain ones (the staging, padding and cutting are the same).
+    fn journal(dir: &std::path::Path, head: &[u8], seg: u64) -> (PathBuf, JournalFile, Arc<Ring>) {
+        let path = dir.join("j.data");
+        std::fs::write(&path, head).expect("head");
+        let file = open_rw(&path).expect("open");
+        let ring = Arc::new(Ring::new(
+            tempfile::tempfile().expect("ring"),
+            seg,
+            head.len() as u64,
+        ));
+        let direct = Direct::open(plain, &path, head.len() as u64).expect("direct");
+        let j = JournalFile {
+            file,
+            ring: Some(ring.clone()),
+            direct: std::sync::Mutex::new(Some(direct)),
+            has_direct: true,
+            error: std::sync::Mutex::new(None),
+            written: tokio::sync::watch::Sender::new(head.len() as u64),
+        };
+        (path, j, ring)
+    }
+
+    #[test]
+    fn direct_journals_hold_every_byte_after_a_barrier() {
+        let dir = tempfile::tempdir().expect("dir");
+        let data = pattern(5 << 20, 7);
+        // The journal had 5000 bytes (an unaligned end) when it went direct.
+        let seg = 1 << 20;
+        let (path, j, ring) = journal(dir.path(), &data[..5000], seg);
+        let mut off = 5000;
+        for piece in data[5000..].chunks(300_001) {
+            j.write(piece, off as u64).expect("write");
+            off += piece.len();
+        }
+        j.flush_direct().expect("barrier");
+        let got = std::fs::read(&path).expect("read");
+        assert_eq!(got.len(), data.len(), "the journal is cut to its length");
+        assert!(got == data, "the journal differs");
+        // Segments 1..=4 went to the ring (segment 0 began before it): each reads back whole.
+        for k in 1..5u64 {
+            let at = ring.locate(k * seg, (k + 1) * seg).expect("in the ring");
+            let mut buf = vec![0u8; seg as usize];
+            read_at(&ring.file, &mut buf, at).expect("ring read");
+            assert!(
+                buf[..] == data[(k * seg) as usize..((k + 1) * seg) as usize],
+                "segment {k} differs in the ring"
+            );
+        }
+        // Writing on after a barrier rewrites the padded block correctly.
+        let more = pattern(12345, 9);
+        j.write(&more, data.len() as u64).expect("write");
+        j.flush_direct().expect("barrier");
+        let got = std::fs::read(&path).expect("read");
+        assert_eq!(got.len(), data.len() + more.len());
+        assert!(got[data.len()..] == more[..] && got[..data.len()] == data[..]);
+    }
+
+    #[test]
+    fn what_the_ring_cannot_hold_is_in_the_journal_file_at_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        // Segments of 4 KiB: the ring's slots are full after 4 segments; from then on each
+        // write must be in the file (not staged) when it returns.
+        let seg = 4096;
+        let data = pattern(64 * 1024, 3);
+        let (path, j, _ring) = journal(dir.path(), &[], seg);
+        let mut off = 0;
+        for piece in data.chunks(1000) {
+            j.write(piece, off as u64).expect("write");
+            off += piece.len();
+            if off as u64 > Ring::SLOTS * seg {
+                let got = std::fs::read(&path).expect("read");
+                assert!(
+                    got.len() == off && got[..] == data[..off],
+                    "staged at {off}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_journal_write_out_of_order_falls_back_to_plain_writes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let data = pattern(3 << 20, 5);
+        let (path, j, _ring) = journal(dir.path(), &[], 1 << 20);
+        j.write(&data[..1_500_000], 0).expect("write");
+        // The same bytes again (a repeated write), then the rest.
+        j.write(&data[1_000_000..1_500_000], 1_000_000)
+            .expect("repeat");
+        assert!(
+            j.direct.lock().expect("lock").is_none(),
+            "direct writes go on"
+        );
+        j.write(&data[1_500_000..], 1_500_000).expect("write");
+        j.flush_direct().expect("barrier");
+        assert!(std::fs::read(&path).expect("read") == data);
+    }
 }

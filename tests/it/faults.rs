@@ -589,6 +589,16 @@ fn cut_segments_are_resent_alone_and_the_file_appears_whole() {
         m.log()
     );
     assert!(crate::mount_write::recovered(cache.path()).is_empty());
+    // The segments went from the ring, the journal around the page cache, and neither
+    // fell back (the log is at debug level, `-v`).
+    let log = m.log();
+    assert!(
+        log.contains("segments go from a ring"),
+        "no ring for the segments:\n{log}"
+    );
+    for fallback in ["direct journal writes failed", "the ring failed"] {
+        assert!(!log.contains(fallback), "{fallback}:\n{log}");
+    }
     // A folder holding only another client's upload in progress looks empty, but rmdir
     // (a recursive DELETE on the server) must not take that upload with it.
     std::fs::create_dir(dir.join("busy")).expect("mkdir on the server");
