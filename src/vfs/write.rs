@@ -99,6 +99,9 @@ impl Drop for UploadTask {
 
 enum JournalItem {
     Data(Arc<JournalFile>, u64, Bytes),
+    /// A journal nothing writes any more: emptied for reuse once the items before it are done
+    /// (see `cache_dir::recycle`).
+    Recycle(super::cache_dir::Idle, PathBuf),
     Barrier(
         Arc<JournalFile>,
         tokio::sync::oneshot::Sender<Result<(), String>>,
@@ -152,6 +155,7 @@ fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
                             }
                         }
                     }
+                    JournalItem::Recycle(idle, data) => super::cache_dir::recycle(&idle, &data),
                     JournalItem::Barrier(j, done) => {
                         let mut error = j.error.lock().unwrap_or_else(|e| e.into_inner());
                         if error.is_none()
@@ -461,6 +465,8 @@ struct State {
     failed_round: Option<std::time::Instant>,
     /// `pre` names a part of our own upload the server kept (see `adopt_partial`).
     adopted: bool,
+    /// `file` is a journal from the cache directory's pool: it goes back there at release.
+    pooled: bool,
 }
 
 /// What stands on the server after an upload of ours broke (see `adopt_partial`).
@@ -509,6 +515,7 @@ impl State {
             may_segment: true,
             failed_round: None,
             adopted: false,
+            pooled: false,
         }
     }
 }
@@ -740,6 +747,7 @@ impl WriteHandle {
         pre: Preconditions,
         stream: bool,
     ) -> VfsResult<Self> {
+        let is_journal = stream;
         let (file_path, file) = if stream {
             cache.new_journal(&path)
         } else {
@@ -762,6 +770,7 @@ impl WriteHandle {
             ino,
             path,
             State {
+                pooled: is_journal,
                 stream,
                 complete: true,
                 dirty: true,
@@ -1870,7 +1879,17 @@ impl WriteHandle {
             // No copy could be made aside: leave the only copy where it is.
             return outcome;
         }
-        cache.discard(&st.file_path);
+        let recycled = match (st.pooled, journal_thread()) {
+            // After whatever the journal thread still has to write into it.
+            (true, Ok(tx)) => tx
+                .send(JournalItem::Recycle(cache.idle(), st.file_path.clone()))
+                .await
+                .is_ok(),
+            _ => false,
+        };
+        if !recycled {
+            cache.discard(&st.file_path);
+        }
         outcome
     }
 }
