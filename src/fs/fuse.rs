@@ -18,7 +18,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::vfs::{Attr, ErrorKind, FileKind, OpenMode, Opened, SetAttr, Vfs, VfsError};
+use crate::vfs::{Attr, Caller, ErrorKind, FileKind, OpenMode, Opened, SetAttr, Vfs, VfsError};
 
 /// Directory entries asked of the core per readdir reply: more than a reply can hold, so
 /// one call fills the kernel's buffer when the entries are there.
@@ -141,6 +141,18 @@ fn file_attr(a: &Attr) -> FileAttr {
         rdev: 0,
         blksize: 1 << 20,
         flags: 0,
+    }
+}
+
+/// Who wrote: a write from the page cache (writeback, mmap) has no caller the kernel can
+/// name, so it counts as unknown.
+fn writer(req: &Request, flags: WriteFlags, lock_owner: Option<LockOwner>) -> Caller {
+    if flags.contains(WriteFlags::FUSE_WRITE_CACHE) {
+        return Caller::default();
+    }
+    Caller {
+        owner: lock_owner.map(|o| o.0),
+        pid: req.pid(),
     }
 }
 
@@ -321,25 +333,26 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = bytes::Bytes::copy_from_slice(data);
+        let by = writer(req, write_flags, lock_owner);
         // Sequential streaming writes usually need no waiting: answer from this thread and
         // save a hand-over to the runtime per write.
-        if let Some(n) = self.vfs.try_write_now(fh.0, offset, &data) {
+        if let Some(n) = self.vfs.try_write_now(fh.0, offset, &data, by) {
             return reply.written(n);
         }
         let vfs = self.vfs.clone();
         self.run(async move {
-            match vfs.write(fh.0, offset, data).await {
+            match vfs.write(fh.0, offset, data, by).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(&e)),
             }
@@ -348,13 +361,25 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.flush_and_reply(fh, reply);
+        // The kernel flushes at every close of a descriptor, also of one a child inherited
+        // across fork and closes at exec: the core tells those apart.
+        let by = Caller {
+            owner: Some(lock_owner.0),
+            pid: req.pid(),
+        };
+        let vfs = self.vfs.clone();
+        self.run(async move {
+            match vfs.close(fh.0, by).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn fsync(
@@ -645,6 +670,20 @@ pub fn open_direct(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
+}
+
+/// Whether two thread ids belong to one process (the same thread group), from `/proc`;
+/// `None` when either is gone or unreadable.
+#[cfg(target_os = "linux")]
+pub fn same_process(a: u32, b: u32) -> Option<bool> {
+    fn tgid(tid: u32) -> Option<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Tgid:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+    Some(tgid(a)? == tgid(b)?)
 }
 
 /// Mounts `vfs` at `mountpoint` with FUSE. The mount exists when this returns; the caller

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::error::{VfsError, VfsResult};
 use super::inode::{FileKind, Ino, Listing, Meta};
-use super::write::{Uploaded, WriteHandle};
+use super::write::{Caller, Uploaded, WriteHandle};
 use super::{Attr, Handle, OpenMode, Opened, UploadPolicy, Vfs};
 use crate::dav::{DavPath, Depth, ErrorKind, Preconditions, PutBody};
 
@@ -391,17 +391,24 @@ impl Vfs {
 
     /// Takes a write at once when no waiting is needed (see `WriteHandle::try_write_now`);
     /// `None` means the caller must use [`Vfs::write`].
-    pub fn try_write_now(&self, fh: u64, offset: u64, data: &Bytes) -> Option<u32> {
+    pub fn try_write_now(&self, fh: u64, offset: u64, data: &Bytes, by: Caller) -> Option<u32> {
         match self.handle(fh).ok()? {
-            Handle::Write(w) => w.try_write_now(offset, data),
+            Handle::Write(w) => {
+                let n = w.try_write_now(offset, data)?;
+                w.note_writer(by);
+                Some(n)
+            }
             Handle::Read(_) => None,
         }
     }
 
-    /// Writes `data` at `offset`; returns how many bytes were taken.
-    pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> VfsResult<u32> {
+    /// Writes `data` at `offset` for `by`; returns how many bytes were taken.
+    pub async fn write(&self, fh: u64, offset: u64, data: Bytes, by: Caller) -> VfsResult<u32> {
         match self.handle(fh)? {
-            Handle::Write(w) => w.write(&self.client, offset, data).await,
+            Handle::Write(w) => {
+                w.note_writer(by);
+                w.write(&self.client, offset, data).await
+            }
             Handle::Read(_) => Err(VfsError::new(
                 ErrorKind::PermissionDenied,
                 "file not open for writing",
@@ -423,7 +430,20 @@ impl Vfs {
         }
     }
 
-    /// close() and fsync(): returns once the server holds the data.
+    /// close() by `by`: as [`Vfs::flush`], except for a process that never wrote through
+    /// the handle while another one did (a child closing an inherited descriptor at `exec`):
+    /// its close returns at once and the upload goes on (see `WriteHandle::foreign_close`).
+    pub async fn close(&self, fh: u64, by: Caller) -> VfsResult<()> {
+        if let Ok(Handle::Write(w)) = self.handle(fh)
+            && w.foreign_close(by, self.cfg.same_process)
+        {
+            tracing::debug!(path = %w.path(), pid = by.pid, "a close by a process that did not write: the upload goes on");
+            return Ok(());
+        }
+        self.flush(fh).await
+    }
+
+    /// fsync(), and close() by a writer: returns once the server holds the data.
     pub async fn flush(&self, fh: u64) -> VfsResult<()> {
         let Handle::Write(w) = self.handle(fh)? else {
             return Ok(());
@@ -435,7 +455,11 @@ impl Vfs {
     }
 
     async fn flush_handle(&self, w: &Arc<WriteHandle>) -> VfsResult<()> {
-        match w.flush(&self.client, &self.cache).await {
+        let r = w.flush(&self.client, &self.cache).await;
+        if r.is_ok() {
+            w.forget_writers();
+        }
+        match r {
             Ok(Some(up)) => {
                 self.apply_upload(w.ino(), &up);
                 let local = self.local.get(&w.path()).is_some();

@@ -527,8 +527,69 @@ pub(super) struct Uploaded {
     pub etag: Option<String>,
 }
 
+/// Who calls, as far as the kernel says: the lock owner (Linux: one per file-descriptor
+/// table, so the same for every thread of a process and different in a forked child) where
+/// the request carries one, and the calling thread's id (0: unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub owner: Option<u64>,
+    pub pid: u32,
+}
+
+/// Tells whether two thread ids belong to the same process (`None`: cannot tell); the
+/// platform layer knows how (Linux: `/proc`).
+pub type SameProcess = fn(u32, u32) -> Option<bool>;
+
+/// The callers that wrote through a handle since its data was last uploaded.
+#[derive(Debug, Default)]
+struct Writers {
+    owners: Vec<u64>,
+    pids: Vec<u32>,
+    /// A write from a caller that cannot be told apart (no lock owner and no thread id, or
+    /// too many writers to keep): every close uploads.
+    unknown: bool,
+}
+
+impl Writers {
+    /// Enough to tell a program from the children it starts; more means a crowd.
+    const MAX: usize = 8;
+
+    fn note(&mut self, c: Caller) {
+        if c.owner.is_none() && c.pid == 0 {
+            self.unknown = true;
+        }
+        if let Some(o) = c.owner
+            && !self.owners.contains(&o)
+        {
+            self.owners.push(o);
+        }
+        if c.pid != 0 && !self.pids.contains(&c.pid) {
+            self.pids.push(c.pid);
+        }
+        if self.owners.len() > Self::MAX || self.pids.len() > Self::MAX {
+            self.unknown = true;
+        }
+    }
+
+    /// Whether `c` is provably none of the writers (and so its close need not upload).
+    fn foreign(&self, c: Caller, same_process: Option<SameProcess>) -> bool {
+        if self.unknown || self.pids.is_empty() || c.pid == 0 {
+            return false;
+        }
+        if c.owner.is_some_and(|o| self.owners.contains(&o)) || self.pids.contains(&c.pid) {
+            return false;
+        }
+        let Some(same) = same_process else {
+            return false;
+        };
+        self.pids.iter().all(|&w| same(c.pid, w) == Some(false))
+    }
+}
+
 pub(super) struct WriteHandle {
     ino: Ino,
+    /// Who wrote since the last upload (see [`WriteHandle::foreign_close`]).
+    writers: std::sync::Mutex<Writers>,
     /// Where the data goes; changes when the open file is renamed.
     target: std::sync::Mutex<DavPath>,
     /// `State::size`, readable without waiting for a running upload (getattr, stat).
@@ -832,6 +893,7 @@ impl WriteHandle {
     fn assemble(ino: Ino, path: DavPath, state: State) -> Self {
         WriteHandle {
             ino,
+            writers: std::sync::Mutex::default(),
             target: std::sync::Mutex::new(path),
             size_now: state.size.into(),
             unlinked: false.into(),
@@ -854,6 +916,30 @@ impl WriteHandle {
 
     pub(super) fn ino(&self) -> Ino {
         self.ino
+    }
+
+    /// Records who wrote (see [`WriteHandle::foreign_close`]).
+    pub(super) fn note_writer(&self, c: Caller) {
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note(c);
+    }
+
+    /// The data written so far is on the server: a new round of writers begins.
+    pub(super) fn forget_writers(&self) {
+        *self.writers.lock().unwrap_or_else(|e| e.into_inner()) = Writers::default();
+    }
+
+    /// Whether a close by `c` comes from a process that never wrote through this handle
+    /// while data is waiting: a child that inherited the descriptor across `fork` and closes
+    /// it at `exec` or exit (the kernel flushes at every close of a descriptor). Such a
+    /// close must not end the writer's upload; the writer's own close or fsync does.
+    pub(super) fn foreign_close(&self, c: Caller, same_process: Option<SameProcess>) -> bool {
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .foreign(c, same_process)
     }
 
     /// Where the data goes now.
@@ -1992,6 +2078,53 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn only_a_provably_other_process_closes_without_uploading() {
+        let by = |owner, pid| Caller { owner, pid };
+        fn other(_: u32, _: u32) -> Option<bool> {
+            Some(false)
+        }
+        fn same(a: u32, b: u32) -> Option<bool> {
+            Some(a / 100 == b / 100)
+        }
+        fn gone(_: u32, _: u32) -> Option<bool> {
+            None
+        }
+        let mut w = Writers::default();
+        assert!(!w.foreign(by(Some(9), 7), Some(other)), "nothing written");
+        w.note(by(Some(1), 100));
+        assert!(
+            !w.foreign(by(Some(1), 555), Some(other)),
+            "the writer's descriptor table"
+        );
+        assert!(
+            !w.foreign(by(Some(2), 100), Some(other)),
+            "the writer's thread"
+        );
+        assert!(w.foreign(by(Some(2), 555), Some(other)), "a child");
+        assert!(
+            !w.foreign(by(Some(2), 101), Some(same)),
+            "another thread of the writer"
+        );
+        assert!(w.foreign(by(Some(2), 555), Some(same)));
+        assert!(!w.foreign(by(Some(2), 555), Some(gone)), "cannot tell");
+        assert!(!w.foreign(by(Some(2), 555), None), "no way to tell");
+        assert!(!w.foreign(by(Some(2), 0), Some(other)), "no thread id");
+        // Writes through the page cache carry no lock owner: told apart by process.
+        let mut p = Writers::default();
+        p.note(by(None, 100));
+        assert!(p.foreign(by(Some(3), 555), Some(other)));
+        assert!(!p.foreign(by(Some(3), 101), Some(same)));
+        // A write nobody can be named for, or a crowd: every close uploads.
+        p.note(Caller::default());
+        assert!(!p.foreign(by(Some(3), 555), Some(other)));
+        let mut crowd = Writers::default();
+        for i in 0..=Writers::MAX as u32 {
+            crowd.note(by(None, 1000 + i));
+        }
+        assert!(!crowd.foreign(by(Some(3), 555), Some(other)));
     }
 
     #[test]

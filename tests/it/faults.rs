@@ -344,8 +344,9 @@ fn server_killed_mid_upload_and_restarted_loses_nothing() {
     let url = format!("http://127.0.0.1:{port}/");
     let cache = tempfile::tempdir().expect("cache");
     let cache_arg = cache.path().to_string_lossy().into_owned();
-    // Short retries: while this file is open with its server gone, every process another
-    // test starts inherits the descriptor, and its exec flushes it (a full upload attempt).
+    // Short retries: the close waits out a round of them with the server gone. (Processes
+    // other tests start inherit the open descriptor and close it at exec; davdrive does not
+    // upload for those closes, see `a_child_closing_an_inherited_descriptor_does_not_end_the_upload`.)
     let m = Mount::new(
         &url,
         &[
@@ -514,9 +515,8 @@ fn cut_segments_are_resent_alone_and_the_file_appears_whole() {
     );
     let len = 40usize << 20;
     let data = pattern(len, 77);
-    // The writer is a process of its own (dd, fed through a pipe): an open descriptor in
-    // this test process would be inherited by the processes other tests start, and each
-    // such fork's exec closes it, which makes the kernel flush the file (a complete upload).
+    // The writer is a process of its own (dd, fed through a pipe), as in real use; the
+    // processes other tests start then do not even inherit the descriptor.
     let mut dd = std::process::Command::new("dd")
         .arg(format!("of={}", m.path().join("big.bin").display()))
         .args(["bs=1M", "iflag=fullblock", "status=none"])

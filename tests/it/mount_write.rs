@@ -507,8 +507,9 @@ fn server_stopped_mid_upload_loses_nothing() {
     let root = s.root.clone();
     let cache = tempfile::tempdir().expect("cache");
     let cache_arg = cache.path().to_string_lossy().into_owned();
-    // Short retries: while this file is open with its server gone, every process another
-    // test starts inherits the descriptor, and its exec flushes it (a full upload attempt).
+    // Short retries: the close waits out a round of them with the server gone. (Processes
+    // other tests start inherit the open descriptor and close it at exec; davdrive does not
+    // upload for those closes, see `a_child_closing_an_inherited_descriptor_does_not_end_the_upload`.)
     let m = Mount::new(
         &url,
         &[
@@ -871,4 +872,57 @@ fn random_writes_after_streaming(segment: &str) {
         "nothing should be left for recovery"
     );
     assert!(m.unmount().success());
+}
+
+/// A program holding a file open for writing that starts another program (an editor starting
+/// a helper, a build tool, a shell) makes the kernel flush the file when the child closes its
+/// inherited copy of the descriptor at exec. That close is not the writer's: the upload goes
+/// on and ends at the writer's own close, once. Both kinds of descriptor: write-only (writes
+/// bypass the page cache and carry the writer's lock owner) and read-write (through the page
+/// cache, told apart by process).
+#[test]
+fn a_child_closing_an_inherited_descriptor_does_not_end_the_upload() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("inherited");
+    let m = Mount::new(&a.url("inherited"), &["-v"]);
+    // The directory's first file is created empty at once (to learn that writes are allowed
+    // here); make that a different file.
+    std::fs::write(m.path().join("first.txt"), b"x").expect("first file");
+    for (name, read_write) in [("wo.bin", false), ("rw.bin", true)] {
+        let data = pattern(5 << 20, 41);
+        let mut f = std::fs::OpenOptions::new()
+            .read(read_write)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(m.path().join(name))
+            .expect("create");
+        f.write_all(&data[..3 << 20]).expect("write");
+        // The child inherits the descriptor (close-on-exec) and closes it at exec.
+        let child = Command::new("true").status().expect("true");
+        assert!(child.success());
+        assert!(
+            !dir.join(name).exists(),
+            "{name}: the child's close ended the upload:\n{}",
+            m.log()
+        );
+        f.write_all(&data[3 << 20..]).expect("write");
+        drop(f);
+        assert!(
+            std::fs::read(dir.join(name)).expect("on the server") == data,
+            "{name}: the server has other bytes"
+        );
+        let path = format!("/dav/inherited/{name}");
+        let reqs = a.settled_until("inherited", |r| {
+            r.iter().any(|l| l.method == "PUT" && l.path == path)
+        });
+        let puts: Vec<_> = reqs
+            .iter()
+            .filter(|r| r.method == "PUT" && r.path == path)
+            .collect();
+        assert_eq!(puts.len(), 1, "{name}: uploaded more than once: {puts:?}");
+    }
 }
