@@ -27,18 +27,19 @@ pub struct CacheDir {
     root: PathBuf,
     url: String,
     seq: AtomicU64,
-    /// Journals emptied after their upload, for the next ones (see [`CacheDir::recycle`]).
-    idle: Idle,
+    /// Journals created ahead (see [`CacheDir::spare_maker`]).
+    spares: Spares,
 }
 
-/// Emptied journal files (their `.info` beside them), ready for another upload. Creating the
-/// two files anew for every upload cost more than a third of the time of copying small
-/// files in (ext4 allocating inodes, docs/PERFORMANCE.md). An idle journal is empty, so a
-/// davdrive that stops discards it at the next start like any empty journal.
-pub type Idle = std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>;
+/// Empty journal files (an empty `.info` beside each) created ahead, off the path of the
+/// upload that will use one: creating the two files when a file is created on the mount cost
+/// about 0.4 ms of each small file's copy (ext4 allocating inodes, docs/PERFORMANCE.md).
+/// Every journal is used once and deleted after its upload. A spare is empty, so one left by
+/// a davdrive that stopped is discarded at the next start like any empty journal.
+type Spares = std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>;
 
-/// Idle journals kept at most.
-const IDLE_JOURNALS: usize = 8;
+/// Spare journals kept ready.
+const SPARES: usize = 4;
 
 /// A file kept in a recovery folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,7 +125,7 @@ impl CacheDir {
             root,
             url: url.to_owned(),
             seq: AtomicU64::new(0),
-            idle: Idle::default(),
+            spares: Spares::default(),
         })
     }
 
@@ -145,21 +146,25 @@ impl CacheDir {
         )
     }
 
-    /// A journal file for an upload of `target` (an idle one if there is one); its `.info`
-    /// names the target.
+    /// A new journal file for an upload of `target` (a spare one if there is one); its
+    /// `.info` names the target.
     pub fn new_journal(&self, target: &DavPath) -> io::Result<(PathBuf, std::fs::File)> {
         let info = format!("url={}\npath={target}\n", self.url);
         loop {
-            let Some(data) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+            let Some(data) = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
                 break;
             };
-            let reused = overwrite(&data.with_extension("info"), &info).and_then(|()| {
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&data)
-            });
-            match reused {
+            let taken = std::fs::OpenOptions::new()
+                .write(true)
+                .open(data.with_extension("info"))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, info.as_bytes()))
+                .and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&data)
+                });
+            match taken {
                 Ok(file) => return Ok((data, file)),
                 Err(_) => self.discard(&data),
             }
@@ -216,10 +221,35 @@ impl CacheDir {
         out
     }
 
-    /// The idle journals, for [`recycle`] (which the journal writer runs after a journal's
-    /// last write).
-    pub fn idle(&self) -> Idle {
-        self.idle.clone()
+    /// Whether fewer than enough spare journals are ready.
+    pub fn needs_spares(&self) -> bool {
+        self.spares.lock().unwrap_or_else(|e| e.into_inner()).len() < SPARES
+    }
+
+    /// Work that creates spare journals until enough are ready, for a thread that is not on
+    /// an upload's path (the journal writer runs it between journal writes).
+    pub fn spare_maker(&self) -> impl FnOnce() + Send + 'static {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let (spares, dir) = (self.spares.clone(), self.root.join("journal"));
+        move || {
+            while spares.lock().unwrap_or_else(|e| e.into_inner()).len() < SPARES {
+                let id = format!(
+                    "{}-{}-s{}",
+                    std::process::id(),
+                    timestamp(),
+                    NEXT.fetch_add(1, Ordering::Relaxed)
+                );
+                let data = dir.join(format!("{id}.data"));
+                let made = create_private_file(&data.with_extension("info"))
+                    .and_then(|_| create_private_file(&data));
+                if made.is_err() {
+                    let _ = std::fs::remove_file(&data);
+                    let _ = std::fs::remove_file(data.with_extension("info"));
+                    return;
+                }
+                spares.lock().unwrap_or_else(|e| e.into_inner()).push(data);
+            }
+        }
     }
 
     /// Deletes a journal or spool file and its `.info`.
@@ -266,38 +296,6 @@ impl CacheDir {
 }
 
 /// Creates `p` (it must not exist), readable and writable by the user only, and opens it.
-/// Writes `text` over the file at `path` without truncating it: a shorter text is padded
-/// with newlines (a file truncated to 0 and written again is flushed to disk at close by
-/// ext4, see `auto_da_alloc`).
-fn overwrite(path: &Path, text: &str) -> io::Result<()> {
-    use std::io::{Seek, Write};
-    let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
-    let old = f.metadata()?.len() as usize;
-    let mut bytes = text.as_bytes().to_vec();
-    if bytes.len() < old {
-        bytes.resize(old, b'\n');
-    }
-    f.seek(std::io::SeekFrom::Start(0))?;
-    f.write_all(&bytes)
-}
-
-/// Empties the journal at `data` and keeps it in `idle` for another upload (or deletes it when
-/// enough are kept). Only once nothing writes it any more.
-pub fn recycle(idle: &Idle, data: &Path) {
-    let emptied = std::fs::OpenOptions::new()
-        .write(true)
-        .open(data)
-        .and_then(|f| f.set_len(0));
-    let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
-    if emptied.is_ok() && idle.len() < IDLE_JOURNALS {
-        idle.push(data.to_owned());
-    } else {
-        drop(idle);
-        let _ = std::fs::remove_file(data);
-        let _ = std::fs::remove_file(data.with_extension("info"));
-    }
-}
-
 fn create_private_file(p: &Path) -> io::Result<std::fs::File> {
     let mut o = std::fs::OpenOptions::new();
     o.read(true).write(true).create_new(true);
@@ -368,35 +366,32 @@ mod tests {
     }
 
     #[test]
-    fn journals_are_reused_empty_and_an_idle_one_is_never_recovered() {
+    fn spare_journals_are_used_once_and_never_recovered_empty() {
         let tmp = tempfile::tempdir().expect("tmp");
         let cd = CacheDir::open(tmp.path().join("m"), "http://h/dav/").expect("open");
-        let long = DavPath::parse("/a/rather/long/name/of/a/first/file.bin").expect("path");
-        let (j, mut f) = cd.new_journal(&long).expect("journal");
-        std::io::Write::write_all(&mut f, b"uploaded already").expect("write");
-        recycle(&cd.idle(), &j);
-        // The next upload gets the same file, empty, and its .info names the new target
-        // (written over the old one, which was longer).
-        let short = DavPath::parse("/b.bin").expect("path");
-        let (again, _) = cd.new_journal(&short).expect("journal");
-        assert_eq!(again, j);
-        assert_eq!(std::fs::metadata(&j).expect("data").len(), 0);
+        assert!(cd.needs_spares());
+        cd.spare_maker()();
+        assert!(!cd.needs_spares());
+        let target = DavPath::parse("/b.bin").expect("path");
+        let (j, mut f) = cd.new_journal(&target).expect("journal");
+        assert!(
+            j.to_string_lossy().contains("-s"),
+            "not a spare: {}",
+            j.display()
+        );
+        assert!(cd.needs_spares());
         let info = std::fs::read_to_string(j.with_extension("info")).expect("info");
-        assert!(info.contains("path=/b.bin\n"), "{info}");
-        assert!(!info.contains("first"), "{info}");
-        // Idle when davdrive stops: an empty journal is discarded at the next start, not
-        // recovered; one with data is recovered under its new name.
-        recycle(&cd.idle(), &j);
-        let (other, mut g) = cd.new_journal(&short).expect("journal");
-        assert_eq!(other, j);
-        std::io::Write::write_all(&mut g, b"in flight").expect("write");
-        let (idle, _) = cd.new_journal(&long).expect("a second journal");
-        assert_ne!(idle, j);
-        recycle(&cd.idle(), &idle);
+        assert_eq!(info, "url=http://h/dav/\npath=/b.bin\n");
+        std::io::Write::write_all(&mut f, b"in flight").expect("write");
+        // A davdrive that stops now: the journal with data is recovered under its target's
+        // name, the empty spares are discarded.
         let kept = cd.recover_leftovers();
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!(std::fs::read(&kept[0]).expect("kept"), b"in flight");
         assert!(kept[0].to_string_lossy().ends_with("b.bin"), "{kept:?}");
-        assert!(!idle.exists(), "the idle journal was not discarded");
+        let left = std::fs::read_dir(tmp.path().join("m/journal"))
+            .expect("dir")
+            .count();
+        assert_eq!(left, 0, "spares left behind");
     }
 }

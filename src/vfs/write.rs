@@ -41,7 +41,7 @@ use crate::dav::{
 /// at most ~16 MiB in memory per upload.
 const CHANNEL_DEPTH: usize = 16;
 /// Items queued for the journal thread, all uploads together.
-const JOURNAL_DEPTH: usize = 16;
+const JOURNAL_DEPTH: usize = 8;
 
 type Chunk = Result<Bytes, io::Error>;
 
@@ -99,9 +99,8 @@ impl Drop for UploadTask {
 
 enum JournalItem {
     Data(Arc<JournalFile>, u64, Bytes),
-    /// A journal nothing writes any more: emptied for reuse once the items before it are done
-    /// (see `cache_dir::recycle`).
-    Recycle(super::cache_dir::Idle, PathBuf),
+    /// Work off the uploads' path (creating spare journals, see `CacheDir::spare_maker`).
+    Run(Box<dyn FnOnce() + Send>),
     Barrier(
         Arc<JournalFile>,
         tokio::sync::oneshot::Sender<Result<(), String>>,
@@ -115,7 +114,6 @@ struct JournalFile {
     ring: Option<Arc<Ring>>,
     /// Writes around the page cache; `None` once they failed (then through it).
     direct: std::sync::Mutex<Option<Direct>>,
-    has_direct: bool,
     error: std::sync::Mutex<Option<String>>,
     /// How far the file is written (appends only: a streaming journal grows in order).
     written: tokio::sync::watch::Sender<u64>,
@@ -155,14 +153,9 @@ fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
                             }
                         }
                     }
-                    JournalItem::Recycle(idle, data) => super::cache_dir::recycle(&idle, &data),
+                    JournalItem::Run(work) => work(),
                     JournalItem::Barrier(j, done) => {
-                        let mut error = j.error.lock().unwrap_or_else(|e| e.into_inner());
-                        if error.is_none()
-                            && let Err(e) = j.flush_direct()
-                        {
-                            *error = Some(e.to_string());
-                        }
+                        let error = j.error.lock().unwrap_or_else(|e| e.into_inner());
                         let _ = done.send(match &*error {
                             None => Ok(()),
                             Some(e) => Err(e.clone()),
@@ -178,22 +171,15 @@ fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
 impl JournalFile {
     /// Writes `data` at `off`: into the ring where it has a slot, and into the journal.
     fn write(&self, data: &[u8], off: u64) -> io::Result<()> {
-        // What the ring does not hold, the follower sends from the journal file: it must be
-        // there once the watermark says it is written, not staged.
-        let mut all_in_ring = true;
         if let Some(r) = &self.ring {
             let (mut at, mut rest) = (off, data);
             while !rest.is_empty() {
                 let n = r.room(at).min(rest.len() as u64) as usize;
-                match r.place(at) {
-                    Some((slot_at, _)) => {
-                        if let Err(e) = write_at(&r.file, &rest[..n], slot_at) {
-                            tracing::debug!("the ring failed ({e}); segments go from the journal");
-                            r.break_down();
-                            all_in_ring = false;
-                        }
-                    }
-                    None => all_in_ring = false,
+                if let Some((slot_at, _)) = r.place(at)
+                    && let Err(e) = write_at(&r.file, &rest[..n], slot_at)
+                {
+                    tracing::debug!("the ring failed ({e}); segments go from the journal");
+                    r.break_down();
                 }
                 rest = &rest[n..];
                 at += n as u64;
@@ -201,56 +187,41 @@ impl JournalFile {
         }
         let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = direct.as_mut() {
-            let written = d
-                .append(&self.file, data, off)
-                .and_then(|()| if all_in_ring { Ok(()) } else { d.flush() });
-            match written {
+            match d.append(&self.file, data, off) {
                 Ok(()) => return Ok(()),
                 Err(e) => {
+                    // Whatever part went out is in the file; the whole write goes again.
                     tracing::debug!("direct journal writes failed ({e}); through the page cache");
-                    if let Some((start, staged)) = d.staged() {
-                        write_at(&self.file, staged, start)?;
-                    }
                     *direct = None;
                 }
             }
         }
         write_at(&self.file, data, off)
     }
-
-    /// Writes out what direct writes keep staged, so that the journal holds every byte.
-    fn flush_direct(&self) -> io::Result<()> {
-        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(d) = direct.as_mut()
-            && let Err(e) = d.flush()
-        {
-            tracing::debug!("direct journal writes failed ({e}); through the page cache");
-            if let Some((start, staged)) = d.staged() {
-                write_at(&self.file, staged, start)?;
-            }
-            *direct = None;
-        }
-        Ok(())
-    }
 }
 
 /// A segmented upload's journal written around the page cache (`O_DIRECT` on Linux: the
-/// platform layer opens it, see [`segments::OpenDirect`]), through an
-/// aligned buffer of 1 MiB. A journal of the whole file must be kept (it is what a failed
-/// upload is retried and recovered from), but nothing reads it while the upload goes well:
-/// the follower sends from the [`Ring`]. Filling newly allocated page-cache pages with it was
-/// the largest cost of a fast upload (docs/PERFORMANCE.md); a direct write costs the disk's
-/// bandwidth instead. Bytes must come in order; the staged ones are written out (padded to
-/// the alignment, the file then cut to length) at every barrier.
+/// platform layer opens it, see [`segments::OpenDirect`]). A journal of the whole file must
+/// be kept (it is what a failed upload is retried and recovered from), but nothing reads it
+/// while the upload goes well: the follower sends from the [`Ring`]. Filling newly allocated
+/// page-cache pages with it was the largest cost of a fast upload (docs/PERFORMANCE.md); a
+/// direct write costs the disk's bandwidth instead.
+///
+/// Each write is in the file when it returns: its whole 4 KiB blocks (with the bytes of the
+/// last block before it, kept here) go direct through an aligned buffer, the bytes of an
+/// unfinished last block through the page cache; the next direct write covers that block
+/// again (the kernel writes back and drops cached pages a direct write covers). Bytes must
+/// come in order.
 struct Direct {
     file: std::fs::File,
     buf: Vec<u8>,
     /// Where the aligned part of `buf` starts.
     base: usize,
-    /// The file offset of the first staged byte (aligned), and how many are staged.
+    /// The file offset of the unfinished last block (aligned), and its bytes so far (at the
+    /// start of the aligned part of `buf`).
     start: u64,
     len: usize,
-    /// Whether the staged block's bytes from before the first append were read in.
+    /// Whether those bytes were read in (they came through the page cache before).
     primed: bool,
 }
 
@@ -277,10 +248,10 @@ impl Direct {
         })
     }
 
+    /// Writes `data` at `off` (where the journal ends); `plain` is the journal through the
+    /// page cache.
     fn append(&mut self, plain: &std::fs::File, mut data: &[u8], off: u64) -> io::Result<()> {
-        let chunk = self.base..self.base + Self::CHUNK;
         if !self.primed {
-            // The journal's last block so far: its first bytes came through the page cache.
             let head = self.base..self.base + self.len;
             if read_at(plain, &mut self.buf[head], self.start)? < self.len {
                 return Err(io::Error::other("the journal is shorter than written"));
@@ -296,33 +267,24 @@ impl Direct {
             self.buf[at..at + n].copy_from_slice(&data[..n]);
             self.len += n;
             data = &data[n..];
-            if self.len == Self::CHUNK {
-                write_at(&self.file, &self.buf[chunk.clone()], self.start)?;
-                self.start += Self::CHUNK as u64;
-                self.len = 0;
+            let whole = self.len - self.len % Self::ALIGN;
+            if whole > 0 {
+                write_at(
+                    &self.file,
+                    &self.buf[self.base..self.base + whole],
+                    self.start,
+                )?;
             }
+            let rest = self.len - whole;
+            if rest > 0 {
+                let tail = self.base + whole..self.base + self.len;
+                write_at(plain, &self.buf[tail.clone()], self.start + whole as u64)?;
+                self.buf.copy_within(tail, self.base);
+            }
+            self.start += whole as u64;
+            self.len = rest;
         }
         Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.primed || self.len == 0 {
-            return Ok(());
-        }
-        let padded = self.len.next_multiple_of(Self::ALIGN);
-        self.buf[self.base + self.len..self.base + padded].fill(0);
-        write_at(
-            &self.file,
-            &self.buf[self.base..self.base + padded],
-            self.start,
-        )?;
-        self.file.set_len(self.start + self.len as u64)
-    }
-
-    /// The staged bytes and where they go, for writing them another way.
-    fn staged(&self) -> Option<(u64, &[u8])> {
-        self.primed
-            .then(|| (self.start, &self.buf[self.base..self.base + self.len]))
     }
 }
 
@@ -386,7 +348,6 @@ impl JournalWriter {
         let file = Arc::new(JournalFile {
             file,
             ring,
-            has_direct: direct.is_some(),
             direct: std::sync::Mutex::new(direct),
             error: std::sync::Mutex::new(None),
             written: tokio::sync::watch::Sender::new(written),
@@ -414,8 +375,7 @@ impl JournalWriter {
         // Every queued item holds a reference to the file, and the journal thread drops it
         // once the item is done: when ours is the only one left, everything sent is written
         // and no round trip to the thread is needed (a small file's close saves a wake-up).
-        // Direct writes keep bytes staged: the thread writes them out.
-        if Arc::strong_count(&self.file) == 1 && !self.file.has_direct {
+        if Arc::strong_count(&self.file) == 1 {
             let error = self.file.error.lock().unwrap_or_else(|e| e.into_inner());
             return match &*error {
                 None => Ok(()),
@@ -465,8 +425,6 @@ struct State {
     failed_round: Option<std::time::Instant>,
     /// `pre` names a part of our own upload the server kept (see `adopt_partial`).
     adopted: bool,
-    /// `file` is a journal from the cache directory's pool: it goes back there at release.
-    pooled: bool,
 }
 
 /// What stands on the server after an upload of ours broke (see `adopt_partial`).
@@ -515,7 +473,6 @@ impl State {
             may_segment: true,
             failed_round: None,
             adopted: false,
-            pooled: false,
         }
     }
 }
@@ -808,7 +765,13 @@ impl WriteHandle {
         pre: Preconditions,
         stream: bool,
     ) -> VfsResult<Self> {
-        let is_journal = stream;
+        if stream
+            && cache.needs_spares()
+            && let Ok(tx) = journal_thread()
+        {
+            // The next uploads' journals, made while this one's data is on the way.
+            let _ = tx.try_send(JournalItem::Run(Box::new(cache.spare_maker())));
+        }
         let (file_path, file) = if stream {
             cache.new_journal(&path)
         } else {
@@ -831,7 +794,6 @@ impl WriteHandle {
             ino,
             path,
             State {
-                pooled: is_journal,
                 stream,
                 complete: true,
                 dirty: true,
@@ -969,7 +931,9 @@ impl WriteHandle {
             abort_stream(s).await;
         }
         if let Some(g) = st.segmented.take() {
-            // Its temporary file goes at release.
+            // Its temporary file goes at release. The journal's queue is written out first:
+            // the program may go on using the file (it is the spool from now on).
+            let _ = g.journal.barrier().await;
             st.resume = Some(stopped(g.follower, st.size));
         }
         st.dirty = false;
@@ -1965,17 +1929,7 @@ impl WriteHandle {
             // No copy could be made aside: leave the only copy where it is.
             return outcome;
         }
-        let recycled = match (st.pooled, journal_thread()) {
-            // After whatever the journal thread still has to write into it.
-            (true, Ok(tx)) => tx
-                .send(JournalItem::Recycle(cache.idle(), st.file_path.clone()))
-                .await
-                .is_ok(),
-            _ => false,
-        };
-        if !recycled {
-            cache.discard(&st.file_path);
-        }
+        cache.discard(&st.file_path);
         outcome
     }
 }
@@ -2016,7 +1970,6 @@ mod tests {
             file,
             ring: Some(ring.clone()),
             direct: std::sync::Mutex::new(Some(direct)),
-            has_direct: true,
             error: std::sync::Mutex::new(None),
             written: tokio::sync::watch::Sender::new(head.len() as u64),
         };
@@ -2024,7 +1977,7 @@ mod tests {
     }
 
     #[test]
-    fn direct_journals_hold_every_byte_after_a_barrier() {
+    fn direct_journals_hold_every_byte_as_soon_as_it_is_written() {
         let dir = tempfile::tempdir().expect("dir");
         let data = pattern(5 << 20, 7);
         // The journal had 5000 bytes (an unaligned end) when it went direct.
@@ -2034,11 +1987,12 @@ mod tests {
         for piece in data[5000..].chunks(300_001) {
             j.write(piece, off as u64).expect("write");
             off += piece.len();
+            let got = std::fs::read(&path).expect("read");
+            assert!(
+                got.len() == off && got[..] == data[..off],
+                "the journal at {off}"
+            );
         }
-        j.flush_direct().expect("barrier");
-        let got = std::fs::read(&path).expect("read");
-        assert_eq!(got.len(), data.len(), "the journal is cut to its length");
-        assert!(got == data, "the journal differs");
         // Segments 1..=4 went to the ring (segment 0 began before it): each reads back whole.
         for k in 1..5u64 {
             let at = ring.locate(k * seg, (k + 1) * seg).expect("in the ring");
@@ -2049,20 +2003,19 @@ mod tests {
                 "segment {k} differs in the ring"
             );
         }
-        // Writing on after a barrier rewrites the padded block correctly.
+        // Writing on rewrites the unfinished last block correctly.
         let more = pattern(12345, 9);
         j.write(&more, data.len() as u64).expect("write");
-        j.flush_direct().expect("barrier");
         let got = std::fs::read(&path).expect("read");
         assert_eq!(got.len(), data.len() + more.len());
         assert!(got[data.len()..] == more[..] && got[..data.len()] == data[..]);
     }
 
     #[test]
-    fn what_the_ring_cannot_hold_is_in_the_journal_file_at_once() {
+    fn small_unaligned_writes_are_in_the_journal_file_at_once() {
         let dir = tempfile::tempdir().expect("dir");
-        // Segments of 4 KiB: the ring's slots are full after 4 segments; from then on each
-        // write must be in the file (not staged) when it returns.
+        // Segments of 4 KiB: the ring's slots are full after 4 segments; from then on the
+        // follower reads the journal file, so each write must be there when it returns.
         let seg = 4096;
         let data = pattern(64 * 1024, 3);
         let (path, j, _ring) = journal(dir.path(), &[], seg);
@@ -2141,7 +2094,6 @@ mod tests {
             "direct writes go on"
         );
         j.write(&data[1_500_000..], 1_500_000).expect("write");
-        j.flush_direct().expect("barrier");
         assert!(std::fs::read(&path).expect("read") == data);
     }
 }
