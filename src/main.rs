@@ -323,7 +323,7 @@ mod platform {
         #[cfg(target_os = "linux")]
         {
             vfs_cfg.open_direct = Some(davdrive::fs::fuse::open_direct);
-            vfs_cfg.same_process = Some(davdrive::fs::fuse::same_process);
+            vfs_cfg.process_of = Some(davdrive::fs::fuse::process_of);
         }
         let vfs = Vfs::new(client, vfs_cfg).map_err(|e| e.to_string())?;
         if let Err(e) = rt.block_on(vfs.probe()) {

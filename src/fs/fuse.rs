@@ -672,18 +672,15 @@ pub fn open_direct(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// Whether two thread ids belong to one process (the same thread group), from `/proc`;
-/// `None` when either is gone or unreadable.
+/// The process (thread group) of a thread id, from `/proc`; `None` when it is gone or
+/// unreadable.
 #[cfg(target_os = "linux")]
-pub fn same_process(a: u32, b: u32) -> Option<bool> {
-    fn tgid(tid: u32) -> Option<u32> {
-        let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Tgid:"))
-            .and_then(|v| v.trim().parse().ok())
-    }
-    Some(tgid(a)? == tgid(b)?)
+pub fn process_of(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Mounts `vfs` at `mountpoint` with FUSE. The mount exists when this returns; the caller

@@ -233,18 +233,24 @@ impl CacheDir {
         let (spares, dir) = (self.spares.clone(), self.root.join("journal"));
         move || {
             while spares.lock().unwrap_or_else(|e| e.into_inner()).len() < SPARES {
+                let nanos = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0);
                 let id = format!(
-                    "{}-{}-s{}",
+                    "{}-{}-{nanos:08x}-s{}",
                     std::process::id(),
                     timestamp(),
                     NEXT.fetch_add(1, Ordering::Relaxed)
                 );
                 let data = dir.join(format!("{id}.data"));
-                let made = create_private_file(&data.with_extension("info"))
-                    .and_then(|_| create_private_file(&data));
-                if made.is_err() {
-                    let _ = std::fs::remove_file(&data);
-                    let _ = std::fs::remove_file(data.with_extension("info"));
+                let info = data.with_extension("info");
+                // Both names new (`create_new`): a collision removes nothing of another's.
+                if create_private_file(&info).is_err() {
+                    return;
+                }
+                if create_private_file(&data).is_err() {
+                    let _ = std::fs::remove_file(&info);
                     return;
                 }
                 spares.lock().unwrap_or_else(|e| e.into_inner()).push(data);

@@ -51,7 +51,7 @@ pub use names::NamePolicy;
 use read::ReadHandle;
 pub use read::ReadTuning;
 use write::WriteHandle;
-pub use write::{Caller, SameProcess};
+pub use write::{Caller, ProcessOf};
 
 /// Settings of the core, with documented defaults (docs/CONFIGURATION.md).
 #[derive(Debug, Clone)]
@@ -81,10 +81,10 @@ pub struct VfsConfig {
     /// How the platform opens a file for writes around the page cache (Linux: `O_DIRECT`),
     /// for the journals of segmented uploads; `None`: they go through it.
     pub open_direct: Option<segments::OpenDirect>,
-    /// How the platform tells whether two thread ids are one process (Linux: `/proc`), so
-    /// that a child closing an inherited descriptor does not end its parent's upload;
-    /// `None`: every close uploads.
-    pub same_process: Option<SameProcess>,
+    /// How the platform finds a thread's process (Linux: `/proc`), so that a child closing
+    /// an inherited descriptor does not end its parent's upload; `None`: only lock owners
+    /// tell callers apart.
+    pub process_of: Option<ProcessOf>,
 }
 
 /// How new files are uploaded.
@@ -116,7 +116,7 @@ impl Default for VfsConfig {
             direct_reads: false,
             segment_size: 16 << 20,
             open_direct: None,
-            same_process: None,
+            process_of: None,
         }
     }
 }

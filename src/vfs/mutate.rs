@@ -281,7 +281,8 @@ impl Vfs {
         let stream = self.can_stream(&dir).await;
         let ino = self.insert_child(parent, name, &path, meta.clone());
         let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?
-            .with_segments(self.segments.clone());
+            .with_segments(self.segments.clone())
+            .with_process_of(self.cfg.process_of);
         w.mark_new_file();
         Ok(self.created(ino, &meta, w, mode))
     }
@@ -378,9 +379,11 @@ impl Vfs {
             let stream = self.can_stream(&dir).await;
             WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?
                 .with_segments(self.segments.clone())
+                .with_process_of(self.cfg.process_of)
         } else {
             WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre)?
                 .with_segments(self.segments.clone())
+                .with_process_of(self.cfg.process_of)
         };
         let fh = self.add_handle(Handle::Write(Arc::new(w)));
         if let Some(n) = self.table().get_mut(ino) {
@@ -393,11 +396,7 @@ impl Vfs {
     /// `None` means the caller must use [`Vfs::write`].
     pub fn try_write_now(&self, fh: u64, offset: u64, data: &Bytes, by: Caller) -> Option<u32> {
         match self.handle(fh).ok()? {
-            Handle::Write(w) => {
-                let n = w.try_write_now(offset, data)?;
-                w.note_writer(by);
-                Some(n)
-            }
+            Handle::Write(w) => w.try_write_now(offset, data, by),
             Handle::Read(_) => None,
         }
     }
@@ -405,10 +404,7 @@ impl Vfs {
     /// Writes `data` at `offset` for `by`; returns how many bytes were taken.
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes, by: Caller) -> VfsResult<u32> {
         match self.handle(fh)? {
-            Handle::Write(w) => {
-                w.note_writer(by);
-                w.write(&self.client, offset, data).await
-            }
+            Handle::Write(w) => w.write(&self.client, offset, data, by).await,
             Handle::Read(_) => Err(VfsError::new(
                 ErrorKind::PermissionDenied,
                 "file not open for writing",
@@ -435,7 +431,7 @@ impl Vfs {
     /// its close returns at once and the upload goes on (see `WriteHandle::foreign_close`).
     pub async fn close(&self, fh: u64, by: Caller) -> VfsResult<()> {
         if let Ok(Handle::Write(w)) = self.handle(fh)
-            && w.foreign_close(by, self.cfg.same_process)
+            && w.foreign_close(by)
         {
             tracing::debug!(path = %w.path(), pid = by.pid, "a close by a process that did not write: the upload goes on");
             return Ok(());
@@ -455,11 +451,7 @@ impl Vfs {
     }
 
     async fn flush_handle(&self, w: &Arc<WriteHandle>) -> VfsResult<()> {
-        let r = w.flush(&self.client, &self.cache).await;
-        if r.is_ok() {
-            w.forget_writers();
-        }
-        match r {
+        match w.flush(&self.client, &self.cache).await {
             Ok(Some(up)) => {
                 self.apply_upload(w.ino(), &up);
                 let local = self.local.get(&w.path()).is_some();
@@ -652,7 +644,8 @@ impl Vfs {
             )
         };
         let w = WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre)?
-            .with_segments(self.segments.clone());
+            .with_segments(self.segments.clone())
+            .with_process_of(self.cfg.process_of);
         w.set_size(&self.client, size).await?;
         if let Some(up) = w.release(&self.client, &self.cache, false).await? {
             self.apply_upload(ino, &up);

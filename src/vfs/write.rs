@@ -493,17 +493,23 @@ pub struct Caller {
     pub pid: u32,
 }
 
-/// Tells whether two thread ids belong to the same process (`None`: cannot tell); the
+/// The process (thread group) a thread id belongs to, `None` when it cannot tell; the
 /// platform layer knows how (Linux: `/proc`).
-pub type SameProcess = fn(u32, u32) -> Option<bool>;
+pub type ProcessOf = fn(u32) -> Option<u32>;
 
-/// The callers that wrote through a handle since its data was last uploaded.
+/// The callers that wrote through a handle since its data was last uploaded. Kept under the
+/// session lock's order: recorded once a write holds the session, cleared by a flush that
+/// holds it, so that a write waiting behind a flush is never forgotten.
 #[derive(Debug, Default)]
 struct Writers {
+    /// Lock owners of writes that carried one (writes bypassing the page cache).
     owners: Vec<u64>,
-    pids: Vec<u32>,
-    /// A write from a caller that cannot be told apart (no lock owner and no thread id, or
-    /// too many writers to keep): every close uploads.
+    /// Processes of writes through the page cache (no lock owner), resolved when they wrote.
+    procs: Vec<u32>,
+    /// The last thread resolved, and its process.
+    last: Option<(u32, u32)>,
+    /// A change from a caller that cannot be told apart (a write with no lock owner whose
+    /// process is unknown, a truncation, too many writers): every close uploads.
     unknown: bool,
 }
 
@@ -511,35 +517,50 @@ impl Writers {
     /// Enough to tell a program from the children it starts; more means a crowd.
     const MAX: usize = 8;
 
-    fn note(&mut self, c: Caller) {
-        if c.owner.is_none() && c.pid == 0 {
-            self.unknown = true;
+    fn note(&mut self, c: Caller, process_of: Option<ProcessOf>) {
+        match c.owner {
+            Some(o) => {
+                if !self.owners.contains(&o) {
+                    self.owners.push(o);
+                }
+            }
+            None => {
+                let proc = match self.last {
+                    Some((tid, p)) if tid == c.pid && c.pid != 0 => Some(p),
+                    _ if c.pid == 0 => None,
+                    _ => process_of.and_then(|f| f(c.pid)),
+                };
+                match proc {
+                    Some(p) => {
+                        self.last = Some((c.pid, p));
+                        if !self.procs.contains(&p) {
+                            self.procs.push(p);
+                        }
+                    }
+                    None => self.unknown = true,
+                }
+            }
         }
-        if let Some(o) = c.owner
-            && !self.owners.contains(&o)
-        {
-            self.owners.push(o);
-        }
-        if c.pid != 0 && !self.pids.contains(&c.pid) {
-            self.pids.push(c.pid);
-        }
-        if self.owners.len() > Self::MAX || self.pids.len() > Self::MAX {
+        if self.owners.len() > Self::MAX || self.procs.len() > Self::MAX {
             self.unknown = true;
         }
     }
 
     /// Whether `c` is provably none of the writers (and so its close need not upload).
-    fn foreign(&self, c: Caller, same_process: Option<SameProcess>) -> bool {
-        if self.unknown || self.pids.is_empty() || c.pid == 0 {
+    fn foreign(&self, c: Caller, process_of: Option<ProcessOf>) -> bool {
+        if self.unknown || (self.owners.is_empty() && self.procs.is_empty()) || c.pid == 0 {
             return false;
         }
-        if c.owner.is_some_and(|o| self.owners.contains(&o)) || self.pids.contains(&c.pid) {
+        if c.owner.is_some_and(|o| self.owners.contains(&o)) {
             return false;
         }
-        let Some(same) = same_process else {
-            return false;
-        };
-        self.pids.iter().all(|&w| same(c.pid, w) == Some(false))
+        if !self.procs.is_empty() {
+            match process_of.and_then(|f| f(c.pid)) {
+                Some(p) if !self.procs.contains(&p) => {}
+                _ => return false,
+            }
+        }
+        true
     }
 }
 
@@ -547,6 +568,7 @@ pub(super) struct WriteHandle {
     ino: Ino,
     /// Who wrote since the last upload (see [`WriteHandle::foreign_close`]).
     writers: std::sync::Mutex<Writers>,
+    process_of: Option<ProcessOf>,
     /// Where the data goes; changes when the open file is renamed.
     target: std::sync::Mutex<DavPath>,
     /// `State::size`, readable without waiting for a running upload (getattr, stat).
@@ -856,6 +878,7 @@ impl WriteHandle {
         WriteHandle {
             ino,
             writers: std::sync::Mutex::default(),
+            process_of: None,
             target: std::sync::Mutex::new(path),
             size_now: state.size.into(),
             unlinked: false.into(),
@@ -880,28 +903,22 @@ impl WriteHandle {
         self.ino
     }
 
-    /// Records who wrote (see [`WriteHandle::foreign_close`]).
-    pub(super) fn note_writer(&self, c: Caller) {
-        self.writers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .note(c);
+    /// How callers' processes are told apart (see [`WriteHandle::foreign_close`]).
+    pub(super) fn with_process_of(mut self, f: Option<ProcessOf>) -> Self {
+        self.process_of = f;
+        self
     }
 
-    /// The data written so far is on the server: a new round of writers begins.
-    pub(super) fn forget_writers(&self) {
-        *self.writers.lock().unwrap_or_else(|e| e.into_inner()) = Writers::default();
+    fn writers(&self) -> std::sync::MutexGuard<'_, Writers> {
+        self.writers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether a close by `c` comes from a process that never wrote through this handle
     /// while data is waiting: a child that inherited the descriptor across `fork` and closes
     /// it at `exec` or exit (the kernel flushes at every close of a descriptor). Such a
     /// close must not end the writer's upload; the writer's own close or fsync does.
-    pub(super) fn foreign_close(&self, c: Caller, same_process: Option<SameProcess>) -> bool {
-        self.writers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .foreign(c, same_process)
+    pub(super) fn foreign_close(&self, c: Caller) -> bool {
+        self.writers().foreign(c, self.process_of)
     }
 
     /// Where the data goes now.
@@ -927,14 +944,23 @@ impl WriteHandle {
         self.unlinked
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut st = self.state.lock().await;
+        // The journal's queue is written out first: the program may go on using the file (it
+        // is the spool from now on).
+        let mut kept = Ok(());
         if let Some(s) = st.stream.take() {
+            kept = s.journal.barrier().await;
             abort_stream(s).await;
         }
         if let Some(g) = st.segmented.take() {
-            // Its temporary file goes at release. The journal's queue is written out first:
-            // the program may go on using the file (it is the spool from now on).
-            let _ = g.journal.barrier().await;
+            // Its temporary file goes at release.
+            kept = kept.and(g.journal.barrier().await);
             st.resume = Some(stopped(g.follower, st.size));
+        }
+        if let Err(e) = kept {
+            st.failed = Some(VfsError::new(
+                ErrorKind::NoSpace,
+                format!("{}: cannot keep the written data: {e}", self.path()),
+            ));
         }
         st.dirty = false;
     }
@@ -1355,8 +1381,14 @@ impl WriteHandle {
 
     /// The common case of a streaming upload, done without waiting: a sequential write
     /// while both the journal and the upload have room. `None`: take the general path.
-    pub(super) fn try_write_now(&self, offset: u64, data: &Bytes) -> Option<u32> {
+    pub(super) fn try_write_now(&self, offset: u64, data: &Bytes, by: Caller) -> Option<u32> {
         let mut st = self.state.try_lock().ok()?;
+        let n = self.try_write_locked(&mut st, offset, data)?;
+        self.writers().note(by, self.process_of);
+        Some(n)
+    }
+
+    fn try_write_locked(&self, st: &mut State, offset: u64, data: &Bytes) -> Option<u32> {
         if st.failed.is_some() || offset != st.size {
             return None;
         }
@@ -1377,7 +1409,7 @@ impl WriteHandle {
             st.size = end;
             st.dirty = true;
             st.changed_since_recovery = true;
-            self.set_size_now(&st);
+            self.set_size_now(st);
             return Some(data.len() as u32);
         }
         if st.may_segment && end > self.switch_at {
@@ -1401,7 +1433,7 @@ impl WriteHandle {
         st.size += data.len() as u64;
         st.dirty = true;
         st.changed_since_recovery = true;
-        self.set_size_now(&st);
+        self.set_size_now(st);
         Some(data.len() as u32)
     }
 
@@ -1410,8 +1442,10 @@ impl WriteHandle {
         client: &DavClient,
         offset: u64,
         data: Bytes,
+        by: Caller,
     ) -> VfsResult<u32> {
         let mut st = self.state.lock().await;
+        self.writers().note(by, self.process_of);
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
@@ -1555,6 +1589,8 @@ impl WriteHandle {
 
     pub(super) async fn set_size(&self, client: &DavClient, size: u64) -> VfsResult<()> {
         let mut st = self.state.lock().await;
+        // Whoever truncates changes the file too, and the request does not say who it is.
+        self.writers().unknown = true;
         if st.size == size && (st.stream.is_some() || st.segmented.is_some() || st.complete) {
             return Ok(());
         }
@@ -1592,6 +1628,11 @@ impl WriteHandle {
         // for the last close.
         let empty_stream = st.stream.is_some() && st.size == 0 && st.failed.is_none();
         let r = self.flush_locked(client, &mut st).await;
+        if r.is_ok() {
+            // Everything written is on the server; nobody could write meanwhile (the session
+            // was held).
+            *self.writers() = Writers::default();
+        }
         if empty_stream && r.is_ok() {
             st.restream = st.size == 0 && st.stream.is_none() && st.failed.is_none();
         }
@@ -2036,48 +2077,42 @@ mod tests {
     #[test]
     fn only_a_provably_other_process_closes_without_uploading() {
         let by = |owner, pid| Caller { owner, pid };
-        fn other(_: u32, _: u32) -> Option<bool> {
-            Some(false)
+        // Threads 100-199 are process 1, 500-599 process 5; others are gone.
+        fn proc_of(tid: u32) -> Option<u32> {
+            (tid < 1000).then_some(tid / 100)
         }
-        fn same(a: u32, b: u32) -> Option<bool> {
-            Some(a / 100 == b / 100)
-        }
-        fn gone(_: u32, _: u32) -> Option<bool> {
-            None
-        }
+        let p = Some(proc_of as ProcessOf);
         let mut w = Writers::default();
-        assert!(!w.foreign(by(Some(9), 7), Some(other)), "nothing written");
-        w.note(by(Some(1), 100));
+        assert!(!w.foreign(by(Some(9), 500), p), "nothing written");
+        // A write that bypassed the page cache: known by its lock owner.
+        w.note(by(Some(1), 100), p);
         assert!(
-            !w.foreign(by(Some(1), 555), Some(other)),
+            !w.foreign(by(Some(1), 555), p),
             "the writer's descriptor table"
         );
+        assert!(w.foreign(by(Some(2), 555), p), "a child");
+        assert!(w.foreign(by(Some(2), 101), p), "another descriptor table");
+        assert!(!w.foreign(by(Some(2), 0), p), "no thread id");
+        // Writes through the page cache carry no lock owner: known by process, resolved
+        // when they wrote (a writer thread that is gone later does not matter).
+        let mut q = Writers::default();
+        q.note(by(None, 100), p);
         assert!(
-            !w.foreign(by(Some(2), 100), Some(other)),
-            "the writer's thread"
-        );
-        assert!(w.foreign(by(Some(2), 555), Some(other)), "a child");
-        assert!(
-            !w.foreign(by(Some(2), 101), Some(same)),
+            !q.foreign(by(Some(3), 199), p),
             "another thread of the writer"
         );
-        assert!(w.foreign(by(Some(2), 555), Some(same)));
-        assert!(!w.foreign(by(Some(2), 555), Some(gone)), "cannot tell");
-        assert!(!w.foreign(by(Some(2), 555), None), "no way to tell");
-        assert!(!w.foreign(by(Some(2), 0), Some(other)), "no thread id");
-        // Writes through the page cache carry no lock owner: told apart by process.
-        let mut p = Writers::default();
-        p.note(by(None, 100));
-        assert!(p.foreign(by(Some(3), 555), Some(other)));
-        assert!(!p.foreign(by(Some(3), 101), Some(same)));
+        assert!(q.foreign(by(Some(3), 555), p), "a child");
+        assert!(!q.foreign(by(Some(3), 5000), p), "cannot tell");
+        assert!(!q.foreign(by(Some(3), 555), None), "no way to tell");
         // A write nobody can be named for, or a crowd: every close uploads.
-        p.note(Caller::default());
-        assert!(!p.foreign(by(Some(3), 555), Some(other)));
+        let mut r = Writers::default();
+        r.note(by(None, 5000), p);
+        assert!(!r.foreign(by(Some(3), 555), p));
         let mut crowd = Writers::default();
-        for i in 0..=Writers::MAX as u32 {
-            crowd.note(by(None, 1000 + i));
+        for i in 0..=Writers::MAX as u64 {
+            crowd.note(by(Some(10 + i), 100), p);
         }
-        assert!(!crowd.foreign(by(Some(3), 555), Some(other)));
+        assert!(!crowd.foreign(by(Some(3), 555), p));
     }
 
     #[test]
