@@ -705,20 +705,13 @@ pub fn file_stream(
     })
 }
 
-fn read_exact_at(f: &std::fs::File, mut buf: &mut [u8], mut off: u64) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        #[cfg(unix)]
-        let n = std::os::unix::fs::FileExt::read_at(f, buf, off)?;
-        #[cfg(windows)]
-        let n = std::os::windows::fs::FileExt::seek_read(f, buf, off)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the local copy is shorter than the upload",
-            ));
-        }
-        buf = &mut buf[n..];
-        off += n as u64;
+/// Fills `buf` from `off` on; a file that ends before is an error.
+fn read_exact_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    if super::write::read_at(f, buf, off)? < buf.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the local copy is shorter than the upload",
+        ));
     }
     Ok(())
 }

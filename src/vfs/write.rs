@@ -623,7 +623,7 @@ fn pread_once(f: &std::fs::File, buf: &mut [u8], off: u64) -> io::Result<usize> 
 }
 
 /// Reads up to `buf.len()` bytes at `off`; fewer only at the end of the file.
-fn read_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+pub(super) fn read_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         let n = pread_once(f, &mut buf[done..], off + done as u64)?;
