@@ -124,6 +124,12 @@ pub struct MountArgs {
     /// [default: 16].
     #[arg(long, value_name = "MIB", help_heading = "Writing")]
     pub segment_size: Option<u64>,
+    /// close() returns once the written data is in the cache directory and the upload goes
+    /// on behind it (at most 4 at once); fsync() still waits for the server. Faster copies
+    /// of many small files; a failed upload is reported in the log and `davdrive status`
+    /// instead of by close().
+    #[arg(long, help_heading = "Writing")]
+    pub async_close: bool,
 
     /// Seconds a directory listing is trusted before it is fetched again [default: 30].
     #[arg(long, value_name = "SECONDS", help_heading = "Caching")]

@@ -199,6 +199,7 @@ impl MountConfig {
                 .or(profile.segment_size)
                 .unwrap_or(16)
                 .saturating_mul(1 << 20),
+            async_close: flag(args.async_close, profile.async_close),
             ..VfsConfig::default()
         };
         Ok(MountConfig {

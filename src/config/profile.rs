@@ -48,6 +48,7 @@ pub struct Profile {
     pub upload: Option<Upload>,
     pub upload_os_files: Option<bool>,
     pub segment_size: Option<u64>,
+    pub async_close: Option<bool>,
     pub dir_cache_ttl: Option<u64>,
     pub kernel_ttl: Option<u64>,
     pub direct_io: Option<bool>,
@@ -192,6 +193,7 @@ mod tests {
             read-only = true
             upload = "spool"
             segment-size = 64
+            async-close = true
             dir-cache-ttl = 60
             ca-cert = "/etc/davdrive/ca.pem"
 
@@ -205,6 +207,7 @@ mod tests {
         assert_eq!(pacs.read_only, Some(true));
         assert_eq!(pacs.upload, Some(Upload::Spool));
         assert_eq!(pacs.segment_size, Some(64));
+        assert_eq!(pacs.async_close, Some(true));
         assert_eq!(pacs.dir_cache_ttl, Some(60));
         assert_eq!(p["home"].mountpoint, None);
     }

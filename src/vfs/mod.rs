@@ -85,6 +85,9 @@ pub struct VfsConfig {
     /// an inherited descriptor does not end its parent's upload; `None`: only lock owners
     /// tell callers apart.
     pub process_of: Option<ProcessOf>,
+    /// close() of a written file returns once the data is in the cache directory, and the
+    /// upload goes on behind it (`--async-close`); fsync() still waits. Default off.
+    pub async_close: bool,
 }
 
 /// How new files are uploaded.
@@ -117,6 +120,7 @@ impl Default for VfsConfig {
             segment_size: 16 << 20,
             open_direct: None,
             process_of: None,
+            async_close: false,
         }
     }
 }
@@ -261,6 +265,9 @@ pub struct Vfs {
     _cache_lock: Option<std::fs::File>,
     /// Uploads that have not finished (flush or release in progress), for unmount.
     uploads: tokio::sync::watch::Sender<usize>,
+    /// Files whose upload goes on after close (`async_close`): inode → uploads running.
+    /// Opening one, and namespace changes, wait for them (see `Vfs::settle`).
+    settling: tokio::sync::watch::Sender<HashMap<Ino, usize>>,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -322,6 +329,7 @@ impl Vfs {
             forbidden: Mutex::new(HashSet::new()),
             writable: Mutex::new(HashSet::new()),
             uploads: tokio::sync::watch::channel(0).0,
+            settling: tokio::sync::watch::channel(HashMap::new()).0,
         }))
     }
 
@@ -850,6 +858,7 @@ impl Vfs {
     /// Opens a file. Reading makes no request: data is fetched on the first read. Writing
     /// starts a write session (see `write.rs`).
     pub async fn open(&self, ino: Ino, mode: OpenMode) -> VfsResult<Opened> {
+        self.settle(ino).await;
         if let Some(o) = self.open_local(ino, mode)? {
             return Ok(o);
         }

@@ -17,6 +17,9 @@ use super::write::{Caller, Uploaded, WriteHandle};
 use super::{Attr, Handle, OpenMode, Opened, UploadPolicy, Vfs};
 use crate::dav::{DavPath, Depth, ErrorKind, Preconditions, PutBody};
 
+/// Uploads at most running behind closes that returned (`async_close`).
+const ASYNC_UPLOADS: usize = 4;
+
 /// What `setattr` was asked to change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SetAttr {
@@ -429,14 +432,99 @@ impl Vfs {
     /// close() by `by`: as [`Vfs::flush`], except for a process that never wrote through
     /// the handle while another one did (a child closing an inherited descriptor at `exec`):
     /// its close returns at once and the upload goes on (see `WriteHandle::foreign_close`).
-    pub async fn close(&self, fh: u64, by: Caller) -> VfsResult<()> {
-        if let Ok(Handle::Write(w)) = self.handle(fh)
-            && w.foreign_close(by)
-        {
-            tracing::debug!(path = %w.path(), pid = by.pid, "a close by a process that did not write: the upload goes on");
-            return Ok(());
+    /// With `async_close`, every close returns once the data is in the cache directory (see
+    /// [`Vfs::close_async`]).
+    pub async fn close(self: &Arc<Self>, fh: u64, by: Caller) -> VfsResult<()> {
+        if let Ok(Handle::Write(w)) = self.handle(fh) {
+            if w.foreign_close(by) {
+                tracing::debug!(path = %w.path(), pid = by.pid, "a close by a process that did not write: the upload goes on");
+                return Ok(());
+            }
+            if self.cfg.async_close {
+                return self.close_async(w).await;
+            }
         }
         self.flush(fh).await
+    }
+
+    /// close() that does not wait for the server: returns the error of an earlier failure of
+    /// the session, else waits until the cache directory holds every byte written (a davdrive
+    /// that stops before the upload finished leaves them to the next start's recovery
+    /// folder), starts the upload and returns. At most [`ASYNC_UPLOADS`] run at once: a close
+    /// beyond them waits for one to finish, so a copy of many files never has more than a
+    /// few uploads behind it (and the server never sees hundreds at once). An upload that
+    /// fails ends in the recovery folder as at any close, logged and listed by
+    /// `davdrive status`; a later close or fsync of the same open file tries again or
+    /// returns the error.
+    async fn close_async(self: &Arc<Self>, w: Arc<WriteHandle>) -> VfsResult<()> {
+        w.keep_locally().await?;
+        let ino = w.ino();
+        // Listings and stat show what was written from now on (the session may be released
+        // before its upload ends); the upload's answer replaces this.
+        if let Some(n) = self.table().get_mut(ino)
+            && !n.gone
+            && let Some(m) = &mut n.meta
+        {
+            m.size = w.size_now();
+            m.mtime = SystemTime::now();
+            m.fetched = Instant::now();
+        }
+        self.uploads.send_modify(|n| *n += 1);
+        self.settling_add(ino);
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.flush_handle(&w).await {
+                tracing::warn!(
+                    "{}: the upload after close() failed ({e}); close() had already returned \
+                     (--async-close), so the program that wrote it was not told. \
+                     `davdrive status` lists the kept data",
+                    w.path()
+                );
+                // What the server holds is not what was noted above: ask it next time.
+                this.invalidate(ino);
+            }
+            this.settling_done(ino);
+            this.uploads.send_modify(|n| *n -= 1);
+        });
+        let mut rx = self.uploads.subscribe();
+        let _ = rx.wait_for(|n| *n <= ASYNC_UPLOADS).await;
+        Ok(())
+    }
+
+    fn settling_add(&self, ino: Ino) {
+        self.settling
+            .send_modify(|m| *m.entry(ino).or_default() += 1);
+    }
+
+    fn settling_done(&self, ino: Ino) {
+        self.settling.send_modify(|m| {
+            if let Some(c) = m.get_mut(&ino) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    m.remove(&ino);
+                }
+            }
+        });
+    }
+
+    /// Waits until no upload of `ino` goes on after its close (`async_close`): opening the
+    /// file then sees what was written, and a write starts from the uploaded version.
+    pub(super) async fn settle(&self, ino: Ino) {
+        if !self.cfg.async_close {
+            return;
+        }
+        let mut rx = self.settling.subscribe();
+        let _ = rx.wait_for(|m| !m.contains_key(&ino)).await;
+    }
+
+    /// Waits until no upload goes on after a close (`async_close`), before a namespace change
+    /// (it may concern a file being uploaded, or a directory holding one).
+    async fn settle_all(&self) {
+        if !self.cfg.async_close {
+            return;
+        }
+        let mut rx = self.settling.subscribe();
+        let _ = rx.wait_for(|m| m.is_empty()).await;
     }
 
     /// fsync(), and close() by a writer: returns once the server holds the data.
@@ -504,8 +592,11 @@ impl Vfs {
         {
             n.writer = Some(other);
         }
-        if w.is_some() {
+        if let Some(w) = &w {
             self.uploads.send_modify(|n| *n += 1);
+            if self.cfg.async_close {
+                self.settling_add(w.ino());
+            }
         }
         let this = self.clone();
         async move {
@@ -516,6 +607,9 @@ impl Vfs {
                 let _ = this.flush_handle(&w).await;
             } else {
                 this.finish_session(fh, &w).await;
+            }
+            if this.cfg.async_close {
+                this.settling_done(w.ino());
             }
             this.uploads.send_modify(|n| *n -= 1);
         }
@@ -599,6 +693,9 @@ impl Vfs {
     pub async fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
         if let Some(size) = set.size {
             self.check_writable()?;
+            if fh.is_none() {
+                self.settle(ino).await;
+            }
             let writer = fh
                 .and_then(|f| match self.handle(f).ok()? {
                     Handle::Write(w) => Some(w),
@@ -696,6 +793,7 @@ impl Vfs {
     /// unlink: DELETE of a file.
     pub async fn unlink(&self, parent: Ino, name: &str) -> VfsResult<()> {
         self.check_writable()?;
+        self.settle_all().await;
         let (ino, kind) = self.child(parent, name).await?;
         if kind == FileKind::Directory {
             return Err(VfsError::new(
@@ -733,6 +831,7 @@ impl Vfs {
     /// rmdir: refused with ENOTEMPTY when the listing is not empty, without a DELETE.
     pub async fn rmdir(&self, parent: Ino, name: &str) -> VfsResult<()> {
         self.check_writable()?;
+        self.settle_all().await;
         let (ino, kind) = self.child(parent, name).await?;
         if kind != FileKind::Directory {
             return Err(VfsError::new(
@@ -773,6 +872,7 @@ impl Vfs {
         noreplace: bool,
     ) -> VfsResult<()> {
         self.check_writable()?;
+        self.settle_all().await;
         let (ino, kind) = self.child(parent, name).await?;
         let new_dir = self.path_of(new_parent)?;
         let to = new_dir.join(new_name)?;

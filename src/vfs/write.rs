@@ -1612,6 +1612,16 @@ impl WriteHandle {
         Ok(())
     }
 
+    /// Before a close that does not wait for the upload (`async_close`): the error of an
+    /// earlier failure, else waits until the journal holds every byte written so far.
+    pub(super) async fn keep_locally(&self) -> VfsResult<()> {
+        let mut st = self.state.lock().await;
+        if let Some(e) = &st.failed {
+            return Err(e.clone());
+        }
+        self.journal_barrier(&mut st).await
+    }
+
     /// Makes the server hold what was written: ends the streaming PUT, or PUTs the spool.
     /// Returns what was uploaded, or `None` when there was nothing to do. When it fails, a
     /// copy of the data goes to the recovery folder at once and the log says where.

@@ -116,7 +116,10 @@ fn cut_connections_during_ranged_reads_give_correct_bytes_or_a_clean_error() {
 
 /// Runs `f` on a thread and fails the test if it takes longer than `limit`: a hung file
 /// operation must fail the test, never hang CI.
-fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) fn bounded<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());

@@ -5,6 +5,7 @@
 //! - `client`: every WebDAV method of the protocol client against Apache, Orthanc and an
 //!   in-process dav-server.
 //! - `mount_read`, `mount_write`: real FUSE mounts driven with std::fs, ls, cp, sqlite3.
+//! - `async_close`: `--async-close` copies, ordering after early closes, failed uploads.
 //! - `faults`: a fault-injecting proxy, server restarts and a full cache disk.
 //! - `layering`: the core stays free of frontend crates.
 //! - `profiles`: mounting by profile name from the TOML configuration file.
@@ -15,8 +16,9 @@
 
 mod support;
 
+mod async_close;
 mod client;
-mod faults;
+pub(crate) mod faults;
 mod fixtures;
 mod kerberos;
 mod layering;

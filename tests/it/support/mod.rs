@@ -275,6 +275,8 @@ pub struct Mount {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     stderr: std::sync::Arc<Mutex<String>>,
+    /// Reads `stderr` until the daemon exits.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Mount {
@@ -345,6 +347,7 @@ impl Mount {
                 dir,
                 child: Some(child),
                 stderr,
+                stderr_reader: Some(stderr_reader),
             }),
             other => {
                 let _ = child.kill();
@@ -375,6 +378,16 @@ impl Mount {
     /// Unmounts with `davdrive unmount` and waits (bounded) for the daemon to exit.
     pub fn unmount(mut self) -> std::process::ExitStatus {
         self.unmount_inner().expect("daemon exit status")
+    }
+
+    /// As [`Mount::unmount`], and the daemon's whole stderr.
+    pub fn unmount_with_log(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.unmount_inner().expect("daemon exit status");
+        // The pipe closed with the daemon: the reader ends, bounded by that.
+        if let Some(r) = self.stderr_reader.take() {
+            let _ = r.join();
+        }
+        (status, self.log())
     }
 
     fn unmount_inner(&mut self) -> Option<std::process::ExitStatus> {

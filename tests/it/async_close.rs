@@ -1,0 +1,228 @@
+//! `--async-close`: close() returns before the upload finished. Copies still arrive whole,
+//! what the mount does next waits for the upload it concerns, and a failed upload is kept.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::faults::bounded;
+use crate::mount_write::recovered;
+use crate::support::apache::apache;
+use crate::support::dav_server::DavServer;
+use crate::support::fault_proxy::FaultProxy;
+use crate::support::{Mount, have_fuse, pattern};
+
+/// Files of mixed sizes (empty, small, several MiB) in two directories.
+fn make_files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    for i in 0..40usize {
+        let len = match i % 8 {
+            0 => 0,
+            1 => 3 << 20,
+            n => n * 25_000,
+        };
+        let rel = format!("d{}/f{i:02}.bin", i % 2);
+        let p = root.join(&rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        let data = pattern(len, 900 + i as u64);
+        std::fs::write(&p, &data).expect("write");
+        files.push((rel, data));
+    }
+    files
+}
+
+fn assert_files(root: &Path, files: &[(String, Vec<u8>)], what: &str) {
+    for (rel, data) in files {
+        let got = std::fs::read(root.join(rel)).unwrap_or_else(|e| panic!("{what}: {rel}: {e}"));
+        assert!(
+            &got == data,
+            "{what}: {rel} differs ({} vs {} bytes)",
+            got.len(),
+            data.len()
+        );
+    }
+}
+
+#[test]
+fn async_close_copies_many_files_and_reads_them_back() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("async-cp");
+    let src = tempfile::tempdir().expect("src");
+    let files = make_files(src.path());
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(
+        &a.url("async-cp"),
+        &["--async-close", "--cache-dir", &cache_arg],
+    );
+    let (from, to) = (src.path().to_owned(), m.path().join("tree"));
+    let out = bounded(Duration::from_secs(120), move || {
+        Command::new("cp").arg("-r").arg(from).arg(to).output()
+    })
+    .expect("cp");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Sizes right after the copy, some uploads still going on: what was written.
+    for (rel, data) in &files {
+        let md = std::fs::metadata(m.path().join("tree").join(rel)).expect("stat");
+        assert_eq!(md.len(), data.len() as u64, "size of {rel} after close");
+    }
+    // Read back through the mount at once: each open waits for its file's upload.
+    let tree = m.path().join("tree");
+    let f = files.clone();
+    bounded(Duration::from_secs(120), move || {
+        assert_files(&tree, &f, "through the mount");
+    });
+    // Unmount waits for every upload; then the server holds every byte.
+    assert!(m.unmount().success());
+    assert_files(&dir.join("tree"), &files, "on the server");
+    assert!(recovered(cache.path()).is_empty(), "nothing failed");
+    // Still one PUT per file (plus a first empty create per directory and the upload
+    // probe): closing early costs no request.
+    let puts = a
+        .requests("async-cp/")
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .count();
+    assert!(
+        puts <= files.len() + 2 + 2,
+        "{puts} PUTs for {} files",
+        files.len()
+    );
+}
+
+/// Writes `data` to `p` and closes it, bounded.
+fn write_file(p: &Path, data: &[u8]) {
+    let (p, d) = (p.to_owned(), data.to_vec());
+    bounded(Duration::from_secs(60), move || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&p)?;
+        for c in d.chunks(1 << 20) {
+            f.write_all(c)?;
+        }
+        Ok(())
+    })
+    .expect("write and close");
+}
+
+#[test]
+fn async_close_orders_namespace_changes_after_the_upload() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("async-ns");
+    // A slow uplink, so that every upload is still going on when its close returned.
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/async-ns/", proxy.port);
+    let m = Mount::new(&url, &["--async-close"]);
+    std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
+    proxy.limit_uploads(4 << 20);
+    let data = pattern(6 << 20, 31);
+
+    // close() returned long before a 6 MiB upload at 4 MiB/s can have finished.
+    write_file(&m.path().join("a.bin"), &data);
+    let on_server = std::fs::metadata(dir.join("a.bin")).map_or(0, |md| md.len());
+    assert!(
+        on_server < data.len() as u64,
+        "close() waited for the upload ({on_server} bytes on the server)"
+    );
+    // The mount shows what was written, before the upload ended.
+    let listed = std::fs::read_dir(m.path())
+        .expect("list")
+        .flatten()
+        .find(|e| e.file_name() == "a.bin")
+        .map(|e| e.metadata().expect("stat").len());
+    assert_eq!(listed, Some(data.len() as u64));
+    // A rename waits for the upload: the new name gets every byte, the old one nothing.
+    let (from, to) = (m.path().join("a.bin"), m.path().join("b.bin"));
+    bounded(Duration::from_secs(60), move || std::fs::rename(from, to)).expect("rename");
+    assert!(std::fs::read(dir.join("b.bin")).expect("b.bin") == data);
+    assert!(!dir.join("a.bin").exists(), "the old name stayed");
+
+    // An unlink right after close: no late upload brings the file back.
+    write_file(&m.path().join("c.bin"), &data);
+    let c = m.path().join("c.bin");
+    bounded(Duration::from_secs(60), move || std::fs::remove_file(c)).expect("unlink");
+    assert!(
+        !dir.join("c.bin").exists(),
+        "the deleted file is on the server"
+    );
+
+    // Rewritten right after close: the second version wins, on the server and the mount.
+    write_file(&m.path().join("d.bin"), &data);
+    write_file(&m.path().join("d.bin"), b"second version");
+    let d = m.path().join("d.bin");
+    let through = bounded(Duration::from_secs(60), move || std::fs::read(d)).expect("read d");
+    assert_eq!(through, b"second version");
+
+    proxy.limit_uploads(0);
+    assert!(m.unmount().success());
+    assert_eq!(
+        std::fs::read(dir.join("d.bin")).expect("d.bin"),
+        b"second version"
+    );
+    assert!(!dir.join("c.bin").exists(), "a late upload revived c.bin");
+    assert!(std::fs::read(dir.join("b.bin")).expect("b.bin") == data);
+}
+
+#[test]
+fn async_close_failed_upload_is_kept_and_reported() {
+    if !have_fuse() {
+        return;
+    }
+    let s = DavServer::start();
+    let url = s.url();
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(
+        &url,
+        &[
+            "--async-close",
+            "--cache-dir",
+            &cache_arg,
+            "--timeout",
+            "5",
+            "--retry-time",
+            "1",
+        ],
+    );
+    std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
+    let data = pattern(3 << 20, 55);
+    let p = m.path().join("late.bin");
+    let mut f = std::fs::File::create(&p).expect("create");
+    f.write_all(&data).expect("write");
+    // The server goes away before the close: the close itself still succeeds (the data is
+    // in the cache directory), and the upload behind it fails.
+    drop(s);
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    // SAFETY: `fd` was just taken from the file, which no longer owns it.
+    let closed = unsafe { libc::close(fd) };
+    assert_eq!(closed, 0, "close: {}", std::io::Error::last_os_error());
+    // Unmount waits for the upload to end; its data is then in the recovery folder, and the
+    // log said where.
+    let (status, log) = m.unmount_with_log();
+    let kept = recovered(cache.path());
+    assert!(
+        kept.iter()
+            .any(|k| std::fs::read(k).is_ok_and(|b| b == data)),
+        "the failed upload's data is not in the recovery folder: {kept:?} ({status}) {log}"
+    );
+    assert!(
+        log.contains("could not upload /late.bin") && log.contains("kept in"),
+        "the log does not say where the data is: {log}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_davdrive"))
+        .args(["status", "--cache-dir"])
+        .arg(cache.path())
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("late.bin"), "status does not list it: {text}");
+}
