@@ -265,9 +265,13 @@ pub struct Vfs {
     _cache_lock: Option<std::fs::File>,
     /// Uploads that have not finished (flush or release in progress), for unmount.
     uploads: tokio::sync::watch::Sender<usize>,
-    /// Files whose upload goes on after close (`async_close`): inode → uploads running.
-    /// Opening one, and namespace changes, wait for them (see `Vfs::settle`).
-    settling: tokio::sync::watch::Sender<HashMap<Ino, usize>>,
+    /// Uploads going on after a close returned, and the sessions they end (`async_close`):
+    /// id → the file and where it goes. Opening the file, and namespace changes that concern
+    /// it, wait for them (see `Vfs::settle`). Ids are never reused.
+    settling: tokio::sync::watch::Sender<HashMap<u64, (Ino, crate::dav::DavPath)>>,
+    next_settling: AtomicU64,
+    /// Uploads started by closes that did not wait for them (at most `ASYNC_UPLOADS`).
+    behind_close: tokio::sync::watch::Sender<usize>,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -330,6 +334,8 @@ impl Vfs {
             writable: Mutex::new(HashSet::new()),
             uploads: tokio::sync::watch::channel(0).0,
             settling: tokio::sync::watch::channel(HashMap::new()).0,
+            next_settling: AtomicU64::new(1),
+            behind_close: tokio::sync::watch::channel(0).0,
         }))
     }
 

@@ -5,7 +5,9 @@
 //! its size and time, or the entry removed), so a listing right after a write shows it
 //! without another PROPFIND.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -19,6 +21,29 @@ use crate::dav::{DavPath, Depth, ErrorKind, Preconditions, PutBody};
 
 /// Uploads at most running behind closes that returned (`async_close`).
 const ASYNC_UPLOADS: usize = 4;
+
+/// An upload counted in `Vfs::uploads` (and `settling`, `behind_close`) until dropped.
+struct Pending {
+    vfs: Arc<Vfs>,
+    settling: Option<u64>,
+    behind_close: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(id) = self.settling {
+            self.vfs.settling.send_modify(|m| {
+                m.remove(&id);
+            });
+        }
+        if self.behind_close {
+            self.vfs
+                .behind_close
+                .send_modify(|n| *n = n.saturating_sub(1));
+        }
+        self.vfs.uploads.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
 
 /// What `setattr` was asked to change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -457,7 +482,9 @@ impl Vfs {
     /// `davdrive status`; a later close or fsync of the same open file tries again or
     /// returns the error.
     async fn close_async(self: &Arc<Self>, w: Arc<WriteHandle>) -> VfsResult<()> {
-        w.keep_locally().await?;
+        if !w.keep_locally().await? {
+            return Ok(());
+        }
         let ino = w.ino();
         // Listings and stat show what was written from now on (the session may be released
         // before its upload ends); the upload's answer replaces this.
@@ -469,73 +496,92 @@ impl Vfs {
             m.mtime = SystemTime::now();
             m.fetched = Instant::now();
         }
-        self.uploads.send_modify(|n| *n += 1);
-        self.settling_add(ino);
+        let pending = self.pending(Some(&w), true);
         let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this.flush_handle(&w).await {
+        let task = Arc::clone(&w);
+        w.upload_behind_close(tokio::spawn(async move {
+            let _pending = pending;
+            if let Err(e) = this.flush_handle(&task).await {
                 tracing::warn!(
                     "{}: the upload after close() failed ({e}); close() had already returned \
                      (--async-close), so the program that wrote it was not told. \
                      `davdrive status` lists the kept data",
-                    w.path()
+                    task.path()
                 );
                 // What the server holds is not what was noted above: ask it next time.
                 this.invalidate(ino);
             }
-            this.settling_done(ino);
-            this.uploads.send_modify(|n| *n -= 1);
-        });
-        let mut rx = self.uploads.subscribe();
+        }));
+        let mut rx = self.behind_close.subscribe();
         let _ = rx.wait_for(|n| *n <= ASYNC_UPLOADS).await;
         Ok(())
     }
 
-    fn settling_add(&self, ino: Ino) {
-        self.settling
-            .send_modify(|m| *m.entry(ino).or_default() += 1);
+    /// Counts an upload (for unmount) until the returned guard is dropped, also when its task
+    /// ends in a panic; with `async_close`, also in `settling` (for `session`) and, when it
+    /// runs `behind_close`, in that count.
+    fn pending(self: &Arc<Self>, session: Option<&WriteHandle>, behind_close: bool) -> Pending {
+        self.uploads.send_modify(|n| *n += 1);
+        if behind_close {
+            self.behind_close.send_modify(|n| *n += 1);
+        }
+        let settling = match session {
+            Some(w) if self.cfg.async_close => {
+                let id = self.next_settling.fetch_add(1, Ordering::Relaxed);
+                self.settling.send_modify(|m| {
+                    m.insert(id, (w.ino(), w.path()));
+                });
+                Some(id)
+            }
+            _ => None,
+        };
+        Pending {
+            vfs: self.clone(),
+            settling,
+            behind_close,
+        }
     }
 
-    fn settling_done(&self, ino: Ino) {
-        self.settling.send_modify(|m| {
-            if let Some(c) = m.get_mut(&ino) {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    m.remove(&ino);
-                }
-            }
-        });
+    /// Waits until no upload going on after a close concerns a file `which` selects (by inode
+    /// and path) - only those running when called, so a stream of new ones cannot hold the
+    /// caller up (`async_close`).
+    async fn settle_where(&self, which: impl Fn(Ino, &DavPath) -> bool) {
+        if !self.cfg.async_close {
+            return;
+        }
+        let ids: HashSet<u64> = self
+            .settling
+            .borrow()
+            .iter()
+            .filter(|(_, (ino, path))| which(*ino, path))
+            .map(|(id, _)| *id)
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let mut rx = self.settling.subscribe();
+        let _ = rx.wait_for(|m| !m.keys().any(|id| ids.contains(id))).await;
     }
 
     /// Waits until no upload of `ino` goes on after its close (`async_close`): opening the
     /// file then sees what was written, and a write starts from the uploaded version.
     pub(super) async fn settle(&self, ino: Ino) {
-        if !self.cfg.async_close {
-            return;
-        }
-        let mut rx = self.settling.subscribe();
-        let _ = rx.wait_for(|m| !m.contains_key(&ino)).await;
+        self.settle_where(|i, _| i == ino).await;
     }
 
-    /// Waits until no upload goes on after a close (`async_close`), before a namespace change
-    /// (it may concern a file being uploaded, or a directory holding one).
-    async fn settle_all(&self) {
-        if !self.cfg.async_close {
-            return;
-        }
-        let mut rx = self.settling.subscribe();
-        let _ = rx.wait_for(|m| m.is_empty()).await;
+    /// As [`Vfs::settle`] for whatever is at `path` or below it, before a namespace change
+    /// there.
+    async fn settle_path(&self, path: &DavPath) {
+        self.settle_where(|_, p| p.starts_with(path)).await;
     }
 
     /// fsync(), and close() by a writer: returns once the server holds the data.
-    pub async fn flush(&self, fh: u64) -> VfsResult<()> {
+    pub async fn flush(self: &Arc<Self>, fh: u64) -> VfsResult<()> {
         let Handle::Write(w) = self.handle(fh)? else {
             return Ok(());
         };
-        self.uploads.send_modify(|n| *n += 1);
-        let r = self.flush_handle(&w).await;
-        self.uploads.send_modify(|n| *n -= 1);
-        r
+        let _pending = self.pending(None, false);
+        self.flush_handle(&w).await
     }
 
     async fn flush_handle(&self, w: &Arc<WriteHandle>) -> VfsResult<()> {
@@ -592,26 +638,21 @@ impl Vfs {
         {
             n.writer = Some(other);
         }
-        if let Some(w) = &w {
-            self.uploads.send_modify(|n| *n += 1);
-            if self.cfg.async_close {
-                self.settling_add(w.ino());
-            }
-        }
+        let pending = w.as_ref().map(|w| self.pending(Some(w), false));
         let this = self.clone();
         async move {
             let Some(w) = w else {
                 return;
             };
+            let _pending = pending;
+            // Uploads that closes started go first: the session's end must see their outcome
+            // (a failed attempt of its own racing a successful one could remove the file).
+            w.uploads_behind_close().await;
             if shared {
                 let _ = this.flush_handle(&w).await;
             } else {
                 this.finish_session(fh, &w).await;
             }
-            if this.cfg.async_close {
-                this.settling_done(w.ino());
-            }
-            this.uploads.send_modify(|n| *n -= 1);
         }
     }
 
@@ -793,7 +834,7 @@ impl Vfs {
     /// unlink: DELETE of a file.
     pub async fn unlink(&self, parent: Ino, name: &str) -> VfsResult<()> {
         self.check_writable()?;
-        self.settle_all().await;
+        self.settle_path(&self.path_of(parent)?.join(name)?).await;
         let (ino, kind) = self.child(parent, name).await?;
         if kind == FileKind::Directory {
             return Err(VfsError::new(
@@ -831,7 +872,7 @@ impl Vfs {
     /// rmdir: refused with ENOTEMPTY when the listing is not empty, without a DELETE.
     pub async fn rmdir(&self, parent: Ino, name: &str) -> VfsResult<()> {
         self.check_writable()?;
-        self.settle_all().await;
+        self.settle_path(&self.path_of(parent)?.join(name)?).await;
         let (ino, kind) = self.child(parent, name).await?;
         if kind != FileKind::Directory {
             return Err(VfsError::new(
@@ -872,7 +913,10 @@ impl Vfs {
         noreplace: bool,
     ) -> VfsResult<()> {
         self.check_writable()?;
-        self.settle_all().await;
+        // Uploads behind closes of what is moved, and of what it replaces, end first.
+        self.settle_path(&self.path_of(parent)?.join(name)?).await;
+        self.settle_path(&self.path_of(new_parent)?.join(new_name)?)
+            .await;
         let (ino, kind) = self.child(parent, name).await?;
         let new_dir = self.path_of(new_parent)?;
         let to = new_dir.join(new_name)?;

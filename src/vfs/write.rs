@@ -586,6 +586,9 @@ pub(super) struct WriteHandle {
     /// A streaming session switches to segments once its size passes this (see `segments`).
     switch_at: u64,
     state: Mutex<State>,
+    /// Uploads started by closes that did not wait for them (`--async-close`): the session
+    /// ends only after them (see `Vfs::release`).
+    behind_close: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 fn io_err(path: &DavPath, what: &str, e: &io::Error) -> VfsError {
@@ -887,6 +890,23 @@ impl WriteHandle {
             segments: None,
             switch_at: u64::MAX,
             state: Mutex::new(state),
+            behind_close: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Records an upload started by a close that did not wait for it.
+    pub(super) fn upload_behind_close(&self, task: tokio::task::JoinHandle<()>) {
+        let mut v = self.behind_close.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|t| !t.is_finished());
+        v.push(task);
+    }
+
+    /// Waits for the uploads started by closes that did not wait for them.
+    pub(super) async fn uploads_behind_close(&self) {
+        let tasks =
+            std::mem::take(&mut *self.behind_close.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            let _ = t.await;
         }
     }
 
@@ -1614,12 +1634,17 @@ impl WriteHandle {
 
     /// Before a close that does not wait for the upload (`async_close`): the error of an
     /// earlier failure, else waits until the journal holds every byte written so far.
-    pub(super) async fn keep_locally(&self) -> VfsResult<()> {
+    /// Returns whether there is anything to upload.
+    pub(super) async fn keep_locally(&self) -> VfsResult<bool> {
         let mut st = self.state.lock().await;
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
-        self.journal_barrier(&mut st).await
+        if !st.dirty || self.is_unlinked() {
+            return Ok(false);
+        }
+        self.journal_barrier(&mut st).await?;
+        Ok(true)
     }
 
     /// Makes the server hold what was written: ends the streaming PUT, or PUTs the spool.

@@ -140,6 +140,14 @@ fn async_close_orders_namespace_changes_after_the_upload() {
         .find(|e| e.file_name() == "a.bin")
         .map(|e| e.metadata().expect("stat").len());
     assert_eq!(listed, Some(data.len() as u64));
+    // A change elsewhere does not wait for that upload.
+    let warm = m.path().join("warm.txt");
+    bounded(Duration::from_secs(60), move || std::fs::remove_file(warm)).expect("unlink");
+    let on_server = std::fs::metadata(dir.join("a.bin")).map_or(0, |md| md.len());
+    assert!(
+        on_server < data.len() as u64,
+        "an unrelated unlink waited for the upload"
+    );
     // A rename waits for the upload: the new name gets every byte, the old one nothing.
     let (from, to) = (m.path().join("a.bin"), m.path().join("b.bin"));
     bounded(Duration::from_secs(60), move || std::fs::rename(from, to)).expect("rename");
