@@ -270,8 +270,8 @@ pub struct Vfs {
     /// it, wait for them (see `Vfs::settle`). Ids are never reused.
     settling: tokio::sync::watch::Sender<HashMap<u64, (Ino, crate::dav::DavPath)>>,
     next_settling: AtomicU64,
-    /// Uploads started by closes that did not wait for them (at most `ASYNC_UPLOADS`).
-    behind_close: tokio::sync::watch::Sender<usize>,
+    /// Slots for uploads started by closes that did not wait for them (`ASYNC_UPLOADS`).
+    behind_close: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -335,7 +335,7 @@ impl Vfs {
             uploads: tokio::sync::watch::channel(0).0,
             settling: tokio::sync::watch::channel(HashMap::new()).0,
             next_settling: AtomicU64::new(1),
-            behind_close: tokio::sync::watch::channel(0).0,
+            behind_close: Arc::new(tokio::sync::Semaphore::new(mutate::ASYNC_UPLOADS)),
         }))
     }
 

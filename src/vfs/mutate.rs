@@ -20,13 +20,12 @@ use super::{Attr, Handle, OpenMode, Opened, UploadPolicy, Vfs};
 use crate::dav::{DavPath, Depth, ErrorKind, Preconditions, PutBody};
 
 /// Uploads at most running behind closes that returned (`async_close`).
-const ASYNC_UPLOADS: usize = 4;
+pub(super) const ASYNC_UPLOADS: usize = 4;
 
-/// An upload counted in `Vfs::uploads` (and `settling`, `behind_close`) until dropped.
+/// An upload counted in `Vfs::uploads` (and `settling`) until dropped.
 struct Pending {
     vfs: Arc<Vfs>,
     settling: Option<u64>,
-    behind_close: bool,
 }
 
 impl Drop for Pending {
@@ -36,12 +35,24 @@ impl Drop for Pending {
                 m.remove(&id);
             });
         }
-        if self.behind_close {
-            self.vfs
-                .behind_close
-                .send_modify(|n| *n = n.saturating_sub(1));
-        }
         self.vfs.uploads.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A close of `0` that does not wait for its upload, until dropped (see
+/// `WriteHandle::close_behind_started`).
+struct BehindClose(Arc<WriteHandle>);
+
+impl BehindClose {
+    fn new(w: &Arc<WriteHandle>) -> Self {
+        w.close_behind_started();
+        BehindClose(w.clone())
+    }
+}
+
+impl Drop for BehindClose {
+    fn drop(&mut self) {
+        self.0.close_behind_ended();
     }
 }
 
@@ -482,9 +493,16 @@ impl Vfs {
     /// `davdrive status`; a later close or fsync of the same open file tries again or
     /// returns the error.
     async fn close_async(self: &Arc<Self>, w: Arc<WriteHandle>) -> VfsResult<()> {
+        // Counted from the start: the RELEASE that follows this close waits for it.
+        let behind = BehindClose::new(&w);
         if !w.keep_locally().await? {
             return Ok(());
         }
+        let Ok(slot) = self.behind_close.clone().acquire_owned().await else {
+            // Never closed; should it be, upload as a close that waits.
+            drop(behind);
+            return self.flush_handle(&w).await;
+        };
         let ino = w.ino();
         // Listings and stat show what was written from now on (the session may be released
         // before its upload ends); the upload's answer replaces this.
@@ -496,35 +514,28 @@ impl Vfs {
             m.mtime = SystemTime::now();
             m.fetched = Instant::now();
         }
-        let pending = self.pending(Some(&w), true);
+        let pending = self.pending(Some(&w));
         let this = self.clone();
-        let task = Arc::clone(&w);
-        w.upload_behind_close(tokio::spawn(async move {
-            let _pending = pending;
-            if let Err(e) = this.flush_handle(&task).await {
+        tokio::spawn(async move {
+            let (_slot, _pending, _behind) = (slot, pending, behind);
+            if let Err(e) = this.flush_handle(&w).await {
                 tracing::warn!(
                     "{}: the upload after close() failed ({e}); close() had already returned \
                      (--async-close), so the program that wrote it was not told. \
                      `davdrive status` lists the kept data",
-                    task.path()
+                    w.path()
                 );
                 // What the server holds is not what was noted above: ask it next time.
                 this.invalidate(ino);
             }
-        }));
-        let mut rx = self.behind_close.subscribe();
-        let _ = rx.wait_for(|n| *n <= ASYNC_UPLOADS).await;
+        });
         Ok(())
     }
 
     /// Counts an upload (for unmount) until the returned guard is dropped, also when its task
-    /// ends in a panic; with `async_close`, also in `settling` (for `session`) and, when it
-    /// runs `behind_close`, in that count.
-    fn pending(self: &Arc<Self>, session: Option<&WriteHandle>, behind_close: bool) -> Pending {
+    /// ends in a panic; with `async_close`, also in `settling` (for `session`).
+    fn pending(self: &Arc<Self>, session: Option<&WriteHandle>) -> Pending {
         self.uploads.send_modify(|n| *n += 1);
-        if behind_close {
-            self.behind_close.send_modify(|n| *n += 1);
-        }
         let settling = match session {
             Some(w) if self.cfg.async_close => {
                 let id = self.next_settling.fetch_add(1, Ordering::Relaxed);
@@ -538,7 +549,6 @@ impl Vfs {
         Pending {
             vfs: self.clone(),
             settling,
-            behind_close,
         }
     }
 
@@ -580,7 +590,7 @@ impl Vfs {
         let Handle::Write(w) = self.handle(fh)? else {
             return Ok(());
         };
-        let _pending = self.pending(None, false);
+        let _pending = self.pending(None);
         self.flush_handle(&w).await
     }
 
@@ -638,19 +648,20 @@ impl Vfs {
         {
             n.writer = Some(other);
         }
-        let pending = w.as_ref().map(|w| self.pending(Some(w), false));
+        let pending = w.as_ref().map(|w| self.pending(Some(w)));
         let this = self.clone();
         async move {
             let Some(w) = w else {
                 return;
             };
             let _pending = pending;
-            // Uploads that closes started go first: the session's end must see their outcome
-            // (a failed attempt of its own racing a successful one could remove the file).
-            w.uploads_behind_close().await;
             if shared {
                 let _ = this.flush_handle(&w).await;
             } else {
+                // Uploads that closes started go first (no new close can start: this was the
+                // last descriptor): the session's end must see their outcome (a failed
+                // attempt of its own racing a successful one could remove the file).
+                w.uploads_behind_close().await;
                 this.finish_session(fh, &w).await;
             }
         }
@@ -834,8 +845,8 @@ impl Vfs {
     /// unlink: DELETE of a file.
     pub async fn unlink(&self, parent: Ino, name: &str) -> VfsResult<()> {
         self.check_writable()?;
-        self.settle_path(&self.path_of(parent)?.join(name)?).await;
         let (ino, kind) = self.child(parent, name).await?;
+        self.settle_path(&self.path_of(ino)?).await;
         if kind == FileKind::Directory {
             return Err(VfsError::new(
                 ErrorKind::IsADirectory,
@@ -872,8 +883,8 @@ impl Vfs {
     /// rmdir: refused with ENOTEMPTY when the listing is not empty, without a DELETE.
     pub async fn rmdir(&self, parent: Ino, name: &str) -> VfsResult<()> {
         self.check_writable()?;
-        self.settle_path(&self.path_of(parent)?.join(name)?).await;
         let (ino, kind) = self.child(parent, name).await?;
+        self.settle_path(&self.path_of(ino)?).await;
         if kind != FileKind::Directory {
             return Err(VfsError::new(
                 ErrorKind::NotADirectory,
@@ -913,14 +924,12 @@ impl Vfs {
         noreplace: bool,
     ) -> VfsResult<()> {
         self.check_writable()?;
-        // Uploads behind closes of what is moved, and of what it replaces, end first.
-        self.settle_path(&self.path_of(parent)?.join(name)?).await;
-        self.settle_path(&self.path_of(new_parent)?.join(new_name)?)
-            .await;
         let (ino, kind) = self.child(parent, name).await?;
         let new_dir = self.path_of(new_parent)?;
         let to = new_dir.join(new_name)?;
         let from = self.path_of(ino)?;
+        // Uploads behind closes of what is moved, and of what it replaces, end first.
+        self.settle_path(&from).await;
         if from == to {
             return Ok(());
         }
@@ -935,6 +944,9 @@ impl Vfs {
             Err(e) if e.kind == ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
+        if let Some((dst, _)) = existing {
+            self.settle_path(&self.path_of(dst)?).await;
+        }
         if let Some((dst, dkind)) = existing {
             if noreplace {
                 return Err(VfsError::new(

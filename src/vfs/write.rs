@@ -586,9 +586,10 @@ pub(super) struct WriteHandle {
     /// A streaming session switches to segments once its size passes this (see `segments`).
     switch_at: u64,
     state: Mutex<State>,
-    /// Uploads started by closes that did not wait for them (`--async-close`): the session
-    /// ends only after them (see `Vfs::release`).
-    behind_close: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Closes of this session that do not wait for their upload (`--async-close`), from
+    /// their start to the end of that upload: the session ends only after them (see
+    /// `Vfs::release`).
+    behind_close: tokio::sync::watch::Sender<usize>,
 }
 
 fn io_err(path: &DavPath, what: &str, e: &io::Error) -> VfsError {
@@ -890,24 +891,24 @@ impl WriteHandle {
             segments: None,
             switch_at: u64::MAX,
             state: Mutex::new(state),
-            behind_close: std::sync::Mutex::default(),
+            behind_close: tokio::sync::watch::channel(0).0,
         }
     }
 
-    /// Records an upload started by a close that did not wait for it.
-    pub(super) fn upload_behind_close(&self, task: tokio::task::JoinHandle<()>) {
-        let mut v = self.behind_close.lock().unwrap_or_else(|e| e.into_inner());
-        v.retain(|t| !t.is_finished());
-        v.push(task);
+    /// A close that does not wait for its upload starts (see `behind_close`)...
+    pub(super) fn close_behind_started(&self) {
+        self.behind_close.send_modify(|n| *n += 1);
     }
 
-    /// Waits for the uploads started by closes that did not wait for them.
+    /// ... and is over, its upload too.
+    pub(super) fn close_behind_ended(&self) {
+        self.behind_close.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// Waits until no close of this session has an upload going on.
     pub(super) async fn uploads_behind_close(&self) {
-        let tasks =
-            std::mem::take(&mut *self.behind_close.lock().unwrap_or_else(|e| e.into_inner()));
-        for t in tasks {
-            let _ = t.await;
-        }
+        let mut rx = self.behind_close.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// Large files of this session go in resumable segments where the server takes them.

@@ -234,3 +234,44 @@ fn async_close_failed_upload_is_kept_and_reported() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("late.bin"), "status does not list it: {text}");
 }
+
+#[test]
+fn async_close_with_two_descriptors_keeps_both_writes() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("async-two");
+    let m = Mount::new(&a.url("async-two"), &["--async-close"]);
+    let first = pattern(2 << 20, 7);
+    let second = pattern(1 << 20, 8);
+    let p = m.path().join("two.bin");
+    let (p2, f1d, f2d) = (p.clone(), first.clone(), second.clone());
+    bounded(Duration::from_secs(60), move || -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut f1 = std::fs::File::create(&p2)?;
+        let f2 = std::fs::OpenOptions::new().write(true).open(&p2)?;
+        f1.write_all(&f1d)?;
+        // The first close starts an upload; the second descriptor then writes on.
+        drop(f1);
+        f2.write_all_at(&f2d, f1d.len() as u64)?;
+        drop(f2);
+        Ok(())
+    })
+    .expect("write through two descriptors");
+    let mut want = first;
+    want.extend_from_slice(&second);
+    let through = bounded(Duration::from_secs(60), move || std::fs::read(p)).expect("read");
+    assert!(
+        through == want,
+        "through the mount: {} bytes",
+        through.len()
+    );
+    assert!(m.unmount().success());
+    let on_server = std::fs::read(dir.join("two.bin")).expect("on the server");
+    assert!(
+        on_server == want,
+        "on the server: {} bytes",
+        on_server.len()
+    );
+}
