@@ -39,8 +39,8 @@ impl Drop for Pending {
     }
 }
 
-/// A close of `0` that does not wait for its upload, until dropped (see
-/// `WriteHandle::close_behind_started`).
+/// A close of the session that does not wait for its upload, counted in the session from
+/// the start of the close to the end of the upload (see `WriteHandle::uploads_behind_close`).
 struct BehindClose(Arc<WriteHandle>);
 
 impl BehindClose {
@@ -499,7 +499,7 @@ impl Vfs {
             return Ok(());
         }
         let Ok(slot) = self.behind_close.clone().acquire_owned().await else {
-            // Never closed; should it be, upload as a close that waits.
+            // The semaphore is never closed; if it were, this close would wait for its upload.
             drop(behind);
             return self.flush_handle(&w).await;
         };
@@ -944,9 +944,6 @@ impl Vfs {
             Err(e) if e.kind == ErrorKind::NotFound => None,
             Err(e) => return Err(e),
         };
-        if let Some((dst, _)) = existing {
-            self.settle_path(&self.path_of(dst)?).await;
-        }
         if let Some((dst, dkind)) = existing {
             if noreplace {
                 return Err(VfsError::new(
@@ -954,6 +951,7 @@ impl Vfs {
                     format!("{to} exists"),
                 ));
             }
+            self.settle_path(&self.path_of(dst)?).await;
             match (kind, dkind) {
                 (FileKind::Directory, FileKind::File) => {
                     return Err(VfsError::new(
