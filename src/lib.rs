@@ -5,10 +5,12 @@
 //! - [`vfs`]: the platform-neutral filesystem core (inodes, caches, read streams).
 //! - [`fs`]: thin kernel adapters (FUSE on Linux, WinFsp on Windows).
 //! - [`cli`], [`config`], [`credentials`]: the user-facing surface.
+//! - [`sys`]: operating-system primitives behind safe functions (pipes and `splice` on Linux).
 
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod dav;
 pub mod fs;
+pub mod sys;
 pub mod vfs;

@@ -133,6 +133,11 @@ impl Capabilities {
     }
 }
 
+#[cfg(target_os = "linux")]
+mod raw;
+#[cfg(target_os = "linux")]
+pub use raw::RawBody;
+
 /// Metadata from GET/HEAD/PUT response headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResponseMeta {
@@ -305,6 +310,9 @@ struct Inner {
     tls: TlsSettings,
     connect_timeout: Duration,
     progress_timeout: Duration,
+    /// For requests sent without reqwest (`raw`, Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    user_agent: String,
     /// The proxy requests go through (explicit or from the environment), if any.
     proxy: Option<ProxyConfig>,
     /// How the server challenged us; from then on credentials go out preemptively.
@@ -486,6 +494,7 @@ impl DavClient {
                 },
                 connect_timeout: config.connect_timeout,
                 progress_timeout: config.progress_timeout,
+                user_agent: config.user_agent.clone(),
                 proxy: config.proxy.clone().or_else(|| env_proxy(&config.url)),
                 auth: Mutex::new(AuthState::None),
                 kerberos_gate: tokio::sync::Mutex::new(KerberosGate::default()),
@@ -499,6 +508,11 @@ impl DavClient {
 
     pub fn root(&self) -> &Root {
         &self.inner.root
+    }
+
+    /// How long a transfer may go without progress (`--timeout`).
+    pub fn progress_timeout(&self) -> Duration {
+        self.inner.progress_timeout
     }
 
     pub fn stats(&self) -> &RequestStats {

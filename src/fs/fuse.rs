@@ -5,9 +5,13 @@
 //! match over the core's kinds.
 
 use std::ffi::OsStr;
-use std::io;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+#[cfg(target_os = "linux")]
+use std::os::fd::BorrowedFd;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fuser::{
@@ -18,7 +22,11 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use crate::vfs::{Attr, Caller, ErrorKind, FileKind, OpenMode, Opened, SetAttr, Vfs, VfsError};
+#[cfg(target_os = "linux")]
+use crate::vfs::zerocopy::{self, SpliceSink};
+use crate::vfs::{
+    Attr, Caller, ErrorKind, FileKind, OpenMode, Opened, ReadData, SetAttr, Vfs, VfsError,
+};
 
 /// Directory entries asked of the core per readdir reply: more than a reply can hold, so
 /// one call fills the kernel's buffer when the entries are there.
@@ -61,6 +69,80 @@ fn errno(e: &VfsError) -> Errno {
     Errno::from_i32(errno_for(e.kind))
 }
 
+/// Answers a read. Data in one buffer goes through fuser; data in several (a read spanning
+/// received chunks) is written here with one `writev` of the reply header and the chunks, as
+/// fuser itself writes replies, instead of copying the chunks together first.
+fn reply_data(dev: Option<&File>, unique: u64, reply: ReplyData, data: &ReadData) {
+    let chunks = data.chunks();
+    let dev = match (chunks, dev) {
+        ([], _) => return reply.data(&[]),
+        ([one], _) => return reply.data(one),
+        (_, Some(dev)) if chunks.len() < MAX_REPLY_SLICES => dev,
+        _ => return reply.data(&data.to_bytes()),
+    };
+    let total = OUT_HEADER_LEN + data.len();
+    let Ok(header) = out_header(total, unique) else {
+        return reply.error(Errno::EIO);
+    };
+    let mut iov = Vec::with_capacity(chunks.len() + 1);
+    iov.push(io::IoSlice::new(&header));
+    iov.extend(chunks.iter().map(|c| io::IoSlice::new(c)));
+    // The reply is answered here: fuser's handle must not answer it a second time (dropping
+    // it would send EIO for the same request), so it is forgotten. It holds only a reference
+    // to the session's channel.
+    std::mem::forget(reply);
+    match (&*dev).write_vectored(&iov) {
+        // The kernel takes a reply whole or not at all.
+        Ok(n) if n == total => {}
+        // ENOENT: the request was interrupted meanwhile; nothing waits for the answer.
+        Ok(n) => tracing::warn!(unique, n, total, "short write of a FUSE reply"),
+        Err(e) => tracing::debug!(unique, "FUSE reply not delivered: {e}"),
+    }
+}
+
+/// Answers a read with bytes spliced from the server's socket (`vfs::zerocopy`): the core puts
+/// this reply header and the bytes into a pipe, spliced from there into `/dev/fuse` in one go,
+/// so the only copy is the kernel's, into the reader's buffer.
+#[cfg(target_os = "linux")]
+struct SpliceReply<'a> {
+    dev: &'a File,
+    unique: u64,
+}
+
+#[cfg(target_os = "linux")]
+impl SpliceSink for SpliceReply<'_> {
+    fn header(&self, n: usize) -> io::Result<Vec<u8>> {
+        out_header(OUT_HEADER_LEN + n, self.unique)
+            .map(|h| h.to_vec())
+            .map_err(|_| io::Error::other("read too large"))
+    }
+
+    fn deliver(&self, pipe: BorrowedFd<'_>, total: usize) -> io::Result<()> {
+        // The kernel takes a reply from a pipe whole or not at all.
+        match crate::sys::pipe::splice(pipe, self.dev.as_fd(), total, crate::sys::pipe::SPLICE_MOVE)
+        {
+            Ok(k) if k == total => Ok(()),
+            Ok(_) => Err(io::Error::other("short splice of a FUSE reply")),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `struct fuse_out_header { u32 len; i32 error; u64 unique; }` of a successful reply of
+/// `total` bytes, in the machine's byte order.
+fn out_header(total: usize, unique: u64) -> Result<[u8; OUT_HEADER_LEN], ()> {
+    let len = u32::try_from(total).map_err(|_| ())?;
+    let mut header = [0u8; OUT_HEADER_LEN];
+    header[..4].copy_from_slice(&len.to_ne_bytes());
+    header[8..].copy_from_slice(&unique.to_ne_bytes());
+    Ok(header)
+}
+
+/// Size of `struct fuse_out_header`.
+const OUT_HEADER_LEN: usize = 16;
+/// Slices per `writev`, below the kernel's IOV_MAX (1024).
+const MAX_REPLY_SLICES: usize = 1000;
+
 /// Mount-time choices of the FUSE frontend.
 #[derive(Debug, Clone)]
 pub struct FuseOptions {
@@ -77,6 +159,8 @@ pub struct FuseAdapter {
     ttl: Duration,
     /// The kernel lets programs mmap files opened with FOPEN_DIRECT_IO (Linux 6.6+).
     direct_mmap: bool,
+    /// The session's `/dev/fuse` descriptor, for data replies written from several buffers.
+    dev: Arc<OnceLock<File>>,
 }
 
 impl FuseAdapter {
@@ -87,6 +171,7 @@ impl FuseAdapter {
             rt,
             ttl,
             direct_mmap: false,
+            dev: Arc::new(OnceLock::new()),
         }
     }
 
@@ -266,7 +351,7 @@ impl Filesystem for FuseAdapter {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -275,10 +360,22 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        let vfs = self.vfs.clone();
+        let (vfs, dev, unique) = (self.vfs.clone(), self.dev.clone(), req.unique().0);
         self.run(async move {
+            #[cfg(target_os = "linux")]
+            if let Some(d) = dev.get() {
+                let sink = SpliceReply { dev: d, unique };
+                match vfs.read_to(fh.0, offset, size, &sink).await {
+                    // Answered by splicing: fuser's handle must not answer again (see
+                    // `reply_data`).
+                    Ok(None) => std::mem::forget(reply),
+                    Ok(Some(d)) => reply_data(dev.get(), unique, reply, &d),
+                    Err(e) => reply.error(errno(&e)),
+                }
+                return;
+            }
             match vfs.read(fh.0, offset, size).await {
-                Ok(b) => reply.data(&b),
+                Ok(d) => reply_data(dev.get(), unique, reply, &d),
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -702,6 +799,15 @@ pub fn mount(
     if opts.read_only {
         mount_options.push(MountOption::RO);
     }
+    // Zero-copy reads answer a read in one pipe with its header (`vfs::zerocopy`): the
+    // kernel's reads must fit, with room for bytes spread over more pages than their size.
+    #[cfg(target_os = "linux")]
+    if vfs.config().direct_reads {
+        mount_options.push(MountOption::CUSTOM(format!(
+            "max_read={}",
+            zerocopy::RAW_MAX_READ
+        )));
+    }
     let mut cfg = Config::default();
     cfg.mount_options = mount_options;
     cfg.acl = if opts.allow_other {
@@ -710,7 +816,18 @@ pub fn mount(
         SessionACL::Owner
     };
     cfg.n_threads = Some(2);
-    fuser::Session::new(FuseAdapter::new(vfs, rt), mountpoint, &cfg)
+    let adapter = FuseAdapter::new(vfs, rt);
+    let dev = adapter.dev.clone();
+    let session = fuser::Session::new(adapter, mountpoint, &cfg)?;
+    // Requests are read only once the session runs, so the descriptor is in place before the
+    // first read. Without it, replies are copied into one buffer and sent by fuser.
+    match session.as_fd().try_clone_to_owned() {
+        Ok(fd) => {
+            let _ = dev.set(File::from(fd));
+        }
+        Err(e) => tracing::warn!("cannot duplicate the /dev/fuse descriptor: {e}"),
+    }
+    Ok(session)
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub mod names;
 mod read;
 mod segments;
 mod write;
+#[cfg(target_os = "linux")]
+pub mod zerocopy;
 
 pub mod error;
 
@@ -49,7 +51,7 @@ pub use inode::{FileKind, Ino, ROOT_INO};
 pub use mutate::SetAttr;
 pub use names::NamePolicy;
 use read::ReadHandle;
-pub use read::ReadTuning;
+pub use read::{ReadData, ReadTuning};
 use write::WriteHandle;
 pub use write::{Caller, ProcessOf};
 
@@ -923,9 +925,9 @@ impl Vfs {
     }
 
     /// Reads up to `size` bytes at `offset`.
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<bytes::Bytes> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<ReadData> {
         let h = match self.handle(fh)? {
-            Handle::Write(w) => return w.read(&self.client, offset, size).await,
+            Handle::Write(w) => return w.read(&self.client, offset, size).await.map(Into::into),
             Handle::Read(h) => h,
         };
         match h.read(&self.client, offset, size).await {
@@ -934,6 +936,32 @@ impl Vfs {
                 if e.kind == ErrorKind::Stale || e.kind == ErrorKind::NotFound {
                     // The file changed or vanished under us: forget what we knew so that the
                     // next open sees the server's current state.
+                    self.invalidate(h.ino());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset`, answering through `sink` by splicing where it can
+    /// (`Ok(None)`: answered): read-only handles with `direct_reads`, on plain-HTTP mounts
+    /// (see `zerocopy`).
+    #[cfg(target_os = "linux")]
+    pub async fn read_to(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        sink: &dyn zerocopy::SpliceSink,
+    ) -> VfsResult<Option<ReadData>> {
+        let h = match self.handle(fh)? {
+            Handle::Read(h) if self.cfg.direct_reads && self.client.raw_gets_possible() => h,
+            _ => return self.read(fh, offset, size).await.map(Some),
+        };
+        match h.read_to(&self.client, offset, size, sink).await {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                if e.kind == ErrorKind::Stale || e.kind == ErrorKind::NotFound {
                     self.invalidate(h.ino());
                 }
                 Err(e)

@@ -59,6 +59,61 @@ impl Default for ReadTuning {
     }
 }
 
+/// Bytes of one read, as the received chunks they lie in. A large read usually spans several
+/// chunks of the response (the HTTP layer hands out what each socket read brought, up to about
+/// 400 KiB); joining them would copy every byte once more, so adapters write them out with one
+/// vectored write instead.
+#[derive(Debug, Clone, Default)]
+pub struct ReadData {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl ReadData {
+    /// The chunks, in order; none of them is empty.
+    pub fn chunks(&self) -> &[Bytes] {
+        &self.chunks
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// All the bytes in one buffer (a copy unless they lie in one chunk).
+    pub fn to_bytes(&self) -> Bytes {
+        match self.chunks.as_slice() {
+            [] => Bytes::new(),
+            [one] => one.clone(),
+            many => {
+                let mut out = BytesMut::with_capacity(self.len);
+                for c in many {
+                    out.extend_from_slice(c);
+                }
+                out.freeze()
+            }
+        }
+    }
+
+    pub(super) fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push(chunk);
+        }
+    }
+}
+
+impl From<Bytes> for ReadData {
+    fn from(b: Bytes) -> Self {
+        let mut d = ReadData::default();
+        d.push(b);
+        d
+    }
+}
+
 /// A response body received by a task of its own, up to `ahead` bytes before the reader, so
 /// that receiving from the network overlaps with handing bytes to the application. Dropping
 /// it stops the task (and so the response).
@@ -150,6 +205,13 @@ struct State {
     modified: Option<std::time::SystemTime>,
     /// Transfers resumed after a broken connection, for this handle.
     resumes: u32,
+    /// A response read by splicing (zero-copy reads), instead of `active`.
+    #[cfg(target_os = "linux")]
+    raw: Option<super::zerocopy::RawStream>,
+    /// Zero-copy reads are not tried again for this handle: responses arrive in pieces too
+    /// small for them, or the server did not answer one with a plain `206`.
+    #[cfg(target_os = "linux")]
+    no_zero_copy: bool,
 }
 
 /// How often one open file may resume a broken transfer before reads fail.
@@ -185,6 +247,10 @@ impl ReadHandle {
                 ranges: None,
                 modified: None,
                 resumes: 0,
+                #[cfg(target_os = "linux")]
+                raw: None,
+                #[cfg(target_os = "linux")]
+                no_zero_copy: false,
             }),
             tuning,
         }
@@ -206,16 +272,37 @@ impl ReadHandle {
         client: &DavClient,
         offset: u64,
         size: u32,
-    ) -> VfsResult<Bytes> {
+    ) -> VfsResult<ReadData> {
         if offset >= self.size || size == 0 {
-            return Ok(Bytes::new());
+            return Ok(ReadData::default());
+        }
+        let mut st = self.state.lock().await;
+        self.read_locked(client, &mut st, offset, size).await
+    }
+
+    async fn read_locked(
+        &self,
+        client: &DavClient,
+        st: &mut State,
+        offset: u64,
+        size: u32,
+    ) -> VfsResult<ReadData> {
+        if offset >= self.size || size == 0 {
+            return Ok(ReadData::default());
         }
         let end = (offset + u64::from(size)).min(self.size);
-        let mut st = self.state.lock().await;
+        #[cfg(target_os = "linux")]
+        if let Some(raw) = st.raw.take() {
+            // The ordinary path takes over where the zero-copy response stopped; the rest of
+            // that response is dropped with its connection.
+            st.buf.clear();
+            st.buf_start = raw.pos;
+            st.buf_end = raw.pos;
+        }
 
         // Served entirely from retained bytes?
         if offset >= st.buf_start && end <= st.buf_end {
-            return Ok(copy_range(&st, offset, end));
+            return Ok(copy_range(st, offset, end));
         }
 
         let sequential = offset >= st.buf_start && offset <= st.buf_end + self.tuning.max_skip;
@@ -244,7 +331,7 @@ impl ReadHandle {
             };
             st.window = window.max(end - start);
             let win = st.window;
-            self.start_get(client, &mut st, start, win).await?;
+            self.start_get(client, st, start, win).await?;
         }
 
         // Pull from the response until `end` is retained.
@@ -257,7 +344,7 @@ impl ReadHandle {
                 let grown = (st.window * 2).min(self.tuning.max_window);
                 st.window = grown.max(end - st.buf_end);
                 let (from, win) = (st.buf_end, st.window);
-                self.start_get(client, &mut st, from, win).await?;
+                self.start_get(client, st, from, win).await?;
             }
             let Some(active) = st.active.as_mut() else {
                 return Err(VfsError::new(ErrorKind::Io, "no response to read from"));
@@ -275,6 +362,9 @@ impl ReadHandle {
                         Err(e) => e.to_string(),
                         _ => "the server ended the body early".to_owned(),
                     };
+                    // The rest of the same range: later responses keep their boundaries
+                    // (zero-copy reads start only where a response ended between two reads).
+                    let until = st.active.as_ref().map_or(0, |a| a.end);
                     st.active = None;
                     if st.resumes >= MAX_RESUMES {
                         return Err(VfsError::new(
@@ -287,8 +377,13 @@ impl ReadHandle {
                     }
                     st.resumes += 1;
                     tracing::debug!(path = %self.path, at = st.buf_end, "{why}; resuming");
-                    let (from, win) = (st.buf_end, st.window);
-                    self.start_get(client, &mut st, from, win).await?;
+                    let from = st.buf_end;
+                    let win = if until > from {
+                        until - from
+                    } else {
+                        st.window
+                    };
+                    self.start_get(client, st, from, win).await?;
                     continue;
                 }
             };
@@ -311,12 +406,191 @@ impl ReadHandle {
                 st.buf_end = chunk_end;
                 st.buf.push_back(piece);
             }
-            trim(&mut st, self.tuning.keep_behind, offset);
+            trim(st, self.tuning.keep_behind, offset);
         }
         if st.active.as_ref().is_some_and(|a| a.pos >= a.end) {
             st.active = None;
         }
-        Ok(copy_range(&st, offset, end))
+        Ok(copy_range(st, offset, end))
+    }
+
+    /// Reads like [`ReadHandle::read`], but may answer through `sink` by splicing the bytes
+    /// from the server's socket (`Ok(None)`: answered). See `zerocopy.rs`.
+    #[cfg(target_os = "linux")]
+    pub(super) async fn read_to(
+        &self,
+        client: &DavClient,
+        offset: u64,
+        size: u32,
+        sink: &dyn super::zerocopy::SpliceSink,
+    ) -> VfsResult<Option<ReadData>> {
+        use super::zerocopy::{Answer, RAW_MAX_READ};
+        if offset >= self.size || size == 0 {
+            return Ok(Some(ReadData::default()));
+        }
+        let end = (offset + u64::from(size)).min(self.size);
+        let n = usize::try_from(end - offset).unwrap_or(usize::MAX);
+        let mut st = self.state.lock().await;
+        let retained = offset >= st.buf_start && end <= st.buf_end;
+        // Only a sequential read's next response goes zero-copy: it takes a connection of its
+        // own, which pays off over the larger windows, not for the small ranges of random
+        // reads (and the first response of a read says whether the server honours Range).
+        let continuing = st.buf_end > 0 && offset == st.buf_end && st.ranges == Some(true);
+        let fresh = st.raw.is_none() && st.active.is_none() && !st.no_zero_copy;
+        if fresh && continuing && !retained {
+            self.start_raw(client, &mut st, offset, end).await?;
+        }
+        let usable = n <= RAW_MAX_READ
+            && st
+                .raw
+                .as_ref()
+                .is_some_and(|r| r.pos == offset && end <= r.end);
+        if !usable {
+            return self
+                .read_locked(client, &mut st, offset, size)
+                .await
+                .map(Some);
+        }
+        let stall = client.progress_timeout();
+        let Some(raw) = st.raw.as_mut() else {
+            return self
+                .read_locked(client, &mut st, offset, size)
+                .await
+                .map(Some);
+        };
+        let answer = raw.answer(sink, n, stall).await;
+        let (pos, raw_end) = (raw.pos, raw.end);
+        let used_up = pos >= raw_end;
+        let out = match answer {
+            Answer::Sent => None,
+            Answer::Copied(b) => {
+                // The pipe was too small for the answer's pieces: small packets.
+                tracing::debug!(path = %self.path, "small packets: no more zero-copy reads");
+                st.no_zero_copy = true;
+                Some(ReadData::from(b))
+            }
+            Answer::Broken { got, why } => {
+                // The connection broke or stalled: the ordinary path resumes after the bytes
+                // that did arrive (with the version checks), as for any broken transfer.
+                tracing::debug!(path = %self.path, at = pos, "{why}; resuming");
+                st.raw = None;
+                st.resumes += 1;
+                if st.resumes > MAX_RESUMES {
+                    return Err(VfsError::new(
+                        ErrorKind::Io,
+                        format!(
+                            "{}: {why} (after {MAX_RESUMES} resumed transfers)",
+                            self.path
+                        ),
+                    ));
+                }
+                st.buf.clear();
+                st.buf_start = offset;
+                st.buf_end = pos;
+                if !got.is_empty() {
+                    st.buf.push_back(got);
+                }
+                // The rest of the same range, the ordinary way.
+                if raw_end > pos {
+                    self.start_get(client, &mut st, pos, raw_end - pos).await?;
+                }
+                return self
+                    .read_locked(client, &mut st, offset, size)
+                    .await
+                    .map(Some);
+            }
+        };
+        if used_up {
+            // The next read continues after it with a larger window.
+            st.raw = None;
+            st.buf.clear();
+            st.buf_start = pos;
+            st.buf_end = pos;
+        }
+        Ok(out)
+    }
+
+    /// Starts a zero-copy response at `offset`, with the window the ordinary path would use.
+    /// Leaves `st.raw` empty where the server's answer does not allow one.
+    #[cfg(target_os = "linux")]
+    async fn start_raw(
+        &self,
+        client: &DavClient,
+        st: &mut State,
+        offset: u64,
+        end: u64,
+    ) -> VfsResult<()> {
+        let window = (st.window * 2)
+            .min(self.tuning.max_window)
+            .max(end - offset);
+        let want_end = (offset + window).min(self.size);
+        let if_range = self.if_range(st);
+        let range = ByteRange {
+            start: offset,
+            end: Some(want_end - 1),
+        };
+        let Some(body) = client
+            .get_raw(&self.path, range, if_range.as_deref())
+            .await
+            .map_err(VfsError::from)?
+        else {
+            // Not for this server, or not for this handle: the ordinary way from now on.
+            st.no_zero_copy = true;
+            return Ok(());
+        };
+        // The same version checks as for any response.
+        if let (Some(ours), Some(theirs)) = (&st.etag, &body.meta.etag)
+            && !etags_match(ours, theirs)
+        {
+            return Err(self.stale("entity tag differs"));
+        }
+        if body.range.total.is_some_and(|t| t != self.size) {
+            return Err(self.stale("size differs"));
+        }
+        if body.range.start != offset || body.range.end >= want_end {
+            st.no_zero_copy = true;
+            return Ok(());
+        }
+        match (st.modified, body.meta.last_modified) {
+            (Some(ours), Some(theirs)) if ours != theirs => {
+                return Err(self.stale("modification date differs"));
+            }
+            (None, Some(theirs)) => st.modified = Some(theirs),
+            _ => {}
+        }
+        if st.etag.is_none() {
+            st.etag = body.meta.etag.clone();
+        }
+        st.ranges = Some(true);
+        match super::zerocopy::RawStream::new(body) {
+            Ok(raw) => {
+                tracing::debug!(path = %self.path, offset, window, "zero-copy GET");
+                st.window = window;
+                st.buf.clear();
+                st.buf_start = offset;
+                st.buf_end = offset;
+                st.raw = Some(raw);
+            }
+            Err(e) => tracing::debug!(path = %self.path, "no zero-copy read: {e}"),
+        }
+        Ok(())
+    }
+
+    /// The `If-Range` validator for the next request: the entity tag, else a modification
+    /// date old enough for the server to trust it. Without one (Apache gives files changed in
+    /// the last second a weak tag), no If-Range is sent and every response is checked instead:
+    /// entity tag, total size and date must all still agree.
+    fn if_range(&self, st: &State) -> Option<String> {
+        let old_enough = |m: std::time::SystemTime| {
+            std::time::SystemTime::now()
+                .duration_since(m)
+                .is_ok_and(|d| d > std::time::Duration::from_secs(2))
+        };
+        match (&st.etag, st.modified) {
+            (Some(t), _) if !t.starts_with("W/") => Some(t.clone()),
+            (_, Some(m)) if old_enough(m) => Some(httpdate::fmt_http_date(m)),
+            _ => None,
+        }
     }
 
     async fn start_get(
@@ -339,20 +613,7 @@ impl ReadHandle {
         } else {
             Some(range)
         };
-        // If-Range needs a strong validator: the entity tag, else a modification date old
-        // enough for the server to trust it. Without one (Apache gives files changed in the
-        // last second a weak tag), no If-Range is sent and every response is checked below
-        // instead: entity tag, total size and date must all still agree.
-        let old_enough = |m: std::time::SystemTime| {
-            std::time::SystemTime::now()
-                .duration_since(m)
-                .is_ok_and(|d| d > std::time::Duration::from_secs(2))
-        };
-        let if_range = match (&st.etag, st.modified) {
-            (Some(t), _) if !t.starts_with("W/") => Some(t.clone()),
-            (_, Some(m)) if old_enough(m) => Some(httpdate::fmt_http_date(m)),
-            _ => None,
-        };
+        let if_range = self.if_range(st);
         tracing::trace!(path = %self.path, ?range, ?if_range, "ranged GET");
         let get = client
             .get(&self.path, range, if_range.as_deref())
@@ -417,7 +678,12 @@ impl ReadHandle {
         if st.etag.is_none() {
             st.etag = get.meta.etag.clone();
         }
-        if pos > st.buf_end || pos < st.buf_start {
+        // A response starting after the retained bytes leaves a gap: start over. One starting
+        // before them (a whole body, from a server that ignores Range or answers 200 to
+        // If-Range for the same entity) is read through up to `buf_end`, and the retained
+        // bytes stay: the reader may still want them (clearing them here once made a read
+        // resumed this way return the wrong bytes).
+        if pos > st.buf_end {
             st.buf.clear();
             st.buf_start = start;
             st.buf_end = start;
@@ -445,24 +711,12 @@ fn trim(st: &mut State, keep: u64, offset: u64) {
     }
 }
 
-fn copy_range(st: &State, start: u64, end: u64) -> Bytes {
-    // Most reads fall inside one received chunk: hand out a slice of it, no copy.
+fn copy_range(st: &State, start: u64, end: u64) -> ReadData {
+    // Slices of the retained chunks: no byte is copied.
+    let mut out = ReadData::default();
     let mut pos = st.buf_start;
     for chunk in &st.buf {
-        let c_end = pos + chunk.len() as u64;
-        if pos <= start && end <= c_end {
-            return chunk.slice((start - pos) as usize..(end - pos) as usize);
-        }
-        if c_end > start {
-            break;
-        }
-        pos = c_end;
-    }
-    let mut out = BytesMut::with_capacity((end - start) as usize);
-    let mut pos = st.buf_start;
-    for chunk in &st.buf {
-        let len = chunk.len() as u64;
-        let (c_start, c_end) = (pos, pos + len);
+        let (c_start, c_end) = (pos, pos + chunk.len() as u64);
         pos = c_end;
         if c_end <= start {
             continue;
@@ -472,7 +726,7 @@ fn copy_range(st: &State, start: u64, end: u64) -> Bytes {
         }
         let from = start.max(c_start) - c_start;
         let to = end.min(c_end) - c_start;
-        out.extend_from_slice(&chunk[from as usize..to as usize]);
+        out.push(chunk.slice(from as usize..to as usize));
     }
-    out.freeze()
+    out
 }

@@ -114,6 +114,115 @@ fn cut_connections_during_ranged_reads_give_correct_bytes_or_a_clean_error() {
     assert!(m.unmount().success());
 }
 
+/// Sequential reads through connections cut, stalled and reset one after the other, with the
+/// page cache and with zero-copy reads (`--direct-io`: bodies spliced from the socket): each
+/// transfer resumes where its bytes stopped (a resumed request that the server answers with
+/// the whole body included), or fails cleanly, within bounds. Then random reads, each with its
+/// connection cut.
+#[test]
+fn reads_resume_through_cut_stalled_and_reset_connections_in_a_row() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("fault-splice");
+    let data = pattern(16 << 20, 13);
+    std::fs::write(dir.join("big.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/fault-splice/", proxy.port);
+    for zero_copy in [false, true] {
+        let mut args = vec!["--timeout", "2", "-v"];
+        if zero_copy {
+            args.push("--direct-io");
+        }
+        let m = Mount::new(&url, &args);
+        let p = m.path().join("big.bin");
+        proxy.inject(&[
+            Fault::CutAfter(300_000),
+            Fault::CutAfter(700_000),
+            Fault::CutAfter(1_500_000),
+            Fault::StallAfter(500_000),
+            Fault::ResetAfter(3_000_000),
+        ]);
+        let start = Instant::now();
+        let got = bounded(Duration::from_secs(60), move || std::fs::read(&p));
+        let got = got.expect("read through faults");
+        let first = got.iter().zip(&data).position(|(a, b)| a != b);
+        assert!(
+            got == data,
+            "zero copy {zero_copy}: {} bytes, first difference at {first:?}",
+            got.len(),
+        );
+        assert!(start.elapsed() < Duration::from_secs(30));
+        assert_eq!(proxy.pending(), 0, "not every fault was met");
+        assert_eq!(
+            m.log().contains("zero-copy GET"),
+            zero_copy,
+            "zero copy {zero_copy}:\n{}",
+            m.log()
+        );
+
+        let f = std::fs::File::open(m.path().join("big.bin")).expect("open");
+        let mut x: u64 = 0xfeed_f00d;
+        let mut errors = 0;
+        for _ in 0..30 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            proxy.inject(&[Fault::CutAfter(1 + (x % 400_000) as usize)]);
+            let off = (x >> 24) % (data.len() as u64 - 1);
+            let mut buf = vec![0u8; 300_000];
+            match f.read_at(&mut buf, off) {
+                Ok(n) => assert!(
+                    buf[..n] == data[off as usize..off as usize + n],
+                    "zero copy {zero_copy}: wrong bytes at {off}+{n}"
+                ),
+                Err(e) => {
+                    errors += 1;
+                    assert!(
+                        matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ESTALE)),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        assert!(errors < 30, "every read failed");
+        drop(f);
+        assert!(m.unmount().success());
+        proxy.clear();
+    }
+}
+
+/// Zero-copy reads of answers that arrive in small packets (as from a real network, where the
+/// pipe they pass through fills up with far fewer bytes than its size): the bytes are right
+/// and the read never waits for a pipe that cannot fill, so nothing runs into the timeout.
+#[test]
+fn zero_copy_reads_of_small_packets_are_copied_and_never_wait_for_the_timeout() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("fault-small");
+    let data = pattern(6 << 20, 17);
+    std::fs::write(dir.join("big.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    let proxy = FaultProxy::start(a.port);
+    proxy.small_packets(1000);
+    let url = format!("http://127.0.0.1:{}/dav/fault-small/", proxy.port);
+    let m = Mount::new(&url, &["--direct-io", "--timeout", "10", "-v"]);
+    let p = m.path().join("big.bin");
+    let got = bounded(Duration::from_secs(60), move || std::fs::read(&p));
+    assert!(got.expect("read") == data, "read of small packets differs");
+    let log = m.log();
+    assert!(
+        !log.contains("no progress"),
+        "a read waited for the timeout:\n{log}"
+    );
+    assert!(log.contains("small packets"), "{log}");
+    assert!(m.unmount().success());
+}
+
 /// Runs `f` on a thread and fails the test if it takes longer than `limit`: a hung file
 /// operation must fail the test, never hang CI.
 pub(crate) fn bounded<T: Send + 'static>(

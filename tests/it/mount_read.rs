@@ -176,6 +176,83 @@ fn direct_io_reads_bypass_the_page_cache_and_mmap_still_works() {
     }
 }
 
+/// Zero-copy reads (`--direct-io` on a plain-HTTP mount): response bodies are spliced from
+/// the socket into `/dev/fuse`. Reads of every size, sequential and at random offsets, are
+/// byte-identical; a sequential read still costs few GETs; Basic credentials go with them and
+/// stay out of the log.
+#[test]
+fn direct_io_reads_are_spliced_from_the_socket_and_byte_identical() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.authroot.join("mount-splice");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let data = pattern(24 << 20, 5);
+    std::fs::write(dir.join("big.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    let m = Mount::try_new(
+        &a.auth_url("mount-splice"),
+        &["--user", apache::USER, "--direct-io", "-v"],
+        &[("DAVDRIVE_PASSWORD", apache::PASSWORD)],
+    )
+    .expect("mount");
+    let path = m.path().join("big.bin");
+    let before = a.after_mount("mount-splice").len();
+    assert!(
+        std::fs::read(&path).expect("read") == data,
+        "whole read differs"
+    );
+    let gets = count(&a.settled_requests("mount-splice")[before..], "GET");
+    assert!(gets <= 8, "sequential read of 24 MiB took {gets} GETs");
+    assert!(
+        m.log().contains("zero-copy GET"),
+        "no zero-copy GET in the log:\n{}",
+        m.log()
+    );
+
+    // Sequential reads of odd sizes, from one byte to more than a kernel read (512 KiB).
+    for size in [1usize, 4096, 100_000, 524_288, 3 << 20] {
+        let mut f = std::fs::File::open(&path).expect("open");
+        let limit = if size == 1 { 20_000 } else { data.len() };
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; size];
+        while got.len() < limit {
+            let n = f.read(&mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.len() >= limit.min(data.len()) && got[..] == data[..got.len()],
+            "reads of {size} bytes differ ({} bytes read)",
+            got.len()
+        );
+    }
+
+    // Random offsets and sizes.
+    let f = std::fs::File::open(&path).expect("open");
+    let mut x: u64 = 0x5eed_1234;
+    for _ in 0..200 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = (x % data.len() as u64) as usize;
+        let len = ((x >> 20) % 1_500_000) as usize + 1;
+        let mut buf = vec![0u8; len];
+        let n = f.read_at(&mut buf, off as u64).expect("pread");
+        let end = (off + len).min(data.len());
+        assert!(
+            n > 0 && buf[..n] == data[off..off + n] && off + n <= end,
+            "pread at {off}+{len}: {n} bytes"
+        );
+    }
+    drop(f);
+    assert!(!m.log().contains(apache::PASSWORD), "password in the log");
+    assert!(m.unmount().success());
+}
+
 #[test]
 fn apache_reads_are_byte_identical_at_random_offsets() {
     let Some(a) = apache() else { return };
@@ -268,36 +345,42 @@ fn apache_file_changed_during_read_is_old_new_or_error() {
     let dir = a.fresh_dir("mount-change");
     let old = pattern(16 << 20, 1);
     let new = pattern((16 << 20) + 4096, 2);
-    std::fs::write(dir.join("f.bin"), &old).expect("write");
-    apache::give_to_server(&dir);
-    let m = Mount::new(&a.url("mount-change"), &["--kernel-ttl", "0"]);
-    let mut f = std::fs::File::open(m.path().join("f.bin")).expect("open");
-    let mut got = vec![0u8; 2 << 20];
-    f.read_exact(&mut got).expect("first 2 MiB");
-    assert!(got[..] == old[..2 << 20]);
-    // Replace the file on the server (new inode, new size and ETag) mid-read.
-    let tmp = dir.join(".f.bin.tmp");
-    std::fs::write(&tmp, &new).expect("write new");
-    std::fs::rename(&tmp, dir.join("f.bin")).expect("rename");
-    let mut rest = Vec::new();
-    match f.read_to_end(&mut rest) {
-        Err(e) => {
-            assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
+    // With --direct-io the reads are zero-copy (spliced from the socket).
+    for extra in [&[][..], &["--direct-io"][..]] {
+        std::fs::write(dir.join("f.bin"), &old).expect("write");
+        apache::give_to_server(&dir);
+        let mut args = vec!["--kernel-ttl", "0"];
+        args.extend_from_slice(extra);
+        let m = Mount::new(&a.url("mount-change"), &args);
+
+        let mut f = std::fs::File::open(m.path().join("f.bin")).expect("open");
+        let mut got = vec![0u8; 2 << 20];
+        f.read_exact(&mut got).expect("first 2 MiB");
+        assert!(got[..] == old[..2 << 20]);
+        // Replace the file on the server (new inode, new size and ETag) mid-read.
+        let tmp = dir.join(".f.bin.tmp");
+        std::fs::write(&tmp, &new).expect("write new");
+        std::fs::rename(&tmp, dir.join("f.bin")).expect("rename");
+        let mut rest = Vec::new();
+        match f.read_to_end(&mut rest) {
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}");
+            }
+            Ok(_) => {
+                got.extend_from_slice(&rest);
+                assert!(
+                    got == old || got == new,
+                    "mixed versions ({} bytes)",
+                    got.len()
+                );
+            }
         }
-        Ok(_) => {
-            got.extend_from_slice(&rest);
-            assert!(
-                got == old || got == new,
-                "mixed versions ({} bytes)",
-                got.len()
-            );
-        }
+        drop(f);
+        // The next open sees the new version.
+        let again = std::fs::read(m.path().join("f.bin")).expect("re-read");
+        assert!(again == new, "after the change the new content is read");
+        assert!(m.unmount().success());
     }
-    drop(f);
-    // The next open sees the new version.
-    let again = std::fs::read(m.path().join("f.bin")).expect("re-read");
-    assert!(again == new, "after the change the new content is read");
-    assert!(m.unmount().success());
 }
 
 #[test]

@@ -45,6 +45,8 @@ pub struct FaultProxy {
     /// Bytes per second forwarded from clients to the server, on every connection (0: no
     /// limit).
     upload_rate: Arc<AtomicUsize>,
+    /// Size of the pieces answers are forwarded in, each sent at once (0: as received).
+    packet_size: Arc<AtomicUsize>,
 }
 
 impl FaultProxy {
@@ -55,7 +57,9 @@ impl FaultProxy {
         let faults: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
         let connections: Arc<Mutex<usize>> = Arc::default();
         let upload_rate: Arc<AtomicUsize> = Arc::default();
+        let packet_size: Arc<AtomicUsize> = Arc::default();
         let (f, c, u) = (faults.clone(), connections.clone(), upload_rate.clone());
+        let ps = packet_size.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if let Ok(mut n) = c.lock() {
@@ -63,7 +67,8 @@ impl FaultProxy {
                 }
                 let faults = f.clone();
                 let rate = u.clone();
-                std::thread::spawn(move || serve(client, upstream, faults, rate));
+                let packets = ps.clone();
+                std::thread::spawn(move || serve(client, upstream, faults, rate, packets));
             }
         });
         FaultProxy {
@@ -71,7 +76,14 @@ impl FaultProxy {
             faults,
             connections,
             upload_rate,
+            packet_size,
         }
+    }
+
+    /// Forwards answers in pieces of `bytes` (0: as they come), each sent on its own, like
+    /// the small packets of a real network (on loopback they would be up to 64 KiB).
+    pub fn small_packets(&self, bytes: usize) {
+        self.packet_size.store(bytes, Ordering::Relaxed);
     }
 
     /// Limits what clients send to `bytes_per_sec` (0: no limit), like a slow uplink.
@@ -83,6 +95,13 @@ impl FaultProxy {
     pub fn inject(&self, faults: &[Fault]) {
         if let Ok(mut q) = self.faults.lock() {
             q.extend(faults.iter().copied());
+        }
+    }
+
+    /// Drops the faults not yet used.
+    pub fn clear(&self) {
+        if let Ok(mut q) = self.faults.lock() {
+            q.clear();
         }
     }
 
@@ -117,6 +136,19 @@ fn take_if(faults: &Mutex<VecDeque<Fault>>, want: impl Fn(&Fault) -> bool) -> Op
     }
 }
 
+/// A connection to a listener of its own whose far end reads and drops everything, to send
+/// spacer bytes on. It closes when the proxy's end does.
+fn spacer_socket() -> Option<TcpStream> {
+    let l = TcpListener::bind("127.0.0.1:0").ok()?;
+    let s = TcpStream::connect(l.local_addr().ok()?).ok()?;
+    let (mut peer, _) = l.accept().ok()?;
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 4096];
+        while matches!(peer.read(&mut sink), Ok(n) if n > 0) {}
+    });
+    Some(s)
+}
+
 /// Closes `s` with a TCP reset instead of an orderly FIN.
 fn reset(s: &TcpStream) {
     use std::os::fd::AsRawFd;
@@ -141,6 +173,7 @@ fn serve(
     upstream: u16,
     faults: Arc<Mutex<VecDeque<Fault>>>,
     upload_rate: Arc<AtomicUsize>,
+    packet_size: Arc<AtomicUsize>,
 ) {
     // A fault for the answer, armed when its request goes out, taken when the answer starts.
     let armed: Arc<Mutex<Option<Fault>>> = Arc::default();
@@ -209,6 +242,7 @@ fn serve(
     let mut sent = 0usize;
     let mut down_limit = usize::MAX;
     let mut fault = None;
+    let mut spacer: Option<TcpStream> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match server.read(&mut buf) {
@@ -230,7 +264,28 @@ fn serve(
             continue;
         }
         let n = n.min(down_limit - sent);
-        if client.write_all(&buf[..n]).is_err() {
+        let piece = match packet_size.load(Ordering::Relaxed) {
+            0 => n,
+            p => p,
+        };
+        if piece < n && spacer.is_none() {
+            let _ = client.set_nodelay(true);
+            spacer = spacer_socket();
+        }
+        let mut failed = false;
+        for c in buf[..n].chunks(piece) {
+            if client.write_all(c).is_err() {
+                failed = true;
+                break;
+            }
+            // A byte sent elsewhere by this thread between two pieces: the kernel copies
+            // what a thread sends into one running buffer, and pieces that lie side by side
+            // in it would be merged again into one large fragment.
+            if let Some(s) = spacer.as_mut() {
+                let _ = s.write_all(b".");
+            }
+        }
+        if failed {
             break;
         }
         sent += n;

@@ -1,0 +1,7 @@
+//! Operating-system primitives the platform-neutral core may use where they exist, behind
+//! safe functions: the core itself makes no system calls of its own (see the layering test).
+//!
+//! - [`pipe`] (Linux): pipes and `splice`, for zero-copy reads.
+
+#[cfg(target_os = "linux")]
+pub mod pipe;
