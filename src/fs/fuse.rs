@@ -820,7 +820,10 @@ pub fn mount(
     let dev = adapter.dev.clone();
     let session = fuser::Session::new(adapter, mountpoint, &cfg)?;
     // Requests are read only once the session runs, so the descriptor is in place before the
-    // first read. Without it, replies are copied into one buffer and sent by fuser.
+    // first read. Without it, replies are copied into one buffer and sent by fuser. A reply
+    // must go to the descriptor its request was read from: this works because fuser's
+    // threads share the session's descriptor (its `clone_fd` is off); cloned descriptors
+    // would need one duplicate each.
     match session.as_fd().try_clone_to_owned() {
         Ok(fd) => {
             let _ = dev.set(File::from(fd));

@@ -463,6 +463,17 @@ impl ReadHandle {
         let used_up = pos >= raw_end;
         let out = match answer {
             Answer::Sent => None,
+            Answer::Undelivered(e) => {
+                // The ordinary path goes on from the stream's position at the next read.
+                st.raw = None;
+                st.buf.clear();
+                st.buf_start = pos;
+                st.buf_end = pos;
+                return Err(VfsError::new(
+                    ErrorKind::Io,
+                    format!("{}: answer not delivered: {e}", self.path),
+                ));
+            }
             Answer::Copied(b) => {
                 // The pipe was too small for the answer's pieces: small packets.
                 tracing::debug!(path = %self.path, "small packets: no more zero-copy reads");
@@ -529,11 +540,21 @@ impl ReadHandle {
             start: offset,
             end: Some(want_end - 1),
         };
-        let Some(body) = client
-            .get_raw(&self.path, range, if_range.as_deref())
-            .await
-            .map_err(VfsError::from)?
-        else {
+        // The pipe first: without one, no request is spent.
+        let pipe = match crate::sys::pipe::pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(path = %self.path, "no zero-copy read: {e}");
+                st.no_zero_copy = true;
+                return Ok(());
+            }
+        };
+        let got = client.get_raw(&self.path, range, if_range.as_deref()).await;
+        let got = got.map_err(|e| {
+            st.no_zero_copy = true;
+            VfsError::from(e)
+        })?;
+        let Some(body) = got else {
             // Not for this server, or not for this handle: the ordinary way from now on.
             st.no_zero_copy = true;
             return Ok(());
@@ -562,17 +583,12 @@ impl ReadHandle {
             st.etag = body.meta.etag.clone();
         }
         st.ranges = Some(true);
-        match super::zerocopy::RawStream::new(body) {
-            Ok(raw) => {
-                tracing::debug!(path = %self.path, offset, window, "zero-copy GET");
-                st.window = window;
-                st.buf.clear();
-                st.buf_start = offset;
-                st.buf_end = offset;
-                st.raw = Some(raw);
-            }
-            Err(e) => tracing::debug!(path = %self.path, "no zero-copy read: {e}"),
-        }
+        tracing::debug!(path = %self.path, offset, window, "zero-copy GET");
+        st.window = window;
+        st.buf.clear();
+        st.buf_start = offset;
+        st.buf_end = offset;
+        st.raw = Some(super::zerocopy::RawStream::new(body, pipe));
         Ok(())
     }
 

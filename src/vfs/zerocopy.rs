@@ -31,7 +31,8 @@ pub trait SpliceSink: Send + Sync {
     /// What must precede an answer of `n` bytes (the reply header).
     fn header(&self, n: usize) -> io::Result<Vec<u8>>;
     /// Delivers the answer: `total` bytes (header and data) waiting in `pipe`. On error the
-    /// answer was not delivered, and the pipe may still hold some of it.
+    /// answer was not delivered (the caller answers the request with an error), and the pipe
+    /// may still hold some of it.
     fn deliver(&self, pipe: BorrowedFd<'_>, total: usize) -> io::Result<()>;
 }
 
@@ -47,6 +48,9 @@ pub(super) enum Answer {
     Copied(Bytes),
     /// The transfer broke or stalled after `got` bytes of the answer.
     Broken { got: Bytes, why: String },
+    /// The answer was in the pipe but the sink could not deliver it (typically the request
+    /// was interrupted meanwhile). The stream cannot go on: its pipe may hold some of it.
+    Undelivered(io::Error),
 }
 
 /// A response body left in its socket.
@@ -60,13 +64,14 @@ pub(super) struct RawStream {
 }
 
 impl RawStream {
-    pub(super) fn new(body: RawBody) -> io::Result<Self> {
-        Ok(RawStream {
-            pipe: crate::sys::pipe::pipe()?,
+    /// A stream of `body` through `pipe` (made before the request, see `sys::pipe::pipe`).
+    pub(super) fn new(body: RawBody, pipe: (OwnedFd, std::fs::File)) -> Self {
+        RawStream {
+            pipe,
             pos: body.range.start,
             end: body.range.end + 1,
             socket: body.socket,
-        })
+        }
     }
 
     /// Answers a read of the next `n` bytes (at most `RAW_MAX_READ`) through `sink`. A
@@ -113,17 +118,12 @@ impl RawStream {
                 Err(e) => return self.broken(h, moved, e.to_string()),
             }
         }
+        // The socket is past these bytes whatever happens to them now.
         self.pos += n as u64;
-        if let Err(e) = sink.deliver(self.pipe.0.as_fd(), h + n) {
-            // Typically the request was interrupted meanwhile. Whatever the pipe still holds
-            // goes with it.
-            tracing::debug!("zero-copy answer not delivered: {e}");
-            match crate::sys::pipe::pipe() {
-                Ok(p) => self.pipe = p,
-                Err(e) => return self.broken(0, 0, e.to_string()),
-            }
+        match sink.deliver(self.pipe.0.as_fd(), h + n) {
+            Ok(()) => Answer::Sent,
+            Err(e) => Answer::Undelivered(e),
         }
-        Answer::Sent
     }
 
     /// The pipe is full before the answer is in: takes the `moved` bytes back out of it and

@@ -61,23 +61,36 @@ impl DavClient {
         let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
             return Ok(None);
         };
-        let mut req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept-Encoding: identity\r\n\
-             Range: bytes={}-{end}\r\n",
-            &url[url::Position::BeforePath..url::Position::AfterQuery],
-            &url[url::Position::BeforeHost..url::Position::AfterPort],
-            self.inner.user_agent,
-            range.start,
-        );
+        let mut headers = vec![
+            (
+                "Host",
+                url[url::Position::BeforeHost..url::Position::AfterPort].to_owned(),
+            ),
+            ("User-Agent", self.inner.user_agent.clone()),
+            ("Accept-Encoding", "identity".to_owned()),
+            ("Range", format!("bytes={}-{end}", range.start)),
+        ];
         if let Some(tag) = if_range.filter(|t| !t.starts_with("W/")) {
-            req.push_str(&format!("If-Range: {tag}\r\n"));
+            headers.push(("If-Range", tag.to_owned()));
         }
         if let Some(v) = self.authorization("GET", &url).await {
-            req.push_str(&format!("Authorization: {v}\r\n"));
+            headers.push(("Authorization", v));
         }
-        // Header values come from our own state; a line break in one would split the request.
-        if req.matches('\n').count() != req.matches("\r\n").count() {
+        // A control character in a value (an entity tag from a listing may hold an encoded
+        // line break) would split the request: such values go the ordinary way, which
+        // refuses them.
+        if headers
+            .iter()
+            .any(|(_, v)| v.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f))
+        {
             return Ok(None);
+        }
+        let mut req = format!(
+            "GET {} HTTP/1.1\r\n",
+            &url[url::Position::BeforePath..url::Position::AfterQuery]
+        );
+        for (name, value) in &headers {
+            req.push_str(&format!("{name}: {value}\r\n"));
         }
         req.push_str("\r\n");
         self.inner.stats.record("GET");
@@ -248,5 +261,32 @@ mod tests {
             read_head(&mut s).await.is_err(),
             "closed before the head ended"
         );
+    }
+
+    /// An entity tag holding a line break (possible from a listing's XML) never reaches the
+    /// wire: the raw GET is not sent at all, and the ordinary way refuses the value.
+    #[tokio::test]
+    async fn header_values_with_control_characters_are_not_sent() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let url = url::Url::parse(&format!("http://127.0.0.1:{port}/dav/")).expect("url");
+        let client = DavClient::new(super::super::ClientConfig::new(url)).expect("client");
+        let path = DavPath::parse("/f.bin").expect("path");
+        let range = ByteRange {
+            start: 0,
+            end: Some(9),
+        };
+        for tag in ["\"a\"\r\nX-Injected: 1", "\"a\"\n", "\"a\0\""] {
+            let got = client
+                .get_raw(&path, range, Some(tag))
+                .await
+                .expect("no error");
+            assert!(got.is_none(), "{tag:?}");
+        }
+        // A connection would be in the accept queue already (connect returns once it is).
+        let accepted = tokio::time::timeout(std::time::Duration::ZERO, l.accept());
+        assert!(accepted.await.is_err(), "a connection was opened");
     }
 }
