@@ -572,16 +572,7 @@ impl ReadHandle {
             st.no_zero_copy = true;
             return Ok(());
         }
-        match (st.modified, body.meta.last_modified) {
-            (Some(ours), Some(theirs)) if ours != theirs => {
-                return Err(self.stale("modification date differs"));
-            }
-            (None, Some(theirs)) => st.modified = Some(theirs),
-            _ => {}
-        }
-        if st.etag.is_none() {
-            st.etag = body.meta.etag.clone();
-        }
+        self.same_dates(st, &body.meta)?;
         st.ranges = Some(true);
         tracing::debug!(path = %self.path, offset, window, "zero-copy GET");
         st.window = window;
@@ -589,6 +580,22 @@ impl ReadHandle {
         st.buf_start = offset;
         st.buf_end = offset;
         st.raw = Some(super::zerocopy::RawStream::new(body, pipe));
+        Ok(())
+    }
+
+    /// A response's modification date must be the one this handle reads (the first response
+    /// sets it), and its entity tag becomes the handle's if it had none.
+    fn same_dates(&self, st: &mut State, meta: &crate::dav::ResponseMeta) -> VfsResult<()> {
+        match (st.modified, meta.last_modified) {
+            (Some(ours), Some(theirs)) if ours != theirs => {
+                return Err(self.stale("modification date differs"));
+            }
+            (None, Some(theirs)) => st.modified = Some(theirs),
+            _ => {}
+        }
+        if st.etag.is_none() {
+            st.etag = meta.etag.clone();
+        }
         Ok(())
     }
 
@@ -684,16 +691,7 @@ impl ReadHandle {
                 (0, self.size)
             }
         };
-        match (st.modified, get.meta.last_modified) {
-            (Some(ours), Some(theirs)) if ours != theirs => {
-                return Err(self.stale("modification date differs"));
-            }
-            (None, Some(theirs)) => st.modified = Some(theirs),
-            _ => {}
-        }
-        if st.etag.is_none() {
-            st.etag = get.meta.etag.clone();
-        }
+        self.same_dates(st, &get.meta)?;
         // A response starting after the retained bytes leaves a gap: start over. One starting
         // before them (a whole body, from a server that ignores Range or answers 200 to
         // If-Range for the same entity) is read through up to `buf_end`, and the retained

@@ -83,33 +83,7 @@ fn cut_connections_during_ranged_reads_give_correct_bytes_or_a_clean_error() {
     );
     // 100 ranged reads at random offsets, each with its connection cut at a random point.
     let f = std::fs::File::open(m.path().join("big.bin")).expect("open");
-    let mut x: u64 = 0xdead_beef;
-    let mut errors = 0;
-    for _ in 0..100 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        proxy.inject(&[Fault::CutAfter(1 + (x % 400_000) as usize)]);
-        let off = (x >> 24) % (data.len() as u64 - 1);
-        let mut buf = vec![0u8; 200_000];
-        match f.read_at(&mut buf, off) {
-            Ok(n) => {
-                let end = off as usize + n;
-                assert!(
-                    buf[..n] == data[off as usize..end],
-                    "wrong bytes at {off}+{n}"
-                );
-            }
-            Err(e) => {
-                errors += 1;
-                assert!(
-                    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ESTALE)),
-                    "{e}"
-                );
-            }
-        }
-    }
-    assert!(errors < 100, "every read failed");
+    random_reads_with_cuts(&proxy, &f, &data, 100, 200_000, 0xdead_beef, "");
     drop(f);
     assert!(m.unmount().success());
 }
@@ -164,30 +138,8 @@ fn reads_resume_through_cut_stalled_and_reset_connections_in_a_row() {
         );
 
         let f = std::fs::File::open(m.path().join("big.bin")).expect("open");
-        let mut x: u64 = 0xfeed_f00d;
-        let mut errors = 0;
-        for _ in 0..30 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            proxy.inject(&[Fault::CutAfter(1 + (x % 400_000) as usize)]);
-            let off = (x >> 24) % (data.len() as u64 - 1);
-            let mut buf = vec![0u8; 300_000];
-            match f.read_at(&mut buf, off) {
-                Ok(n) => assert!(
-                    buf[..n] == data[off as usize..off as usize + n],
-                    "zero copy {zero_copy}: wrong bytes at {off}+{n}"
-                ),
-                Err(e) => {
-                    errors += 1;
-                    assert!(
-                        matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ESTALE)),
-                        "{e}"
-                    );
-                }
-            }
-        }
-        assert!(errors < 30, "every read failed");
+        let what = format!("zero copy {zero_copy}: ");
+        random_reads_with_cuts(&proxy, &f, &data, 30, 300_000, 0xfeed_f00d, &what);
         drop(f);
         assert!(m.unmount().success());
         proxy.clear();
@@ -221,6 +173,44 @@ fn zero_copy_reads_of_small_packets_are_copied_and_never_wait_for_the_timeout() 
     );
     assert!(log.contains("small packets"), "{log}");
     assert!(m.unmount().success());
+}
+
+/// `rounds` reads of `len` bytes at pseudo-random offsets of `f` (a mounted copy of `data`),
+/// each with its connection cut at a random point: every read gives the right bytes or fails
+/// cleanly (EIO, ESTALE), and not all of them fail.
+fn random_reads_with_cuts(
+    proxy: &FaultProxy,
+    f: &std::fs::File,
+    data: &[u8],
+    rounds: usize,
+    len: usize,
+    seed: u64,
+    what: &str,
+) {
+    let mut x = seed;
+    let mut errors = 0;
+    for _ in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        proxy.inject(&[Fault::CutAfter(1 + (x % 400_000) as usize)]);
+        let off = (x >> 24) % (data.len() as u64 - 1);
+        let mut buf = vec![0u8; len];
+        match f.read_at(&mut buf, off) {
+            Ok(n) => assert!(
+                buf[..n] == data[off as usize..off as usize + n],
+                "{what}wrong bytes at {off}+{n}"
+            ),
+            Err(e) => {
+                errors += 1;
+                assert!(
+                    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ESTALE)),
+                    "{what}{e}"
+                );
+            }
+        }
+    }
+    assert!(errors < rounds, "{what}every read failed");
 }
 
 /// Runs `f` on a thread and fails the test if it takes longer than `limit`: a hung file
