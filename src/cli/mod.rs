@@ -175,6 +175,10 @@ pub struct MountArgs {
     /// never cut) [default: 30].
     #[arg(long, value_name = "SECONDS", help_heading = "Network")]
     pub timeout: Option<u64>,
+    /// Seconds a file may stay open unread before its transfer is let go (connection closed,
+    /// read-ahead freed); the next read goes on with a new request. 0: never [default: 20].
+    #[arg(long, value_name = "SECONDS", help_heading = "Network")]
+    pub read_idle: Option<u64>,
     /// Seconds during which a request is retried while the server answers 429, 502, 503 or
     /// 504 (honouring Retry-After); 0 turns retries off [default: 30].
     #[arg(long, value_name = "SECONDS", help_heading = "Network")]

@@ -16,7 +16,7 @@ use crate::credentials;
 use crate::dav::client::redact_url;
 use crate::dav::{BearerSource, ClientConfig, Credentials, DavError, Secret};
 use crate::vfs::cache_dir::{default_base, mount_key};
-use crate::vfs::{UploadPolicy, VfsConfig};
+use crate::vfs::{ReadTuning, UploadPolicy, VfsConfig};
 use profile::{Profile, Upload};
 
 /// Everything needed to mount.
@@ -200,6 +200,10 @@ impl MountConfig {
                 .unwrap_or(16)
                 .saturating_mul(1 << 20),
             async_close: flag(args.async_close, profile.async_close),
+            read: ReadTuning {
+                idle: Duration::from_secs(secs(args.read_idle, profile.read_idle, 20)),
+                ..ReadTuning::default()
+            },
             ..VfsConfig::default()
         };
         Ok(MountConfig {

@@ -60,6 +60,7 @@ pub struct Profile {
     pub proxy: Option<String>,
     pub connect_timeout: Option<u64>,
     pub timeout: Option<u64>,
+    pub read_idle: Option<u64>,
     pub retry_time: Option<u64>,
     /// Only here to be refused with a useful message.
     password: Option<toml::Value>,
@@ -123,6 +124,7 @@ fn check(name: &str, p: &Profile) -> Result<(), String> {
         ("kernel-ttl", p.kernel_ttl),
         ("connect-timeout", p.connect_timeout),
         ("timeout", p.timeout),
+        ("read-idle", p.read_idle),
         ("retry-time", p.retry_time),
     ] {
         if v.is_some_and(|s| s > MAX_SECONDS) {

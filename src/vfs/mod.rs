@@ -35,7 +35,7 @@ pub mod error;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -247,7 +247,10 @@ pub struct Vfs {
     cfg: VfsConfig,
     table: Mutex<InodeTable>,
     listing_locks: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
-    handles: Mutex<HashMap<u64, Handle>>,
+    /// Open files. Shared with the task that lets idle reads go (`watch_idle_reads`).
+    handles: Arc<Mutex<HashMap<u64, Handle>>>,
+    /// Whether that task runs.
+    idle_watch: AtomicBool,
     dir_handles: Mutex<HashMap<u64, Arc<DirStream>>>,
     next_fh: AtomicU64,
     quota: Mutex<(Option<u64>, Option<u64>)>,
@@ -324,7 +327,8 @@ impl Vfs {
             _cache_lock: lock,
             table: Mutex::new(InodeTable::new()),
             listing_locks: Mutex::new(HashMap::new()),
-            handles: Mutex::new(HashMap::new()),
+            handles: Arc::default(),
+            idle_watch: AtomicBool::new(false),
             dir_handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             quota: Mutex::new((None, None)),
@@ -901,9 +905,49 @@ impl Vfs {
             self.cfg.read.clone(),
         );
         let fh = self.add_handle(Handle::Read(Arc::new(handle)));
+        self.watch_idle_reads();
         let mut o = Opened::new(fh, keep_cache, mode);
         o.direct |= self.cfg.direct_reads;
         Ok(o)
+    }
+
+    /// Starts (once) the task that lets the transfers of files not read for
+    /// `ReadTuning::idle` go (`ReadHandle::release_if_idle`). It ends with the mount.
+    fn watch_idle_reads(&self) {
+        let idle = self.cfg.read.idle;
+        if idle.is_zero() || self.idle_watch.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.idle_watch.store(false, Ordering::Relaxed);
+            return;
+        };
+        let handles = Arc::downgrade(&self.handles);
+        rt.spawn(async move {
+            // A transfer goes between `idle` and 1.5 x `idle` after its last read.
+            let mut tick = tokio::time::interval(idle / 2);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(handles) = handles.upgrade() else {
+                    return;
+                };
+                let reads: Vec<Arc<ReadHandle>> = handles
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .filter_map(|h| match h {
+                        Handle::Read(r) => Some(r.clone()),
+                        Handle::Write(_) => None,
+                    })
+                    .collect();
+                drop(handles);
+                let now = tokio::time::Instant::now();
+                for r in reads {
+                    r.release_if_idle(now, idle);
+                }
+            }
+        });
     }
 
     fn add_handle(&self, h: Handle) -> u64 {

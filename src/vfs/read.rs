@@ -18,12 +18,21 @@
 //! - Servers that ignore Range (Orthanc answers 200 with the whole body) are detected on the
 //!   first response; sequential reads then use that one body for the whole pass, skipping
 //!   forward as needed, and only a backward seek starts a new GET.
+//! - A broken transfer resumes where its bytes stopped, as often as the resumed transfers
+//!   make progress (a reader may live for hours); only `MAX_RESUMES` breaks in a row without
+//!   progress fail the read.
+//! - A handle left unread for `ReadTuning::idle` lets its transfer go (its connection is
+//!   closed and its buffers freed, see [`ReadHandle::release_if_idle`]); the next read goes on
+//!   with a new request, so a paused reader holds no server connection and is never cut by
+//!   the server's own send timeout.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::time::Instant;
 
 use super::error::{VfsError, VfsResult};
 use super::inode::Ino;
@@ -45,6 +54,10 @@ pub struct ReadTuning {
     /// Default 2 MiB (8 MiB was no faster and took the daemon's peak RSS during a 1 GiB read
     /// from about 32 to 45 MiB).
     pub ahead: u32,
+    /// A handle not read for this long lets its transfer go (zero: never). Default 20 s,
+    /// below the usual servers' send timeouts (Apache's `Timeout` and nginx's `send_timeout`
+    /// are 60 s).
+    pub idle: Duration,
 }
 
 impl Default for ReadTuning {
@@ -55,6 +68,7 @@ impl Default for ReadTuning {
             keep_behind: 4 << 20,
             max_skip: 1 << 20,
             ahead: 2 << 20,
+            idle: Duration::from_secs(20),
         }
     }
 }
@@ -203,8 +217,12 @@ struct State {
     ranges: Option<bool>,
     /// `Last-Modified` of the first response: the validator when there is no strong ETag.
     modified: Option<std::time::SystemTime>,
-    /// Transfers resumed after a broken connection, for this handle.
+    /// Broken transfers resumed in a row without progress (see `resumed`).
     resumes: u32,
+    /// Where the last broken transfer stopped.
+    resumed_at: u64,
+    /// When a read last ended (or the handle opened): see [`ReadHandle::release_if_idle`].
+    last_used: Instant,
     /// A response read by splicing (zero-copy reads), instead of `active`.
     #[cfg(target_os = "linux")]
     raw: Option<super::zerocopy::RawStream>,
@@ -214,8 +232,11 @@ struct State {
     no_zero_copy: bool,
 }
 
-/// How often one open file may resume a broken transfer before reads fail.
+/// How often in a row one open file may resume a broken transfer without progress before
+/// reads fail.
 const MAX_RESUMES: u32 = 8;
+/// Bytes a resumed transfer must bring for its resume not to count against `MAX_RESUMES`.
+const RESUME_PROGRESS: u64 = 256 << 10;
 
 pub(super) struct ReadHandle {
     ino: Ino,
@@ -247,6 +268,8 @@ impl ReadHandle {
                 ranges: None,
                 modified: None,
                 resumes: 0,
+                resumed_at: 0,
+                last_used: Instant::now(),
                 #[cfg(target_os = "linux")]
                 raw: None,
                 #[cfg(target_os = "linux")]
@@ -277,7 +300,56 @@ impl ReadHandle {
             return Ok(ReadData::default());
         }
         let mut st = self.state.lock().await;
-        self.read_locked(client, &mut st, offset, size).await
+        let r = self.read_locked(client, &mut st, offset, size).await;
+        st.last_used = Instant::now();
+        r
+    }
+
+    /// Counts a broken transfer at `at` (the first byte not received): an error once
+    /// `MAX_RESUMES` came in a row without `RESUME_PROGRESS` bytes between them.
+    fn resumed(&self, st: &mut State, at: u64, why: &str) -> VfsResult<()> {
+        if at.abs_diff(st.resumed_at) >= RESUME_PROGRESS {
+            st.resumes = 0;
+        }
+        st.resumed_at = at;
+        if st.resumes >= MAX_RESUMES {
+            return Err(VfsError::new(
+                ErrorKind::Io,
+                format!(
+                    "{}: {why} (after {MAX_RESUMES} resumed transfers without progress)",
+                    self.path
+                ),
+            ));
+        }
+        st.resumes += 1;
+        tracing::debug!(path = %self.path, at, "{why}; resuming");
+        Ok(())
+    }
+
+    /// Lets the transfer of a handle go if it was not read for `idle` (and is not being read
+    /// now): its connection is closed, its read-ahead and retained bytes are freed. The next
+    /// read goes on at the same place with a new request, carrying the same version checks.
+    /// Not for servers that ignore Range (a new request would start over at the beginning).
+    pub(super) fn release_if_idle(&self, now: Instant, idle: Duration) -> bool {
+        let Ok(mut st) = self.state.try_lock() else {
+            return false;
+        };
+        if st.ranges != Some(true) || now.saturating_duration_since(st.last_used) < idle {
+            return false;
+        }
+        let mut released = false;
+        #[cfg(target_os = "linux")]
+        if let Some(raw) = st.raw.take() {
+            st.buf_end = raw.pos;
+            released = true;
+        }
+        released |= st.active.take().is_some() | !st.buf.is_empty();
+        st.buf.clear();
+        st.buf_start = st.buf_end;
+        if released {
+            tracing::debug!(path = %self.path, at = st.buf_end, "not read for {idle:?}: transfer let go");
+        }
+        released
     }
 
     async fn read_locked(
@@ -366,18 +438,8 @@ impl ReadHandle {
                     // (zero-copy reads start only where a response ended between two reads).
                     let until = st.active.as_ref().map_or(0, |a| a.end);
                     st.active = None;
-                    if st.resumes >= MAX_RESUMES {
-                        return Err(VfsError::new(
-                            ErrorKind::Io,
-                            format!(
-                                "{}: {why} (after {MAX_RESUMES} resumed transfers)",
-                                self.path
-                            ),
-                        ));
-                    }
-                    st.resumes += 1;
-                    tracing::debug!(path = %self.path, at = st.buf_end, "{why}; resuming");
                     let from = st.buf_end;
+                    self.resumed(st, from, &why)?;
                     let win = if until > from {
                         until - from
                     } else {
@@ -424,13 +486,29 @@ impl ReadHandle {
         size: u32,
         sink: &dyn super::zerocopy::SpliceSink,
     ) -> VfsResult<Option<ReadData>> {
-        use super::zerocopy::{Answer, RAW_MAX_READ};
         if offset >= self.size || size == 0 {
             return Ok(Some(ReadData::default()));
         }
+        let mut st = self.state.lock().await;
+        let r = self
+            .read_to_locked(client, &mut st, offset, size, sink)
+            .await;
+        st.last_used = Instant::now();
+        r
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn read_to_locked(
+        &self,
+        client: &DavClient,
+        st: &mut State,
+        offset: u64,
+        size: u32,
+        sink: &dyn super::zerocopy::SpliceSink,
+    ) -> VfsResult<Option<ReadData>> {
+        use super::zerocopy::{Answer, RAW_MAX_READ};
         let end = (offset + u64::from(size)).min(self.size);
         let n = usize::try_from(end - offset).unwrap_or(usize::MAX);
-        let mut st = self.state.lock().await;
         let retained = offset >= st.buf_start && end <= st.buf_end;
         // Only a sequential read's next response goes zero-copy: it takes a connection of its
         // own, which pays off over the larger windows, not for the small ranges of random
@@ -438,7 +516,7 @@ impl ReadHandle {
         let continuing = st.buf_end > 0 && offset == st.buf_end && st.ranges == Some(true);
         let fresh = st.raw.is_none() && st.active.is_none() && !st.no_zero_copy;
         if fresh && continuing && !retained {
-            self.start_raw(client, &mut st, offset, end).await?;
+            self.start_raw(client, st, offset, end).await?;
         }
         let usable = n <= RAW_MAX_READ
             && st
@@ -446,17 +524,11 @@ impl ReadHandle {
                 .as_ref()
                 .is_some_and(|r| r.pos == offset && end <= r.end);
         if !usable {
-            return self
-                .read_locked(client, &mut st, offset, size)
-                .await
-                .map(Some);
+            return self.read_locked(client, st, offset, size).await.map(Some);
         }
         let stall = client.progress_timeout();
         let Some(raw) = st.raw.as_mut() else {
-            return self
-                .read_locked(client, &mut st, offset, size)
-                .await
-                .map(Some);
+            return self.read_locked(client, st, offset, size).await.map(Some);
         };
         let answer = raw.answer(sink, n, stall).await;
         let (pos, raw_end) = (raw.pos, raw.end);
@@ -483,18 +555,8 @@ impl ReadHandle {
             Answer::Broken { got, why } => {
                 // The connection broke or stalled: the ordinary path resumes after the bytes
                 // that did arrive (with the version checks), as for any broken transfer.
-                tracing::debug!(path = %self.path, at = pos, "{why}; resuming");
                 st.raw = None;
-                st.resumes += 1;
-                if st.resumes > MAX_RESUMES {
-                    return Err(VfsError::new(
-                        ErrorKind::Io,
-                        format!(
-                            "{}: {why} (after {MAX_RESUMES} resumed transfers)",
-                            self.path
-                        ),
-                    ));
-                }
+                self.resumed(st, pos, &why)?;
                 st.buf.clear();
                 st.buf_start = offset;
                 st.buf_end = pos;
@@ -503,12 +565,9 @@ impl ReadHandle {
                 }
                 // The rest of the same range, the ordinary way.
                 if raw_end > pos {
-                    self.start_get(client, &mut st, pos, raw_end - pos).await?;
+                    self.start_get(client, st, pos, raw_end - pos).await?;
                 }
-                return self
-                    .read_locked(client, &mut st, offset, size)
-                    .await
-                    .map(Some);
+                return self.read_locked(client, st, offset, size).await.map(Some);
             }
         };
         if used_up {

@@ -146,6 +146,110 @@ fn reads_resume_through_cut_stalled_and_reset_connections_in_a_row() {
     }
 }
 
+/// A long sequential read whose connections break more often than the limit of resumes in a
+/// row, each resumed transfer making progress before the next break (a file read for hours
+/// over a flaky link): it goes on to the end with the right bytes, with the page cache and
+/// with zero-copy reads.
+#[test]
+fn a_long_read_resumes_through_more_breaks_than_the_limit_in_a_row() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("fault-many");
+    let data = pattern(24 << 20, 19);
+    std::fs::write(dir.join("big.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/fault-many/", proxy.port);
+    for zero_copy in [false, true] {
+        let mut args = vec!["--timeout", "5", "-v"];
+        if zero_copy {
+            args.push("--direct-io");
+        }
+        let m = Mount::new(&url, &args);
+        let p = m.path().join("big.bin");
+        // Every answer is cut after 600 kB (some answers are shorter: their fault is spent
+        // without a cut).
+        proxy.inject(&[Fault::CutAfter(600_000); 20]);
+        let got = bounded(Duration::from_secs(60), move || std::fs::read(&p));
+        let got = got.unwrap_or_else(|e| panic!("zero copy {zero_copy}: {e}\n{}", m.log()));
+        let first = got.iter().zip(&data).position(|(a, b)| a != b);
+        assert!(
+            got == data,
+            "zero copy {zero_copy}: {} bytes, first difference at {first:?}",
+            got.len(),
+        );
+        let log = m.log();
+        let resumed = log.matches("; resuming").count();
+        assert!(
+            resumed > 8,
+            "zero copy {zero_copy}: only {resumed} breaks, not more than the limit in a row"
+        );
+        assert!(m.unmount().success());
+        proxy.clear();
+    }
+}
+
+/// A file left open and unread for `--read-idle` lets its transfer go: the connection that
+/// carried the rest of the answer is closed by davdrive (seen by the proxy), and the next
+/// read goes on where the last one stopped, with the right bytes. With the page cache and
+/// with zero-copy reads.
+#[test]
+fn an_idle_read_lets_its_connection_go_and_goes_on_where_it_stopped() {
+    use std::io::Read;
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("fault-idle");
+    let data = pattern(16 << 20, 23);
+    std::fs::write(dir.join("big.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/fault-idle/", proxy.port);
+    for zero_copy in [false, true] {
+        let mut args = vec!["--read-idle", "1", "-v"];
+        if zero_copy {
+            args.push("--direct-io");
+        }
+        let m = Mount::new(&url, &args);
+        let mut f = std::fs::File::open(m.path().join("big.bin")).expect("open");
+        // 2.5 MiB in 256 KiB reads: the answer in progress (with zero-copy, the one spliced
+        // from 1 MiB to 3 MiB) still has bytes to come.
+        let mut head = vec![0u8; 5 << 19];
+        for piece in head.chunks_mut(256 << 10) {
+            f.read_exact(piece).expect("read");
+        }
+        assert!(
+            head == data[..head.len()],
+            "zero copy {zero_copy}: first bytes"
+        );
+        let before = proxy.client_closes();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while proxy.client_closes() == before {
+            assert!(
+                Instant::now() < deadline,
+                "zero copy {zero_copy}: the idle transfer kept its connection\n{}",
+                m.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = m.log();
+        assert!(log.contains("transfer let go"), "{log}");
+        let mut rest = Vec::new();
+        let read = bounded(Duration::from_secs(60), move || {
+            f.read_to_end(&mut rest).map(|_| rest)
+        });
+        let rest = read.expect("read after the pause");
+        assert!(
+            rest == data[head.len()..],
+            "zero copy {zero_copy}: the bytes after the pause differ"
+        );
+        assert!(m.unmount().success());
+    }
+}
+
 /// Zero-copy reads of answers that arrive in small packets (as from a real network, where the
 /// pipe they pass through fills up with far fewer bytes than its size): the bytes are right
 /// and the read never waits for a pipe that cannot fill, so nothing runs into the timeout.

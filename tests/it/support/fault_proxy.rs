@@ -47,6 +47,8 @@ pub struct FaultProxy {
     upload_rate: Arc<AtomicUsize>,
     /// Size of the pieces answers are forwarded in, each sent at once (0: as received).
     packet_size: Arc<AtomicUsize>,
+    /// Connections the client closed while the server's side was still open.
+    client_closes: Arc<AtomicUsize>,
 }
 
 impl FaultProxy {
@@ -58,8 +60,9 @@ impl FaultProxy {
         let connections: Arc<Mutex<usize>> = Arc::default();
         let upload_rate: Arc<AtomicUsize> = Arc::default();
         let packet_size: Arc<AtomicUsize> = Arc::default();
+        let client_closes: Arc<AtomicUsize> = Arc::default();
         let (f, c, u) = (faults.clone(), connections.clone(), upload_rate.clone());
-        let ps = packet_size.clone();
+        let (ps, cc) = (packet_size.clone(), client_closes.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if let Ok(mut n) = c.lock() {
@@ -68,7 +71,8 @@ impl FaultProxy {
                 let faults = f.clone();
                 let rate = u.clone();
                 let packets = ps.clone();
-                std::thread::spawn(move || serve(client, upstream, faults, rate, packets));
+                let closes = cc.clone();
+                std::thread::spawn(move || serve(client, upstream, faults, rate, packets, closes));
             }
         });
         FaultProxy {
@@ -77,7 +81,14 @@ impl FaultProxy {
             connections,
             upload_rate,
             packet_size,
+            client_closes,
         }
+    }
+
+    /// Connections the client closed while the server's side was still open (an answer
+    /// abandoned, or a kept-alive connection let go before the server's keep-alive timeout).
+    pub fn client_closes(&self) -> usize {
+        self.client_closes.load(Ordering::SeqCst)
     }
 
     /// Forwards answers in pieces of `bytes` (0: as they come), each sent on its own, like
@@ -174,9 +185,13 @@ fn serve(
     faults: Arc<Mutex<VecDeque<Fault>>>,
     upload_rate: Arc<AtomicUsize>,
     packet_size: Arc<AtomicUsize>,
+    client_closes: Arc<AtomicUsize>,
 ) {
     // A fault for the answer, armed when its request goes out, taken when the answer starts.
     let armed: Arc<Mutex<Option<Fault>>> = Arc::default();
+    // Set when the server's side ended (or the proxy ended it), before the client's is shut.
+    let server_ended: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let ended = server_ended.clone();
     let arm = armed.clone();
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
         return;
@@ -194,7 +209,12 @@ fn serve(
         let mut up_limit = usize::MAX;
         loop {
             let n = match c_read.read(&mut buf) {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => {
+                    if !ended.load(Ordering::SeqCst) {
+                        client_closes.fetch_add(1, Ordering::SeqCst);
+                    }
+                    break;
+                }
                 Ok(n) => n,
             };
             let head = METHODS.iter().any(|m| buf[..n].starts_with(m));
@@ -243,6 +263,7 @@ fn serve(
     let mut down_limit = usize::MAX;
     let mut fault = None;
     let mut spacer: Option<TcpStream> = None;
+    let mut client_gone = false;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match server.read(&mut buf) {
@@ -286,12 +307,17 @@ fn serve(
             }
         }
         if failed {
+            // The client is gone: its side ended first.
+            client_gone = true;
             break;
         }
         sent += n;
         if sent >= down_limit && !matches!(fault, Some(Fault::StallAfter(_))) {
             break;
         }
+    }
+    if !client_gone {
+        server_ended.store(true, Ordering::SeqCst);
     }
     if matches!(fault, Some(Fault::ResetAfter(_))) {
         // The socket closes (with RST, thanks to linger 0) only when its last descriptor
