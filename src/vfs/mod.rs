@@ -925,7 +925,8 @@ impl Vfs {
         let handles = Arc::downgrade(&self.handles);
         rt.spawn(async move {
             // A transfer goes between `idle` and 1.5 x `idle` after its last read.
-            let mut tick = tokio::time::interval(idle / 2);
+            let period = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(86_400));
+            let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;

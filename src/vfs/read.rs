@@ -19,8 +19,8 @@
 //!   first response; sequential reads then use that one body for the whole pass, skipping
 //!   forward as needed, and only a backward seek starts a new GET.
 //! - A broken transfer resumes where its bytes stopped, as often as the resumed transfers
-//!   make progress (a reader may live for hours); only `MAX_RESUMES` breaks in a row without
-//!   progress fail the read.
+//!   make progress (a reader may live for hours); after `MAX_RESUMES` resumes in a row of
+//!   transfers that broke without progress, the next break fails the read.
 //! - A handle left unread for `ReadTuning::idle` lets its transfer go (its connection is
 //!   closed and its buffers freed, see [`ReadHandle::release_if_idle`]); the next read goes on
 //!   with a new request, so a paused reader holds no server connection and is never cut by
@@ -219,10 +219,13 @@ struct State {
     modified: Option<std::time::SystemTime>,
     /// Broken transfers resumed in a row without progress (see `resumed`).
     resumes: u32,
-    /// Where the last broken transfer stopped.
-    resumed_at: u64,
+    /// Where the bytes of the current transfer begin to count (its first byte not already
+    /// retained): how far a broken transfer got is measured from here.
+    transfer_start: u64,
     /// When a read last ended (or the handle opened): see [`ReadHandle::release_if_idle`].
     last_used: Instant,
+    /// End of the last read answered: where a sequential reader goes on.
+    read_end: u64,
     /// A response read by splicing (zero-copy reads), instead of `active`.
     #[cfg(target_os = "linux")]
     raw: Option<super::zerocopy::RawStream>,
@@ -268,8 +271,9 @@ impl ReadHandle {
                 ranges: None,
                 modified: None,
                 resumes: 0,
-                resumed_at: 0,
+                transfer_start: 0,
                 last_used: Instant::now(),
+                read_end: 0,
                 #[cfg(target_os = "linux")]
                 raw: None,
                 #[cfg(target_os = "linux")]
@@ -302,16 +306,19 @@ impl ReadHandle {
         let mut st = self.state.lock().await;
         let r = self.read_locked(client, &mut st, offset, size).await;
         st.last_used = Instant::now();
+        if let Ok(d) = &r {
+            st.read_end = offset + d.len() as u64;
+        }
         r
     }
 
-    /// Counts a broken transfer at `at` (the first byte not received): an error once
-    /// `MAX_RESUMES` came in a row without `RESUME_PROGRESS` bytes between them.
+    /// Counts a broken transfer that stopped at `at` (its first byte not received): after
+    /// `MAX_RESUMES` resumes in a row of transfers that broke before bringing
+    /// `RESUME_PROGRESS` bytes, the next break is an error.
     fn resumed(&self, st: &mut State, at: u64, why: &str) -> VfsResult<()> {
-        if at.abs_diff(st.resumed_at) >= RESUME_PROGRESS {
+        if at.saturating_sub(st.transfer_start) >= RESUME_PROGRESS {
             st.resumes = 0;
         }
-        st.resumed_at = at;
         if st.resumes >= MAX_RESUMES {
             return Err(VfsError::new(
                 ErrorKind::Io,
@@ -334,22 +341,32 @@ impl ReadHandle {
         let Ok(mut st) = self.state.try_lock() else {
             return false;
         };
-        if st.ranges != Some(true) || now.saturating_duration_since(st.last_used) < idle {
+        if st.ranges == Some(false) || now.saturating_duration_since(st.last_used) < idle {
             return false;
         }
+        // Where the reader goes on: after its last read, if the retained bytes reach it.
+        let mut at = if (st.buf_start..=st.buf_end).contains(&st.read_end) {
+            st.read_end
+        } else {
+            st.buf_end
+        };
         let mut released = false;
         #[cfg(target_os = "linux")]
         if let Some(raw) = st.raw.take() {
-            st.buf_end = raw.pos;
+            at = raw.pos;
             released = true;
         }
         released |= st.active.take().is_some() | !st.buf.is_empty();
-        st.buf.clear();
-        st.buf_start = st.buf_end;
-        if released {
-            tracing::debug!(path = %self.path, at = st.buf_end, "not read for {idle:?}: transfer let go");
+        if !released {
+            return false;
         }
-        released
+        st.buf.clear();
+        st.buf_start = at;
+        st.buf_end = at;
+        // A reader that pauses is not streaming: the next request starts small again.
+        st.window = self.tuning.min_window;
+        tracing::debug!(path = %self.path, at, "not read for {idle:?}: transfer let go");
+        true
     }
 
     async fn read_locked(
@@ -494,6 +511,12 @@ impl ReadHandle {
             .read_to_locked(client, &mut st, offset, size, sink)
             .await;
         st.last_used = Instant::now();
+        match &r {
+            // Answered by splicing: all of it.
+            Ok(None) => st.read_end = (offset + u64::from(size)).min(self.size),
+            Ok(Some(d)) => st.read_end = offset + d.len() as u64,
+            Err(_) => {}
+        }
         r
     }
 
@@ -638,6 +661,7 @@ impl ReadHandle {
         st.buf.clear();
         st.buf_start = offset;
         st.buf_end = offset;
+        st.transfer_start = offset;
         st.raw = Some(super::zerocopy::RawStream::new(body, pipe));
         Ok(())
     }
@@ -683,6 +707,9 @@ impl ReadHandle {
         window: u64,
     ) -> VfsResult<()> {
         st.active = None;
+        // Bytes before `buf_end` are already retained (a server that ignores Range sends
+        // them again).
+        st.transfer_start = start.max(st.buf_end);
         let want_end = (start + window).min(self.size);
         let first = st.ranges.is_none();
         let range = ByteRange {

@@ -191,6 +191,54 @@ fn a_long_read_resumes_through_more_breaks_than_the_limit_in_a_row() {
     }
 }
 
+/// Breaks in a row that bring almost nothing end the read with EIO, within bounds (with
+/// `--direct-io`, as the program's read; through the page cache, as the kernel's read-ahead,
+/// which the kernel then retries page by page: the program gets the right bytes or EIO).
+#[test]
+fn breaks_in_a_row_without_progress_fail_the_read_within_bounds() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("fault-hopeless");
+    let data = pattern(8 << 20, 29);
+    std::fs::write(dir.join("big.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/fault-hopeless/", proxy.port);
+    for zero_copy in [false, true] {
+        let mut args = vec!["--timeout", "5", "-v"];
+        if zero_copy {
+            args.push("--direct-io");
+        }
+        let m = Mount::new(&url, &args);
+        let p = m.path().join("big.bin");
+        // Every answer cut after 100 kB: less than a resume must bring.
+        proxy.inject(&[Fault::CutAfter(100_000); 200]);
+        let start = Instant::now();
+        let got = bounded(Duration::from_secs(60), move || std::fs::read(&p));
+        match got {
+            Err(e) => assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EIO),
+                "zero copy {zero_copy}: {e}"
+            ),
+            Ok(got) => assert!(
+                !zero_copy && got == data,
+                "zero copy {zero_copy}: read through"
+            ),
+        }
+        assert!(start.elapsed() < Duration::from_secs(30));
+        let log = m.log();
+        assert!(
+            log.contains("without progress"),
+            "zero copy {zero_copy}:\n{log}"
+        );
+        proxy.clear();
+        assert!(m.unmount().success());
+    }
+}
+
 /// A file left open and unread for `--read-idle` lets its transfer go: the connection that
 /// carried the rest of the answer is closed by davdrive (seen by the proxy), and the next
 /// read goes on where the last one stopped, with the right bytes. With the page cache and
@@ -215,9 +263,11 @@ fn an_idle_read_lets_its_connection_go_and_goes_on_where_it_stopped() {
         }
         let m = Mount::new(&url, &args);
         let mut f = std::fs::File::open(m.path().join("big.bin")).expect("open");
-        // 2.5 MiB in 256 KiB reads: the answer in progress (with zero-copy, the one spliced
-        // from 1 MiB to 3 MiB) still has bytes to come.
-        let mut head = vec![0u8; 5 << 19];
+        // 8 MiB in 256 KiB reads: the answer in progress, from 7 MiB to 15 MiB, has bytes to
+        // come, whatever the kernel's read-ahead (128 KiB or 1 MiB) and davdrive's (2 MiB)
+        // took of it. (An answer received in full goes back to the pool of idle connections
+        // and has nothing to let go.)
+        let mut head = vec![0u8; 8 << 20];
         for piece in head.chunks_mut(256 << 10) {
             f.read_exact(piece).expect("read");
         }
