@@ -344,19 +344,17 @@ impl ReadHandle {
         if st.ranges == Some(false) || now.saturating_duration_since(st.last_used) < idle {
             return false;
         }
+        #[cfg(target_os = "linux")]
+        let raw_pos = st.raw.take().map(|raw| raw.pos);
+        #[cfg(not(target_os = "linux"))]
+        let raw_pos: Option<u64> = None;
         // Where the reader goes on: after its last read, if the retained bytes reach it.
-        let mut at = if (st.buf_start..=st.buf_end).contains(&st.read_end) {
+        let at = raw_pos.unwrap_or(if (st.buf_start..=st.buf_end).contains(&st.read_end) {
             st.read_end
         } else {
             st.buf_end
-        };
-        let mut released = false;
-        #[cfg(target_os = "linux")]
-        if let Some(raw) = st.raw.take() {
-            at = raw.pos;
-            released = true;
-        }
-        released |= st.active.take().is_some() | !st.buf.is_empty();
+        });
+        let released = raw_pos.is_some() | st.active.take().is_some() | !st.buf.is_empty();
         if !released {
             return false;
         }
