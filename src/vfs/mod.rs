@@ -368,6 +368,25 @@ impl Vfs {
         Instant::now().saturating_duration_since(fetched) < self.cfg.dir_ttl
     }
 
+    /// What to show for `ino`, whose metadata is `meta` (from a listing or the table): a file
+    /// with an open write session shows its own metadata with the session's size, since the
+    /// server's copy is older until the upload's answer replaces it.
+    fn shown(&self, t: &InodeTable, ino: Ino, meta: &Meta) -> Attr {
+        let Some(n) = t.get(ino) else {
+            return self.attr_of(ino, meta);
+        };
+        let Some(fh) = n.writer else {
+            return self.attr_of(ino, meta);
+        };
+        let mut a = self.attr_of(ino, n.meta.as_ref().unwrap_or(meta));
+        // (The table, then the handles: no code holds the handles while taking the table.)
+        let h = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Handle::Write(w)) = h.get(&fh) {
+            a.size = w.size_now();
+        }
+        a
+    }
+
     fn attr_of(&self, ino: Ino, meta: &Meta) -> Attr {
         let ro = if self.cfg.read_only { 0o222 } else { 0 };
         let perm = match meta.kind {
@@ -528,9 +547,17 @@ impl Vfs {
         {
             n.meta = Some(meta);
         }
+        // A file being written (an open session, or an upload going on behind a close) keeps
+        // what was written: the server's copy is older until the upload's answer replaces it.
+        let uploading = self.uploading();
         for (ino, meta) in acc.metas {
             if let Some(n) = t.get_mut(ino) {
-                n.meta = Some(meta);
+                match &mut n.meta {
+                    Some(m) if n.writer.is_some() || uploading.contains(&ino) => {
+                        m.fetched = meta.fetched;
+                    }
+                    _ => n.meta = Some(meta),
+                }
             }
         }
         let (mut order, mut by_name, hidden) = (acc.order, acc.by_name, acc.hidden);
@@ -556,7 +583,7 @@ impl Vfs {
             };
             late.push(DirEntry {
                 name: name.clone(),
-                attr: self.attr_of(ino, &meta),
+                attr: self.shown(&t, ino, &meta),
             });
             if let Some(n) = t.get_mut(ino) {
                 n.meta = Some(meta);
@@ -575,7 +602,7 @@ impl Vfs {
                 if let Some(m) = t.get(ino).and_then(|n| n.meta.as_ref()) {
                     late.push(DirEntry {
                         name: name.clone(),
-                        attr: self.attr_of(ino, m),
+                        attr: self.shown(&t, ino, m),
                     });
                 }
                 by_name.insert(name.clone(), ino);
@@ -666,12 +693,17 @@ impl Vfs {
         if local != server_name {
             tracing::debug!(dir = %path, server = server_name, local = %local, "mapped a name");
         }
-        let ino = self.table().ensure(dir, &r.path);
         let meta = Meta::from_resource(&r, acc.now, self.mounted_at);
-        if let Some(s) = sink {
+        let (ino, attr) = {
+            let mut t = self.table();
+            let ino = t.ensure(dir, &r.path);
+            let attr = sink.map(|_| self.shown(&t, ino, &meta));
+            (ino, attr)
+        };
+        if let (Some(s), Some(attr)) = (sink, attr) {
             s.push(DirEntry {
                 name: local.clone(),
-                attr: self.attr_of(ino, &meta),
+                attr,
             });
         }
         acc.metas.push((ino, meta));
@@ -698,7 +730,7 @@ impl Vfs {
                 let m = n.meta.as_ref()?;
                 Some(DirEntry {
                     name: name.clone(),
-                    attr: self.attr_of(*i, m),
+                    attr: self.shown(&t, *i, m),
                 })
             })
             .collect()
@@ -746,7 +778,7 @@ impl Vfs {
             .meta
             .as_ref()
             .ok_or_else(|| VfsError::not_found(format!("{}", n.path)))?;
-        Ok(self.attr_of(ino, meta))
+        Ok(self.shown(&t, ino, meta))
     }
 
     /// Counts one more kernel reference (readdirplus entries).
@@ -775,13 +807,10 @@ impl Vfs {
                 .meta
                 .as_ref()
                 .filter(|m| self.fresh(m.fetched))
-                .map(|m| self.attr_of(ino, m));
+                .map(|m| self.shown(&t, ino, m));
             (n.parent, cached)
         };
-        if let Some(mut a) = cached {
-            if let Some(size) = self.writer_size(ino).await {
-                a.size = size;
-            }
+        if let Some(a) = cached {
             return Ok(a);
         }
         if ino == ROOT_INO {
@@ -794,7 +823,7 @@ impl Vfs {
             .get(ino)
             .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
         match (&n.meta, n.gone) {
-            (Some(m), false) => Ok(self.attr_of(ino, m)),
+            (Some(m), false) => Ok(self.shown(&t, ino, m)),
             _ => Err(VfsError::not_found(&n.path)),
         }
     }

@@ -120,15 +120,6 @@ impl Vfs {
             .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))
     }
 
-    /// The size of the open write session of `ino`, if any.
-    pub(super) async fn writer_size(&self, ino: Ino) -> Option<u64> {
-        let fh = self.table().get(ino).and_then(|n| n.writer)?;
-        match self.handle(fh).ok()? {
-            Handle::Write(w) => Some(w.size_now()),
-            Handle::Read(_) => None,
-        }
-    }
-
     /// The open write session of `ino`, if any.
     pub(super) fn writer_of(&self, ino: Ino) -> Option<Arc<WriteHandle>> {
         let fh = self.table().get(ino).and_then(|n| n.writer)?;
@@ -550,6 +541,18 @@ impl Vfs {
             vfs: self.clone(),
             settling,
         }
+    }
+
+    /// Files whose upload goes on behind a close (`async_close`).
+    pub(super) fn uploading(&self) -> HashSet<Ino> {
+        if !self.cfg.async_close {
+            return HashSet::new();
+        }
+        self.settling
+            .borrow()
+            .values()
+            .map(|(ino, _)| *ino)
+            .collect()
     }
 
     /// Waits until no upload going on after a close concerns a file `which` selects (by inode

@@ -344,10 +344,7 @@ impl ReadHandle {
         if st.ranges == Some(false) || now.saturating_duration_since(st.last_used) < idle {
             return false;
         }
-        #[cfg(target_os = "linux")]
-        let raw_pos = st.raw.take().map(|raw| raw.pos);
-        #[cfg(not(target_os = "linux"))]
-        let raw_pos: Option<u64> = None;
+        let raw_pos = drop_raw(&mut st);
         // Where the reader goes on: after its last read, if the retained bytes reach it.
         let at = raw_pos.unwrap_or(if (st.buf_start..=st.buf_end).contains(&st.read_end) {
             st.read_end
@@ -796,6 +793,17 @@ impl ReadHandle {
 }
 
 /// Drops retained bytes more than `keep` behind `offset`.
+/// Drops the zero-copy stream of `st`, if any: where it stood.
+#[cfg(target_os = "linux")]
+fn drop_raw(st: &mut State) -> Option<u64> {
+    st.raw.take().map(|raw| raw.pos)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn drop_raw(_st: &mut State) -> Option<u64> {
+    None
+}
+
 fn trim(st: &mut State, keep: u64, offset: u64) {
     let floor = offset.saturating_sub(keep);
     while let Some(front) = st.buf.front() {

@@ -239,6 +239,77 @@ fn shell_redirect_streams_its_data() {
     assert!(m.unmount().success());
 }
 
+/// While a file is being written, `stat`, lookups and listings show the size written so far,
+/// also once the directory's listing expired and was fetched again from a server that still
+/// has the old version (or nothing): an existing file overwritten through a write-only
+/// descriptor, a new file through a read-write one.
+#[test]
+fn stat_and_listings_show_the_size_written_while_the_upload_runs() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("growing");
+    std::fs::write(dir.join("old.bin"), b"ten bytes!").expect("old version");
+    apache::give_to_server(&dir);
+    // The kernel asks every time; the listing is trusted for 1 s.
+    let m = Mount::new(
+        &a.url("growing"),
+        &["--dir-cache-ttl", "1", "--kernel-ttl", "0"],
+    );
+    // The directory's first file is created empty at once (to learn that writes are allowed
+    // here); make that a different file.
+    std::fs::write(m.path().join("first.txt"), b"x").expect("first file");
+    let data = pattern(5 << 20, 43);
+    for (name, read_write) in [("old.bin", false), ("new.bin", true)] {
+        let p = m.path().join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .read(read_write)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .expect("open");
+        f.write_all(&data[..3 << 20]).expect("write");
+        let propfinds = |r: &[Logged]| r.iter().filter(|l| l.method == "PROPFIND").count();
+        let before = propfinds(&a.requests("growing"));
+        // Let the listing expire: the next stat fetches it again.
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        let len = std::fs::metadata(&p).expect("stat").len();
+        let reqs = a.settled_until("growing", |r| propfinds(r) > before);
+        assert!(
+            propfinds(&reqs) > before,
+            "{name}: the listing was not fetched again"
+        );
+        assert_eq!(
+            len,
+            3 << 20,
+            "{name}: stat after the listing was fetched again"
+        );
+        let listed = std::fs::read_dir(m.path())
+            .expect("list")
+            .map(|e| e.expect("entry"))
+            .find(|e| e.file_name() == name)
+            .unwrap_or_else(|| panic!("{name} is not listed"));
+        assert_eq!(
+            listed.metadata().expect("entry stat").len(),
+            3 << 20,
+            "{name}: listed"
+        );
+        f.write_all(&data[3 << 20..]).expect("write");
+        drop(f);
+        assert_eq!(
+            std::fs::metadata(&p).expect("stat").len(),
+            data.len() as u64
+        );
+        assert!(
+            std::fs::read(dir.join(name)).expect("on the server") == data,
+            "{name}: the server has other bytes"
+        );
+    }
+    assert!(m.unmount().success());
+}
+
 #[test]
 fn namespace_operations_on_apache() {
     let Some(a) = apache() else { return };
