@@ -369,22 +369,39 @@ impl Vfs {
     }
 
     /// What to show for `ino`, whose metadata is `meta` (from a listing or the table): a file
-    /// with an open write session shows its own metadata with the session's size, since the
-    /// server's copy is older until the upload's answer replaces it.
+    /// whose open write session holds data the server does not have yet shows its own
+    /// metadata with the session's size and time of change, since the server's copy is older
+    /// until the upload's answer replaces it.
     fn shown(&self, t: &InodeTable, ino: Ino, meta: &Meta) -> Attr {
         let Some(n) = t.get(ino) else {
             return self.attr_of(ino, meta);
         };
-        let Some(fh) = n.writer else {
+        let Some(w) = self.dirty_session(n.writer) else {
             return self.attr_of(ino, meta);
         };
         let mut a = self.attr_of(ino, n.meta.as_ref().unwrap_or(meta));
-        // (The table, then the handles: no code holds the handles while taking the table.)
-        let h = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(Handle::Write(w)) = h.get(&fh) {
-            a.size = w.size_now();
+        a.size = w.size_now();
+        if let Some(changed) = w.modified_now() {
+            a.mtime = changed;
+            a.ctime = changed;
         }
         a
+    }
+
+    /// The write session `writer` (a node's), if it holds data the server does not have yet.
+    /// Called with the table held: the order is the table, then the handles (no code holds
+    /// the handles while taking the table).
+    fn dirty_session(&self, writer: Option<u64>) -> Option<Arc<WriteHandle>> {
+        let fh = writer?;
+        match self
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&fh)
+        {
+            Some(Handle::Write(w)) if w.dirty_now() => Some(w.clone()),
+            _ => None,
+        }
     }
 
     fn attr_of(&self, ino: Ino, meta: &Meta) -> Attr {
@@ -547,15 +564,17 @@ impl Vfs {
         {
             n.meta = Some(meta);
         }
-        // A file being written (an open session, or an upload going on behind a close) keeps
-        // what was written: the server's copy is older until the upload's answer replaces it.
+        // A file being written (a session with data not uploaded yet, or an upload going on
+        // behind a close) keeps what was written: the server's copy is older until the
+        // upload's answer replaces it. So does metadata we learned after this listing was
+        // asked for (an upload's answer that came in meanwhile).
         let uploading = self.uploading();
         for (ino, meta) in acc.metas {
             if let Some(n) = t.get_mut(ino) {
+                let writing = uploading.contains(&ino) || self.dirty_session(n.writer).is_some();
                 match &mut n.meta {
-                    Some(m) if n.writer.is_some() || uploading.contains(&ino) => {
-                        m.fetched = meta.fetched;
-                    }
+                    Some(m) if writing => m.fetched = m.fetched.max(meta.fetched),
+                    Some(m) if m.fetched > meta.fetched => {}
                     _ => n.meta = Some(meta),
                 }
             }

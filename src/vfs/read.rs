@@ -792,7 +792,6 @@ impl ReadHandle {
     }
 }
 
-/// Drops retained bytes more than `keep` behind `offset`.
 /// Drops the zero-copy stream of `st`, if any: where it stood.
 #[cfg(target_os = "linux")]
 fn drop_raw(st: &mut State) -> Option<u64> {
@@ -804,6 +803,7 @@ fn drop_raw(_st: &mut State) -> Option<u64> {
     None
 }
 
+/// Drops retained bytes more than `keep` behind `offset`.
 fn trim(st: &mut State, keep: u64, offset: u64) {
     let floor = offset.saturating_sub(keep);
     while let Some(front) = st.buf.front() {

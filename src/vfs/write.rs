@@ -573,6 +573,10 @@ pub(super) struct WriteHandle {
     target: std::sync::Mutex<DavPath>,
     /// `State::size`, readable without waiting for a running upload (getattr, stat).
     size_now: std::sync::atomic::AtomicU64,
+    /// `State::dirty`, likewise: the session holds data the server does not have yet.
+    dirty_now: std::sync::atomic::AtomicBool,
+    /// When the session last changed the data (nanoseconds since the Unix epoch; 0: not yet).
+    modified_now: std::sync::atomic::AtomicU64,
     /// The file was deleted (or replaced by a rename) while open: upload nothing.
     unlinked: std::sync::atomic::AtomicBool,
     /// How long a streaming upload may refuse more data before it is given up (and the data
@@ -885,6 +889,8 @@ impl WriteHandle {
             process_of: None,
             target: std::sync::Mutex::new(path),
             size_now: state.size.into(),
+            dirty_now: state.dirty.into(),
+            modified_now: 0.into(),
             unlinked: false.into(),
             stall: client_stall(),
             new_file: false.into(),
@@ -955,9 +961,34 @@ impl WriteHandle {
         self.size_now.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Whether the session holds data the server does not have yet (and the file was not
+    /// deleted or replaced meanwhile): what it shows is then the truth, not the server's copy.
+    pub(super) fn dirty_now(&self) -> bool {
+        self.dirty_now.load(std::sync::atomic::Ordering::Relaxed) && !self.is_unlinked()
+    }
+
+    /// When the session last changed the data, if it did.
+    pub(super) fn modified_now(&self) -> Option<std::time::SystemTime> {
+        match self.modified_now.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            n => Some(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(n)),
+        }
+    }
+
+    /// Mirrors the size and the dirty flag of `st` for readers that cannot wait for the
+    /// session's lock (getattr, listings); a dirty session's data changed now.
     fn set_size_now(&self, st: &State) {
-        self.size_now
-            .store(st.size, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        self.size_now.store(st.size, Relaxed);
+        self.dirty_now.store(st.dirty, Relaxed);
+        if st.dirty {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| {
+                    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1)
+                });
+            self.modified_now.store(now, Relaxed);
+        }
     }
 
     /// The file was deleted or replaced while open: nothing will be uploaded.
@@ -984,6 +1015,8 @@ impl WriteHandle {
             ));
         }
         st.dirty = false;
+        self.dirty_now
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(super) fn mark_new_file(&self) {
@@ -1752,6 +1785,7 @@ impl WriteHandle {
         }
         if st.local {
             st.dirty = false;
+            self.set_size_now(st);
             return Ok(Some(Uploaded {
                 size: st.size,
                 etag: None,
@@ -1860,6 +1894,7 @@ impl WriteHandle {
             }
         };
         st.dirty = false;
+        self.set_size_now(st);
         st.adopted = false;
         // From now on we overwrite our own version.
         st.expect(Preconditions {
@@ -1989,6 +2024,7 @@ impl WriteHandle {
             let mut st = self.state.lock().await;
             self.to_spool(&mut st).await;
             st.dirty = false;
+            self.set_size_now(&st);
             Ok(None)
         } else {
             self.flush(client, cache).await

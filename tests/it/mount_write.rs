@@ -252,10 +252,10 @@ fn stat_and_listings_show_the_size_written_while_the_upload_runs() {
     let dir = a.fresh_dir("growing");
     std::fs::write(dir.join("old.bin"), b"ten bytes!").expect("old version");
     apache::give_to_server(&dir);
-    // The kernel asks every time; the listing is trusted for 1 s.
+    // The listing is trusted for 1 s, and so are the kernel's names and attributes.
     let m = Mount::new(
         &a.url("growing"),
-        &["--dir-cache-ttl", "1", "--kernel-ttl", "0"],
+        &["--dir-cache-ttl", "1", "--kernel-ttl", "1"],
     );
     // The directory's first file is created empty at once (to learn that writes are allowed
     // here); make that a different file.
@@ -273,7 +273,8 @@ fn stat_and_listings_show_the_size_written_while_the_upload_runs() {
         f.write_all(&data[..3 << 20]).expect("write");
         let propfinds = |r: &[Logged]| r.iter().filter(|l| l.method == "PROPFIND").count();
         let before = propfinds(&a.requests("growing"));
-        // Let the listing expire: the next stat fetches it again.
+        // Let the listing and the kernel's attributes expire: the next stat fetches the
+        // listing again.
         std::thread::sleep(std::time::Duration::from_millis(1200));
         let len = std::fs::metadata(&p).expect("stat").len();
         let reqs = a.settled_until("growing", |r| propfinds(r) > before);
@@ -296,6 +297,15 @@ fn stat_and_listings_show_the_size_written_while_the_upload_runs() {
             3 << 20,
             "{name}: listed"
         );
+        // `ls -l` takes the sizes of the listing's entries (readdirplus).
+        let out = run(Command::new("ls").arg("-ln").arg(m.path()));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let size = text
+            .lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .unwrap_or_else(|| panic!("{name} not in ls -l:\n{text}"));
+        assert_eq!(size, (3u64 << 20).to_string(), "{name}: ls -l\n{text}");
         f.write_all(&data[3 << 20..]).expect("write");
         drop(f);
         assert_eq!(
