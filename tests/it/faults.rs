@@ -58,16 +58,9 @@ fn busy_answers_fail_cleanly_when_the_retry_time_is_spent() {
 
 #[test]
 fn cut_connections_during_ranged_reads_give_correct_bytes_or_a_clean_error() {
-    let Some(a) = apache() else { return };
-    if !have_fuse() {
+    let Some((data, proxy, url)) = big_file_behind_a_proxy("fault-cut", 16 << 20, 11) else {
         return;
-    }
-    let dir = a.fresh_dir("fault-cut");
-    let data = pattern(16 << 20, 11);
-    std::fs::write(dir.join("big.bin"), &data).expect("write");
-    apache::give_to_server(&dir);
-    let proxy = FaultProxy::start(a.port);
-    let url = format!("http://127.0.0.1:{}/dav/fault-cut/", proxy.port);
+    };
     let m = Mount::new(&url, &[]);
     // A sequential read whose connections break every few hundred KiB resumes each time.
     proxy.inject(&[
@@ -95,21 +88,11 @@ fn cut_connections_during_ranged_reads_give_correct_bytes_or_a_clean_error() {
 /// connection cut.
 #[test]
 fn reads_resume_through_cut_stalled_and_reset_connections_in_a_row() {
-    let Some(a) = apache() else { return };
-    if !have_fuse() {
+    let Some((data, proxy, url)) = big_file_behind_a_proxy("fault-splice", 16 << 20, 13) else {
         return;
-    }
-    let dir = a.fresh_dir("fault-splice");
-    let data = pattern(16 << 20, 13);
-    std::fs::write(dir.join("big.bin"), &data).expect("write");
-    apache::give_to_server(&dir);
-    let proxy = FaultProxy::start(a.port);
-    let url = format!("http://127.0.0.1:{}/dav/fault-splice/", proxy.port);
+    };
     for zero_copy in [false, true] {
-        let mut args = vec!["--timeout", "2", "-v"];
-        if zero_copy {
-            args.push("--direct-io");
-        }
+        let args = with_zero_copy(&["--timeout", "2", "-v"], zero_copy);
         let m = Mount::new(&url, &args);
         let p = m.path().join("big.bin");
         proxy.inject(&[
@@ -152,21 +135,11 @@ fn reads_resume_through_cut_stalled_and_reset_connections_in_a_row() {
 /// with zero-copy reads.
 #[test]
 fn a_long_read_resumes_through_more_breaks_than_the_limit_in_a_row() {
-    let Some(a) = apache() else { return };
-    if !have_fuse() {
+    let Some((data, proxy, url)) = big_file_behind_a_proxy("fault-many", 24 << 20, 19) else {
         return;
-    }
-    let dir = a.fresh_dir("fault-many");
-    let data = pattern(24 << 20, 19);
-    std::fs::write(dir.join("big.bin"), &data).expect("write");
-    apache::give_to_server(&dir);
-    let proxy = FaultProxy::start(a.port);
-    let url = format!("http://127.0.0.1:{}/dav/fault-many/", proxy.port);
+    };
     for zero_copy in [false, true] {
-        let mut args = vec!["--timeout", "5", "-v"];
-        if zero_copy {
-            args.push("--direct-io");
-        }
+        let args = with_zero_copy(&["--timeout", "5", "-v"], zero_copy);
         let m = Mount::new(&url, &args);
         let p = m.path().join("big.bin");
         // Every answer is cut after 600 kB (some answers are shorter: their fault is spent
@@ -196,21 +169,11 @@ fn a_long_read_resumes_through_more_breaks_than_the_limit_in_a_row() {
 /// which the kernel then retries page by page: the program gets the right bytes or EIO).
 #[test]
 fn breaks_in_a_row_without_progress_fail_the_read_within_bounds() {
-    let Some(a) = apache() else { return };
-    if !have_fuse() {
+    let Some((data, proxy, url)) = big_file_behind_a_proxy("fault-hopeless", 8 << 20, 29) else {
         return;
-    }
-    let dir = a.fresh_dir("fault-hopeless");
-    let data = pattern(8 << 20, 29);
-    std::fs::write(dir.join("big.bin"), &data).expect("write");
-    apache::give_to_server(&dir);
-    let proxy = FaultProxy::start(a.port);
-    let url = format!("http://127.0.0.1:{}/dav/fault-hopeless/", proxy.port);
+    };
     for zero_copy in [false, true] {
-        let mut args = vec!["--timeout", "5", "-v"];
-        if zero_copy {
-            args.push("--direct-io");
-        }
+        let args = with_zero_copy(&["--timeout", "5", "-v"], zero_copy);
         let m = Mount::new(&url, &args);
         let p = m.path().join("big.bin");
         // Every answer cut after 100 kB: less than a resume must bring.
@@ -246,21 +209,11 @@ fn breaks_in_a_row_without_progress_fail_the_read_within_bounds() {
 #[test]
 fn an_idle_read_lets_its_connection_go_and_goes_on_where_it_stopped() {
     use std::io::Read;
-    let Some(a) = apache() else { return };
-    if !have_fuse() {
+    let Some((data, proxy, url)) = big_file_behind_a_proxy("fault-idle", 16 << 20, 23) else {
         return;
-    }
-    let dir = a.fresh_dir("fault-idle");
-    let data = pattern(16 << 20, 23);
-    std::fs::write(dir.join("big.bin"), &data).expect("write");
-    apache::give_to_server(&dir);
-    let proxy = FaultProxy::start(a.port);
-    let url = format!("http://127.0.0.1:{}/dav/fault-idle/", proxy.port);
+    };
     for zero_copy in [false, true] {
-        let mut args = vec!["--read-idle", "1", "-v"];
-        if zero_copy {
-            args.push("--direct-io");
-        }
+        let args = with_zero_copy(&["--read-idle", "1", "-v"], zero_copy);
         let m = Mount::new(&url, &args);
         let mut f = std::fs::File::open(m.path().join("big.bin")).expect("open");
         // 8 MiB in 256 KiB reads: the answer in progress, from 7 MiB to 15 MiB, has bytes to
@@ -305,17 +258,10 @@ fn an_idle_read_lets_its_connection_go_and_goes_on_where_it_stopped() {
 /// and the read never waits for a pipe that cannot fill, so nothing runs into the timeout.
 #[test]
 fn zero_copy_reads_of_small_packets_are_copied_and_never_wait_for_the_timeout() {
-    let Some(a) = apache() else { return };
-    if !have_fuse() {
+    let Some((data, proxy, url)) = big_file_behind_a_proxy("fault-small", 6 << 20, 17) else {
         return;
-    }
-    let dir = a.fresh_dir("fault-small");
-    let data = pattern(6 << 20, 17);
-    std::fs::write(dir.join("big.bin"), &data).expect("write");
-    apache::give_to_server(&dir);
-    let proxy = FaultProxy::start(a.port);
+    };
     proxy.small_packets(1000);
-    let url = format!("http://127.0.0.1:{}/dav/fault-small/", proxy.port);
     let m = Mount::new(&url, &["--direct-io", "--timeout", "10", "-v"]);
     let p = m.path().join("big.bin");
     let got = bounded(Duration::from_secs(60), move || std::fs::read(&p));
@@ -365,6 +311,35 @@ fn random_reads_with_cuts(
         }
     }
     assert!(errors < rounds, "{what}every read failed");
+}
+
+/// Apache serving `len` bytes of `pattern(len, seed)` as `name/big.bin`, behind a fault
+/// proxy: the bytes, the proxy and the URL to mount (None without Apache or FUSE).
+fn big_file_behind_a_proxy(
+    name: &str,
+    len: usize,
+    seed: u64,
+) -> Option<(Vec<u8>, FaultProxy, String)> {
+    let a = apache()?;
+    if !have_fuse() {
+        return None;
+    }
+    let dir = a.fresh_dir(name);
+    let data = pattern(len, seed);
+    std::fs::write(dir.join("big.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/{name}/", proxy.port);
+    Some((data, proxy, url))
+}
+
+/// Mount arguments: `args`, and `--direct-io` (zero-copy reads on plain HTTP) if `zero_copy`.
+fn with_zero_copy<'a>(args: &[&'a str], zero_copy: bool) -> Vec<&'a str> {
+    let mut v = args.to_vec();
+    if zero_copy {
+        v.push("--direct-io");
+    }
+    v
 }
 
 /// Runs `f` on a thread and fails the test if it takes longer than `limit`: a hung file
@@ -484,16 +459,9 @@ fn full_cache_disk_fails_the_writer_and_leaves_no_half_file_on_the_server() {
 
 #[test]
 fn stalled_and_reset_connections_recover_or_fail_within_bounds() {
-    let Some(a) = apache() else { return };
-    if !have_fuse() {
+    let Some((data, proxy, url)) = big_file_behind_a_proxy("fault-stall", 16 << 20, 21) else {
         return;
-    }
-    let dir = a.fresh_dir("fault-stall");
-    let data = pattern(16 << 20, 21);
-    std::fs::write(dir.join("big.bin"), &data).expect("write");
-    apache::give_to_server(&dir);
-    let proxy = FaultProxy::start(a.port);
-    let url = format!("http://127.0.0.1:{}/dav/fault-stall/", proxy.port);
+    };
     let m = Mount::new(&url, &["--dir-cache-ttl", "0", "--timeout", "2"]);
     let mnt = m.path().to_path_buf();
 
