@@ -187,8 +187,10 @@ fn serve(
     packet_size: Arc<AtomicUsize>,
     client_closes: Arc<AtomicUsize>,
 ) {
-    // A fault for the answer, armed when its request goes out, taken when the answer starts.
-    let armed: Arc<Mutex<Option<Fault>>> = Arc::default();
+    // The fault for the next answer (or none), armed when its request goes out, taken when
+    // the answer starts: a fault that an answer did not reach (an answer shorter than its
+    // limit) ends with that answer instead of cutting the next one on the connection.
+    let armed: Arc<Mutex<Option<Option<Fault>>>> = Arc::default();
     // Set when the server's side ended (or the proxy ended it), before the client's is shut.
     let server_ended: Arc<std::sync::atomic::AtomicBool> = Arc::default();
     let ended = server_ended.clone();
@@ -228,11 +230,8 @@ fn serve(
                 }
                 return;
             }
-            if head
-                && let Some(f) = take_if(&faults, Fault::on_answer)
-                && let Ok(mut a) = arm.lock()
-            {
-                *a = Some(f);
+            if head && let Ok(mut a) = arm.lock() {
+                *a = Some(take_if(&faults, Fault::on_answer));
             }
             if buf[..n].starts_with(b"PUT ")
                 && up_limit == usize::MAX
@@ -272,13 +271,12 @@ fn serve(
         };
         // The client sends a request only after the previous answer was read from the
         // server: a fault armed now is for the answer these bytes begin.
-        if fault.is_none()
-            && let Some(f) = armed.lock().ok().and_then(|mut a| a.take())
-        {
-            if let Fault::CutAfter(k) | Fault::ResetAfter(k) | Fault::StallAfter(k) = f {
-                down_limit = sent + k;
-            }
-            fault = Some(f);
+        if let Some(next) = armed.lock().ok().and_then(|mut a| a.take()) {
+            down_limit = match next {
+                Some(Fault::CutAfter(k) | Fault::ResetAfter(k) | Fault::StallAfter(k)) => sent + k,
+                _ => usize::MAX,
+            };
+            fault = next;
         }
         if sent >= down_limit {
             // Stalled: swallow the rest until one side gives up.
