@@ -863,23 +863,33 @@ impl Vfs {
             return Ok(());
         }
         let writer = self.writer_of(ino);
-        let has_writer = writer.is_some();
-        if let Some(w) = &writer {
-            // Deleted while open: the data must not come back at close.
-            w.mark_unlinked().await;
-        }
-        match self
-            .client
-            .delete(&path, false, &Preconditions::default())
-            .await
-        {
-            Ok(()) => {}
-            // A file still being written may not exist on the server yet.
-            Err(e) if has_writer && e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+        let delete = async {
+            match self
+                .client
+                .delete(&path, false, &Preconditions::default())
+                .await
+            {
+                // A file still being written may not exist on the server yet.
+                Err(e) if writer.is_some() && e.kind() == ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        };
+        match &writer {
+            // Deleted while open: the data must not come back at close (but stays when the
+            // server refuses the DELETE).
+            Some(w) => w.unlink(delete).await?,
+            None => delete.await?,
         }
         self.remove_child(parent, name);
-        self.table().mark_gone(ino);
+        let mut t = self.table();
+        // The session stays with the descriptors that have it open: a file of this name that
+        // appears later (created by someone else) is another file, with sessions of its own.
+        if writer.is_some()
+            && let Some(n) = t.get_mut(ino)
+        {
+            n.writer = None;
+        }
+        t.mark_gone(ino);
         Ok(())
     }
 

@@ -991,11 +991,32 @@ impl WriteHandle {
         }
     }
 
-    /// The file was deleted or replaced while open: nothing will be uploaded.
+    /// The file was replaced while open: nothing will be uploaded.
     pub(super) async fn mark_unlinked(&self) {
+        let mut st = self.state.lock().await;
+        self.mark_unlinked_locked(&mut st).await;
+    }
+
+    /// The file is deleted while open: runs `delete` (the server's DELETE) holding the
+    /// session, so that no upload of it completes around the DELETE, after giving up a
+    /// streaming upload (its data stays in the journal, the spool from now on). Once the
+    /// DELETE succeeded nothing will be uploaded (see `mark_unlinked`). When it fails (a
+    /// server that refuses deletes) the file stays, and everything written to it, before and
+    /// after, is uploaded at close as after any stopped stream.
+    pub(super) async fn unlink<E>(
+        &self,
+        delete: impl std::future::Future<Output = Result<(), E>>,
+    ) -> Result<(), E> {
+        let mut st = self.state.lock().await;
+        self.to_spool(&mut st).await;
+        delete.await?;
+        self.mark_unlinked_locked(&mut st).await;
+        Ok(())
+    }
+
+    async fn mark_unlinked_locked(&self, st: &mut State) {
         self.unlinked
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut st = self.state.lock().await;
         // The journal's queue is written out first: the program may go on using the file (it
         // is the spool from now on).
         let mut kept = Ok(());

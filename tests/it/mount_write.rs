@@ -795,6 +795,98 @@ fn files_deleted_or_renamed_while_open_behave_like_posix() {
     );
 }
 
+/// A file deleted while open and then created again by someone else is a new file: writes to
+/// it through the mount are uploaded, not taken into the deleted file's session (which
+/// uploads nothing).
+#[test]
+fn a_file_created_elsewhere_after_an_unlink_while_open_takes_new_writes() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("unlink-again");
+    // The listing and the kernel's names are trusted for 1 s.
+    let m = Mount::new(
+        &a.url("unlink-again"),
+        &["--dir-cache-ttl", "1", "--kernel-ttl", "1"],
+    );
+    let p = m.path().join("again.txt");
+    let mut deleted = std::fs::File::create(&p).expect("create");
+    deleted
+        .write_all(&pattern(300_000, 5))
+        .expect("write before unlink");
+    std::fs::remove_file(&p).expect("unlink while open");
+    // Another client creates the file again.
+    std::fs::write(dir.join("again.txt"), b"from another client").expect("server write");
+    apache::give_to_server(&dir.join("again.txt"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !p.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new file never showed\n{}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::write(&p, b"written after the unlink").expect("write the new file");
+    deleted.write_all(b"more").expect("write after unlink");
+    drop(deleted);
+    assert_eq!(
+        std::fs::read(dir.join("again.txt")).expect("server"),
+        b"written after the unlink",
+        "requests: {:#?}\nlog:\n{}",
+        a.settled_requests("unlink-again"),
+        m.log()
+    );
+    assert_eq!(
+        std::fs::read(&p).expect("read through the mount"),
+        b"written after the unlink"
+    );
+    assert!(m.unmount().success());
+}
+
+/// A server that refuses to delete an open file (403) keeps it, with everything written to
+/// it before and after the failed unlink; nothing is lost.
+#[test]
+fn a_refused_unlink_of_an_open_file_loses_nothing() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("no-delete");
+    std::fs::write(dir.join("old.bin"), b"the old version").expect("old version");
+    apache::give_to_server(&dir);
+    let m = Mount::new(&a.url("no-delete"), &[]);
+    // The directory's first file is created at once (to learn that writes are allowed).
+    std::fs::write(m.path().join("first.txt"), b"x").expect("first file");
+    let data = pattern(3 << 20, 17);
+    for name in ["new.bin", "old.bin"] {
+        let p = m.path().join(name);
+        let mut f = std::fs::File::create(&p).expect("create");
+        f.write_all(&data[..1 << 20]).expect("write");
+        let e = std::fs::remove_file(&p).expect_err("the server refuses deletes");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{name}: {e}"
+        );
+        f.write_all(&data[1 << 20..])
+            .expect("write after the refused unlink");
+        drop(f);
+        assert!(
+            std::fs::read(dir.join(name)).ok().as_deref() == Some(&data[..]),
+            "{name}: the server does not have what was written\nrequests: {:#?}\nlog:\n{}",
+            a.settled_requests("no-delete"),
+            m.log()
+        );
+        assert!(
+            std::fs::read(&p).expect("read back") == data,
+            "{name}: mount"
+        );
+    }
+    assert!(m.unmount().success());
+}
+
 #[test]
 fn daemon_killed_mid_upload_leaves_data_for_the_next_mount() {
     let Some(a) = apache() else { return };

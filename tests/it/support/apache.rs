@@ -315,6 +315,14 @@ Alias /dav/ "{docroot}/"
     Options None
     Require all granted
 </Directory>
+# A share that refuses deletes (as Orthanc's views may): 403 for every DELETE.
+<Directory "{docroot}/no-delete">
+    # mod_rewrite refuses to work in a directory without it.
+    Options FollowSymLinks
+    RewriteEngine On
+    RewriteCond %{{REQUEST_METHOD}} =DELETE
+    RewriteRule ^ - [F]
+</Directory>
 Alias /auth/ "{authroot}/"
 <Directory "{authroot}">
     Dav On
