@@ -371,13 +371,15 @@ impl Vfs {
     /// What to show for `ino`, whose metadata is `meta` (from a listing or the table): a file
     /// whose open write session holds data the server does not have yet shows its own
     /// metadata with the session's size and time of change, since the server's copy is older
-    /// until the upload's answer replaces it.
+    /// until the upload's answer replaces it. So does a file whose upload goes on behind a
+    /// close (`async_close`): the table keeps what was written for it (see `listing_into`).
     fn shown(&self, t: &InodeTable, ino: Ino, meta: &Meta) -> Attr {
         let Some(n) = t.get(ino) else {
             return self.attr_of(ino, meta);
         };
         let Some(w) = self.dirty_session(n.writer) else {
-            return self.attr_of(ino, meta);
+            let local = n.meta.as_ref().filter(|_| self.is_uploading(ino));
+            return self.attr_of(ino, local.unwrap_or(meta));
         };
         let mut a = self.attr_of(ino, n.meta.as_ref().unwrap_or(meta));
         a.size = w.size_now();

@@ -555,6 +555,12 @@ impl Vfs {
             .collect()
     }
 
+    /// Whether `ino`'s upload goes on behind a close (`async_close`). Called with the table
+    /// held (no code holds `settling` while taking the table).
+    pub(super) fn is_uploading(&self, ino: Ino) -> bool {
+        self.cfg.async_close && self.settling.borrow().values().any(|(i, _)| *i == ino)
+    }
+
     /// Waits until no upload going on after a close concerns a file `which` selects (by inode
     /// and path) - only those running when called, so a stream of new ones cannot hold the
     /// caller up (`async_close`).

@@ -180,6 +180,72 @@ fn async_close_orders_namespace_changes_after_the_upload() {
     assert!(std::fs::read(dir.join("b.bin")).expect("b.bin") == data);
 }
 
+/// While an upload runs behind a close, the directory's listing expires and is fetched again
+/// from a server that does not have the file yet (or has an older version): the mount still
+/// lists the file with the size written, and `stat` shows it.
+#[test]
+fn async_close_listing_fetched_again_during_the_upload_shows_what_was_written() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("async-relist");
+    std::fs::write(dir.join("old.bin"), b"the old version").expect("old version");
+    crate::support::apache::give_to_server(&dir);
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/async-relist/", proxy.port);
+    // The listing and the kernel's names and attributes are trusted for 1 s.
+    let m = Mount::new(
+        &url,
+        &["--async-close", "--dir-cache-ttl", "1", "--kernel-ttl", "1"],
+    );
+    std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
+    // 8 MiB at 2 MiB/s: each upload takes 4 s, from the close on.
+    proxy.limit_uploads(2 << 20);
+    let data = pattern(8 << 20, 61);
+    for name in ["new.bin", "old.bin"] {
+        write_file(&m.path().join(name), &data);
+        let propfinds = |r: &[crate::support::apache::Logged]| {
+            r.iter().filter(|l| l.method == "PROPFIND").count()
+        };
+        let before = propfinds(&a.requests("async-relist"));
+        // Let the listing and the kernel's attributes expire.
+        std::thread::sleep(Duration::from_millis(1200));
+        let listed: Vec<(String, u64)> = std::fs::read_dir(m.path())
+            .expect("list")
+            .flatten()
+            .map(|e| {
+                let len = e.metadata().map_or(0, |md| md.len());
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect();
+        let stat = std::fs::metadata(m.path().join(name)).map(|md| md.len());
+        let reqs = a.settled_until("async-relist", |r| propfinds(r) > before);
+        assert!(
+            propfinds(&reqs) > before,
+            "{name}: the listing was not fetched again"
+        );
+        let on_server = std::fs::metadata(dir.join(name)).map_or(0, |md| md.len());
+        assert!(
+            on_server < data.len() as u64,
+            "{name}: the upload ended before the check ({on_server} bytes on the server)"
+        );
+        assert!(
+            listed.contains(&(name.to_owned(), data.len() as u64)),
+            "{name}: listed {listed:?}"
+        );
+        assert_eq!(stat.ok(), Some(data.len() as u64), "{name}: stat");
+    }
+    proxy.limit_uploads(0);
+    assert!(m.unmount().success());
+    for name in ["new.bin", "old.bin"] {
+        assert!(
+            std::fs::read(dir.join(name)).expect("on the server") == data,
+            "{name}: the server has other bytes"
+        );
+    }
+}
+
 #[test]
 fn async_close_failed_upload_is_kept_and_reported() {
     if !have_fuse() {
