@@ -204,6 +204,18 @@ impl InodeTable {
         }
     }
 
+    /// `ino` was deleted by us: gone, and its path no longer leads to it, so that a file
+    /// appearing there later gets an inode of its own even while the kernel still holds this
+    /// one (a deleted file still open).
+    pub fn unlinked(&mut self, ino: Ino) {
+        self.mark_gone(ino);
+        if let Some(n) = self.nodes.get(&ino)
+            && self.by_path.get(&n.path) == Some(&ino)
+        {
+            self.by_path.remove(&n.path);
+        }
+    }
+
     /// The kernel forgets `n` references.
     pub fn forget(&mut self, ino: Ino, n: u64) {
         if ino == ROOT_INO {
@@ -297,6 +309,24 @@ mod tests {
         assert!(t.get(b).is_none());
         t.forget(ROOT_INO, 100);
         assert!(t.get(ROOT_INO).is_some());
+    }
+
+    #[test]
+    fn a_deleted_file_still_held_is_not_the_next_file_of_its_name() {
+        let mut t = InodeTable::new();
+        let a = t.ensure(ROOT_INO, &p("/a"));
+        t.get_mut(a).expect("a").lookups = 1;
+        t.unlinked(a);
+        assert!(t.get(a).is_some_and(|n| n.gone), "kernel still holds it");
+        let again = t.ensure(ROOT_INO, &p("/a"));
+        assert_ne!(again, a, "a new file of that name");
+        t.forget(a, 1);
+        assert!(t.get(a).is_none());
+        assert_eq!(
+            t.ensure(ROOT_INO, &p("/a")),
+            again,
+            "the new one keeps its path"
+        );
     }
 
     #[test]

@@ -865,7 +865,7 @@ impl Vfs {
         let path = self.path_of(ino)?;
         if self.local.remove(&path) {
             self.remove_child(parent, name);
-            self.table().mark_gone(ino);
+            self.table().unlinked(ino);
             return Ok(());
         }
         let writer = self.writer_of(ino);
@@ -887,15 +887,20 @@ impl Vfs {
             None => delete.await?,
         }
         self.remove_child(parent, name);
-        let mut t = self.table();
-        // The session stays with the descriptors that have it open: a file of this name that
-        // appears later (created by someone else) is another file, with sessions of its own.
-        if writer.is_some()
-            && let Some(n) = t.get_mut(ino)
+        // A session opened while the DELETE ran is one of the deleted file too.
+        if let Some(now) = self.writer_of(ino)
+            && !writer.as_ref().is_some_and(|w| Arc::ptr_eq(&now, w))
         {
+            now.mark_unlinked().await;
+        }
+        // The sessions stay with the descriptors that have them open. A file of this name
+        // that appears later (created by someone else) is another file, with an inode and
+        // sessions of its own.
+        let mut t = self.table();
+        if let Some(n) = t.get_mut(ino) {
             n.writer = None;
         }
-        t.mark_gone(ino);
+        t.unlinked(ino);
         Ok(())
     }
 

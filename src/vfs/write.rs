@@ -991,15 +991,20 @@ impl WriteHandle {
         }
     }
 
-    /// The file was replaced while open: nothing will be uploaded.
+    /// The file was replaced while open: nothing will be uploaded. Marked before waiting for
+    /// the session, so that a flush already waiting for it does not upload over the file
+    /// that replaced this one.
     pub(super) async fn mark_unlinked(&self) {
+        self.unlinked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut st = self.state.lock().await;
         self.mark_unlinked_locked(&mut st).await;
     }
 
     /// The file is deleted while open: runs `delete` (the server's DELETE) holding the
     /// session, so that no upload of it completes around the DELETE, after giving up a
-    /// streaming upload (its data stays in the journal, the spool from now on). Once the
+    /// streaming upload (its data stays in the journal, the spool from now on, as in
+    /// `to_spool`). Once the
     /// DELETE succeeded nothing will be uploaded (see `mark_unlinked`). When it fails (a
     /// server that refuses deletes) the file stays, and everything written to it, before and
     /// after, is uploaded at close as after any stopped stream.
@@ -1008,8 +1013,15 @@ impl WriteHandle {
         delete: impl std::future::Future<Output = Result<(), E>>,
     ) -> Result<(), E> {
         let mut st = self.state.lock().await;
-        self.to_spool(&mut st).await;
-        delete.await?;
+        let given_up = self.stop_streaming(&mut st).await;
+        if let Err(e) = delete.await {
+            // The file stays: what the server kept of the given-up upload is looked at now
+            // (see `to_spool`); after a DELETE it is gone anyway.
+            if let Some(client) = given_up {
+                self.adopt_partial(&client, &mut st).await;
+            }
+            return Err(e);
+        }
         self.mark_unlinked_locked(&mut st).await;
         Ok(())
     }
@@ -1036,6 +1048,8 @@ impl WriteHandle {
             ));
         }
         st.dirty = false;
+        // Nor does a write from offset 0 after an empty flush start a new upload.
+        st.restream = false;
         self.dirty_now
             .store(false, std::sync::atomic::Ordering::Relaxed);
     }

@@ -859,18 +859,24 @@ fn a_refused_unlink_of_an_open_file_loses_nothing() {
     let m = Mount::new(&a.url("no-delete"), &[]);
     // The directory's first file is created at once (to learn that writes are allowed).
     std::fs::write(m.path().join("first.txt"), b"x").expect("first file");
-    let data = pattern(3 << 20, 17);
-    for name in ["new.bin", "old.bin"] {
+    // A streaming upload of a new file and of an existing one, and one past the first
+    // 16 MiB segment (uploaded in segments behind the writer).
+    for (name, len, before) in [
+        ("new.bin", 3 << 20, 1 << 20),
+        ("old.bin", 3 << 20, 1 << 20),
+        ("big.bin", 20 << 20, 17 << 20),
+    ] {
+        let data = pattern(len, 17);
         let p = m.path().join(name);
         let mut f = std::fs::File::create(&p).expect("create");
-        f.write_all(&data[..1 << 20]).expect("write");
+        f.write_all(&data[..before]).expect("write");
         let e = std::fs::remove_file(&p).expect_err("the server refuses deletes");
         assert_eq!(
             e.kind(),
             std::io::ErrorKind::PermissionDenied,
             "{name}: {e}"
         );
-        f.write_all(&data[1 << 20..])
+        f.write_all(&data[before..])
             .expect("write after the refused unlink");
         drop(f);
         assert!(
@@ -884,6 +890,14 @@ fn a_refused_unlink_of_an_open_file_loses_nothing() {
             "{name}: mount"
         );
     }
+    // The large file went up in segments, put in place with a MOVE.
+    let moves: Vec<String> = a
+        .settled_requests("no-delete")
+        .into_iter()
+        .filter(|l| l.method == "MOVE")
+        .map(|l| l.path)
+        .collect();
+    assert!(!moves.is_empty(), "no segmented upload");
     assert!(m.unmount().success());
 }
 
