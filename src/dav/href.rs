@@ -291,7 +291,8 @@ fn decode_segments(path: &str) -> Result<Vec<String>, SegmentError> {
 }
 
 /// Percent-encodes characters that cannot stand raw in a URL reference, leaving valid
-/// escapes and the URL's own delimiters alone.
+/// escapes and the path's delimiters alone. A raw `?` or `#` is part of a name: an href names a
+/// resource by its path, and a server that sends names unencoded (`a?b`, `#1`) means them.
 fn encode_stray(href: &str) -> String {
     let bytes = href.as_bytes();
     let mut out = String::with_capacity(href.len());
@@ -307,7 +308,7 @@ fn encode_stray(href: &str) -> String {
                     out.push_str("%25");
                 }
             }
-            ' ' | '"' | '<' | '>' | '\\' | '^' | '`' | '{' | '|' | '}' => {
+            ' ' | '"' | '<' | '>' | '\\' | '^' | '`' | '{' | '|' | '}' | '?' | '#' => {
                 out.push_str(&format!("%{:02X}", ch as u32));
             }
             c if c.is_control() => {
@@ -420,6 +421,15 @@ mod tests {
         }
         assert_eq!(r.resolve_href(&base, "/dav/"), Ok(DavPath::root()));
         assert_eq!(r.resolve_href(&base, "/dav"), Ok(DavPath::root()));
+        // Raw `?` and `#` are parts of names, not a query or a fragment.
+        for (href, want) in [
+            ("/dav/d/a?b", "/d/a?b"),
+            ("/dav/d/#1 x", "/d/#1 x"),
+            ("http://h/dav/d/?", "/d/?"),
+            ("/dav/d/a%3Fb", "/d/a?b"),
+        ] {
+            assert_eq!(r.resolve_href(&base, href), Ok(p(want)), "{href}");
+        }
     }
 
     #[test]

@@ -157,11 +157,15 @@ impl InodeTable {
         self.nodes.len()
     }
 
-    /// The inode of `path` under `parent`, created if new.
+    /// The inode of `path` under `parent`, created if new. A known node takes `parent` (the
+    /// directory may have been deleted and made again under a new inode meanwhile).
     pub fn ensure(&mut self, parent: Ino, path: &DavPath) -> Ino {
         if let Some(ino) = self.by_path.get(path) {
             if let Some(n) = self.nodes.get_mut(ino) {
                 n.gone = false;
+                if *ino != ROOT_INO {
+                    n.parent = parent;
+                }
             }
             return *ino;
         }
@@ -309,6 +313,20 @@ mod tests {
         assert!(t.get(b).is_none());
         t.forget(ROOT_INO, 100);
         assert!(t.get(ROOT_INO).is_some());
+    }
+
+    #[test]
+    fn a_child_follows_its_directory_made_again() {
+        let mut t = InodeTable::new();
+        let d = t.ensure(ROOT_INO, &p("/d"));
+        let c = t.ensure(d, &p("/d/c"));
+        // The directory goes, and the kernel forgets it; the child is still known.
+        t.mark_gone(d);
+        assert!(t.get(d).is_none());
+        let d2 = t.ensure(ROOT_INO, &p("/d"));
+        assert_ne!(d2, d);
+        assert_eq!(t.ensure(d2, &p("/d/c")), c);
+        assert_eq!(t.get(c).expect("c").parent, d2);
     }
 
     #[test]

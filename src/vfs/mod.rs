@@ -778,20 +778,25 @@ impl Vfs {
 
     /// Looks up `name` in directory `parent`; counts a kernel reference on success.
     pub async fn lookup(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
-        let attr = self.child_attr(parent, name).await?;
-        if let Some(n) = self.table().get_mut(attr.ino) {
-            n.lookups += 1;
-        }
-        Ok(attr)
+        self.child_attr_counted(parent, name, true).await
     }
 
     async fn child_attr(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+        self.child_attr_counted(parent, name, false).await
+    }
+
+    /// The attributes of `name` in `parent`; with `count`, also a kernel reference, under the
+    /// same hold of the table (a listing fetched meanwhile could drop a node nobody holds).
+    async fn child_attr_counted(&self, parent: Ino, name: &str, count: bool) -> VfsResult<Attr> {
         let listing = self.listing(parent).await?;
         let ino = *listing
             .by_name
             .get(name)
             .ok_or_else(|| VfsError::not_found(format!("{name:?} in inode {parent}")))?;
-        let t = self.table();
+        let mut t = self.table();
+        if count && let Some(n) = t.get_mut(ino) {
+            n.lookups += 1;
+        }
         let n = t
             .get(ino)
             .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
@@ -934,18 +939,31 @@ impl Vfs {
                 "cannot open a directory as a file",
             ));
         }
-        let (path, meta, keep_cache) = {
+        let (path, meta, keep_cache, around_cache) = {
             let mut t = self.table();
             let n = t
-                .get_mut(ino)
+                .get(ino)
                 .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
             let meta = n.meta.clone().ok_or_else(|| VfsError::not_found(&n.path))?;
-            let keep = n
+            let path = n.path.clone();
+            let same = n
                 .cached_version
                 .as_ref()
                 .is_some_and(|v| v.same_version(&meta));
-            n.cached_version = Some(meta.clone());
-            (n.path.clone(), meta, keep)
+            // The kernel's pages of this file are kept only for a version with an entity
+            // tag: reading on after them then asks for that version (If-Range, and every
+            // answer's tag is compared), so a file changed on the server meanwhile fails the
+            // read instead of mixing versions. Without one (nginx, Orthanc), a change within
+            // the listing's lifetime would go unnoticed.
+            let tagged = meta.etag.is_some();
+            // A descriptor still reading an older version fills the kernel's cache of this
+            // file with it: until those are closed, new versions are read around the cache,
+            // and the cache is trusted by nobody.
+            let older_readers = !same && self.readers_of(ino) > 0;
+            if let Some(n) = t.get_mut(ino) {
+                n.cached_version = (!older_readers).then(|| meta.clone());
+            }
+            (path, meta, same && tagged, older_readers)
         };
         let handle = ReadHandle::new(
             ino,
@@ -957,8 +975,33 @@ impl Vfs {
         let fh = self.add_handle(Handle::Read(Arc::new(handle)));
         self.watch_idle_reads();
         let mut o = Opened::new(fh, keep_cache, mode);
-        o.direct |= self.cfg.direct_reads;
+        o.direct |= self.cfg.direct_reads || around_cache;
         Ok(o)
+    }
+
+    /// Open read descriptors of `ino`. Called with the table held (the order is the table,
+    /// then the handles).
+    fn readers_of(&self, ino: Ino) -> usize {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|h| matches!(h, Handle::Read(r) if r.ino() == ino))
+            .count()
+    }
+
+    /// Open read descriptors follow their files to where a rename put them.
+    pub(super) fn readers_follow_renames(&self) {
+        let t = self.table();
+        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        for h in handles.values() {
+            if let Handle::Read(r) = h
+                && let Some(n) = t.get(r.ino())
+                && !n.gone
+            {
+                r.moved_to(&n.path);
+            }
+        }
     }
 
     /// Starts (once) the task that lets the transfers of files not read for
@@ -1090,6 +1133,9 @@ impl Vfs {
     pub async fn statfs(&self) -> VfsResult<FsStats> {
         let (avail, used) = *self.quota.lock().unwrap_or_else(|e| e.into_inner());
         let (total, free) = match (avail, used) {
+            // Nothing used and nothing available: a server that does not know (a full quota
+            // says how much is used).
+            (Some(0), Some(0)) | (Some(0), None) => (UNKNOWN_SPACE, UNKNOWN_SPACE),
             (Some(a), Some(u)) => (a.saturating_add(u), a),
             (Some(a), None) => (a, a),
             (None, Some(u)) => (u.saturating_add(UNKNOWN_SPACE), UNKNOWN_SPACE),

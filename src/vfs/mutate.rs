@@ -1036,6 +1036,7 @@ impl Vfs {
             let mut t = self.table();
             t.rename(ino, new_parent, &to);
         }
+        self.readers_follow_renames();
         if let Some(m) = meta {
             self.insert_child(new_parent, new_name, &to, m);
         }

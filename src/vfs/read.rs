@@ -243,7 +243,8 @@ const RESUME_PROGRESS: u64 = 256 << 10;
 
 pub(super) struct ReadHandle {
     ino: Ino,
-    path: DavPath,
+    /// Where the file is now: a rename while it is open moves it (`moved_to`).
+    path: std::sync::Mutex<DavPath>,
     size: u64,
     tuning: ReadTuning,
     state: Mutex<State>,
@@ -259,7 +260,7 @@ impl ReadHandle {
     ) -> Self {
         ReadHandle {
             ino,
-            path,
+            path: std::sync::Mutex::new(path),
             size,
             state: Mutex::new(State {
                 active: None,
@@ -287,10 +288,25 @@ impl ReadHandle {
         self.ino
     }
 
+    fn path(&self) -> DavPath {
+        self.path.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The open file was renamed (or a directory above it): later requests go to `to`.
+    pub(super) fn moved_to(&self, to: &DavPath) {
+        let mut p = self.path.lock().unwrap_or_else(|e| e.into_inner());
+        if *p != *to {
+            *p = to.clone();
+        }
+    }
+
     fn stale(&self, why: &str) -> VfsError {
         VfsError::new(
             ErrorKind::Stale,
-            format!("{}: changed on the server while reading ({why})", self.path),
+            format!(
+                "{}: changed on the server while reading ({why})",
+                self.path()
+            ),
         )
     }
 
@@ -324,12 +340,12 @@ impl ReadHandle {
                 ErrorKind::Io,
                 format!(
                     "{}: {why} (after {MAX_RESUMES} resumed transfers without progress)",
-                    self.path
+                    self.path()
                 ),
             ));
         }
         st.resumes += 1;
-        tracing::debug!(path = %self.path, at, "{why}; resuming");
+        tracing::debug!(path = %self.path(), at, "{why}; resuming");
         Ok(())
     }
 
@@ -360,7 +376,7 @@ impl ReadHandle {
         st.buf_end = at;
         // A reader that pauses is not streaming: the next request starts small again.
         st.window = self.tuning.min_window;
-        tracing::debug!(path = %self.path, at, "not read for {idle:?}: transfer let go");
+        tracing::debug!(path = %self.path(), at, "not read for {idle:?}: transfer let go");
         true
     }
 
@@ -561,12 +577,12 @@ impl ReadHandle {
                 st.buf_end = pos;
                 return Err(VfsError::new(
                     ErrorKind::Io,
-                    format!("{}: answer not delivered: {e}", self.path),
+                    format!("{}: answer not delivered: {e}", self.path()),
                 ));
             }
             Answer::Copied(b) => {
                 // The pipe was too small for the answer's pieces: small packets.
-                tracing::debug!(path = %self.path, "small packets: no more zero-copy reads");
+                tracing::debug!(path = %self.path(), "small packets: no more zero-copy reads");
                 st.no_zero_copy = true;
                 Some(ReadData::from(b))
             }
@@ -621,12 +637,14 @@ impl ReadHandle {
         let pipe = match crate::sys::pipe::pipe() {
             Ok(p) => p,
             Err(e) => {
-                tracing::debug!(path = %self.path, "no zero-copy read: {e}");
+                tracing::debug!(path = %self.path(), "no zero-copy read: {e}");
                 st.no_zero_copy = true;
                 return Ok(());
             }
         };
-        let got = client.get_raw(&self.path, range, if_range.as_deref()).await;
+        let got = client
+            .get_raw(&self.path(), range, if_range.as_deref())
+            .await;
         let got = got.map_err(|e| {
             st.no_zero_copy = true;
             VfsError::from(e)
@@ -651,7 +669,7 @@ impl ReadHandle {
         }
         self.same_dates(st, &body.meta)?;
         st.ranges = Some(true);
-        tracing::debug!(path = %self.path, offset, window, "zero-copy GET");
+        tracing::debug!(path = %self.path(), offset, window, "zero-copy GET");
         st.window = window;
         st.buf.clear();
         st.buf_start = offset;
@@ -718,9 +736,9 @@ impl ReadHandle {
             Some(range)
         };
         let if_range = self.if_range(st);
-        tracing::trace!(path = %self.path, ?range, ?if_range, "ranged GET");
+        tracing::trace!(path = %self.path(), ?range, ?if_range, "ranged GET");
         let get = client
-            .get(&self.path, range, if_range.as_deref())
+            .get(&self.path(), range, if_range.as_deref())
             .await
             .map_err(VfsError::from)?;
         // Version checks against what we believe.
@@ -740,7 +758,7 @@ impl ReadHandle {
                         ErrorKind::Protocol,
                         format!(
                             "{}: asked for bytes {start}-{}, got {}-{}",
-                            self.path,
+                            self.path(),
                             want_end - 1,
                             cr.start,
                             cr.end

@@ -383,6 +383,139 @@ fn apache_file_changed_during_read_is_old_new_or_error() {
     }
 }
 
+/// On a server without entity tags (nginx, Orthanc), a change on the server goes unseen until
+/// the listing expires: a file read again meanwhile must come whole from one version, not
+/// start with the kernel's cached pages of the old one and go on with the new one.
+#[test]
+fn a_file_changed_on_a_server_without_entity_tags_is_never_read_mixed() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("no-etag");
+    let (old, new) = (pattern(4 << 20, 5), pattern(4 << 20, 6));
+    std::fs::write(dir.join("f.bin"), &old).expect("write");
+    apache::give_to_server(&dir);
+    let m = Mount::new(&a.url("no-etag"), &[]);
+    let p = m.path().join("f.bin");
+    // `head -c 4096`: the kernel reads ahead and keeps the first pages.
+    let mut head = vec![0u8; 4096];
+    std::fs::File::open(&p)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .expect("head");
+    assert!(head == old[..4096]);
+    let gets = |a: &apache::Apache| {
+        a.settled_requests("no-etag")
+            .iter()
+            .filter(|l| l.method == "GET")
+            .count()
+    };
+    let before = gets(a);
+    // Another client replaces it: the same size, other bytes, a later date.
+    let tmp = dir.join(".f.bin.tmp");
+    std::fs::write(&tmp, &new).expect("write new");
+    std::fs::rename(&tmp, dir.join("f.bin")).expect("replace");
+    let all = std::fs::read(&p).expect("read again");
+    assert!(
+        all == old || all == new,
+        "mixed versions (first difference from the new one at {:?})",
+        all.iter().zip(&new).position(|(x, y)| x != y)
+    );
+    assert!(gets(a) > before, "read again without asking the server");
+    assert!(m.unmount().success());
+}
+
+/// A descriptor still reading the old version of a file that changed on the server fills the
+/// kernel's cache with old bytes: a descriptor opened on the new version must not read them.
+#[test]
+fn a_reader_of_the_old_version_does_not_mix_it_into_the_new_one() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("mount-older");
+    let (old, new) = (pattern(16 << 20, 3), pattern(16 << 20, 4));
+    std::fs::write(dir.join("f.bin"), &old).expect("write");
+    apache::give_to_server(&dir);
+    // Every open sees the server's current version.
+    let m = Mount::new(
+        &a.url("mount-older"),
+        &["--kernel-ttl", "0", "--dir-cache-ttl", "0"],
+    );
+    let p = m.path().join("f.bin");
+    let mut older = std::fs::File::open(&p).expect("open the old version");
+    let mut got = vec![0u8; 2 << 20];
+    older.read_exact(&mut got).expect("first 2 MiB");
+    assert!(got == old[..2 << 20]);
+    // The same size, other bytes, another entity tag.
+    let tmp = dir.join(".f.bin.tmp");
+    std::fs::write(&tmp, &new).expect("write new");
+    std::fs::rename(&tmp, dir.join("f.bin")).expect("replace");
+    let mut newer = std::fs::File::open(&p).expect("open the new version");
+    // The old descriptor reads on: old bytes (from the answer it is receiving) or ESTALE.
+    let mut more = vec![0u8; 512 << 10];
+    match older.read_exact(&mut more) {
+        Ok(()) => assert!(more == old[2 << 20..(2 << 20) + more.len()], "old reader"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}"),
+    }
+    let mut all = Vec::new();
+    newer.read_to_end(&mut all).expect("read the new version");
+    assert!(
+        all == new,
+        "the new version's descriptor read other bytes (first difference at {:?})",
+        all.iter().zip(&new).position(|(x, y)| x != y)
+    );
+    drop(older);
+    drop(newer);
+    assert!(std::fs::read(&p).expect("again") == new);
+    assert!(m.unmount().success());
+}
+
+/// A file renamed while it is being read goes on reading: requests made after the rename
+/// (here after the idle transfer was let go) go to its new name.
+#[test]
+fn a_file_renamed_while_read_reads_on_from_its_new_name() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("mount-moved");
+    let data = pattern(16 << 20, 9);
+    std::fs::write(dir.join("big.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    let m = Mount::new(&a.url("mount-moved"), &["--read-idle", "1", "-v"]);
+    let mut f = std::fs::File::open(m.path().join("big.bin")).expect("open");
+    let mut got = vec![0u8; 8 << 20];
+    for piece in got.chunks_mut(256 << 10) {
+        f.read_exact(piece).expect("read");
+    }
+    std::fs::create_dir(m.path().join("sub")).expect("mkdir");
+    std::fs::rename(m.path().join("big.bin"), m.path().join("sub/moved.bin"))
+        .expect("rename while open");
+    // The transfer in progress is let go after 1 s unread: the rest needs new requests.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !m.log().contains("transfer let go") {
+        assert!(Instant::now() < deadline, "not let go\n{}", m.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).expect("read on after the rename");
+    got.extend_from_slice(&rest);
+    assert!(got == data, "other bytes after the rename");
+    let gets: Vec<String> = a
+        .settled_requests("mount-moved")
+        .into_iter()
+        .filter(|l| l.method == "GET")
+        .map(|l| l.path)
+        .collect();
+    assert!(
+        gets.iter().any(|g| g.ends_with("/sub/moved.bin")),
+        "no request to the new name: {gets:?}"
+    );
+    drop(f);
+    assert!(m.unmount().success());
+}
+
 #[test]
 fn apache_basic_auth_mount_with_password_from_environment() {
     let Some(a) = apache() else { return };

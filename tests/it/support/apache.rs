@@ -315,6 +315,10 @@ Alias /dav/ "{docroot}/"
     Options None
     Require all granted
 </Directory>
+# A share without entity tags (as nginx and Orthanc): no ETag header, an empty getetag.
+<Directory "{docroot}/no-etag">
+    FileETag None
+</Directory>
 # A share that refuses deletes (as Orthanc's views may): 403 for every DELETE.
 <Directory "{docroot}/no-delete">
     # mod_rewrite refuses to work in a directory without it.
