@@ -157,17 +157,23 @@ impl InodeTable {
         self.nodes.len()
     }
 
-    /// The inode of `path` under `parent`, created if new. A known node takes `parent` (the
-    /// directory may have been deleted and made again under a new inode meanwhile).
+    /// The inode of `path` under `parent`, created if new. A known node takes `parent` when
+    /// that is where it lives now (the directory may have been deleted and made again under a
+    /// new inode meanwhile; a listing that started before that must not take it back).
     pub fn ensure(&mut self, parent: Ino, path: &DavPath) -> Ino {
-        if let Some(ino) = self.by_path.get(path) {
-            if let Some(n) = self.nodes.get_mut(ino) {
+        if let Some(&ino) = self.by_path.get(path) {
+            let parent_here = ino != ROOT_INO
+                && self
+                    .nodes
+                    .get(&parent)
+                    .is_some_and(|p| !p.gone && path.is_child_of(&p.path));
+            if let Some(n) = self.nodes.get_mut(&ino) {
                 n.gone = false;
-                if *ino != ROOT_INO {
+                if parent_here {
                     n.parent = parent;
                 }
             }
-            return *ino;
+            return ino;
         }
         let ino = self.next;
         self.next += 1;
@@ -326,6 +332,9 @@ mod tests {
         let d2 = t.ensure(ROOT_INO, &p("/d"));
         assert_ne!(d2, d);
         assert_eq!(t.ensure(d2, &p("/d/c")), c);
+        assert_eq!(t.get(c).expect("c").parent, d2);
+        // A listing of the old directory that ends late does not take it back.
+        assert_eq!(t.ensure(d, &p("/d/c")), c);
         assert_eq!(t.get(c).expect("c").parent, d2);
     }
 

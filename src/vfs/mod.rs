@@ -794,9 +794,6 @@ impl Vfs {
             .get(name)
             .ok_or_else(|| VfsError::not_found(format!("{name:?} in inode {parent}")))?;
         let mut t = self.table();
-        if count && let Some(n) = t.get_mut(ino) {
-            n.lookups += 1;
-        }
         let n = t
             .get(ino)
             .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
@@ -804,7 +801,11 @@ impl Vfs {
             .meta
             .as_ref()
             .ok_or_else(|| VfsError::not_found(format!("{}", n.path)))?;
-        Ok(self.shown(&t, ino, meta))
+        let attr = self.shown(&t, ino, meta);
+        if count && let Some(n) = t.get_mut(ino) {
+            n.lookups += 1;
+        }
+        Ok(attr)
     }
 
     /// Counts one more kernel reference (readdirplus entries).
@@ -956,38 +957,33 @@ impl Vfs {
             // read instead of mixing versions. Without one (nginx, Orthanc), a change within
             // the listing's lifetime would go unnoticed.
             let tagged = meta.etag.is_some();
-            // A descriptor still reading an older version fills the kernel's cache of this
-            // file with it: until those are closed, new versions are read around the cache,
-            // and the cache is trusted by nobody.
-            let older_readers = !same && self.readers_of(ino) > 0;
+            // A descriptor still reading another version through the page cache fills it
+            // with that version's bytes: until those are closed, this one reads around the
+            // cache, and the cache is trusted by nobody.
+            let others = self.page_cached_readers_of_other_versions(ino, &meta);
             if let Some(n) = t.get_mut(ino) {
-                n.cached_version = (!older_readers).then(|| meta.clone());
+                n.cached_version = (!others).then(|| meta.clone());
             }
-            (path, meta, same && tagged, older_readers)
+            (path, meta, same && tagged && !others, others)
         };
-        let handle = ReadHandle::new(
-            ino,
-            path,
-            meta.size,
-            meta.etag.clone(),
-            self.cfg.read.clone(),
-        );
+        let direct = self.cfg.direct_reads || around_cache;
+        let handle = ReadHandle::new(ino, path, meta, !direct, self.cfg.read.clone());
         let fh = self.add_handle(Handle::Read(Arc::new(handle)));
         self.watch_idle_reads();
         let mut o = Opened::new(fh, keep_cache, mode);
-        o.direct |= self.cfg.direct_reads || around_cache;
+        o.direct |= direct;
         Ok(o)
     }
 
-    /// Open read descriptors of `ino`. Called with the table held (the order is the table,
-    /// then the handles).
-    fn readers_of(&self, ino: Ino) -> usize {
+    /// Whether a read descriptor of `ino` open through the page cache may be reading another
+    /// version than `current`. Called with the table held (the order is the table, then the
+    /// handles).
+    fn page_cached_readers_of_other_versions(&self, ino: Ino, current: &Meta) -> bool {
         self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .filter(|h| matches!(h, Handle::Read(r) if r.ino() == ino))
-            .count()
+            .any(|h| matches!(h, Handle::Read(r) if r.ino() == ino && r.may_cache_other_than(current)))
     }
 
     /// Open read descriptors follow their files to where a rename put them.
@@ -1068,7 +1064,11 @@ impl Vfs {
             Handle::Write(w) => return w.read(&self.client, offset, size).await.map(Into::into),
             Handle::Read(h) => h,
         };
-        match h.read(&self.client, offset, size).await {
+        let mut r = h.read(&self.client, offset, size).await;
+        if r.as_ref().is_err_and(|e| e.kind == ErrorKind::NotFound) && self.followed(&h) {
+            r = h.read(&self.client, offset, size).await;
+        }
+        match r {
             Ok(b) => Ok(b),
             Err(e) => {
                 if e.kind == ErrorKind::Stale || e.kind == ErrorKind::NotFound {
@@ -1096,7 +1096,11 @@ impl Vfs {
             Handle::Read(h) if self.cfg.direct_reads && self.client.raw_gets_possible() => h,
             _ => return self.read(fh, offset, size).await.map(Some),
         };
-        match h.read_to(&self.client, offset, size, sink).await {
+        let mut r = h.read_to(&self.client, offset, size, sink).await;
+        if r.as_ref().is_err_and(|e| e.kind == ErrorKind::NotFound) && self.followed(&h) {
+            r = h.read_to(&self.client, offset, size, sink).await;
+        }
+        match r {
             Ok(d) => Ok(d),
             Err(e) => {
                 if e.kind == ErrorKind::Stale || e.kind == ErrorKind::NotFound {
@@ -1104,6 +1108,19 @@ impl Vfs {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// A read that found nothing at its handle's path may have raced a rename of its file:
+    /// points the handle at where the file is now, if that is elsewhere.
+    fn followed(&self, h: &ReadHandle) -> bool {
+        let t = self.table();
+        match t.get(h.ino()) {
+            Some(n) if !n.gone && n.path != h.path() => {
+                h.moved_to(&n.path);
+                true
+            }
+            _ => false,
         }
     }
 

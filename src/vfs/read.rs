@@ -35,7 +35,7 @@ use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use super::error::{VfsError, VfsResult};
-use super::inode::Ino;
+use super::inode::{Ino, Meta};
 use crate::dav::multistatus::etags_match;
 use crate::dav::{ByteRange, DavClient, DavError, DavPath, ErrorKind, GetStream};
 
@@ -243,6 +243,10 @@ const RESUME_PROGRESS: u64 = 256 << 10;
 
 pub(super) struct ReadHandle {
     ino: Ino,
+    /// The version opened and whether the kernel reads it through its page cache: such a
+    /// descriptor fills the cache with this version's bytes (see `Vfs::open`).
+    version: Meta,
+    page_cached: bool,
     /// Where the file is now: a rename while it is open moves it (`moved_to`).
     path: std::sync::Mutex<DavPath>,
     size: u64,
@@ -254,12 +258,15 @@ impl ReadHandle {
     pub(super) fn new(
         ino: Ino,
         path: DavPath,
-        size: u64,
-        etag: Option<String>,
+        version: Meta,
+        page_cached: bool,
         tuning: ReadTuning,
     ) -> Self {
+        let (size, etag) = (version.size, version.etag.clone());
         ReadHandle {
             ino,
+            version,
+            page_cached,
             path: std::sync::Mutex::new(path),
             size,
             state: Mutex::new(State {
@@ -288,7 +295,13 @@ impl ReadHandle {
         self.ino
     }
 
-    fn path(&self) -> DavPath {
+    /// Whether this descriptor may fill the kernel's page cache with bytes of a version other
+    /// than `current` (any version, when neither has an entity tag to tell).
+    pub(super) fn may_cache_other_than(&self, current: &Meta) -> bool {
+        self.page_cached && (current.etag.is_none() || !self.version.same_version(current))
+    }
+
+    pub(super) fn path(&self) -> DavPath {
         self.path.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 

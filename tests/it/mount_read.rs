@@ -404,13 +404,14 @@ fn a_file_changed_on_a_server_without_entity_tags_is_never_read_mixed() {
         .and_then(|mut f| f.read_exact(&mut head))
         .expect("head");
     assert!(head == old[..4096]);
-    let gets = |a: &apache::Apache| {
+    // GETs that start at byte 0 (no Range, or one from 0).
+    let gets_from_0 = |a: &apache::Apache| {
         a.settled_requests("no-etag")
             .iter()
-            .filter(|l| l.method == "GET")
+            .filter(|l| l.method == "GET" && (l.range == "-" || l.range.starts_with("bytes=0-")))
             .count()
     };
-    let before = gets(a);
+    let before = gets_from_0(a);
     // Another client replaces it: the same size, other bytes, a later date.
     let tmp = dir.join(".f.bin.tmp");
     std::fs::write(&tmp, &new).expect("write new");
@@ -421,7 +422,10 @@ fn a_file_changed_on_a_server_without_entity_tags_is_never_read_mixed() {
         "mixed versions (first difference from the new one at {:?})",
         all.iter().zip(&new).position(|(x, y)| x != y)
     );
-    assert!(gets(a) > before, "read again without asking the server");
+    assert!(
+        gets_from_0(a) > before,
+        "the first bytes were not asked for again"
+    );
     assert!(m.unmount().success());
 }
 
@@ -431,6 +435,10 @@ fn a_file_changed_on_a_server_without_entity_tags_is_never_read_mixed() {
 fn a_reader_of_the_old_version_does_not_mix_it_into_the_new_one() {
     let Some(a) = apache() else { return };
     if !have_fuse() {
+        return;
+    }
+    // Reading around the page cache needs Linux 6.6 (FUSE_DIRECT_IO_ALLOW_MMAP).
+    if !kernel_at_least(6, 6) {
         return;
     }
     let dir = a.fresh_dir("mount-older");
@@ -489,12 +497,14 @@ fn a_file_renamed_while_read_reads_on_from_its_new_name() {
     for piece in got.chunks_mut(256 << 10) {
         f.read_exact(piece).expect("read");
     }
+    let let_go = |m: &Mount| m.log().matches("transfer let go").count();
+    let before = let_go(&m);
     std::fs::create_dir(m.path().join("sub")).expect("mkdir");
     std::fs::rename(m.path().join("big.bin"), m.path().join("sub/moved.bin"))
         .expect("rename while open");
     // The transfer in progress is let go after 1 s unread: the rest needs new requests.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !m.log().contains("transfer let go") {
+    while let_go(&m) == before {
         assert!(Instant::now() < deadline, "not let go\n{}", m.log());
         std::thread::sleep(Duration::from_millis(50));
     }
