@@ -957,17 +957,17 @@ impl Vfs {
             // read instead of mixing versions. Without one (nginx, Orthanc), a change within
             // the listing's lifetime would go unnoticed.
             let tagged = meta.etag.is_some();
-            // A descriptor still reading another version through the page cache fills it
-            // with that version's bytes: until those are closed, this one reads around the
-            // cache, and the cache is trusted by nobody.
-            let others = self.page_cached_readers_of_other_versions(ino, &meta);
+            // A descriptor still reading another version may fill the page cache with that
+            // version's bytes: until those are closed, this one reads around the cache, and
+            // the cache is trusted by nobody.
+            let others = self.readers_of_other_versions(ino, &meta);
             if let Some(n) = t.get_mut(ino) {
                 n.cached_version = (!others).then(|| meta.clone());
             }
             (path, meta, same && tagged && !others, others)
         };
         let direct = self.cfg.direct_reads || around_cache;
-        let handle = ReadHandle::new(ino, path, meta, !direct, self.cfg.read.clone());
+        let handle = ReadHandle::new(ino, path, meta, self.cfg.read.clone());
         let fh = self.add_handle(Handle::Read(Arc::new(handle)));
         self.watch_idle_reads();
         let mut o = Opened::new(fh, keep_cache, mode);
@@ -975,10 +975,9 @@ impl Vfs {
         Ok(o)
     }
 
-    /// Whether a read descriptor of `ino` open through the page cache may be reading another
-    /// version than `current`. Called with the table held (the order is the table, then the
-    /// handles).
-    fn page_cached_readers_of_other_versions(&self, ino: Ino, current: &Meta) -> bool {
+    /// Whether a read descriptor of `ino` may be reading another version than `current`.
+    /// Called with the table held (the order is the table, then the handles).
+    fn readers_of_other_versions(&self, ino: Ino, current: &Meta) -> bool {
         self.handles
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1064,8 +1063,9 @@ impl Vfs {
             Handle::Write(w) => return w.read(&self.client, offset, size).await.map(Into::into),
             Handle::Read(h) => h,
         };
+        let tried = h.path();
         let mut r = h.read(&self.client, offset, size).await;
-        if r.as_ref().is_err_and(|e| e.kind == ErrorKind::NotFound) && self.followed(&h) {
+        if r.as_ref().is_err_and(|e| e.kind == ErrorKind::NotFound) && self.followed(&h, &tried) {
             r = h.read(&self.client, offset, size).await;
         }
         match r {
@@ -1096,8 +1096,9 @@ impl Vfs {
             Handle::Read(h) if self.cfg.direct_reads && self.client.raw_gets_possible() => h,
             _ => return self.read(fh, offset, size).await.map(Some),
         };
+        let tried = h.path();
         let mut r = h.read_to(&self.client, offset, size, sink).await;
-        if r.as_ref().is_err_and(|e| e.kind == ErrorKind::NotFound) && self.followed(&h) {
+        if r.as_ref().is_err_and(|e| e.kind == ErrorKind::NotFound) && self.followed(&h, &tried) {
             r = h.read_to(&self.client, offset, size, sink).await;
         }
         match r {
@@ -1111,12 +1112,12 @@ impl Vfs {
         }
     }
 
-    /// A read that found nothing at its handle's path may have raced a rename of its file:
-    /// points the handle at where the file is now, if that is elsewhere.
-    fn followed(&self, h: &ReadHandle) -> bool {
+    /// A read that found nothing at `tried` may have raced a rename of its file: points the
+    /// handle at where the file is now, if that is elsewhere.
+    fn followed(&self, h: &ReadHandle, tried: &DavPath) -> bool {
         let t = self.table();
         match t.get(h.ino()) {
-            Some(n) if !n.gone && n.path != h.path() => {
+            Some(n) if !n.gone && n.path != *tried => {
                 h.moved_to(&n.path);
                 true
             }

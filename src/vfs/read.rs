@@ -243,10 +243,9 @@ const RESUME_PROGRESS: u64 = 256 << 10;
 
 pub(super) struct ReadHandle {
     ino: Ino,
-    /// The version opened and whether the kernel reads it through its page cache: such a
-    /// descriptor fills the cache with this version's bytes (see `Vfs::open`).
+    /// The version opened: a descriptor of it may fill the kernel's page cache with its
+    /// bytes (see `Vfs::open`), also with direct I/O (a mapping of the file is cached).
     version: Meta,
-    page_cached: bool,
     /// Where the file is now: a rename while it is open moves it (`moved_to`).
     path: std::sync::Mutex<DavPath>,
     size: u64,
@@ -255,18 +254,11 @@ pub(super) struct ReadHandle {
 }
 
 impl ReadHandle {
-    pub(super) fn new(
-        ino: Ino,
-        path: DavPath,
-        version: Meta,
-        page_cached: bool,
-        tuning: ReadTuning,
-    ) -> Self {
+    pub(super) fn new(ino: Ino, path: DavPath, version: Meta, tuning: ReadTuning) -> Self {
         let (size, etag) = (version.size, version.etag.clone());
         ReadHandle {
             ino,
             version,
-            page_cached,
             path: std::sync::Mutex::new(path),
             size,
             state: Mutex::new(State {
@@ -296,9 +288,11 @@ impl ReadHandle {
     }
 
     /// Whether this descriptor may fill the kernel's page cache with bytes of a version other
-    /// than `current` (any version, when neither has an entity tag to tell).
+    /// than `current` (any version, when `current` has no entity tag to tell). Descriptors
+    /// with direct I/O count too: a mapping of the file goes through the cache, and kernels
+    /// before 6.6 ignore direct I/O.
     pub(super) fn may_cache_other_than(&self, current: &Meta) -> bool {
-        self.page_cached && (current.etag.is_none() || !self.version.same_version(current))
+        current.etag.is_none() || !self.version.same_version(current)
     }
 
     pub(super) fn path(&self) -> DavPath {
