@@ -140,6 +140,9 @@ pub struct OpenMode {
 enum Handle {
     Read(Arc<ReadHandle>),
     Write(Arc<WriteHandle>),
+    /// A read-only descriptor of a file being written: it reads the session's bytes (what was
+    /// written so far), and its close uploads nothing.
+    Reading(Arc<WriteHandle>),
 }
 
 impl Clone for Handle {
@@ -147,6 +150,7 @@ impl Clone for Handle {
         match self {
             Handle::Read(h) => Handle::Read(h.clone()),
             Handle::Write(h) => Handle::Write(h.clone()),
+            Handle::Reading(h) => Handle::Reading(h.clone()),
         }
     }
 }
@@ -933,6 +937,16 @@ impl Vfs {
         if mode.write {
             return self.open_for_write(ino, mode).await;
         }
+        // Being written, with data the server does not have yet: this descriptor reads what
+        // was written so far, not the server's older copy.
+        let session = {
+            let t = self.table();
+            t.get(ino).and_then(|n| self.dirty_session(n.writer))
+        };
+        if let Some(w) = session {
+            let fh = self.add_handle(Handle::Reading(w));
+            return Ok(Opened::new(fh, false, mode));
+        }
         let attr = self.getattr(ino).await?;
         if attr.kind == FileKind::Directory {
             return Err(VfsError::new(
@@ -1027,7 +1041,7 @@ impl Vfs {
                     .values()
                     .filter_map(|h| match h {
                         Handle::Read(r) => Some(r.clone()),
-                        Handle::Write(_) => None,
+                        Handle::Write(_) | Handle::Reading(_) => None,
                     })
                     .collect();
                 drop(handles);
@@ -1060,7 +1074,9 @@ impl Vfs {
     /// Reads up to `size` bytes at `offset`.
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> VfsResult<ReadData> {
         let h = match self.handle(fh)? {
-            Handle::Write(w) => return w.read(&self.client, offset, size).await.map(Into::into),
+            Handle::Write(w) | Handle::Reading(w) => {
+                return w.read(&self.client, offset, size).await.map(Into::into);
+            }
             Handle::Read(h) => h,
         };
         let tried = h.path();

@@ -125,7 +125,7 @@ impl Vfs {
         let fh = self.table().get(ino).and_then(|n| n.writer)?;
         match self.handle(fh).ok()? {
             Handle::Write(w) => Some(w),
-            Handle::Read(_) => None,
+            Handle::Read(_) | Handle::Reading(_) => None,
         }
     }
 
@@ -427,7 +427,7 @@ impl Vfs {
     pub fn try_write_now(&self, fh: u64, offset: u64, data: &Bytes, by: Caller) -> Option<u32> {
         match self.handle(fh).ok()? {
             Handle::Write(w) => w.try_write_now(offset, data, by),
-            Handle::Read(_) => None,
+            Handle::Read(_) | Handle::Reading(_) => None,
         }
     }
 
@@ -435,7 +435,7 @@ impl Vfs {
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes, by: Caller) -> VfsResult<u32> {
         match self.handle(fh)? {
             Handle::Write(w) => w.write(&self.client, offset, data, by).await,
-            Handle::Read(_) => Err(VfsError::new(
+            Handle::Read(_) | Handle::Reading(_) => Err(VfsError::new(
                 ErrorKind::PermissionDenied,
                 "file not open for writing",
             )),
@@ -636,26 +636,34 @@ impl Vfs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh);
-        let w = match h {
-            Some(Handle::Write(w)) => Some(w),
-            _ => None,
+        let (w, reading) = match h {
+            Some(Handle::Write(w)) => (Some(w), false),
+            Some(Handle::Reading(w)) => (Some(w), true),
+            _ => (None, false),
         };
-        // Other descriptors share the session: this close only flushes, and the session is
-        // found through one of them from now on.
-        let other = w.as_ref().and_then(|w| {
-            self.handles
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .find(|(_, h)| matches!(h, Handle::Write(o) if Arc::ptr_eq(o, w)))
-                .map(|(other, _)| *other)
+        // Other descriptors share the session: this close only flushes (a reader's not even
+        // that), and the session is found through another writer from now on.
+        let (shared, other_writer) = w.as_ref().map_or((false, None), |w| {
+            let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+            let mut others = handles.iter().filter_map(|(other, h)| match h {
+                Handle::Write(o) if Arc::ptr_eq(o, w) => Some((*other, true)),
+                Handle::Reading(o) if Arc::ptr_eq(o, w) => Some((*other, false)),
+                _ => None,
+            });
+            let first = others.next();
+            let writer = first
+                .into_iter()
+                .chain(others)
+                .find(|(_, writes)| *writes)
+                .map(|(other, _)| other);
+            (first.is_some(), writer)
         });
-        let shared = other.is_some();
-        if let (Some(w), Some(other)) = (&w, other)
+        if let Some(w) = &w
             && let Some(n) = self.table().get_mut(w.ino())
             && n.writer == Some(fh)
+            && shared
         {
-            n.writer = Some(other);
+            n.writer = other_writer;
         }
         let pending = w.as_ref().map(|w| self.pending(Some(w)));
         let this = self.clone();
@@ -665,7 +673,9 @@ impl Vfs {
             };
             let _pending = pending;
             if shared {
-                let _ = this.flush_handle(&w).await;
+                if !reading {
+                    let _ = this.flush_handle(&w).await;
+                }
             } else {
                 // Uploads that closes started go first (no new close can start: this was the
                 // last descriptor): the session's end must see their outcome (a failed
@@ -759,16 +769,10 @@ impl Vfs {
             }
             let writer = fh
                 .and_then(|f| match self.handle(f).ok()? {
-                    Handle::Write(w) => Some(w),
+                    Handle::Write(w) | Handle::Reading(w) => Some(w),
                     Handle::Read(_) => None,
                 })
-                .or_else(|| {
-                    let fh = self.table().get(ino).and_then(|n| n.writer)?;
-                    match self.handle(fh).ok()? {
-                        Handle::Write(w) => Some(w),
-                        Handle::Read(_) => None,
-                    }
-                });
+                .or_else(|| self.writer_of(ino));
             match writer {
                 Some(w) => w.set_size(&self.client, size).await?,
                 None => self.truncate_closed(ino, size).await?,

@@ -473,6 +473,64 @@ fn write_only_and_reading_descriptors_see_the_same_bytes() {
     assert!(std::fs::read(dir.join("f.bin")).expect("server copy") == want);
 }
 
+/// A file opened read-only while another descriptor writes it (`tail`, a viewer, a second
+/// program) reads what was written so far, not the server's older copy; its close does not
+/// end the upload.
+#[test]
+fn a_reader_opened_during_a_write_reads_what_was_written() {
+    use std::io::Read;
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("write-read");
+    std::fs::write(dir.join("old.bin"), b"the old version").expect("old version");
+    apache::give_to_server(&dir);
+    let m = Mount::new(&a.url("write-read"), &[]);
+    std::fs::write(m.path().join("first.txt"), b"x").expect("first file");
+    let data = pattern(3 << 20, 77);
+    for (name, read_write) in [("new.bin", false), ("old.bin", false), ("rw.bin", true)] {
+        let p = m.path().join(name);
+        let mut w = std::fs::OpenOptions::new()
+            .read(read_write)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .expect("open for writing");
+        w.write_all(&data[..2 << 20]).expect("write");
+        let mut got = Vec::new();
+        std::fs::File::open(&p)
+            .and_then(|mut r| r.read_to_end(&mut got))
+            .unwrap_or_else(|e| panic!("{name}: read while written: {e}"));
+        assert!(
+            got == data[..2 << 20],
+            "{name}: the reader got {} bytes, not what was written",
+            got.len()
+        );
+        w.write_all(&data[2 << 20..]).expect("write on");
+        drop(w);
+        assert!(
+            std::fs::read(dir.join(name)).expect("server") == data,
+            "{name}: the server has other bytes\nrequests: {:#?}",
+            a.settled_requests("write-read")
+        );
+        // Apache may log a request a little after answering it.
+        let puts = |r: &[Logged]| {
+            r.iter()
+                .filter(|l| l.method == "PUT" && l.path.ends_with(name))
+                .count()
+        };
+        let reqs = a.settled_until("write-read", |r| puts(r) >= 1);
+        assert_eq!(
+            puts(&reqs),
+            1,
+            "{name}: the reader's close ended the upload early"
+        );
+    }
+    assert!(m.unmount().success());
+}
+
 #[test]
 fn sqlite_database_round_trips() {
     let Some(a) = apache() else { return };
