@@ -141,7 +141,8 @@ enum Handle {
     Read(Arc<ReadHandle>),
     Write(Arc<WriteHandle>),
     /// A read-only descriptor of a file being written: it reads the session's bytes (what was
-    /// written so far), and its close uploads nothing.
+    /// written so far), and its close uploads nothing. The session ends with its last writer;
+    /// the reader then goes on reading the session's local copy.
     Reading(Arc<WriteHandle>),
 }
 
@@ -938,10 +939,17 @@ impl Vfs {
             return self.open_for_write(ino, mode).await;
         }
         // Being written, with data the server does not have yet: this descriptor reads what
-        // was written so far, not the server's older copy.
+        // was written so far, not the server's older copy. The kernel's pages then hold the
+        // session's bytes, which no version on the server has (yet).
         let session = {
-            let t = self.table();
-            t.get(ino).and_then(|n| self.dirty_session(n.writer))
+            let mut t = self.table();
+            let w = t.get(ino).and_then(|n| self.dirty_session(n.writer));
+            if w.is_some()
+                && let Some(n) = t.get_mut(ino)
+            {
+                n.cached_version = None;
+            }
+            w
         };
         if let Some(w) = session {
             let fh = self.add_handle(Handle::Reading(w));

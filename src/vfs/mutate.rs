@@ -636,34 +636,28 @@ impl Vfs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh);
-        let (w, reading) = match h {
-            Some(Handle::Write(w)) => (Some(w), false),
-            Some(Handle::Reading(w)) => (Some(w), true),
-            _ => (None, false),
+        // A reader of a session (`Handle::Reading`) keeps it only to read it: the session
+        // ends with its last writer, and the reader goes on reading its local copy.
+        let w = match h {
+            Some(Handle::Write(w)) => Some(w),
+            _ => None,
         };
-        // Other descriptors share the session: this close only flushes (a reader's not even
-        // that), and the session is found through another writer from now on.
-        let (shared, other_writer) = w.as_ref().map_or((false, None), |w| {
-            let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
-            let mut others = handles.iter().filter_map(|(other, h)| match h {
-                Handle::Write(o) if Arc::ptr_eq(o, w) => Some((*other, true)),
-                Handle::Reading(o) if Arc::ptr_eq(o, w) => Some((*other, false)),
-                _ => None,
-            });
-            let first = others.next();
-            let writer = first
-                .into_iter()
-                .chain(others)
-                .find(|(_, writes)| *writes)
-                .map(|(other, _)| other);
-            (first.is_some(), writer)
+        // Other descriptors share the session: this close only flushes, and the session is
+        // found through one of them from now on.
+        let other = w.as_ref().and_then(|w| {
+            self.handles
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(_, h)| matches!(h, Handle::Write(o) if Arc::ptr_eq(o, w)))
+                .map(|(other, _)| *other)
         });
-        if let Some(w) = &w
+        let shared = other.is_some();
+        if let (Some(w), Some(other)) = (&w, other)
             && let Some(n) = self.table().get_mut(w.ino())
             && n.writer == Some(fh)
-            && shared
         {
-            n.writer = other_writer;
+            n.writer = Some(other);
         }
         let pending = w.as_ref().map(|w| self.pending(Some(w)));
         let this = self.clone();
@@ -673,9 +667,7 @@ impl Vfs {
             };
             let _pending = pending;
             if shared {
-                if !reading {
-                    let _ = this.flush_handle(&w).await;
-                }
+                let _ = this.flush_handle(&w).await;
             } else {
                 // Uploads that closes started go first (no new close can start: this was the
                 // last descriptor): the session's end must see their outcome (a failed
@@ -769,8 +761,8 @@ impl Vfs {
             }
             let writer = fh
                 .and_then(|f| match self.handle(f).ok()? {
-                    Handle::Write(w) | Handle::Reading(w) => Some(w),
-                    Handle::Read(_) => None,
+                    Handle::Write(w) => Some(w),
+                    Handle::Read(_) | Handle::Reading(_) => None,
                 })
                 .or_else(|| self.writer_of(ino));
             match writer {

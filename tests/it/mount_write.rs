@@ -499,9 +499,9 @@ fn a_reader_opened_during_a_write_reads_what_was_written() {
             .open(&p)
             .expect("open for writing");
         w.write_all(&data[..2 << 20]).expect("write");
+        let mut r = std::fs::File::open(&p).expect("open for reading");
         let mut got = Vec::new();
-        std::fs::File::open(&p)
-            .and_then(|mut r| r.read_to_end(&mut got))
+        r.read_to_end(&mut got)
             .unwrap_or_else(|e| panic!("{name}: read while written: {e}"));
         assert!(
             got == data[..2 << 20],
@@ -509,12 +509,22 @@ fn a_reader_opened_during_a_write_reads_what_was_written() {
             got.len()
         );
         w.write_all(&data[2 << 20..]).expect("write on");
+        // The writer's close uploads, while the reader is still open.
         drop(w);
         assert!(
             std::fs::read(dir.join(name)).expect("server") == data,
             "{name}: the server has other bytes\nrequests: {:#?}",
             a.settled_requests("write-read")
         );
+        // The reader reads on (the rest, written by the writer meanwhile).
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).expect("read on");
+        assert!(
+            rest == data[2 << 20..],
+            "{name}: the rest ({} bytes)",
+            rest.len()
+        );
+        drop(r);
         // Apache may log a request a little after answering it.
         let puts = |r: &[Logged]| {
             r.iter()
