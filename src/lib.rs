@@ -4,6 +4,7 @@
 //! - [`dav`]: the WebDAV protocol client (requests, multistatus parsing, hrefs, errors).
 //! - [`vfs`]: the platform-neutral filesystem core (inodes, caches, read streams).
 //! - [`fs`]: thin kernel adapters (FUSE on Linux, WinFsp on Windows).
+//! - [`mount`]: the frontend-neutral mount lifecycle (connect, probe, signals, drain).
 //! - [`cli`], [`config`], [`credentials`]: the user-facing surface.
 //! - [`sys`]: operating-system primitives behind safe functions (pipes and `splice` on Linux).
 
@@ -12,5 +13,6 @@ pub mod config;
 pub mod credentials;
 pub mod dav;
 pub mod fs;
+pub mod mount;
 pub mod sys;
 pub mod vfs;

@@ -200,19 +200,15 @@ fn init_logging(verbose: u8) {
 
 #[cfg(target_os = "linux")]
 mod platform {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufRead, BufReader};
     use std::path::Path;
     use std::process::{Command as Proc, Stdio};
 
     use davdrive::cli::MountArgs;
     use davdrive::config::MountConfig;
-    use davdrive::dav::DavClient;
     use davdrive::dav::client::redact_url;
     use davdrive::fs::fuse::{self, FuseOptions};
-    use davdrive::vfs::Vfs;
-
-    /// The line a foreground mount prints on stdout once the mount is usable.
-    const READY: &str = "davdrive: mounted";
+    use davdrive::mount::{self, READY};
     /// Set in the environment of the detached child of a background mount.
     const DETACHED: &str = "DAVDRIVE_DETACHED";
 
@@ -287,165 +283,13 @@ mod platform {
             .thread_name("davdrive-io")
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))?;
-        let shown_url = redact_url(&cfg.url);
-        let client = DavClient::new(cfg.client.clone()).map_err(|e| e.to_string())?;
-        // A server that redirects the mounted URL (IIS's HTTP->HTTPS rule, a moved share) is
-        // mounted where it points, so later requests go there directly.
-        let client = match rt.block_on(client.final_root()) {
-            Ok(Some(target)) => {
-                let shown_target = redact_url(&target);
-                let has_secrets = cfg.client.credentials.is_some()
-                    || cfg.client.bearer.is_some()
-                    || cfg.client.client_identity.is_some();
-                if has_secrets && !davdrive::dav::client::credentials_allowed(&cfg.url, &target) {
-                    return Err(format!(
-                        "{shown_url} redirects to {shown_target}, on another host; davdrive \
-                         does not send your credentials there. If you trust that server, \
-                         mount {shown_target} instead."
-                    ));
-                }
-                tracing::info!("{shown_url} redirects to {shown_target}; mounting that URL");
-                let mut c = cfg.client.clone();
-                // A pin stored by `davdrive trust` for the new origin applies there.
-                if c.pins.is_empty()
-                    && target.scheme() == "https"
-                    && let Some(file) = davdrive::config::trust::default_path()
-                {
-                    c.pins = davdrive::config::trust::pins_for(&file, &target)?;
-                }
-                c.url = target;
-                DavClient::new(c).map_err(|e| e.to_string())?
-            }
-            // Errors show up, with their explanation, in the probe below.
-            Ok(None) | Err(_) => client,
-        };
         let mut vfs_cfg = cfg.vfs.clone();
-        #[cfg(target_os = "linux")]
-        {
-            vfs_cfg.open_direct = Some(davdrive::fs::fuse::open_direct);
-            vfs_cfg.process_of = Some(davdrive::fs::fuse::process_of);
-        }
-        let vfs = Vfs::new(client, vfs_cfg).map_err(|e| e.to_string())?;
-        if let Err(e) = rt.block_on(vfs.probe()) {
-            let mut msg = format!("cannot mount {shown_url}: {e}");
-            // A server that requires a client certificate may refuse one we do not send with
-            // an alert or by just hanging up; ask the handshake itself.
-            let connection_failed = matches!(
-                e.kind,
-                davdrive::vfs::ErrorKind::TlsFailure
-                    | davdrive::vfs::ErrorKind::Io
-                    | davdrive::vfs::ErrorKind::Unreachable
-                    | davdrive::vfs::ErrorKind::Protocol
-            );
-            let wants_client_cert = connection_failed
-                && cfg.client.client_identity.is_none()
-                && rt.block_on(davdrive::dav::tls::asks_for_client_cert(&cfg.url));
-            if wants_client_cert && e.kind != davdrive::vfs::ErrorKind::TlsFailure {
-                msg.push_str("\nThe server wants a client certificate: pass --client-cert FILE.");
-            }
-            if e.kind == davdrive::vfs::ErrorKind::AuthRequired {
-                let text = e.to_string();
-                let offers_only_bearer = text.contains("offers: bearer)");
-                if offers_only_bearer && cfg.client.bearer.is_none() {
-                    msg.push_str(
-                        "\nThe server wants a bearer token: give a command that prints one \
-                         with --token-command, or the token itself in DAVDRIVE_TOKEN.",
-                    );
-                } else if text.contains("negotiate")
-                    && cfg.client.credentials.is_none()
-                    && cfg.client.bearer.is_none()
-                {
-                    msg.push_str(&format!(
-                        "\nThe server wants Windows authentication (Negotiate). For Kerberos, \
-                         get a ticket first (`kinit user@REALM`; davdrive reads the ticket \
-                         cache named by KRB5CCNAME, and KRB5_CONFIG or /etc/krb5.conf for the \
-                         realm); or run `davdrive login {shown_url}` with your user name \
-                         (user@REALM for Kerberos, DOMAIN\\user for NTLM)."
-                    ));
-                } else if cfg.client.credentials.is_none() && cfg.client.bearer.is_none() {
-                    msg.push_str(&format!(
-                        "\nNo credentials were given: run `davdrive login {shown_url}` once, \
-                         or pass --user with DAVDRIVE_PASSWORD, or a secrets file."
-                    ));
-                } else if text.contains("NTLM authentication failed")
-                    || text.contains("Negotiate authentication failed")
-                {
-                    // Already says what to check.
-                } else {
-                    msg.push_str(
-                        "\nThe server refused the user name and password (for Windows \
-                         authentication, give the user as DOMAIN\\user).",
-                    );
-                }
-            }
-            if e.kind == davdrive::vfs::ErrorKind::TlsFailure {
-                let cert = rt
-                    .block_on(davdrive::dav::tls::peer_certificate(&cfg.url))
-                    .ok();
-                let detail = e.to_string();
-                let mut untrusted = false;
-                let host = cfg.url.host_str().unwrap_or("");
-                let subject = cert.as_ref().map_or("?", |c| c.subject.as_str());
-                let not_after = cert.as_ref().map_or("?", |c| c.not_after.as_str());
-                if detail.contains("not valid for name") {
-                    msg.push_str(&format!(
-                        "\nThe server's certificate is not valid for {host} (it is for \
-                         {subject}): mount the server under a name its certificate holds."
-                    ));
-                } else if detail.contains("Expired") || detail.contains("expired") {
-                    msg.push_str(&format!(
-                        "\nThe server's certificate expired ({not_after}); its administrator \
-                         must renew it."
-                    ));
-                } else if detail.contains("NotValidYet") {
-                    msg.push_str(
-                        "\nThe server's certificate is not valid yet: check this computer's \
-                         clock.",
-                    );
-                } else if detail.contains("CertificateRequired")
-                    || (detail.contains("HandshakeFailure") && cfg.client.client_identity.is_none())
-                    || wants_client_cert
-                {
-                    msg.push_str(
-                        "\nThe server wants a client certificate: pass --client-cert FILE.",
-                    );
-                } else if cfg.client.pins.is_empty() {
-                    untrusted = true;
-                    msg.push_str("\nThe server's certificate is not trusted by this system.");
-                } else {
-                    untrusted = true;
-                    msg.push_str("\nThe server's certificate is not the one pinned for it.");
-                }
-                if let Some(c) = &cert {
-                    msg.push_str(&format!(
-                        "\nIt is issued to {} by {}, valid {} to {}; its SHA-256 fingerprint is {}.",
-                        c.subject, c.issuer, c.not_before, c.not_after, c.fingerprint
-                    ));
-                }
-                if untrusted {
-                    msg.push_str(&format!(
-                        "\nIf you trust it: `davdrive trust {shown_url}` pins it after showing \
-                         it (or --pin-cert SHA256), or pass --ca-cert FILE.pem with the \
-                         certificate of the CA that issued it; --insecure turns checking off \
-                         (not recommended)."
-                    ));
-                }
-            }
-            return Err(msg);
-        }
-        // Signals are caught from before the mount exists: a SIGTERM right after the ready
-        // line must unmount cleanly, not kill the daemon and leave a dead mount behind.
-        let (mut term, mut int, mut hup) = {
-            use tokio::signal::unix::{SignalKind, signal};
-            let _in_runtime = rt.enter();
-            (
-                signal(SignalKind::terminate()).ok(),
-                signal(SignalKind::interrupt()).ok(),
-                signal(SignalKind::hangup()).ok(),
-            )
-        };
+        vfs_cfg.open_direct = Some(fuse::open_direct);
+        vfs_cfg.process_of = Some(fuse::process_of);
+        let vfs = mount::connect(&cfg, vfs_cfg, &rt)?;
+        let signals = mount::Signals::catch(&rt);
         let opts = FuseOptions {
-            fsname: shown_url.clone(),
+            fsname: redact_url(&cfg.url),
             allow_other: cfg.allow_other,
             read_only: cfg.vfs.read_only,
         };
@@ -462,47 +306,20 @@ mod platform {
             })
             .map_err(|e| format!("cannot start the FUSE loop: {e}"))?;
         fuse::raise_read_ahead(&cfg.mountpoint);
-        {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{READY} {shown_url} on {}", cfg.mountpoint.display());
-            let _ = out.flush();
-        }
-        tracing::info!(url = %shown_url, mountpoint = %cfg.mountpoint.display(), "mounted");
-        let signalled = rt.block_on(async {
-            async fn recv(s: Option<&mut tokio::signal::unix::Signal>) {
-                match s {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            }
-            tokio::select! {
-                _ = recv(term.as_mut()) => true,
-                _ = recv(int.as_mut()) => true,
-                _ = recv(hup.as_mut()) => true,
-                _ = done_rx => false,
-            }
-        });
-        if signalled {
-            tracing::info!("unmounting on signal");
-            rt.block_on(vfs.wait_for_uploads());
+        mount::ready(&cfg.url, &cfg.mountpoint);
+        let mut life = mount::Lifecycle { vfs, signals };
+        life.serve(&rt, done_rx, || {
             if let Err(e) = unmounter.unmount() {
                 tracing::warn!("unmount failed ({e}); detaching lazily");
                 lazy_unmount(&cfg.mountpoint);
             }
-        }
+        });
         match runner.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("FUSE loop ended: {e}"),
             Err(_) => return Err("the FUSE loop panicked".into()),
         }
-        // Releases the kernel sent last may still be uploading; sessions the kernel never
-        // released (a crashed application, a lazy unmount) are ended here.
-        rt.block_on(async {
-            vfs.release_all().await;
-            vfs.wait_for_uploads().await;
-        });
+        rt.block_on(mount::drain(&life.vfs));
         rt.shutdown_timeout(std::time::Duration::from_secs(2));
         Ok(())
     }

@@ -32,11 +32,12 @@ use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
 use super::auth::{BearerSource, Credentials, DigestChallenge, Secret, offered_schemes};
-use super::error::{DavError, TransportKind};
+use super::error::{Cause, DavError, TransportKind};
 use super::href::{DavPath, HrefError, Root};
 use super::kerberos::Kerberos;
 use super::multistatus::{self, Multistatus, Resource};
 use super::ntlm_transport::{NtlmTransport, Scheme, TlsSettings, Trust};
+use super::proxy::ProxyConfig;
 use super::tls::ClientIdentity;
 
 /// The properties davdrive asks for; nothing else (allprop costs Nextcloud and IIS dearly).
@@ -334,13 +335,6 @@ struct KerberosGate {
     warned: bool,
 }
 
-/// A proxy and, when it wants one, its login.
-#[derive(Clone, Debug)]
-pub struct ProxyConfig {
-    pub url: Url,
-    pub credentials: Option<Credentials>,
-}
-
 /// The URL that finally answered a request (after redirects), whatever transport sent it.
 #[derive(Clone, Debug)]
 struct FinalUrl(Url);
@@ -356,39 +350,6 @@ pub fn credentials_allowed(root: &Url, target: &Url) -> bool {
         && ((root.scheme() == target.scheme() && same_port)
             || (target.scheme() == "https"
                 && (same_port || target.port_or_known_default() == Some(443))))
-}
-
-/// The proxy the standard variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`)
-/// name for `url`, if any, decided by the same matcher reqwest uses, so our own connections
-/// (NTLM) and reqwest's agree. A login in the proxy URL becomes its credentials.
-fn env_proxy(url: &Url) -> Option<ProxyConfig> {
-    let uri: http::Uri = url.as_str().parse().ok()?;
-    let intercept = hyper_util::client::proxy::matcher::Matcher::from_env().intercept(&uri)?;
-    let mut proxy = Url::parse(&intercept.uri().to_string()).ok()?;
-    // An http:// proxy's login comes as a ready `Basic` value: take it apart again.
-    let basic = intercept
-        .basic_auth()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| STANDARD.decode(b.trim()).ok())
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|pair| {
-            pair.split_once(':')
-                .map(|(u, p)| (u.to_owned(), p.to_owned()))
-        });
-    let raw = intercept
-        .raw_auth()
-        .map(|(u, p)| (u.to_owned(), p.to_owned()));
-    let credentials = basic.or(raw).map(|(user, password)| Credentials {
-        user,
-        password: Secret::new(password),
-    });
-    let _ = proxy.set_username("");
-    let _ = proxy.set_password(None);
-    Some(ProxyConfig {
-        url: proxy,
-        credentials,
-    })
 }
 
 /// Whether two URLs have the same origin (scheme, host, port).
@@ -495,7 +456,10 @@ impl DavClient {
                 connect_timeout: config.connect_timeout,
                 progress_timeout: config.progress_timeout,
                 user_agent: config.user_agent.clone(),
-                proxy: config.proxy.clone().or_else(|| env_proxy(&config.url)),
+                proxy: config
+                    .proxy
+                    .clone()
+                    .or_else(|| super::proxy::env_proxy(&config.url)),
                 auth: Mutex::new(AuthState::None),
                 kerberos_gate: tokio::sync::Mutex::new(KerberosGate::default()),
                 stats: RequestStats::default(),
@@ -1437,6 +1401,7 @@ async fn check(method: &'static str, path: &DavPath, resp: Response) -> Result<R
     }
     let reason = status.canonical_reason().unwrap_or("").to_owned();
     let mut message = reason;
+    let mut cause = None;
     if status == StatusCode::UNAUTHORIZED {
         let schemes = offered_schemes(
             resp.headers()
@@ -1452,6 +1417,9 @@ async fn check(method: &'static str, path: &DavPath, resp: Response) -> Result<R
                 schemes.join(", ")
             }
         );
+        cause = Some(Cause::AuthRefused {
+            offered: schemes.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        });
     } else if status.is_redirection() {
         let loc = resp
             .headers()
@@ -1474,6 +1442,7 @@ async fn check(method: &'static str, path: &DavPath, resp: Response) -> Result<R
         path: path.to_string(),
         status: status.as_u16(),
         message,
+        cause,
     })
 }
 
@@ -1502,6 +1471,7 @@ async fn multistatus_failure(
             path: path.to_string(),
             status,
             message: "failed for a member (207 Multi-Status)".into(),
+            cause: None,
         }),
     }
 }

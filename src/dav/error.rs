@@ -119,6 +119,56 @@ impl fmt::Display for TransportKind {
     }
 }
 
+/// What a failure means beyond its kind: typed facts, worked out here where the failure is
+/// understood, for callers that act on it (a conflict is not a failed upload) or explain it
+/// (the mount's error message). Nobody outside `dav` reads statuses or message text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// A precondition of the request failed (412): the resource changed, or exists.
+    PreconditionFailed,
+    /// The server wants credentials or refused ours (401), offering these schemes
+    /// (lowercase: `basic`, `digest`, `negotiate`, `ntlm`, `bearer`).
+    AuthRefused { offered: Vec<String> },
+    /// A connection-bound handshake (`NTLM`, `Negotiate`) ran and the server refused it.
+    HandshakeRefused { scheme: String },
+    /// TLS could not be established, and why.
+    Tls(TlsProblem),
+}
+
+/// Why TLS could not be established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsProblem {
+    /// The certificate is not valid for the host name we asked for.
+    WrongName,
+    Expired,
+    NotYetValid,
+    /// The server wants a client certificate (it said so: `CertificateRequired`).
+    ClientCertWanted,
+    /// The server refused the handshake without saying why (often: no client certificate).
+    HandshakeRefused,
+    /// The certificate is not trusted here (unknown issuer, self-signed, not the pin).
+    Untrusted,
+}
+
+impl TlsProblem {
+    /// Classifies a TLS failure from the TLS library's (rustls') description of it.
+    pub fn of(detail: &str) -> TlsProblem {
+        if detail.contains("not valid for name") || detail.contains("NotValidForName") {
+            TlsProblem::WrongName
+        } else if detail.contains("Expired") || detail.contains("expired") {
+            TlsProblem::Expired
+        } else if detail.contains("NotValidYet") {
+            TlsProblem::NotYetValid
+        } else if detail.contains("CertificateRequired") {
+            TlsProblem::ClientCertWanted
+        } else if detail.contains("HandshakeFailure") {
+            TlsProblem::HandshakeRefused
+        } else {
+            TlsProblem::Untrusted
+        }
+    }
+}
+
 /// An error of one WebDAV request.
 #[derive(Debug, thiserror::Error)]
 pub enum DavError {
@@ -129,6 +179,8 @@ pub enum DavError {
         path: String,
         status: u16,
         message: String,
+        /// What the answer said beyond its status (the schemes a 401 offers).
+        cause: Option<Cause>,
     },
     /// The request did not complete at the transport level.
     #[error("{method} {path}: {kind}: {detail}")]
@@ -165,6 +217,34 @@ impl DavError {
             DavError::Service { status, .. } => Some(*status),
             _ => None,
         }
+    }
+
+    /// The typed facts of this failure, if any (see [`Cause`]).
+    pub fn cause(&self) -> Option<Cause> {
+        match self {
+            DavError::Service { cause: Some(c), .. } => Some(c.clone()),
+            DavError::Service { status: 412, .. } => Some(Cause::PreconditionFailed),
+            DavError::Service { status: 401, .. } => Some(Cause::AuthRefused {
+                offered: Vec::new(),
+            }),
+            DavError::Transport {
+                kind: TransportKind::Tls,
+                detail,
+                ..
+            } => Some(Cause::Tls(TlsProblem::of(detail))),
+            _ => None,
+        }
+    }
+
+    /// Whether a precondition of the request failed (412).
+    pub fn precondition_failed(&self) -> bool {
+        self.cause() == Some(Cause::PreconditionFailed)
+    }
+
+    /// Whether the server answered the request (with a status we treat as failure), as
+    /// opposed to a transport failure or an answer we could not read.
+    pub fn answered(&self) -> bool {
+        matches!(self, DavError::Service { .. })
     }
 
     /// The one mapping from protocol failures to neutral kinds.
@@ -245,6 +325,7 @@ mod tests {
             path: "/x".into(),
             status,
             message: String::new(),
+            cause: None,
         }
     }
 
@@ -309,12 +390,54 @@ mod tests {
     }
 
     #[test]
+    fn causes_are_typed_facts() {
+        assert_eq!(svc("PUT", 412).cause(), Some(Cause::PreconditionFailed));
+        assert!(svc("MOVE", 412).precondition_failed());
+        assert!(!svc("PUT", 409).precondition_failed());
+        assert!(svc("PUT", 409).answered());
+        assert!(!transport(TransportKind::Broken).answered());
+        let tls = |d: &str| DavError::Transport {
+            method: "OPTIONS".into(),
+            path: "/".into(),
+            kind: TransportKind::Tls,
+            detail: d.into(),
+        };
+        for (detail, want) in [
+            (
+                "invalid peer certificate: certificate not valid for name \"x\"",
+                TlsProblem::WrongName,
+            ),
+            ("invalid peer certificate: Expired", TlsProblem::Expired),
+            (
+                "invalid peer certificate: NotValidYet",
+                TlsProblem::NotYetValid,
+            ),
+            (
+                "received fatal alert: CertificateRequired",
+                TlsProblem::ClientCertWanted,
+            ),
+            (
+                "received fatal alert: HandshakeFailure",
+                TlsProblem::HandshakeRefused,
+            ),
+            (
+                "invalid peer certificate: UnknownIssuer",
+                TlsProblem::Untrusted,
+            ),
+        ] {
+            assert_eq!(tls(detail).cause(), Some(Cause::Tls(want)), "{detail}");
+        }
+        assert_eq!(transport(TransportKind::Connect).cause(), None);
+    }
+
+    #[test]
     fn messages_name_method_path_and_status() {
         let e = DavError::Service {
             method: "PUT".into(),
             path: "/a b".into(),
             status: 507,
             message: "Insufficient Storage".into(),
+            cause: None,
         };
         assert_eq!(
             e.to_string(),

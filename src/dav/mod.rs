@@ -18,13 +18,15 @@ pub mod kerberos;
 pub mod multistatus;
 pub mod ntlm;
 pub mod ntlm_transport;
+pub mod proxy;
 pub mod tls;
 
 pub use auth::{BearerSource, Credentials, Secret};
 pub use client::{
     ByteRange, Capabilities, ClientConfig, ContentRange, DavClient, Depth, GetStream, LockInfo,
-    Preconditions, ProxyConfig, PutBody, ResponseMeta,
+    Preconditions, PutBody, ResponseMeta,
 };
-pub use error::{DavError, ErrorKind, TransportKind};
+pub use error::{Cause, DavError, ErrorKind, TlsProblem, TransportKind};
 pub use href::{DavPath, Root};
 pub use multistatus::{Multistatus, Resource};
+pub use proxy::ProxyConfig;

@@ -30,9 +30,9 @@ use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, HOST, HeaderValue, WWW_AUTH
 use url::Url;
 
 use super::auth::Credentials;
-use super::client::ProxyConfig;
-use super::error::{DavError, TransportKind};
+use super::error::{Cause, DavError, TransportKind};
 use super::ntlm;
+use super::proxy::ProxyConfig;
 
 /// A stream whose reads fail with `TimedOut` when nothing moves for `limit`: no byte arrives
 /// and none is sent (the same progress timeout the main client applies; a transfer that
@@ -487,6 +487,9 @@ impl NtlmTransport {
                 "{scheme} authentication failed: {detail}; wrong user name (DOMAIN\\user) or \
                  password?"
             ),
+            cause: Some(Cause::HandshakeRefused {
+                scheme: scheme.to_string(),
+            }),
         };
         let invalid = |reason: String| DavError::InvalidResponse {
             method: method.into(),

@@ -217,7 +217,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         atime: a.mtime,
         mtime: a.mtime,
         ctime: a.ctime,
-        crtime: a.ctime,
+        crtime: a.crtime,
         kind,
         perm: a.perm,
         nlink,

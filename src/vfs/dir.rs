@@ -216,6 +216,7 @@ mod tests {
                 size: 0,
                 mtime: SystemTime::UNIX_EPOCH,
                 ctime: SystemTime::UNIX_EPOCH,
+                crtime: SystemTime::UNIX_EPOCH,
                 perm: 0o644,
                 uid: 0,
                 gid: 0,

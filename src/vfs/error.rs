@@ -7,13 +7,15 @@
 use std::fmt;
 
 use crate::dav::DavError;
-pub use crate::dav::ErrorKind;
+pub use crate::dav::{Cause, ErrorKind, TlsProblem};
 
 /// An error of a filesystem operation.
 #[derive(Debug, Clone)]
 pub struct VfsError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Typed facts from the protocol layer (see [`Cause`]), for callers that explain or act.
+    pub cause: Option<Cause>,
 }
 
 impl VfsError {
@@ -21,6 +23,7 @@ impl VfsError {
         VfsError {
             kind,
             message: message.into(),
+            cause: None,
         }
     }
 
@@ -50,6 +53,7 @@ impl From<DavError> for VfsError {
         VfsError {
             kind: e.kind(),
             message: e.to_string(),
+            cause: e.cause(),
         }
     }
 }

@@ -41,7 +41,8 @@ pub struct Meta {
     pub kind: FileKind,
     pub size: u64,
     pub mtime: SystemTime,
-    pub ctime: SystemTime,
+    /// Creation time (`creationdate`), else the modification time.
+    pub created: SystemTime,
     pub etag: Option<String>,
     pub fetched: Instant,
 }
@@ -61,7 +62,7 @@ impl Meta {
                 r.content_length.unwrap_or(0)
             },
             mtime,
-            ctime: r.created.unwrap_or(mtime),
+            created: r.created.unwrap_or(mtime),
             etag: r.etag.clone(),
             fetched: now,
         }
@@ -257,28 +258,43 @@ impl InodeTable {
         let Some(old_path) = self.nodes.get(&ino).map(|n| n.path.clone()) else {
             return;
         };
+        // The node and what lies below it. Another node at the very same path is a dead
+        // one (deleted while open, `unlinked`): it stays where it was. Before, it moved too
+        // and could take the new path's index entry, so that a later rename or open of that
+        // name reached the deleted file (found by the reference model: a file being written
+        // was then uploaded to its old name).
+        let depth = old_path.segments().len();
         let moved: Vec<Ino> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.path.starts_with(&old_path))
+            .filter(|(i, n)| {
+                **i == ino || (n.path.segments().len() > depth && n.path.starts_with(&old_path))
+            })
             .map(|(i, _)| *i)
             .collect();
         for i in moved {
             let Some(n) = self.nodes.get_mut(&i) else {
                 continue;
             };
-            let tail = n.path.segments()[old_path.segments().len()..].to_vec();
+            let tail = n.path.segments()[depth..].to_vec();
             let mut segs = new_path.segments().to_vec();
             segs.extend(tail);
             let Ok(p) = DavPath::from_segments(segs) else {
                 continue;
             };
-            self.by_path.remove(&n.path);
+            // Only nodes the index leads to are indexed at their new path: a deleted file
+            // below a moved directory moves along without taking a name.
+            let indexed = self.by_path.get(&n.path) == Some(&i);
+            if indexed {
+                self.by_path.remove(&n.path);
+            }
             n.path = p.clone();
             if i == ino {
                 n.parent = new_parent;
             }
-            self.by_path.insert(p, i);
+            if indexed || i == ino {
+                self.by_path.insert(p, i);
+            }
         }
     }
 
@@ -294,6 +310,27 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rename_leaves_a_deleted_node_of_the_same_name_behind() {
+        let mut t = InodeTable::new();
+        let old = t.ensure(ROOT_INO, &p("/f"));
+        t.get_mut(old).expect("node").lookups = 1;
+        t.unlinked(old);
+        let new = t.ensure(ROOT_INO, &p("/f"));
+        assert_ne!(old, new);
+        t.rename(new, ROOT_INO, &p("/g"));
+        assert_eq!(t.ensure(ROOT_INO, &p("/g")), new);
+        assert_eq!(t.get(old).map(|n| n.path.clone()), Some(p("/f")));
+        // Below a moved directory, a deleted file moves along but takes no name.
+        let d = t.ensure(ROOT_INO, &p("/d"));
+        let x = t.ensure(d, &p("/d/x"));
+        t.get_mut(x).expect("node").lookups = 1;
+        t.unlinked(x);
+        t.rename(d, ROOT_INO, &p("/e"));
+        assert_eq!(t.get(x).map(|n| n.path.clone()), Some(p("/e/x")));
+        assert_ne!(t.ensure(d, &p("/e/x")), x);
+    }
 
     fn p(s: &str) -> DavPath {
         DavPath::parse(s).expect("path")

@@ -17,14 +17,18 @@
 //!
 //! Concurrency: the inode table is one `std::sync::Mutex`, never held across an await.
 //! Listings of the same directory are single-flight: concurrent callers wait for one request.
-//! Lock order: `listing_locks` entry, then `table`.
+//! Lock order: written and checked in [`lock`] (a listing lock, then the table, then the
+//! handles; no ranked lock across an await).
 
 pub mod cache_dir;
 mod dir;
+mod fileio;
 mod inode;
 pub mod local;
+pub mod lock;
 mod mutate;
 pub mod names;
+mod path;
 mod read;
 mod segments;
 mod write;
@@ -35,8 +39,8 @@ pub mod error;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -48,8 +52,10 @@ use dir::DirStream;
 pub use error::{VfsError, VfsResult};
 use inode::{FastMap, InodeTable, Listing, Meta};
 pub use inode::{FileKind, Ino, ROOT_INO};
+use lock::{Rank, Ranked, RankedGuard};
 pub use mutate::SetAttr;
 pub use names::NamePolicy;
+pub use path::{IfExists, components};
 use read::ReadHandle;
 pub use read::{ReadData, ReadTuning};
 use write::WriteHandle;
@@ -162,8 +168,13 @@ pub struct Attr {
     pub ino: Ino,
     pub kind: FileKind,
     pub size: u64,
+    /// Last change of the content (`getlastmodified`, or the last write of an open session).
     pub mtime: SystemTime,
+    /// Last change of the content or the metadata. A WebDAV server keeps no separate change
+    /// time, so this is `mtime`; kept apart so that frontends never use the creation time.
     pub ctime: SystemTime,
+    /// Creation time (`creationdate`), or `mtime` where the server gives none.
+    pub crtime: SystemTime,
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
@@ -250,15 +261,15 @@ impl Gathered {
 pub struct Vfs {
     client: DavClient,
     cfg: VfsConfig,
-    table: Mutex<InodeTable>,
-    listing_locks: Mutex<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
+    table: Ranked<InodeTable>,
+    listing_locks: Ranked<HashMap<Ino, Arc<tokio::sync::Mutex<()>>>>,
     /// Open files. Shared with the task that lets idle reads go (`watch_idle_reads`).
-    handles: Arc<Mutex<HashMap<u64, Handle>>>,
+    handles: Arc<Ranked<HashMap<u64, Handle>>>,
     /// Whether that task runs.
     idle_watch: AtomicBool,
-    dir_handles: Mutex<HashMap<u64, Arc<DirStream>>>,
+    dir_handles: Ranked<HashMap<u64, Arc<DirStream>>>,
     next_fh: AtomicU64,
-    quota: Mutex<(Option<u64>, Option<u64>)>,
+    quota: Ranked<(Option<u64>, Option<u64>)>,
     mounted_at: SystemTime,
     cache: CacheDir,
     /// Whether chunked uploads are safe on this server: (verdict, probes tried).
@@ -266,9 +277,9 @@ pub struct Vfs {
     /// Segmented uploads of large files, and whether this server takes them.
     segments: Arc<segments::SegmentPolicy>,
     /// Directories where the server refused a write (403): later writes fail at once.
-    forbidden: Mutex<HashSet<Ino>>,
+    forbidden: Ranked<HashSet<Ino>>,
     /// Directories where a write succeeded (or that we created): no check before creating.
-    writable: Mutex<HashSet<Ino>>,
+    writable: Ranked<HashSet<Ino>>,
     /// Local-only files (OS litter).
     local: local::LocalFiles,
     /// Held for the mount's lifetime: marks the cache directory as in use.
@@ -282,6 +293,8 @@ pub struct Vfs {
     next_settling: AtomicU64,
     /// Slots for uploads started by closes that did not wait for them (`ASYNC_UPLOADS`).
     behind_close: Arc<tokio::sync::Semaphore>,
+    /// Handles opened by path and the node each holds a reference to (see `path`).
+    path_refs: Ranked<HashMap<u64, (Ino, FileKind)>>,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -330,23 +343,24 @@ impl Vfs {
             cfg,
             local,
             _cache_lock: lock,
-            table: Mutex::new(InodeTable::new()),
-            listing_locks: Mutex::new(HashMap::new()),
-            handles: Arc::default(),
+            table: Ranked::new(Rank::Table, InodeTable::new()),
+            listing_locks: Ranked::new(Rank::ListingLocks, HashMap::new()),
+            handles: Arc::new(Ranked::new(Rank::Handles, HashMap::new())),
             idle_watch: AtomicBool::new(false),
-            dir_handles: Mutex::new(HashMap::new()),
+            dir_handles: Ranked::new(Rank::DirHandles, HashMap::new()),
             next_fh: AtomicU64::new(1),
-            quota: Mutex::new((None, None)),
+            quota: Ranked::new(Rank::Quota, (None, None)),
             mounted_at: SystemTime::now(),
             cache,
             stream_ok: tokio::sync::Mutex::new((None, 0)),
             segments,
-            forbidden: Mutex::new(HashSet::new()),
-            writable: Mutex::new(HashSet::new()),
+            forbidden: Ranked::new(Rank::WriteVerdicts, HashSet::new()),
+            writable: Ranked::new(Rank::WriteVerdicts, HashSet::new()),
             uploads: tokio::sync::watch::channel(0).0,
             settling: tokio::sync::watch::channel(HashMap::new()).0,
             next_settling: AtomicU64::new(1),
             behind_close: Arc::new(tokio::sync::Semaphore::new(mutate::ASYNC_UPLOADS)),
+            path_refs: Ranked::new(Rank::PathRefs, HashMap::new()),
         }))
     }
 
@@ -363,10 +377,10 @@ impl Vfs {
         &self.client
     }
 
-    fn table(&self) -> MutexGuard<'_, InodeTable> {
+    fn table(&self) -> RankedGuard<'_, InodeTable> {
         // A panic while holding the table cannot leave it half-updated in a way that matters
         // more than stopping every later operation would.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+        self.table.lock()
     }
 
     fn fresh(&self, fetched: Instant) -> bool {
@@ -391,6 +405,7 @@ impl Vfs {
         if let Some(changed) = w.modified_now() {
             a.mtime = changed;
             a.ctime = changed;
+            a.crtime = a.crtime.min(changed);
         }
         a
     }
@@ -400,12 +415,7 @@ impl Vfs {
     /// the handles while taking the table).
     fn dirty_session(&self, writer: Option<u64>) -> Option<Arc<WriteHandle>> {
         let fh = writer?;
-        match self
-            .handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&fh)
-        {
+        match self.handles.lock().get(&fh) {
             Some(Handle::Write(w)) if w.dirty_now() => Some(w.clone()),
             _ => None,
         }
@@ -422,7 +432,8 @@ impl Vfs {
             kind: meta.kind,
             size: meta.size,
             mtime: meta.mtime,
-            ctime: meta.ctime,
+            ctime: meta.mtime,
+            crtime: meta.created,
             perm,
             uid: self.cfg.uid,
             gid: self.cfg.gid,
@@ -471,14 +482,14 @@ impl Vfs {
 
     fn note_quota(&self, avail: Option<u64>, used: Option<u64>) {
         if avail.is_some() || used.is_some() {
-            let mut q = self.quota.lock().unwrap_or_else(|e| e.into_inner());
+            let mut q = self.quota.lock();
             *q = (avail, used);
         }
     }
 
     /// The single-flight lock of a directory's listing.
     fn listing_lock(&self, dir: Ino) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.listing_locks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut locks = self.listing_locks.lock();
         if locks.len() > 4096 {
             locks.retain(|_, l| Arc::strong_count(l) > 1);
         }
@@ -499,6 +510,7 @@ impl Vfs {
             return Ok(self.hand_out(l, sink));
         }
         let lock = self.listing_lock(dir);
+        lock::before_await();
         let _guard = lock.lock().await;
         if let Some(l) = self.cached_listing(dir)? {
             return Ok(self.hand_out(l, sink));
@@ -603,7 +615,7 @@ impl Vfs {
                 kind: FileKind::File,
                 size: e.size,
                 mtime: e.mtime,
-                ctime: e.mtime,
+                created: e.mtime,
                 etag: None,
                 fetched: now,
             };
@@ -618,6 +630,33 @@ impl Vfs {
             order.push((name, ino));
         }
         let current: HashSet<Ino> = by_name.values().copied().collect();
+        // Files open for writing here are kept too when the old listing was dropped before
+        // this one was fetched (rmdir, a rename onto this directory): a new file may not be
+        // on the server until its close (found by the reference model: after a refused
+        // rmdir, the file being written could no longer be found).
+        let mut old = old;
+        let mut known: HashSet<Ino> = old.iter().map(|(_, i)| *i).collect();
+        let open_here: Vec<Ino> = self
+            .handles
+            .lock()
+            .values()
+            .filter_map(|h| match h {
+                Handle::Write(w) if !w.is_unlinked() => Some(w.ino()),
+                _ => None,
+            })
+            .collect();
+        for ino in open_here {
+            if let Some(n) = t.get(ino)
+                && n.parent == dir
+                && !n.gone
+                && n.path.is_child_of(&path)
+                && let Some(name) = n.path.name()
+                && known.insert(ino)
+            {
+                // Once, also when several descriptors share the session.
+                old.push((self.cfg.names.to_local(name), ino));
+            }
+        }
         for (name, ino) in old {
             if current.contains(&ino) {
                 continue;
@@ -896,10 +935,7 @@ impl Vfs {
             }
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dir_handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, stream);
+        self.dir_handles.lock().insert(fh, stream);
         Ok(fh)
     }
 
@@ -909,7 +945,6 @@ impl Vfs {
         let stream = self
             .dir_handles
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .get(&fh)
             .cloned()
             .ok_or_else(|| VfsError::new(ErrorKind::Io, format!("no open directory {fh}")))?;
@@ -917,10 +952,7 @@ impl Vfs {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dir_handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
+        self.dir_handles.lock().remove(&fh);
     }
 
     /// The parent of a directory inode (for `..`).
@@ -1000,17 +1032,15 @@ impl Vfs {
     /// Whether a read descriptor of `ino` may be reading another version than `current`.
     /// Called with the table held (the order is the table, then the handles).
     fn readers_of_other_versions(&self, ino: Ino, current: &Meta) -> bool {
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .any(|h| matches!(h, Handle::Read(r) if r.ino() == ino && r.may_cache_other_than(current)))
+        self.handles.lock().values().any(
+            |h| matches!(h, Handle::Read(r) if r.ino() == ino && r.may_cache_other_than(current)),
+        )
     }
 
     /// Open read descriptors follow their files to where a rename put them.
     pub(super) fn readers_follow_renames(&self) {
         let t = self.table();
-        let handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        let handles = self.handles.lock();
         for h in handles.values() {
             if let Handle::Read(r) = h
                 && let Some(n) = t.get(r.ino())
@@ -1045,7 +1075,6 @@ impl Vfs {
                 };
                 let reads: Vec<Arc<ReadHandle>> = handles
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
                     .values()
                     .filter_map(|h| match h {
                         Handle::Read(r) => Some(r.clone()),
@@ -1063,17 +1092,13 @@ impl Vfs {
 
     fn add_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, h);
+        self.handles.lock().insert(fh, h);
         fh
     }
 
     fn handle(&self, fh: u64) -> VfsResult<Handle> {
         self.handles
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .get(&fh)
             .cloned()
             .ok_or_else(|| VfsError::new(ErrorKind::Io, format!("no open file {fh}")))
@@ -1173,7 +1198,7 @@ impl Vfs {
 
     /// Space and limits, from RFC 4331 quota properties when the server gives them.
     pub async fn statfs(&self) -> VfsResult<FsStats> {
-        let (avail, used) = *self.quota.lock().unwrap_or_else(|e| e.into_inner());
+        let (avail, used) = *self.quota.lock();
         let (total, free) = match (avail, used) {
             // Nothing used and nothing available: a server that does not know (a full quota
             // says how much is used).

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::error::{VfsError, VfsResult};
+use super::error::{Cause, VfsError, VfsResult};
 use super::inode::{FileKind, Ino, Listing, Meta};
 use super::write::{Caller, Uploaded, WriteHandle};
 use super::{Attr, Handle, OpenMode, Opened, UploadPolicy, Vfs};
@@ -76,11 +76,7 @@ impl Vfs {
     }
 
     fn check_not_forbidden(&self, dir: Ino, what: &str) -> VfsResult<()> {
-        let forbidden = self
-            .forbidden
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&dir);
+        let forbidden = self.forbidden.lock().contains(&dir);
         if forbidden {
             return Err(VfsError::new(
                 ErrorKind::PermissionDenied,
@@ -91,25 +87,16 @@ impl Vfs {
     }
 
     fn is_writable(&self, dir: Ino) -> bool {
-        self.writable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&dir)
+        self.writable.lock().contains(&dir)
     }
 
     fn note_writable(&self, dir: Ino) {
-        self.writable
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(dir);
+        self.writable.lock().insert(dir);
     }
 
     fn note_forbidden(&self, dir: Ino, e: &VfsError) {
         if e.kind == ErrorKind::PermissionDenied {
-            self.forbidden
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(dir);
+            self.forbidden.lock().insert(dir);
         }
     }
 
@@ -186,7 +173,7 @@ impl Vfs {
             kind: FileKind::File,
             size,
             mtime: now,
-            ctime: now,
+            created: now,
             etag,
             fetched: Instant::now(),
         }
@@ -201,6 +188,7 @@ impl Vfs {
             UploadPolicy::Spool => return false,
             UploadPolicy::Auto => {}
         }
+        super::lock::before_await();
         let mut g = self.stream_ok.lock().await;
         if let Some(v) = g.0 {
             return v;
@@ -298,9 +286,8 @@ impl Vfs {
                     meta = Self::file_meta(0, m.etag);
                 }
                 Err(e) => {
-                    let status = e.status();
                     let mut e = VfsError::from(e);
-                    if status == Some(412) {
+                    if e.cause == Some(Cause::PreconditionFailed) {
                         e = VfsError::new(ErrorKind::AlreadyExists, format!("{path} exists"));
                     }
                     self.note_forbidden(parent, &e);
@@ -451,7 +438,13 @@ impl Vfs {
             if n.gone {
                 return;
             }
-            n.meta = Some(Self::file_meta(up.size, up.etag.clone()));
+            // An upload changes the content, not when the file was made.
+            let created = n.meta.as_ref().map(|m| m.created);
+            let mut meta = Self::file_meta(up.size, up.etag.clone());
+            if let Some(c) = created {
+                meta.created = c.min(meta.created);
+            }
+            n.meta = Some(meta);
             n.cached_version = None;
         }
     }
@@ -631,11 +624,7 @@ impl Vfs {
         self: &Arc<Self>,
         fh: u64,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let h = self
-            .handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh);
+        let h = self.handles.lock().remove(&fh);
         // A reader of a session (`Handle::Reading`) keeps it only to read it: the session
         // ends with its last writer, and the reader goes on reading its local copy.
         let w = match h {
@@ -647,7 +636,6 @@ impl Vfs {
         let other = w.as_ref().and_then(|w| {
             self.handles
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .find(|(_, h)| matches!(h, Handle::Write(o) if Arc::ptr_eq(o, w)))
                 .map(|(other, _)| *other)
@@ -730,13 +718,7 @@ impl Vfs {
 
     /// Ends every session still open (at unmount): uploads or keeps their data.
     pub async fn release_all(self: &Arc<Self>) {
-        let fhs: Vec<u64> = self
-            .handles
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
-            .collect();
+        let fhs: Vec<u64> = self.handles.lock().keys().copied().collect();
         for fh in fhs {
             self.release(fh).await;
         }
@@ -754,18 +736,16 @@ impl Vfs {
 
     /// Truncation and metadata changes.
     pub async fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> VfsResult<Attr> {
+        let own = fh.and_then(|f| match self.handle(f).ok()? {
+            Handle::Write(w) => Some(w),
+            Handle::Read(_) | Handle::Reading(_) => None,
+        });
         if let Some(size) = set.size {
             self.check_writable()?;
             if fh.is_none() {
                 self.settle(ino).await;
             }
-            let writer = fh
-                .and_then(|f| match self.handle(f).ok()? {
-                    Handle::Write(w) => Some(w),
-                    Handle::Read(_) | Handle::Reading(_) => None,
-                })
-                .or_else(|| self.writer_of(ino));
-            match writer {
+            match own.clone().or_else(|| self.writer_of(ino)) {
                 Some(w) => w.set_size(&self.client, size).await?,
                 None => self.truncate_closed(ino, size).await?,
             }
@@ -773,7 +753,29 @@ impl Vfs {
         // chmod, chown, utimens: WebDAV servers cannot store them. Succeeding keeps cp -a,
         // rsync -a and file managers going; the values are not kept (docs/SEMANTICS.md).
         let _ = set.other;
-        self.getattr(ino).await
+        match (self.getattr(ino).await, own) {
+            // A file deleted (or replaced by a rename) while open: its descriptor still
+            // changes it, as on POSIX (found by the reference model: ftruncate failed with
+            // ENOENT).
+            (Err(e), Some(w)) if e.kind == ErrorKind::NotFound => Ok(self.session_attr(ino, &w)),
+            (r, _) => r,
+        }
+    }
+
+    /// What an open session shows of its file when the file has no metadata of its own any
+    /// more (deleted while open).
+    fn session_attr(&self, ino: Ino, w: &WriteHandle) -> Attr {
+        let now = SystemTime::now();
+        let changed = w.modified_now().unwrap_or(now);
+        let meta = Meta {
+            kind: FileKind::File,
+            size: w.size_now(),
+            mtime: changed,
+            created: changed,
+            etag: None,
+            fetched: Instant::now(),
+        };
+        self.attr_of(ino, &meta)
     }
 
     async fn truncate_closed(&self, ino: Ino, size: u64) -> VfsResult<()> {
@@ -823,7 +825,7 @@ impl Vfs {
             kind: FileKind::Directory,
             size: 0,
             mtime: now,
-            ctime: now,
+            created: now,
             etag: None,
             fetched: Instant::now(),
         };
@@ -926,11 +928,56 @@ impl Vfs {
             ));
         }
         let path = self.path_of(ino)?;
+        // A file created in it and still open may not be on the server yet (spooled until
+        // close): the directory is not empty, or that file's upload would fail (found by the
+        // reference model).
+        let open_inside = self.handles.lock().values().any(
+            |h| matches!(h, Handle::Write(w) if !w.is_unlinked() && w.path().starts_with(&path)),
+        );
+        if open_inside {
+            return Err(VfsError::new(
+                ErrorKind::NotEmpty,
+                format!("{name}: directory not empty (a file in it is open for writing)"),
+            ));
+        }
         self.client
             .delete(&path, true, &Preconditions::default())
             .await?;
         self.remove_child(parent, name);
         self.table().mark_gone(ino);
+        Ok(())
+    }
+
+    /// MOVE of directory `from` to `to`, taking along the write sessions of files below it:
+    /// each is held (its streaming upload given up) during the MOVE, in the order of their
+    /// handles, and sends its data to the new path from then on. Without this, a file being
+    /// written in a renamed directory was uploaded to its old path, which no longer exists.
+    async fn move_directory(&self, from: &DavPath, to: &DavPath, overwrite: bool) -> VfsResult<()> {
+        let mut sessions: Vec<(u64, Arc<WriteHandle>)> = self
+            .handles
+            .lock()
+            .iter()
+            .filter_map(|(fh, h)| match h {
+                Handle::Write(w) if w.path().starts_with(from) => Some((*fh, w.clone())),
+                _ => None,
+            })
+            .collect();
+        sessions.sort_by_key(|(fh, _)| *fh);
+        sessions.dedup_by(|a, b| Arc::ptr_eq(&a.1, &b.1));
+        let mut held = Vec::with_capacity(sessions.len());
+        for (_, w) in &sessions {
+            held.push(w.hold_for_move().await);
+        }
+        self.client.move_to(from, to, true, overwrite).await?;
+        let relocate = |p: &DavPath| {
+            let tail = p.segments().get(from.segments().len()..)?;
+            let mut segs = to.segments().to_vec();
+            segs.extend(tail.iter().cloned());
+            DavPath::from_segments(segs).ok()
+        };
+        for m in held {
+            m.moved(relocate);
+        }
         Ok(())
     }
 
@@ -1013,6 +1060,7 @@ impl Vfs {
             match self.writer_of(ino) {
                 // An open file: renamed by its session, so no upload of it runs meanwhile.
                 Some(w) => w.rename(&self.client, to.clone(), !noreplace).await?,
+                None if collection => self.move_directory(&from, &to, !noreplace).await?,
                 None => {
                     self.client
                         .move_to(&from, &to, collection, !noreplace)

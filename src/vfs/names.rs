@@ -20,6 +20,9 @@ pub struct NamePolicy {
     pub max_len: usize,
     /// Whether Windows' character and trailing-dot rules apply.
     pub windows: bool,
+    /// Whether the path-based layer looks names up ignoring case (case-preserving): on for
+    /// Windows, whose programs open `A.TXT` expecting `a.txt`.
+    pub case_insensitive: bool,
 }
 
 impl NamePolicy {
@@ -28,6 +31,7 @@ impl NamePolicy {
         NamePolicy {
             max_len: 255,
             windows: false,
+            case_insensitive: false,
         }
     }
 
@@ -36,6 +40,7 @@ impl NamePolicy {
         NamePolicy {
             max_len: 255,
             windows: true,
+            case_insensitive: true,
         }
     }
 

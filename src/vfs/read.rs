@@ -247,7 +247,7 @@ pub(super) struct ReadHandle {
     /// bytes (see `Vfs::open`), also with direct I/O (a mapping of the file is cached).
     version: Meta,
     /// Where the file is now: a rename while it is open moves it (`moved_to`).
-    path: std::sync::Mutex<DavPath>,
+    path: super::lock::Ranked<DavPath>,
     size: u64,
     tuning: ReadTuning,
     state: Mutex<State>,
@@ -259,7 +259,7 @@ impl ReadHandle {
         ReadHandle {
             ino,
             version,
-            path: std::sync::Mutex::new(path),
+            path: super::lock::Ranked::new(super::lock::Rank::HandleInner, path),
             size,
             state: Mutex::new(State {
                 active: None,
@@ -296,12 +296,12 @@ impl ReadHandle {
     }
 
     pub(super) fn path(&self) -> DavPath {
-        self.path.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.path.lock().clone()
     }
 
     /// The open file was renamed (or a directory above it): later requests go to `to`.
     pub(super) fn moved_to(&self, to: &DavPath) {
-        let mut p = self.path.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = self.path.lock();
         if *p != *to {
             *p = to.clone();
         }
@@ -326,6 +326,7 @@ impl ReadHandle {
         if offset >= self.size || size == 0 {
             return Ok(ReadData::default());
         }
+        super::lock::before_await();
         let mut st = self.state.lock().await;
         let r = self.read_locked(client, &mut st, offset, size).await;
         st.last_used = Instant::now();
@@ -524,6 +525,7 @@ impl ReadHandle {
         if offset >= self.size || size == 0 {
             return Ok(Some(ReadData::default()));
         }
+        super::lock::before_await();
         let mut st = self.state.lock().await;
         let r = self
             .read_to_locked(client, &mut st, offset, size, sink)

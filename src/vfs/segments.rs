@@ -136,7 +136,7 @@ async fn probe(client: &DavClient, dir: &DavPath) -> Option<bool> {
         )
         .await
     {
-        Err(e) if e.status().is_some() => Some(false),
+        Err(e) if e.answered() => Some(false),
         Err(_) => None,
         Ok(_) => match client.get_bytes(&first).await {
             Ok(got) if got.len() == A.len() + B.len() && got.starts_with(A) && got.ends_with(B) => {
@@ -146,13 +146,13 @@ async fn probe(client: &DavClient, dir: &DavPath) -> Option<bool> {
                 };
                 match client.move_onto(&first, &moved, &create_only).await {
                     Ok(()) => Some(true),
-                    Err(e) if e.status().is_some() => Some(false),
+                    Err(e) if e.answered() => Some(false),
                     Err(_) => None,
                 }
             }
             Ok(_) => Some(false),
             // Gone at once (a drop box that ingests files) or refused: not for segments.
-            Err(e) if e.status().is_some() => Some(false),
+            Err(e) if e.answered() => Some(false),
             Err(_) => None,
         },
     };
@@ -484,7 +484,7 @@ pub async fn finish(
     resume.moving = true;
     let mut moved = client.move_onto(&resume.temp, target, pre).await;
     if let Err(e) = &moved
-        && e.status() == Some(412)
+        && e.precondition_failed()
         && let Some(want) = &pre.if_match
     {
         let now = client.head(target).await.ok().and_then(|m| m.etag);
@@ -499,7 +499,7 @@ pub async fn finish(
     }
     match moved {
         Ok(()) => {}
-        Err(e) if e.status() == Some(412) => {
+        Err(e) if e.precondition_failed() => {
             let _ = client
                 .delete(&resume.temp, false, &Default::default())
                 .await;
@@ -707,7 +707,7 @@ pub fn file_stream(
 
 /// Fills `buf` from `off` on; a file that ends before is an error.
 fn read_exact_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-    if super::write::read_at(f, buf, off)? < buf.len() {
+    if super::fileio::read_at(f, buf, off)? < buf.len() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "the local copy is shorter than the upload",

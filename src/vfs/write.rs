@@ -31,7 +31,9 @@ use tokio::task::JoinHandle;
 
 use super::cache_dir::CacheDir;
 use super::error::{VfsError, VfsResult};
+use super::fileio::{read_at, write_at};
 use super::inode::Ino;
+use super::lock::{Rank, Ranked, RankedGuard};
 use super::segments::{self, Follower, Local, Resume, Ring, SegmentPolicy};
 use crate::dav::{
     ByteRange, DavClient, DavError, DavPath, ErrorKind, Preconditions, PutBody, ResponseMeta,
@@ -113,8 +115,8 @@ struct JournalFile {
     /// A segmented upload's last segments, for the follower (see [`Ring`]).
     ring: Option<Arc<Ring>>,
     /// Writes around the page cache; `None` once they failed (then through it).
-    direct: std::sync::Mutex<Option<Direct>>,
-    error: std::sync::Mutex<Option<String>>,
+    direct: Ranked<Option<Direct>>,
+    error: Ranked<Option<String>>,
     /// How far the file is written (appends only: a streaming journal grows in order).
     written: tokio::sync::watch::Sender<u64>,
 }
@@ -138,7 +140,7 @@ fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
             while let Some(item) = rx.blocking_recv() {
                 match item {
                     JournalItem::Data(j, off, data) => {
-                        let mut error = j.error.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut error = j.error.lock();
                         if error.is_none() {
                             match j.write(&data, off) {
                                 Ok(()) => {
@@ -155,7 +157,7 @@ fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
                     }
                     JournalItem::Run(work) => work(),
                     JournalItem::Barrier(j, done) => {
-                        let error = j.error.lock().unwrap_or_else(|e| e.into_inner());
+                        let error = j.error.lock();
                         let _ = done.send(match &*error {
                             None => Ok(()),
                             Some(e) => Err(e.clone()),
@@ -185,7 +187,7 @@ impl JournalFile {
                 at += n as u64;
             }
         }
-        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        let mut direct = self.direct.lock();
         if let Some(d) = direct.as_mut() {
             match d.append(&self.file, data, off) {
                 Ok(()) => return Ok(()),
@@ -348,8 +350,8 @@ impl JournalWriter {
         let file = Arc::new(JournalFile {
             file,
             ring,
-            direct: std::sync::Mutex::new(direct),
-            error: std::sync::Mutex::new(None),
+            direct: Ranked::new(Rank::Journal, direct),
+            error: Ranked::new(Rank::JournalError, None),
             written: tokio::sync::watch::Sender::new(written),
         });
         Ok(JournalWriter { tx, file })
@@ -376,7 +378,7 @@ impl JournalWriter {
         // once the item is done: when ours is the only one left, everything sent is written
         // and no round trip to the thread is needed (a small file's close saves a wake-up).
         if Arc::strong_count(&self.file) == 1 {
-            let error = self.file.error.lock().unwrap_or_else(|e| e.into_inner());
+            let error = self.file.error.lock();
             return match &*error {
                 None => Ok(()),
                 Some(e) => Err(e.clone()),
@@ -567,10 +569,10 @@ impl Writers {
 pub(super) struct WriteHandle {
     ino: Ino,
     /// Who wrote since the last upload (see [`WriteHandle::foreign_close`]).
-    writers: std::sync::Mutex<Writers>,
+    writers: Ranked<Writers>,
     process_of: Option<ProcessOf>,
     /// Where the data goes; changes when the open file is renamed.
-    target: std::sync::Mutex<DavPath>,
+    target: Ranked<DavPath>,
     /// `State::size`, readable without waiting for a running upload (getattr, stat).
     size_now: std::sync::atomic::AtomicU64,
     /// `State::dirty`, likewise: the session holds data the server does not have yet.
@@ -596,6 +598,37 @@ pub(super) struct WriteHandle {
     behind_close: tokio::sync::watch::Sender<usize>,
 }
 
+/// A session held while a directory above its file moves (`WriteHandle::hold_for_move`).
+/// Dropped without [`Moving::moved`] (the MOVE failed), the session goes on where it was;
+/// its whole content is uploaded at close.
+pub(super) struct Moving<'a> {
+    w: &'a WriteHandle,
+    st: tokio::sync::MutexGuard<'a, State>,
+    /// The session holds data the server does not have (see `WriteHandle::rename`).
+    written: bool,
+}
+
+impl Moving<'_> {
+    /// The directory moved: the file is at `relocate(path)` now, and so is the temporary
+    /// file of a segmented upload; the whole content goes there at close.
+    pub(super) fn moved(mut self, relocate: impl Fn(&DavPath) -> Option<DavPath>) {
+        let to = relocate(&self.w.path());
+        if let Some(to) = to {
+            *self.w.target.lock() = to;
+        }
+        if let Some(r) = &mut self.st.resume
+            && let Some(t) = relocate(&r.temp)
+        {
+            r.temp = t;
+        }
+        if !self.st.local {
+            self.st.dirty |= self.written;
+            self.st.adopted = false;
+            self.st.expect(Preconditions::default());
+        }
+    }
+}
+
 fn io_err(path: &DavPath, what: &str, e: &io::Error) -> VfsError {
     let kind = if e.raw_os_error() == Some(28) || e.kind() == io::ErrorKind::StorageFull {
         ErrorKind::NoSpace
@@ -603,44 +636,6 @@ fn io_err(path: &DavPath, what: &str, e: &io::Error) -> VfsError {
         ErrorKind::Io
     };
     VfsError::new(kind, format!("{path}: {what} in the cache directory: {e}"))
-}
-
-#[cfg(unix)]
-fn write_at(f: &std::fs::File, buf: &[u8], off: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    f.write_all_at(buf, off)
-}
-
-#[cfg(windows)]
-fn write_at(f: &std::fs::File, mut buf: &[u8], mut off: u64) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        let n = f.seek_write(buf, off)?;
-        buf = &buf[n..];
-        off += n as u64;
-    }
-    Ok(())
-}
-
-/// One positioned read, with the OS's primitive.
-fn pread_once(f: &std::fs::File, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    #[cfg(unix)]
-    return std::os::unix::fs::FileExt::read_at(f, buf, off);
-    #[cfg(windows)]
-    return std::os::windows::fs::FileExt::seek_read(f, buf, off);
-}
-
-/// Reads up to `buf.len()` bytes at `off`; fewer only at the end of the file.
-pub(super) fn read_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        let n = pread_once(f, &mut buf[done..], off + done as u64)?;
-        if n == 0 {
-            break;
-        }
-        done += n;
-    }
-    Ok(done)
 }
 
 fn open_rw(p: &std::path::Path) -> io::Result<std::fs::File> {
@@ -885,9 +880,9 @@ impl WriteHandle {
     fn assemble(ino: Ino, path: DavPath, state: State) -> Self {
         WriteHandle {
             ino,
-            writers: std::sync::Mutex::default(),
+            writers: Ranked::new(Rank::HandleInner, Writers::default()),
             process_of: None,
-            target: std::sync::Mutex::new(path),
+            target: Ranked::new(Rank::HandleInner, path),
             size_now: state.size.into(),
             dirty_now: state.dirty.into(),
             modified_now: 0.into(),
@@ -936,8 +931,8 @@ impl WriteHandle {
         self
     }
 
-    fn writers(&self) -> std::sync::MutexGuard<'_, Writers> {
-        self.writers.lock().unwrap_or_else(|e| e.into_inner())
+    fn writers(&self) -> RankedGuard<'_, Writers> {
+        self.writers.lock()
     }
 
     /// Whether a close by `c` comes from a process that never wrote through this handle
@@ -950,10 +945,7 @@ impl WriteHandle {
 
     /// Where the data goes now.
     pub(super) fn path(&self) -> DavPath {
-        self.target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.target.lock().clone()
     }
 
     /// The size as written so far, without waiting for a running upload.
@@ -997,6 +989,7 @@ impl WriteHandle {
     pub(super) async fn mark_unlinked(&self) {
         self.unlinked
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        super::lock::before_await();
         let mut st = self.state.lock().await;
         self.mark_unlinked_locked(&mut st).await;
     }
@@ -1012,6 +1005,7 @@ impl WriteHandle {
         &self,
         delete: impl std::future::Future<Output = Result<(), E>>,
     ) -> Result<(), E> {
+        super::lock::before_await();
         let mut st = self.state.lock().await;
         let given_up = self.stop_streaming(&mut st).await;
         if let Err(e) = delete.await {
@@ -1063,7 +1057,7 @@ impl WriteHandle {
         self.new_file.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn is_unlinked(&self) -> bool {
+    pub(super) fn is_unlinked(&self) -> bool {
         self.unlinked.load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -1078,8 +1072,10 @@ impl WriteHandle {
         to: DavPath,
         overwrite: bool,
     ) -> VfsResult<()> {
+        super::lock::before_await();
         let mut st = self.state.lock().await;
         let from = self.path();
+        let written = st.dirty || st.stream.is_some() || st.segmented.is_some();
         if let Some(c) = self.stop_streaming(&mut st).await {
             self.remove_partial(&c, &from, &mut st).await;
         }
@@ -1091,13 +1087,35 @@ impl WriteHandle {
                 Err(e) => return Err(e.into()),
             }
         }
-        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = to;
+        *self.target.lock() = to;
         if !st.local {
-            st.dirty = true;
+            // What was written goes to the new name whole. A session with nothing written
+            // has nothing to send: the MOVE took the server's content along (uploading the
+            // untouched local copy would have emptied the file - found by the reference
+            // model).
+            st.dirty |= written;
             st.adopted = false;
             st.expect(Preconditions::default());
         }
         Ok(())
+    }
+
+    /// Holds the session while a directory above its file is moved on the server (see
+    /// [`Moving`]): a streaming upload is given up first, as for a rename of the file itself,
+    /// so that no upload to the old path runs during the MOVE.
+    pub(super) async fn hold_for_move(&self) -> Moving<'_> {
+        super::lock::before_await();
+        let mut st = self.state.lock().await;
+        let from = self.path();
+        let written = st.dirty || st.stream.is_some() || st.segmented.is_some();
+        if let Some(c) = self.stop_streaming(&mut st).await {
+            self.remove_partial(&c, &from, &mut st).await;
+        }
+        Moving {
+            w: self,
+            st,
+            written,
+        }
     }
 
     /// Stops streaming: the journal becomes the spool. Aborts the PUT so the server keeps
@@ -1207,8 +1225,13 @@ impl WriteHandle {
             match self.settled_partial(client, &path, st).await {
                 // An empty file proves nothing: anyone may have emptied it. (For a new
                 // file, an empty one at its name is taken as ours: in-place servers create
-                // it before the first byte arrives.)
-                Partial::Ours(_, 0) if !st.pre.if_none_match_any => return,
+                // it before the first byte arrives. That includes a new file whose empty
+                // placeholder we made at create and now expect by its tag: a given-up
+                // streaming PUT replaced it with another empty version, and the next
+                // upload failed with 412 - found by the reference model.)
+                Partial::Ours(_, 0) if !st.pre.if_none_match_any && !self.is_new_file() => {
+                    return;
+                }
                 Partial::Ours(Some(tag), _) if tag.starts_with("W/") => {
                     // A tag that is weak now (Apache: changed within the last second)
                     // becomes strong a second later; look again then.
@@ -1533,6 +1556,7 @@ impl WriteHandle {
         data: Bytes,
         by: Caller,
     ) -> VfsResult<u32> {
+        super::lock::before_await();
         let mut st = self.state.lock().await;
         self.writers().note(by, self.process_of);
         if let Some(e) = &st.failed {
@@ -1658,6 +1682,7 @@ impl WriteHandle {
         offset: u64,
         size: u32,
     ) -> VfsResult<Bytes> {
+        super::lock::before_await();
         let mut st = self.state.lock().await;
         self.journal_barrier(&mut st).await?;
         if st.stream.is_none() && !st.complete {
@@ -1677,6 +1702,7 @@ impl WriteHandle {
     }
 
     pub(super) async fn set_size(&self, client: &DavClient, size: u64) -> VfsResult<()> {
+        super::lock::before_await();
         let mut st = self.state.lock().await;
         // Whoever truncates changes the file too, and the request does not say who it is.
         self.writers().unknown = true;
@@ -1705,6 +1731,7 @@ impl WriteHandle {
     /// earlier failure, else waits until the journal holds every byte written so far.
     /// Returns whether there is anything to upload.
     pub(super) async fn keep_locally(&self) -> VfsResult<bool> {
+        super::lock::before_await();
         let mut st = self.state.lock().await;
         if let Some(e) = &st.failed {
             return Err(e.clone());
@@ -1724,6 +1751,7 @@ impl WriteHandle {
         client: &DavClient,
         cache: &CacheDir,
     ) -> VfsResult<Option<Uploaded>> {
+        super::lock::before_await();
         let mut st = self.state.lock().await;
         // FUSE flushes on every `close`, also of a descriptor whose `dup` stays open: a shell
         // opens `> file`, moves it to standard output and closes the original before anything
@@ -2056,6 +2084,7 @@ impl WriteHandle {
         discard: bool,
     ) -> VfsResult<Option<Uploaded>> {
         let outcome = if discard || self.is_unlinked() {
+            super::lock::before_await();
             let mut st = self.state.lock().await;
             self.to_spool(&mut st).await;
             st.dirty = false;
@@ -2064,6 +2093,7 @@ impl WriteHandle {
         } else {
             self.flush(client, cache).await
         };
+        super::lock::before_await();
         let mut st = self.state.lock().await;
         if st.local {
             return outcome;
@@ -2117,8 +2147,8 @@ mod tests {
         let j = JournalFile {
             file,
             ring: Some(ring.clone()),
-            direct: std::sync::Mutex::new(Some(direct)),
-            error: std::sync::Mutex::new(None),
+            direct: Ranked::new(Rank::Journal, Some(direct)),
+            error: Ranked::new(Rank::JournalError, None),
             written: tokio::sync::watch::Sender::new(head.len() as u64),
         };
         (path, j, ring)
@@ -2231,10 +2261,7 @@ mod tests {
         // The same bytes again (a repeated write), then the rest.
         j.write(&data[1_000_000..1_500_000], 1_000_000)
             .expect("repeat");
-        assert!(
-            j.direct.lock().expect("lock").is_none(),
-            "direct writes go on"
-        );
+        assert!(j.direct.lock().is_none(), "direct writes go on");
         j.write(&data[1_500_000..], 1_500_000).expect("write");
         assert!(std::fs::read(&path).expect("read") == data);
     }

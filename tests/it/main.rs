@@ -7,6 +7,9 @@
 //! - `mount_read`, `mount_write`: real FUSE mounts driven with std::fs, ls, cp, sqlite3.
 //! - `async_close`: `--async-close` copies, ordering after early closes, failed uploads.
 //! - `faults`: a fault-injecting proxy, server restarts and a full cache disk.
+//! - `core`: the core without a kernel, against a real server, in FUSE's and WinFsp's
+//!   orders and in races a mount cannot steer.
+//! - `reftest`: random operation sequences on the core against an in-memory model.
 //! - `layering`: the core stays free of frontend crates.
 //! - `profiles`: mounting by profile name from the TOML configuration file.
 //!
@@ -18,6 +21,7 @@ mod support;
 
 mod async_close;
 mod client;
+pub(crate) mod core;
 pub(crate) mod faults;
 mod fixtures;
 mod kerberos;
@@ -25,4 +29,5 @@ mod layering;
 mod mount_read;
 pub(crate) mod mount_write;
 mod profiles;
+mod reftest;
 mod tls;

@@ -1,0 +1,364 @@
+//! The core without a kernel: a `Vfs` built against a real server (the in-process
+//! dav-server, and Apache where it matters), called directly as a frontend would, in the
+//! orders FUSE uses and in the orders WinFsp will use (open by path, write, cleanup with
+//! delete, close), and in races a mount test cannot steer (a listing refreshed between a
+//! lookup and an open, a rename while an upload streams).
+//!
+//! What the server holds is read from its own disk, never through the core.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use davdrive::dav::{ClientConfig, DavClient, ErrorKind};
+use davdrive::vfs::{Caller, IfExists, NamePolicy, OpenMode, ROOT_INO, Vfs, VfsConfig};
+use url::Url;
+
+use crate::support::dav_server::DavServer;
+use crate::support::{pattern, rt};
+
+/// A core of its own over `url`, with its own cache directory.
+pub struct Core {
+    pub vfs: Arc<Vfs>,
+    pub _cache: tempfile::TempDir,
+}
+
+pub fn core_with(url: &str, tune: impl FnOnce(&mut VfsConfig)) -> Core {
+    let cache = tempfile::Builder::new()
+        .prefix("davdrive-core")
+        .tempdir()
+        .expect("cache dir");
+    let client = DavClient::new(ClientConfig::new(Url::parse(url).expect("url"))).expect("client");
+    let mut cfg = VfsConfig {
+        cache_dir: cache.path().join("mount"),
+        ..VfsConfig::default()
+    };
+    tune(&mut cfg);
+    let vfs = Vfs::new(client, cfg).expect("core");
+    Core { vfs, _cache: cache }
+}
+
+pub const ME: Caller = Caller {
+    owner: Some(7),
+    pid: 1,
+};
+
+pub const WRITE: OpenMode = OpenMode {
+    read: false,
+    write: true,
+    truncate: false,
+    append: false,
+};
+
+pub const READ: OpenMode = OpenMode {
+    read: true,
+    write: false,
+    truncate: false,
+    append: false,
+};
+
+/// Every byte of open file `fh`, read in 64 KiB pieces.
+pub async fn read_all(vfs: &Vfs, fh: u64) -> Result<Vec<u8>, davdrive::vfs::VfsError> {
+    let mut out = Vec::new();
+    loop {
+        let d = vfs.read(fh, out.len() as u64, 65536).await?;
+        if d.is_empty() {
+            return Ok(out);
+        }
+        out.extend_from_slice(&d.to_bytes());
+    }
+}
+
+fn on_server(root: &Path, rel: &str) -> Option<Vec<u8>> {
+    std::fs::read(root.join(rel)).ok()
+}
+
+/// Bounded: a broken core fails the test instead of hanging it.
+fn within<T>(rt: &tokio::runtime::Runtime, f: impl std::future::Future<Output = T>) -> T {
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("the core did not answer within 60 s")
+    })
+}
+
+#[test]
+fn core_writes_reads_and_lists_without_a_kernel() {
+    let rt = rt();
+    let server = DavServer::start();
+    let c = core_with(&server.url(), |_| {});
+    let vfs = c.vfs.clone();
+    within(&rt, async {
+        vfs.probe().await.expect("probe");
+        // FUSE's order: lookup (absent), create, write, flush, release.
+        let e = vfs.lookup(ROOT_INO, "a.bin").await.expect_err("absent");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        let data = pattern(3 << 20, 11);
+        let (attr, o) = vfs.create(ROOT_INO, "a.bin", WRITE).await.expect("create");
+        for (i, piece) in data.chunks(128 << 10).enumerate() {
+            let n = vfs
+                .write(
+                    o.fh,
+                    (i * (128 << 10)) as u64,
+                    Bytes::copy_from_slice(piece),
+                    ME,
+                )
+                .await
+                .expect("write");
+            assert_eq!(n as usize, piece.len());
+        }
+        assert_eq!(vfs.getattr(attr.ino).await.expect("stat").size, 3 << 20);
+        vfs.close(o.fh, ME).await.expect("close");
+        vfs.release(o.fh).await;
+        assert_eq!(on_server(&server.root, "a.bin").as_deref(), Some(&data[..]));
+        // Read back through a new handle.
+        let o = vfs.open(attr.ino, READ).await.expect("open");
+        assert_eq!(read_all(&vfs, o.fh).await.expect("read"), data);
+        vfs.release(o.fh).await;
+        // The directory listing shows it with its size.
+        let d = vfs.opendir(ROOT_INO).await.expect("opendir");
+        let entries = vfs.readdir(d, 0, 100).await.expect("readdir");
+        vfs.releasedir(d);
+        let a = entries.iter().find(|e| e.name == "a.bin").expect("listed");
+        assert_eq!(a.attr.size, 3 << 20);
+        // mkdir, rename into it, rmdir refused while not empty, unlink, rmdir.
+        let dir = vfs.mkdir(ROOT_INO, "d").await.expect("mkdir");
+        vfs.rename(ROOT_INO, "a.bin", dir.ino, "b.bin", false)
+            .await
+            .expect("rename");
+        assert!(on_server(&server.root, "a.bin").is_none());
+        assert_eq!(
+            on_server(&server.root, "d/b.bin").as_deref(),
+            Some(&data[..])
+        );
+        let e = vfs.rmdir(ROOT_INO, "d").await.expect_err("not empty");
+        assert_eq!(e.kind, ErrorKind::NotEmpty);
+        vfs.unlink(dir.ino, "b.bin").await.expect("unlink");
+        vfs.rmdir(ROOT_INO, "d").await.expect("rmdir");
+        assert!(!server.root.join("d").exists());
+    });
+}
+
+#[test]
+fn windows_order_open_by_path_write_cleanup_with_delete_close() {
+    let rt = rt();
+    let server = DavServer::start();
+    std::fs::create_dir(server.root.join("Folder")).expect("mkdir");
+    std::fs::write(server.root.join("Folder/keep.txt"), b"kept").expect("seed");
+    let c = core_with(&server.url(), |cfg| cfg.names = NamePolicy::windows());
+    let vfs = c.vfs.clone();
+    within(&rt, async {
+        vfs.probe().await.expect("probe");
+        // Create (FILE_CREATE) by path, write, cleanup with delete, close: nothing stays on
+        // the server, nothing is kept for recovery.
+        let (_, o) = vfs
+            .create_path("\\Folder\\temp.tmp", WRITE, IfExists::Fail)
+            .await
+            .expect("create");
+        vfs.write(o.fh, 0, Bytes::from_static(b"scratch"), ME)
+            .await
+            .expect("write");
+        vfs.unlink_path("\\FOLDER\\TEMP.TMP")
+            .await
+            .expect("cleanup with delete");
+        vfs.release_path(o.fh).await;
+        assert!(!server.root.join("Folder/temp.tmp").exists());
+        let e = vfs.stat_path("\\Folder\\temp.tmp").await.expect_err("gone");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert_eq!(
+            recovered(&c),
+            0,
+            "a deleted file's data is not recovery material"
+        );
+
+        // FILE_CREATE on an existing name (any case) is a collision; FILE_OVERWRITE_IF
+        // truncates; FILE_OPEN_IF opens as is.
+        let e = vfs
+            .create_path("\\folder\\KEEP.TXT", WRITE, IfExists::Fail)
+            .await
+            .expect_err("collision");
+        assert_eq!(e.kind, ErrorKind::AlreadyExists);
+        let (a, o) = vfs
+            .create_path("\\folder\\KEEP.TXT", READ, IfExists::Open)
+            .await
+            .expect("open if");
+        assert_eq!(a.size, 4);
+        assert_eq!(read_all(&vfs, o.fh).await.expect("read"), b"kept");
+        assert_eq!(vfs.handle_path(o.fh).as_deref(), Some("/Folder/keep.txt"));
+        vfs.release_path(o.fh).await;
+        let (a, o) = vfs
+            .create_path("\\Folder\\keep.txt", WRITE, IfExists::Truncate)
+            .await
+            .expect("overwrite if");
+        assert_eq!(a.size, 0, "overwrite truncates");
+        vfs.write(o.fh, 0, Bytes::from_static(b"new"), ME)
+            .await
+            .expect("write");
+        vfs.close(o.fh, ME).await.expect("cleanup");
+        vfs.release_path(o.fh).await;
+        assert_eq!(
+            on_server(&server.root, "Folder/keep.txt").as_deref(),
+            Some(&b"new"[..])
+        );
+        // The server's spelling is reported, and a rename that changes only the case is
+        // sent as such.
+        assert_eq!(
+            vfs.spelling_of("\\FOLDER\\KEEP.TXT")
+                .await
+                .expect("spelling"),
+            "keep.txt"
+        );
+        vfs.rename_path("\\folder\\keep.txt", "\\Folder\\Keep.TXT", false)
+            .await
+            .expect("case-only rename");
+        let names: Vec<String> = std::fs::read_dir(server.root.join("Folder"))
+            .expect("ls")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        assert_eq!(names, ["Keep.TXT"]);
+        // Rename without replace onto an existing name fails and changes nothing; with
+        // replace it replaces.
+        std::fs::write(server.root.join("Folder/other.txt"), b"other").expect("seed");
+        // Forgetting a child's metadata forgets its directory's listing.
+        vfs.invalidate(vfs.stat_path("\\Folder\\Keep.TXT").await.expect("stat").ino);
+        let e = vfs
+            .rename_path("\\Folder\\other.txt", "\\Folder\\KEEP.txt", false)
+            .await
+            .expect_err("exists");
+        assert_eq!(e.kind, ErrorKind::AlreadyExists);
+        assert_eq!(
+            on_server(&server.root, "Folder/Keep.TXT").as_deref(),
+            Some(&b"new"[..])
+        );
+        vfs.rename_path("\\Folder\\other.txt", "\\Folder\\KEEP.txt", true)
+            .await
+            .expect("replace");
+        assert_eq!(
+            on_server(&server.root, "Folder/Keep.TXT").as_deref(),
+            Some(&b"other"[..])
+        );
+        assert!(!server.root.join("Folder/other.txt").exists());
+    });
+}
+
+fn recovered(c: &Core) -> usize {
+    std::fs::read_dir(c.vfs.recovery_dir())
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_path_open_holds_its_node_across_a_listing_that_drops_it() {
+    let rt = rt();
+    let server = DavServer::start();
+    std::fs::write(server.root.join("f.txt"), b"one").expect("seed");
+    let c = core_with(&server.url(), |cfg| cfg.names = NamePolicy::windows());
+    let vfs = c.vfs.clone();
+    within(&rt, async {
+        vfs.probe().await.expect("probe");
+        let (a, o) = vfs.open_path("/f.txt", READ).await.expect("open");
+        // Behind our back the file goes, and a refreshed listing no longer shows it.
+        std::fs::remove_file(server.root.join("f.txt")).expect("rm");
+        vfs.invalidate(a.ino);
+        assert_eq!(
+            vfs.stat_path("/f.txt").await.expect_err("gone").kind,
+            ErrorKind::NotFound
+        );
+        // It comes back: the node the open handle holds was kept, so it is the same inode.
+        std::fs::write(server.root.join("f.txt"), b"two").expect("seed again");
+        vfs.invalidate(ROOT_INO);
+        vfs.invalidate(a.ino);
+        let again = vfs.stat_path("/f.txt").await.expect("back");
+        assert_eq!(again.ino, a.ino, "the held node was dropped");
+        vfs.release_path(o.fh).await;
+    });
+}
+
+#[test]
+fn a_rename_during_a_streaming_upload_lands_every_byte_at_the_new_name() {
+    let rt = rt();
+    let server = DavServer::start();
+    let c = core_with(&server.url(), |_| {});
+    let vfs = c.vfs.clone();
+    within(&rt, async {
+        vfs.probe().await.expect("probe");
+        let data = pattern(6 << 20, 5);
+        let (_, o) = vfs
+            .create_path("/up.bin", WRITE, IfExists::Fail)
+            .await
+            .expect("create");
+        let half = data.len() / 2;
+        for (i, piece) in data[..half].chunks(256 << 10).enumerate() {
+            vfs.write(
+                o.fh,
+                (i * (256 << 10)) as u64,
+                Bytes::copy_from_slice(piece),
+                ME,
+            )
+            .await
+            .expect("write");
+        }
+        vfs.rename_path("/up.bin", "/moved.bin", false)
+            .await
+            .expect("rename while uploading");
+        assert_eq!(vfs.handle_path(o.fh).as_deref(), Some("/moved.bin"));
+        for (i, piece) in data[half..].chunks(256 << 10).enumerate() {
+            vfs.write(
+                o.fh,
+                (half + i * (256 << 10)) as u64,
+                Bytes::copy_from_slice(piece),
+                ME,
+            )
+            .await
+            .expect("write after rename");
+        }
+        vfs.close(o.fh, ME).await.expect("close");
+        vfs.release_path(o.fh).await;
+        assert!(on_server(&server.root, "up.bin").is_none());
+        assert_eq!(
+            on_server(&server.root, "moved.bin").map(|d| d == data),
+            Some(true),
+            "the moved file is not what was written"
+        );
+        // Read back through the core, by path.
+        let (a, o) = vfs.open_path("/moved.bin", READ).await.expect("open");
+        assert_eq!(a.size, data.len() as u64);
+        assert_eq!(read_all(&vfs, o.fh).await.expect("read"), data);
+        vfs.release_path(o.fh).await;
+    });
+}
+
+#[test]
+fn times_are_kept_apart_creation_change_and_modification() {
+    let rt = rt();
+    let server = DavServer::start();
+    let c = core_with(&server.url(), |_| {});
+    let vfs = c.vfs.clone();
+    within(&rt, async {
+        vfs.probe().await.expect("probe");
+        let (created, o) = vfs
+            .create_path("/t.txt", WRITE, IfExists::Fail)
+            .await
+            .expect("create");
+        vfs.close(o.fh, ME).await.expect("close");
+        vfs.release_path(o.fh).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (_, o) = vfs.open_path("/t.txt", WRITE).await.expect("open");
+        vfs.write(o.fh, 0, Bytes::from_static(b"x"), ME)
+            .await
+            .expect("write");
+        let during = vfs.stat_path("/t.txt").await.expect("stat");
+        assert!(during.mtime > created.crtime, "{during:?} vs {created:?}");
+        assert_eq!(
+            during.ctime, during.mtime,
+            "change time follows the content"
+        );
+        assert!(
+            during.crtime <= created.mtime,
+            "creation time moved: {during:?}"
+        );
+        vfs.close(o.fh, ME).await.expect("close");
+        vfs.release_path(o.fh).await;
+    });
+}
