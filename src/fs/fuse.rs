@@ -759,7 +759,7 @@ pub fn raise_read_ahead(mountpoint: &Path) {
 }
 
 /// Opens a file for writes around the page cache (`O_DIRECT`), for the core's journals of
-/// segmented uploads (`vfs::segments::OpenDirect`).
+/// segmented uploads (`vfs::write::segments::OpenDirect`).
 #[cfg(target_os = "linux")]
 pub fn open_direct(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -30,7 +30,6 @@ mod mutate;
 pub mod names;
 mod path;
 mod read;
-mod segments;
 mod write;
 #[cfg(target_os = "linux")]
 pub mod zerocopy;
@@ -58,8 +57,8 @@ pub use names::NamePolicy;
 pub use path::{IfExists, components};
 use read::ReadHandle;
 pub use read::{ReadData, ReadTuning};
-use write::WriteHandle;
 pub use write::{Caller, ProcessOf};
+use write::{WriteHandle, segments};
 
 /// Settings of the core, with documented defaults (docs/CONFIGURATION.md).
 #[derive(Debug, Clone)]
@@ -178,6 +177,17 @@ pub struct Attr {
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
+}
+
+impl Attr {
+    /// Whether nothing may write it (a read-only mount): Windows' read-only attribute.
+    pub fn read_only(&self) -> bool {
+        self.perm & 0o222 == 0
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileKind::Directory
+    }
 }
 
 /// One entry of a directory snapshot.

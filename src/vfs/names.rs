@@ -95,6 +95,12 @@ impl NamePolicy {
     }
 }
 
+/// Whether a name is hidden by convention (a leading dot): Windows' hidden attribute, so
+/// that `.git` or `.DS_Store` look on Windows as they do in a Linux file manager.
+pub fn is_hidden(name: &str) -> bool {
+    name.starts_with('.') && name != "." && name != ".."
+}
+
 fn windows_safe(s: &str) -> String {
     let mut out: String = s
         .chars()
@@ -174,6 +180,13 @@ mod tests {
         let w = p.to_local(&wide);
         assert!(w.len() <= 255);
         assert!(std::str::from_utf8(w.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn dot_names_are_hidden() {
+        assert!(is_hidden(".git"));
+        assert!(!is_hidden("a.txt"));
+        assert!(!is_hidden(".."));
     }
 
     #[test]

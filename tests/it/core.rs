@@ -184,6 +184,8 @@ fn windows_order_open_by_path_write_cleanup_with_delete_close() {
             .await
             .expect("open if");
         assert_eq!(a.size, 4);
+        assert!(!a.is_dir() && !a.read_only());
+        assert!(vfs.stat_path("\\FOLDER").await.expect("dir").is_dir());
         assert_eq!(read_all(&vfs, o.fh).await.expect("read"), b"kept");
         assert_eq!(vfs.handle_path(o.fh).as_deref(), Some("/Folder/keep.txt"));
         vfs.release_path(o.fh).await;

@@ -974,6 +974,32 @@ mod regressions {
         }
     }
 
+    /// An existing file opened with O_TRUNC (a streaming PUT starts), then grown by
+    /// ftruncate before any write: the given-up empty PUT changed the file's tag, and the
+    /// upload at close failed with 412.
+    #[test]
+    fn growing_a_truncated_existing_file_by_ftruncate_keeps_the_size() {
+        let ops = [
+            Op::Create { slot: 2, file: 1 },
+            Op::Close { slot: 2 },
+            Op::Open {
+                slot: 1,
+                file: 1,
+                trunc: true,
+            },
+            Op::TruncateFh {
+                slot: 1,
+                size: 186557,
+            },
+        ];
+        for async_close in [false, true] {
+            let s = setup(UploadPolicy::Auto, 16 << 20, async_close, false);
+            if let Err(e) = run_case(s, &ops) {
+                panic!("{s:?}: {e}");
+            }
+        }
+    }
+
     /// ftruncate that grows a new file being streamed, then close.
     #[test]
     fn growing_a_streamed_new_file_by_ftruncate_keeps_the_size() {

@@ -20,6 +20,22 @@
 //!
 //! Lost updates: a PUT over an existing file carries `If-Match` with the entity tag read at
 //! open; a new file carries `If-None-Match: *`. A 412 is a conflict: nothing is overwritten.
+//!
+//! Layout, by responsibility:
+//! - this file: the session ([`WriteHandle`]): what callers do to it (write, read, truncate,
+//!   flush, rename, unlink, release) and the uploads at flush;
+//! - `state`: the session's state, with its `Mode` (spooling, streaming,
+//!   segmented, local) and every transition between modes;
+//! - `stream`: the streaming PUT's body and task, and abandoning it cleanly;
+//! - `journal`: the local copy every streamed byte goes to first, and its thread;
+//! - `partial`: what a given-up upload left on the server, and whether it is ours;
+//! - `segments`: resumable uploads in segments to a temporary name;
+//! - `callers`: who wrote, so that a child's close does not end its parent's upload.
+//!
+//! Locks: a session's state (`WriteHandle::state`, async) is taken before any ranked lock
+//! and never while one is held (see `vfs::lock`); the handle's own ranked locks (`target`,
+//! `writers`, the journal's) are leaves. Several sessions are held at once only by a MOVE of
+//! a directory above them, in the order of their handles (`Vfs::move_directory`).
 
 use std::io;
 use std::path::PathBuf;
@@ -34,536 +50,29 @@ use super::error::{VfsError, VfsResult};
 use super::fileio::{read_at, write_at};
 use super::inode::Ino;
 use super::lock::{Rank, Ranked, RankedGuard};
-use super::segments::{self, Follower, Local, Resume, Ring, SegmentPolicy};
+use segments::{Follower, Local, Resume, Ring, SegmentPolicy};
+
+mod callers;
+mod journal;
+mod partial;
+pub(super) mod segments;
+mod state;
+mod stream;
+
 use crate::dav::{
     ByteRange, DavClient, DavError, DavPath, ErrorKind, Preconditions, PutBody, ResponseMeta,
 };
-
-/// Chunks in flight between the writer and the HTTP body. With 1 MiB FUSE writes this keeps
-/// at most ~16 MiB in memory per upload.
-const CHANNEL_DEPTH: usize = 16;
-/// Items queued for the journal thread, all uploads together.
-const JOURNAL_DEPTH: usize = 8;
-
-type Chunk = Result<Bytes, io::Error>;
-
-struct Streaming {
-    tx: mpsc::Sender<Chunk>,
-    task: UploadTask,
-    journal: JournalWriter,
-    /// Set by [`Streaming::complete`] only: our body stream ends only when we say so; a
-    /// dropped sender alone never ends it. Abandoning is [`abort_stream`]'s job, which also
-    /// checks whether the server stored the upload anyway.
-    complete: Arc<std::sync::atomic::AtomicBool>,
-    /// Set by [`abort_stream`]: the body yields nothing more, not even what is queued.
-    abandoned: Arc<std::sync::atomic::AtomicBool>,
-    /// Where the upload goes, and the client to clean up with (see [`abort_stream`]).
-    client: DavClient,
-    path: DavPath,
-}
-
-impl Streaming {
-    /// Ends the body: the server completes the file. Returns the upload's outcome.
-    async fn complete(self) -> Result<Result<ResponseMeta, DavError>, tokio::task::JoinError> {
-        self.complete
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        drop(self.tx);
-        self.task.await
-    }
-}
-
-/// The task running a streaming PUT; aborted when dropped, so that a session that ends
-/// without completing its upload never leaves a request behind.
-struct UploadTask(JoinHandle<Result<ResponseMeta, DavError>>);
-
-impl UploadTask {
-    fn abort(&self) {
-        self.0.abort();
-    }
-}
-
-impl std::future::Future for UploadTask {
-    type Output = Result<Result<ResponseMeta, DavError>, tokio::task::JoinError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx)
-    }
-}
-
-impl Drop for UploadTask {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-enum JournalItem {
-    Data(Arc<JournalFile>, u64, Bytes),
-    /// Work off the uploads' path (creating spare journals, see `CacheDir::spare_maker`).
-    Run(Box<dyn FnOnce() + Send>),
-    Barrier(
-        Arc<JournalFile>,
-        tokio::sync::oneshot::Sender<Result<(), String>>,
-    ),
-}
-
-/// One journal file and the first error writing it (only the journal thread writes).
-struct JournalFile {
-    file: std::fs::File,
-    /// A segmented upload's last segments, for the follower (see [`Ring`]).
-    ring: Option<Arc<Ring>>,
-    /// Writes around the page cache; `None` once they failed (then through it).
-    direct: Ranked<Option<Direct>>,
-    error: Ranked<Option<String>>,
-    /// How far the file is written (appends only: a streaming journal grows in order).
-    written: tokio::sync::watch::Sender<u64>,
-}
-
-/// Journals are written by one thread for the whole process, in order, so that disk writes
-/// overlap the network instead of sitting on the writer's critical path, and a copy of many
-/// small files does not start a thread per file. Items of one journal keep their order; a
-/// barrier waits until everything sent before it is on disk (or says why it is not). The
-/// channel is bounded: a writer faster than the disk waits.
-fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
-    static THREAD: std::sync::OnceLock<mpsc::Sender<JournalItem>> = std::sync::OnceLock::new();
-    if let Some(tx) = THREAD.get() {
-        return Ok(tx.clone());
-    }
-    // Not cached on failure: a later upload tries again. Two first uploads at once may
-    // start two threads; the one whose sender is not kept ends at once.
-    let (tx, mut rx) = mpsc::channel::<JournalItem>(JOURNAL_DEPTH);
-    std::thread::Builder::new()
-        .name("davdrive-journal".into())
-        .spawn(move || {
-            while let Some(item) = rx.blocking_recv() {
-                match item {
-                    JournalItem::Data(j, off, data) => {
-                        let mut error = j.error.lock();
-                        if error.is_none() {
-                            match j.write(&data, off) {
-                                Ok(()) => {
-                                    let end = off + data.len() as u64;
-                                    j.written.send_if_modified(|w| {
-                                        let grew = end > *w;
-                                        *w = (*w).max(end);
-                                        grew
-                                    });
-                                }
-                                Err(e) => *error = Some(e.to_string()),
-                            }
-                        }
-                    }
-                    JournalItem::Run(work) => work(),
-                    JournalItem::Barrier(j, done) => {
-                        let error = j.error.lock();
-                        let _ = done.send(match &*error {
-                            None => Ok(()),
-                            Some(e) => Err(e.clone()),
-                        });
-                    }
-                }
-            }
-        })
-        .map_err(|e| format!("cannot start the journal thread: {e}"))?;
-    Ok(THREAD.get_or_init(|| tx).clone())
-}
-
-impl JournalFile {
-    /// Writes `data` at `off`: into the ring where it has a slot, and into the journal.
-    fn write(&self, data: &[u8], off: u64) -> io::Result<()> {
-        if let Some(r) = &self.ring {
-            let (mut at, mut rest) = (off, data);
-            while !rest.is_empty() {
-                let n = r.room(at).min(rest.len() as u64) as usize;
-                if let Some((slot_at, _)) = r.place(at)
-                    && let Err(e) = write_at(&r.file, &rest[..n], slot_at)
-                {
-                    tracing::debug!("the ring failed ({e}); segments go from the journal");
-                    r.break_down();
-                }
-                rest = &rest[n..];
-                at += n as u64;
-            }
-        }
-        let mut direct = self.direct.lock();
-        if let Some(d) = direct.as_mut() {
-            match d.append(&self.file, data, off) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    // Whatever part went out is in the file; the whole write goes again.
-                    tracing::debug!("direct journal writes failed ({e}); through the page cache");
-                    *direct = None;
-                }
-            }
-        }
-        write_at(&self.file, data, off)
-    }
-}
-
-/// A segmented upload's journal written around the page cache (`O_DIRECT` on Linux: the
-/// platform layer opens it, see [`segments::OpenDirect`]). A journal of the whole file must
-/// be kept (it is what a failed upload is retried and recovered from), but nothing reads it
-/// while the upload goes well: the follower sends from the [`Ring`]. Filling newly allocated
-/// page-cache pages with it was the largest cost of a fast upload (docs/PERFORMANCE.md); a
-/// direct write costs the disk's bandwidth instead.
-///
-/// Each write is in the file when it returns: its whole 4 KiB blocks (with the bytes of the
-/// last block before it, kept here) go direct through an aligned buffer, the bytes of an
-/// unfinished last block through the page cache; the next direct write covers that block
-/// again (the kernel writes back and drops cached pages a direct write covers). Bytes must
-/// come in order.
-struct Direct {
-    file: std::fs::File,
-    buf: Vec<u8>,
-    /// Where the aligned part of `buf` starts.
-    base: usize,
-    /// The file offset of the unfinished last block (aligned), and its bytes so far (at the
-    /// start of the aligned part of `buf`).
-    start: u64,
-    len: usize,
-    /// Whether those bytes were read in (they came through the page cache before).
-    primed: bool,
-}
-
-impl Direct {
-    const ALIGN: usize = 4096;
-    const CHUNK: usize = 1 << 20;
-
-    /// Direct writes to the journal at `path`, whose first `written` bytes are there.
-    fn open(open: segments::OpenDirect, path: &std::path::Path, written: u64) -> io::Result<Self> {
-        let file = open(path)?;
-        let buf = vec![0u8; Self::CHUNK + Self::ALIGN];
-        let base = buf.as_ptr().align_offset(Self::ALIGN);
-        if base >= Self::ALIGN {
-            return Err(io::Error::other("cannot align a buffer"));
-        }
-        let start = written - written % Self::ALIGN as u64;
-        Ok(Direct {
-            file,
-            buf,
-            base,
-            start,
-            len: (written - start) as usize,
-            primed: false,
-        })
-    }
-
-    /// Writes `data` at `off` (where the journal ends); `plain` is the journal through the
-    /// page cache.
-    fn append(&mut self, plain: &std::fs::File, mut data: &[u8], off: u64) -> io::Result<()> {
-        if !self.primed {
-            let head = self.base..self.base + self.len;
-            if read_at(plain, &mut self.buf[head], self.start)? < self.len {
-                return Err(io::Error::other("the journal is shorter than written"));
-            }
-            self.primed = true;
-        }
-        if off != self.start + self.len as u64 {
-            return Err(io::Error::other("a journal write out of order"));
-        }
-        while !data.is_empty() {
-            let n = (Self::CHUNK - self.len).min(data.len());
-            let at = self.base + self.len;
-            self.buf[at..at + n].copy_from_slice(&data[..n]);
-            self.len += n;
-            data = &data[n..];
-            let whole = self.len - self.len % Self::ALIGN;
-            if whole > 0 {
-                write_at(
-                    &self.file,
-                    &self.buf[self.base..self.base + whole],
-                    self.start,
-                )?;
-            }
-            let rest = self.len - whole;
-            if rest > 0 {
-                let tail = self.base + whole..self.base + self.len;
-                write_at(plain, &self.buf[tail.clone()], self.start + whole as u64)?;
-                self.buf.copy_within(tail, self.base);
-            }
-            self.start += whole as u64;
-            self.len = rest;
-        }
-        Ok(())
-    }
-}
-
-/// For a segmented upload of the journal at `path` (`written` bytes so far): direct writes to
-/// the journal and a ring of segments to send from, both or neither.
-fn around_page_cache(
-    policy: &SegmentPolicy,
-    path: &std::path::Path,
-    written: u64,
-) -> (Option<Arc<Ring>>, Option<Direct>) {
-    let Some(open) = policy.open_direct() else {
-        return (None, None);
-    };
-    let direct = match Direct::open(open, path, written) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::debug!("the journal goes through the page cache ({e})");
-            return (None, None);
-        }
-    };
-    // The ring needs no name: unlinked at once (where the OS allows), it goes with its last
-    // descriptor.
-    let ring_path = path.with_extension("ring");
-    let ring = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&ring_path);
-    let _ = std::fs::remove_file(&ring_path);
-    match ring {
-        Ok(f) => {
-            tracing::debug!(journal = %path.display(), "segments go from a ring; the journal is written around the page cache");
-            (
-                Some(Arc::new(Ring::new(f, policy.size(), written))),
-                Some(direct),
-            )
-        }
-        Err(e) => {
-            tracing::debug!("no ring for the upload ({e})");
-            (None, None)
-        }
-    }
-}
-
-/// The journal of one streaming upload.
-struct JournalWriter {
-    tx: mpsc::Sender<JournalItem>,
-    file: Arc<JournalFile>,
-}
-
-impl JournalWriter {
-    /// A journal for `file`, whose first `written` bytes are already in place; with a ring
-    /// and direct writes for a segmented upload (see [`around_page_cache`]).
-    fn start(
-        file: std::fs::File,
-        written: u64,
-        ring: Option<Arc<Ring>>,
-        direct: Option<Direct>,
-    ) -> io::Result<Self> {
-        let tx = journal_thread().map_err(io::Error::other)?;
-        let file = Arc::new(JournalFile {
-            file,
-            ring,
-            direct: Ranked::new(Rank::Journal, direct),
-            error: Ranked::new(Rank::JournalError, None),
-            written: tokio::sync::watch::Sender::new(written),
-        });
-        Ok(JournalWriter { tx, file })
-    }
-
-    /// How far the journal is written, as it grows.
-    fn watermark(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.file.written.subscribe()
-    }
-
-    fn item(&self, off: u64, data: Bytes) -> JournalItem {
-        JournalItem::Data(self.file.clone(), off, data)
-    }
-
-    async fn push(&self, off: u64, data: Bytes) -> Result<(), String> {
-        self.tx
-            .send(self.item(off, data))
-            .await
-            .map_err(|_| "the journal writer stopped".to_owned())
-    }
-
-    async fn barrier(&self) -> Result<(), String> {
-        // Every queued item holds a reference to the file, and the journal thread drops it
-        // once the item is done: when ours is the only one left, everything sent is written
-        // and no round trip to the thread is needed (a small file's close saves a wake-up).
-        if Arc::strong_count(&self.file) == 1 {
-            let error = self.file.error.lock();
-            return match &*error {
-                None => Ok(()),
-                Some(e) => Err(e.clone()),
-            };
-        }
-        let (done, wait) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(JournalItem::Barrier(self.file.clone(), done))
-            .await
-            .map_err(|_| "the journal writer stopped".to_owned())?;
-        wait.await
-            .map_err(|_| "the journal writer stopped".to_owned())?
-    }
-}
-
-struct State {
-    file: std::fs::File,
-    file_path: PathBuf,
-    stream: Option<Streaming>,
-    /// Logical size of the file as written so far.
-    size: u64,
-    /// Whether `file` holds all of the file's bytes (false until the original is fetched).
-    complete: bool,
-    /// Size of the server's version, fetched into the spool when needed.
-    original_size: u64,
-    dirty: bool,
-    pre: Preconditions,
-    /// A failure that makes further writes pointless (403, 507, 413, 412, disk full).
-    failed: Option<VfsError>,
-    /// Where a copy of the data was kept after a failed flush, and whether the data changed
-    /// since that copy was made.
-    recovered: Option<PathBuf>,
-    changed_since_recovery: bool,
-    /// A local-only file (OS litter): `file` is its permanent home; nothing is uploaded.
-    local: bool,
-    /// A flush with nothing written ended the streaming upload (see `flush`): the next write
-    /// from offset 0 starts a new one.
-    restream: bool,
-    /// A streaming session that outgrew one segment: uploaded in segments behind the writer.
-    segmented: Option<Segmented>,
-    /// An upload to a temporary name that has not finished: the next attempt resumes it.
-    resume: Option<Resume>,
-    /// Whether a streaming session may still switch to segments.
-    may_segment: bool,
-    /// When the last round of segment retries failed.
-    failed_round: Option<std::time::Instant>,
-    /// `pre` names a part of our own upload the server kept (see `adopt_partial`).
-    adopted: bool,
-}
-
-/// What stands on the server after an upload of ours broke (see `adopt_partial`).
-enum Partial {
-    /// The part of our upload that arrived: its entity tag and length.
-    Ours(Option<String>, u64),
-    NotOurs(String),
-    /// Changing as we look: the server is still writing it.
-    Changing,
-}
-
-/// The journal of a segmented streaming session and the task uploading behind it.
-struct Segmented {
-    journal: JournalWriter,
-    follower: Follower,
-}
-
-impl State {
-    /// Replaces the preconditions of our next upload, keeping our lock token.
-    fn expect(&mut self, pre: Preconditions) {
-        self.pre = Preconditions {
-            lock_token: self.pre.lock_token.take(),
-            ..pre
-        };
-    }
-
-    /// A session of `size` bytes in `file`, nothing streaming, nothing written yet, the
-    /// server's version not fetched (unless the caller says otherwise).
-    fn new(file: std::fs::File, file_path: PathBuf, size: u64, pre: Preconditions) -> Self {
-        State {
-            file,
-            file_path,
-            stream: None,
-            size,
-            complete: false,
-            original_size: size,
-            dirty: false,
-            pre,
-            failed: None,
-            recovered: None,
-            changed_since_recovery: false,
-            local: false,
-            restream: false,
-            segmented: None,
-            resume: None,
-            may_segment: true,
-            failed_round: None,
-            adopted: false,
-        }
-    }
-}
+use callers::Writers;
+pub use callers::{Caller, ProcessOf};
+use journal::{JournalItem, JournalWriter, around_page_cache, journal_thread};
+use state::{Segmented, State};
+use stream::{Streaming, abort_stream, client_stall, delete_version, start_stream};
 
 /// What a successful upload tells the caches.
 #[derive(Debug, Clone)]
 pub(super) struct Uploaded {
     pub size: u64,
     pub etag: Option<String>,
-}
-
-/// Who calls, as far as the kernel says: the lock owner (Linux: one per file-descriptor
-/// table, so the same for every thread of a process and different in a forked child) where
-/// the request carries one, and the calling thread's id (0: unknown).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Caller {
-    pub owner: Option<u64>,
-    pub pid: u32,
-}
-
-/// The process (thread group) a thread id belongs to, `None` when it cannot tell; the
-/// platform layer knows how (Linux: `/proc`).
-pub type ProcessOf = fn(u32) -> Option<u32>;
-
-/// The callers that wrote through a handle since its data was last uploaded. Kept under the
-/// session lock's order: recorded once a write holds the session, cleared by a flush that
-/// holds it, so that a write waiting behind a flush is never forgotten.
-#[derive(Debug, Default)]
-struct Writers {
-    /// Lock owners of writes that carried one (writes bypassing the page cache).
-    owners: Vec<u64>,
-    /// Processes of writes through the page cache (no lock owner), resolved when they wrote.
-    procs: Vec<u32>,
-    /// The last thread resolved, and its process.
-    last: Option<(u32, u32)>,
-    /// A change from a caller that cannot be told apart (a write with no lock owner whose
-    /// process is unknown, a truncation, too many writers): every close uploads.
-    unknown: bool,
-}
-
-impl Writers {
-    /// Enough to tell a program from the children it starts; more means a crowd.
-    const MAX: usize = 8;
-
-    fn note(&mut self, c: Caller, process_of: Option<ProcessOf>) {
-        match c.owner {
-            Some(o) => {
-                if !self.owners.contains(&o) {
-                    self.owners.push(o);
-                }
-            }
-            None => {
-                let proc = match self.last {
-                    Some((tid, p)) if tid == c.pid && c.pid != 0 => Some(p),
-                    _ if c.pid == 0 => None,
-                    _ => process_of.and_then(|f| f(c.pid)),
-                };
-                match proc {
-                    Some(p) => {
-                        self.last = Some((c.pid, p));
-                        if !self.procs.contains(&p) {
-                            self.procs.push(p);
-                        }
-                    }
-                    None => self.unknown = true,
-                }
-            }
-        }
-        if self.owners.len() > Self::MAX || self.procs.len() > Self::MAX {
-            self.unknown = true;
-        }
-    }
-
-    /// Whether `c` is provably none of the writers (and so its close need not upload).
-    fn foreign(&self, c: Caller, process_of: Option<ProcessOf>) -> bool {
-        if self.unknown || (self.owners.is_empty() && self.procs.is_empty()) || c.pid == 0 {
-            return false;
-        }
-        if c.owner.is_some_and(|o| self.owners.contains(&o)) {
-            return false;
-        }
-        if !self.procs.is_empty() {
-            match process_of.and_then(|f| f(c.pid)) {
-                Some(p) if !self.procs.contains(&p) => {}
-                _ => return false,
-            }
-        }
-        true
-    }
 }
 
 pub(super) struct WriteHandle {
@@ -621,7 +130,7 @@ impl Moving<'_> {
         {
             r.temp = t;
         }
-        if !self.st.local {
+        if !self.st.is_local() {
             self.st.dirty |= self.written;
             self.st.adopted = false;
             self.st.expect(Preconditions::default());
@@ -640,129 +149,6 @@ fn io_err(path: &DavPath, what: &str, e: &io::Error) -> VfsError {
 
 fn open_rw(p: &std::path::Path) -> io::Result<std::fs::File> {
     std::fs::OpenOptions::new().read(true).write(true).open(p)
-}
-
-/// Starts a PUT whose body is fed through the returned sender.
-fn start_stream(
-    client: &DavClient,
-    path: &DavPath,
-    pre: &Preconditions,
-    file: &std::fs::File,
-) -> io::Result<Streaming> {
-    let journal = JournalWriter::start(file.try_clone()?, 0, None, None)?;
-    let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
-    let complete = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let abandoned = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (done, gone) = (complete.clone(), abandoned.clone());
-    let body = futures_util::stream::unfold((rx, done, gone), |(mut rx, done, gone)| async move {
-        let item = rx.recv().await;
-        if gone.load(std::sync::atomic::Ordering::SeqCst) {
-            // Abandoned: never end the body, never fail it (see `abort_stream`).
-            drop(rx);
-            return std::future::pending().await;
-        }
-        match item {
-            Some(item) => Some((item, (rx, done, gone))),
-            None if done.load(std::sync::atomic::Ordering::SeqCst) => None,
-            None => std::future::pending().await,
-        }
-    });
-    let (owner, target) = (client.clone(), path.clone());
-    let client = client.clone();
-    let path = path.clone();
-    let pre = pre.clone();
-    let task = tokio::spawn(async move {
-        client
-            .put(
-                &path,
-                PutBody::Stream {
-                    stream: Box::new(body),
-                    len: None,
-                },
-                &pre,
-            )
-            .await
-    });
-    Ok(Streaming {
-        tx,
-        task: UploadTask(task),
-        journal,
-        complete,
-        abandoned,
-        client: owner,
-        path: target,
-    })
-}
-
-fn client_stall() -> std::time::Duration {
-    std::time::Duration::from_secs(60)
-}
-
-/// Abandons a streaming upload: the server must not keep what was sent so far. Returns
-/// `true` when the server had stored it anyway and that version was deleted again.
-///
-/// The body is never ended and never failed: it yields nothing more, and the request is
-/// dropped, which makes the HTTP library close the connection in the middle of the body.
-/// Servers discard a body cut off like that (Apache answers 400 and keeps no file; servers
-/// that write in place keep the part, see `adopt_partial`). A failed body is not used to
-/// abandon: hyper, after a body error, can still write the final chunk when it next polls
-/// the connection, and Apache then stored the truncated file. A PUT that had already
-/// completed (the server answered before its body ended) is undone with a DELETE of exactly
-/// the version it created (`If-Match` with its entity tag).
-async fn abort_stream(s: Streaming) -> bool {
-    let Streaming {
-        tx,
-        mut task,
-        abandoned,
-        client,
-        path,
-        ..
-    } = s;
-    abandoned.store(true, std::sync::atomic::Ordering::SeqCst);
-    drop(tx);
-    // Already answered, or it ends at once now (an error): the outcome is known.
-    let outcome = tokio::time::timeout(std::time::Duration::from_millis(50), &mut task).await;
-    task.abort();
-    let Ok(Ok(Ok(meta))) = outcome else {
-        return false;
-    };
-    let Some(tag) = meta.etag else {
-        tracing::error!(
-            path = %path,
-            "an abandoned upload was completed by the server, which gave no entity tag to \
-             delete it safely: the file on the server is incomplete"
-        );
-        return false;
-    };
-    tracing::warn!(path = %path, "an abandoned upload was completed by the server; deleting it");
-    delete_version(&client, &path, &tag).await
-}
-
-/// Deletes exactly the version of `path` with entity tag `tag` (`If-Match`), an incomplete
-/// upload of ours. Returns whether it is gone.
-///
-/// If-Match compares strongly. Apache marks the tag of a file changed within the last second
-/// as weak and the same tag becomes strong a second later: wait that second out, then name
-/// the version by its strong tag (no other version can carry it).
-async fn delete_version(client: &DavClient, path: &DavPath, tag: &str) -> bool {
-    let tag = match tag.strip_prefix("W/") {
-        Some(strong) => {
-            tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-            strong.to_owned()
-        }
-        None => tag.to_owned(),
-    };
-    let pre = Preconditions {
-        if_match: Some(tag),
-        ..Default::default()
-    };
-    match client.delete(path, false, &pre).await {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::error!(path = %path, "cannot delete an incomplete upload: {e}");
-            false
-        }
-    }
 }
 
 /// Stops a follower where it is; it never sent past `size` bytes (the file's size now).
@@ -815,16 +201,13 @@ impl WriteHandle {
         } else {
             None
         };
-        Ok(Self::assemble(
-            ino,
-            path,
-            State {
-                stream,
-                complete: true,
-                dirty: true,
-                ..State::new(file, file_path, 0, pre)
-            },
-        ))
+        let mut state = State::new(file, file_path, 0, pre);
+        state.complete = true;
+        state.dirty = true;
+        if let Some(s) = stream {
+            state.start_streaming(s);
+        }
+        Ok(Self::assemble(ino, path, state))
     }
 
     /// An existing file opened for writing without truncation: spooled, original fetched
@@ -839,14 +222,9 @@ impl WriteHandle {
         let (file_path, file) = cache
             .new_spool()
             .map_err(|e| io_err(&path, "cannot create a spool file", &e))?;
-        Ok(Self::assemble(
-            ino,
-            path,
-            State {
-                complete: size == 0,
-                ..State::new(file, file_path, size, pre)
-            },
-        ))
+        let mut state = State::new(file, file_path, size, pre);
+        state.complete = size == 0;
+        Ok(Self::assemble(ino, path, state))
     }
 
     /// A local-only file kept at `data` (see `local.rs`).
@@ -865,16 +243,10 @@ impl WriteHandle {
             .metadata()
             .map_err(|e| io_err(&path, "cannot stat a local file", &e))?
             .len();
-        Ok(Self::assemble(
-            ino,
-            path,
-            State {
-                complete: true,
-                dirty: truncate,
-                local: true,
-                ..State::new(file, data, size, Preconditions::default())
-            },
-        ))
+        let mut state = State::new(file, data, size, Preconditions::default()).local();
+        state.complete = true;
+        state.dirty = truncate;
+        Ok(Self::assemble(ino, path, state))
     }
 
     fn assemble(ino: Ino, path: DavPath, state: State) -> Self {
@@ -1026,11 +398,11 @@ impl WriteHandle {
         // The journal's queue is written out first: the program may go on using the file (it
         // is the spool from now on).
         let mut kept = Ok(());
-        if let Some(s) = st.stream.take() {
+        if let Some(s) = st.take_stream() {
             kept = s.journal.barrier().await;
             abort_stream(s).await;
         }
-        if let Some(g) = st.segmented.take() {
+        if let Some(g) = st.take_segmented() {
             // Its temporary file goes at release.
             kept = kept.and(g.journal.barrier().await);
             st.resume = Some(stopped(g.follower, st.size));
@@ -1075,11 +447,11 @@ impl WriteHandle {
         super::lock::before_await();
         let mut st = self.state.lock().await;
         let from = self.path();
-        let written = st.dirty || st.stream.is_some() || st.segmented.is_some();
+        let written = st.dirty || st.uploading();
         if let Some(c) = self.stop_streaming(&mut st).await {
             self.remove_partial(&c, &from, &mut st).await;
         }
-        if !st.local {
+        if !st.is_local() {
             match client.move_to(&from, &to, false, overwrite).await {
                 Ok(()) => {}
                 // Nothing uploaded under the old name yet.
@@ -1088,7 +460,7 @@ impl WriteHandle {
             }
         }
         *self.target.lock() = to;
-        if !st.local {
+        if !st.is_local() {
             // What was written goes to the new name whole. A session with nothing written
             // has nothing to send: the MOVE took the server's content along (uploading the
             // untouched local copy would have emptied the file - found by the reference
@@ -1107,7 +479,7 @@ impl WriteHandle {
         super::lock::before_await();
         let mut st = self.state.lock().await;
         let from = self.path();
-        let written = st.dirty || st.stream.is_some() || st.segmented.is_some();
+        let written = st.dirty || st.uploading();
         if let Some(c) = self.stop_streaming(&mut st).await {
             self.remove_partial(&c, &from, &mut st).await;
         }
@@ -1130,7 +502,7 @@ impl WriteHandle {
     /// As `to_spool` without looking at what the server kept. Returns the client of a
     /// streaming upload that was given up without the server completing it.
     async fn stop_streaming(&self, st: &mut State) -> Option<DavClient> {
-        if let Some(seg) = st.segmented.take() {
+        if let Some(seg) = st.take_segmented() {
             tracing::debug!(path = %self.path(), size = st.size, "segmented streaming stops; spooling");
             if let Err(e) = seg.journal.barrier().await {
                 st.failed = Some(VfsError::new(
@@ -1140,7 +512,7 @@ impl WriteHandle {
             }
             st.resume = Some(stopped(seg.follower, st.size));
         }
-        if let Some(s) = st.stream.take() {
+        if let Some(s) = st.take_stream() {
             tracing::debug!(path = %self.path(), size = st.size, "streaming stops; spooling");
             if let Err(e) = s.journal.barrier().await {
                 st.failed = Some(VfsError::new(
@@ -1162,171 +534,9 @@ impl WriteHandle {
         None
     }
 
-    /// Deletes the part of our given-up PUT that the server kept at `path` (see
-    /// `look_at_partial`), if any; the session's preconditions then create the file anew.
-    /// When it cannot be deleted (still changing, no usable tag, the DELETE failed), it is
-    /// adopted instead, so that the next upload replaces it.
-    async fn remove_partial(&self, client: &DavClient, path: &DavPath, st: &mut State) {
-        // Only where we know which version we expected: anything else is not provably ours.
-        if !(st.pre.if_none_match_any || st.pre.if_match.is_some()) || st.local {
-            return;
-        }
-        match self.settled_partial(client, path, st).await {
-            Partial::NotOurs(_) => return,
-            Partial::Ours(Some(tag), len) if len > 0 => {
-                tracing::debug!(path = %path, len, "deleting the part of a given-up upload");
-                if delete_version(client, path, &tag).await {
-                    st.adopted = false;
-                    st.expect(Preconditions {
-                        if_none_match_any: true,
-                        ..Default::default()
-                    });
-                    return;
-                }
-            }
-            Partial::Ours(..) | Partial::Changing => {}
-        }
-        self.adopt_partial(client, st).await;
-    }
-
-    /// `look_at_partial`, looked at again while the server is still writing the file (for
-    /// at most about 3 s).
-    async fn settled_partial(&self, client: &DavClient, path: &DavPath, st: &State) -> Partial {
-        let mut pause = std::time::Duration::from_millis(25);
-        for _ in 0..7 {
-            match self.look_at_partial(client, path, st).await {
-                Partial::Changing => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                settled => return settled,
-            }
-        }
-        Partial::Changing
-    }
-
-    /// A PUT of ours ended without success and the data will be sent again. Servers that
-    /// write a PUT body in place (dav-server's LocalFs and others) then hold the part that
-    /// arrived, as a new version, and the retry's preconditions would call our own part a
-    /// conflict. When the file on the server is no longer the version we expected, is no
-    /// longer than what we wrote, and its last bytes are ours, it is our part: the retry
-    /// replaces exactly that version. Anything else stays a conflict.
-    ///
-    /// Such a server may still be writing the body it received when we look: a file that
-    /// changes between two looks is looked at again, for at most about 3 s.
-    async fn adopt_partial(&self, client: &DavClient, st: &mut State) {
-        let expects_version = st.pre.if_none_match_any || st.pre.if_match.is_some();
-        if !expects_version || st.local {
-            return;
-        }
-        let path = self.path();
-        // A weak tag is looked at once more, a second later.
-        for _ in 0..2 {
-            match self.settled_partial(client, &path, st).await {
-                // An empty file proves nothing: anyone may have emptied it. (For a new
-                // file, an empty one at its name is taken as ours: in-place servers create
-                // it before the first byte arrives. That includes a new file whose empty
-                // placeholder we made at create and now expect by its tag: a given-up
-                // streaming PUT replaced it with another empty version, and the next
-                // upload failed with 412 - found by the reference model.)
-                Partial::Ours(_, 0) if !st.pre.if_none_match_any && !self.is_new_file() => {
-                    return;
-                }
-                Partial::Ours(Some(tag), _) if tag.starts_with("W/") => {
-                    // A tag that is weak now (Apache: changed within the last second)
-                    // becomes strong a second later; look again then.
-                    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-                }
-                Partial::Ours(etag, _) => {
-                    if etag.is_none() && !st.pre.if_none_match_any {
-                        // An overwrite must stay conditional: without a tag to name our part
-                        // by, the conflict stands.
-                        tracing::debug!(path = %path, "our part has no entity tag; not adopting it");
-                        return;
-                    }
-                    tracing::debug!(path = %path, "the server kept part of our upload; replacing it");
-                    st.adopted = true;
-                    st.expect(Preconditions {
-                        if_match: etag,
-                        ..Default::default()
-                    });
-                    return;
-                }
-                Partial::NotOurs(why) => {
-                    tracing::debug!(path = %path, "no partial upload to adopt: {why}");
-                    return;
-                }
-                Partial::Changing => {
-                    tracing::debug!(path = %path, "the file on the server keeps changing; not adopting it");
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn look_at_partial(&self, client: &DavClient, path: &DavPath, st: &State) -> Partial {
-        let meta = match client.head(path).await {
-            Ok(m) => m,
-            // Gone or unreachable: the preconditions stand.
-            Err(e) => return Partial::NotOurs(e.to_string()),
-        };
-        let strong = |t: &str| t.trim_start_matches("W/").to_owned();
-        if let (Some(have), Some(want)) = (&meta.etag, &st.pre.if_match)
-            && strong(have) == strong(want)
-        {
-            return Partial::NotOurs("still the version we expected".into());
-        }
-        let Some(len) = meta.content_length.filter(|&n| n <= st.size) else {
-            return Partial::NotOurs(format!("{:?} bytes, more than ours", meta.content_length));
-        };
-        let tail = len.saturating_sub(64 * 1024);
-        let mut ours = vec![0u8; (len - tail) as usize];
-        match read_at(&st.file, &mut ours, tail) {
-            Ok(n) if n == ours.len() => {}
-            _ => return Partial::NotOurs("our copy cannot be read".into()),
-        }
-        let mut theirs = Vec::with_capacity(ours.len());
-        if len > 0 {
-            let range = ByteRange {
-                start: tail,
-                end: Some(len - 1),
-            };
-            let mut get = match client.get(path, Some(range), meta.etag.as_deref()).await {
-                Ok(g) => g,
-                Err(e) => return Partial::NotOurs(e.to_string()),
-            };
-            if get.range.is_none() || get.meta.etag != meta.etag {
-                return Partial::Changing;
-            }
-            loop {
-                match get.chunk().await {
-                    Ok(Some(c)) => theirs.extend_from_slice(&c),
-                    Ok(None) => break,
-                    Err(_) => return Partial::Changing,
-                }
-            }
-        }
-        if theirs != ours {
-            return Partial::NotOurs("other bytes".into());
-        }
-        // Still the same version after we read it?
-        match client.head(path).await {
-            Ok(again) if again.etag == meta.etag && again.content_length == meta.content_length => {
-                Partial::Ours(meta.etag, len)
-            }
-            Ok(_) => Partial::Changing,
-            Err(e) => Partial::NotOurs(e.to_string()),
-        }
-    }
-
     /// Waits until the journal holds every byte written so far (streaming only).
     async fn journal_barrier(&self, st: &mut State) -> VfsResult<()> {
-        let journal = match (&st.stream, &st.segmented) {
-            (Some(s), _) => Some(&s.journal),
-            (None, Some(g)) => Some(&g.journal),
-            (None, None) => None,
-        };
-        if let Some(j) = journal
+        if let Some(j) = st.journal()
             && let Err(e) = j.barrier().await
         {
             let err = VfsError::new(
@@ -1336,10 +546,10 @@ impl WriteHandle {
                     self.path()
                 ),
             );
-            if let Some(s) = st.stream.take() {
+            if let Some(s) = st.take_stream() {
                 abort_stream(s).await;
             }
-            if let Some(g) = st.segmented.take() {
+            if let Some(g) = st.take_segmented() {
                 st.resume = Some(stopped(g.follower, st.size));
             }
             st.failed = Some(err.clone());
@@ -1396,16 +606,16 @@ impl WriteHandle {
             journal.watermark(),
             policy.size(),
         );
-        st.segmented = Some(Segmented { journal, follower });
+        st.start_segments(Segmented { journal, follower });
     }
 
     /// A segmented session whose follower stopped (it gave up after its retries) goes on
     /// as a spooled one; the flush resumes the upload where it stopped.
     async fn check_follower(&self, st: &mut State) -> VfsResult<()> {
-        if !st.segmented.as_ref().is_some_and(|g| g.follower.stopped()) {
+        if !st.segmented().is_some_and(|g| g.follower.stopped()) {
             return Ok(());
         }
-        let Some(g) = st.segmented.take() else {
+        let Some(g) = st.take_segmented() else {
             return Ok(());
         };
         let barrier = g.journal.barrier().await;
@@ -1434,7 +644,7 @@ impl WriteHandle {
     /// upload fails and pauses before trying again, the writer goes on into the journal: the
     /// upload catches up from there. Each wait is bounded by `stall`.
     async fn segment_backpressure(&self, st: &mut State) {
-        let Some(g) = &mut st.segmented else {
+        let Some(g) = st.segmented_mut() else {
             return;
         };
         let window = 2 * self.switch_at;
@@ -1505,7 +715,7 @@ impl WriteHandle {
             return None;
         }
         let end = offset + data.len() as u64;
-        if let Some(g) = &st.segmented {
+        if let Some(g) = st.segmented() {
             // Segmented: only the journal takes the data; the follower reads it from there.
             let p = *g.follower.progress.borrow();
             if g.follower.stopped()
@@ -1527,7 +737,7 @@ impl WriteHandle {
         if st.may_segment && end > self.switch_at {
             return None; // time to switch: the general path does it.
         }
-        let s = st.stream.as_ref()?;
+        let s = st.stream()?;
         if s.tx.capacity() == 0 || s.journal.tx.capacity() == 0 {
             return None;
         }
@@ -1562,16 +772,16 @@ impl WriteHandle {
         if let Some(e) = &st.failed {
             return Err(e.clone());
         }
-        if st.restream && st.stream.is_none() && offset == 0 && st.size == 0 && !st.local {
+        if st.restream && !st.streaming() && offset == 0 && st.size == 0 && !st.is_local() {
             st.restream = false;
             match start_stream(client, &self.path(), &st.pre, &st.file) {
-                Ok(s) => st.stream = Some(s),
+                Ok(s) => st.start_streaming(s),
                 Err(e) => {
                     tracing::debug!(path = %self.path(), "cannot stream again ({e}); spooling")
                 }
             }
         }
-        if st.stream.is_some()
+        if st.streaming()
             && st.may_segment
             && offset == st.size
             && offset + data.len() as u64 > self.switch_at
@@ -1582,22 +792,22 @@ impl WriteHandle {
             }
         }
         self.check_follower(&mut st).await?;
-        if st.segmented.is_some() && offset != st.size {
+        if st.is_segmented() && offset != st.size {
             tracing::debug!(path = %self.path(), offset, size = st.size, "a write out of sequence");
             self.to_spool(&mut st).await;
             if let Some(e) = &st.failed {
                 return Err(e.clone());
             }
         }
-        let sequential = st.stream.is_some() && offset == st.size;
-        if st.stream.is_some() && !sequential {
+        let sequential = st.streaming() && offset == st.size;
+        if st.streaming() && !sequential {
             tracing::debug!(path = %self.path(), offset, size = st.size, "a write out of sequence");
             self.to_spool(&mut st).await;
             if let Some(e) = &st.failed {
                 return Err(e.clone());
             }
         }
-        if st.stream.is_none() && !st.complete {
+        if !st.streaming() && !st.complete {
             // Writing into an existing file: the bytes around must come from the server.
             let covers_all = offset == 0 && data.len() as u64 >= st.original_size;
             if covers_all {
@@ -1606,18 +816,16 @@ impl WriteHandle {
                 self.load_original(client, &mut st).await?;
             }
         }
-        let journaled = match (&st.stream, &st.segmented, sequential) {
-            (Some(s), _, true) => s
-                .journal
-                .push(offset, data.clone())
-                .await
-                .map_err(io::Error::other),
-            (None, Some(g), _) => g
-                .journal
-                .push(offset, data.clone())
-                .await
-                .map_err(io::Error::other),
-            _ => write_at(&st.file, &data, offset),
+        // A streamed write in order, or any write of a segmented session, goes through the
+        // journal; anything else straight into the spool.
+        let journal = if st.is_segmented() || sequential {
+            st.journal()
+        } else {
+            None
+        };
+        let journaled = match journal {
+            Some(j) => j.push(offset, data.clone()).await.map_err(io::Error::other),
+            None => write_at(&st.file, &data, offset),
         };
         if let Err(e) = journaled {
             let err = io_err(&self.path(), "cannot keep the written data", &e);
@@ -1634,11 +842,11 @@ impl WriteHandle {
         }
         self.set_size_now(&st);
         let len = data.len() as u32;
-        if st.segmented.is_some() {
+        if st.is_segmented() {
             self.segment_backpressure(&mut st).await;
             return Ok(len);
         }
-        let sent = match (&st.stream, sequential) {
+        let sent = match (st.stream(), sequential) {
             // A server that stops reading without closing would block the send forever.
             (Some(s), true) => matches!(
                 tokio::time::timeout(self.stall, s.tx.send(Ok(data))).await,
@@ -1646,7 +854,7 @@ impl WriteHandle {
             ),
             _ => true,
         };
-        if !sent && let Some(s) = st.stream.take() {
+        if !sent && let Some(s) = st.take_stream() {
             // The PUT ended early, or its server stopped reading. The journal must hold
             // everything before it becomes the spool; then find out why the PUT ended (a
             // stalled one is given up, never completed).
@@ -1685,7 +893,7 @@ impl WriteHandle {
         super::lock::before_await();
         let mut st = self.state.lock().await;
         self.journal_barrier(&mut st).await?;
-        if st.stream.is_none() && !st.complete {
+        if !st.streaming() && !st.complete {
             self.load_original(client, &mut st).await?;
         }
         if offset >= st.size {
@@ -1706,7 +914,7 @@ impl WriteHandle {
         let mut st = self.state.lock().await;
         // Whoever truncates changes the file too, and the request does not say who it is.
         self.writers().unknown = true;
-        if st.size == size && (st.stream.is_some() || st.segmented.is_some() || st.complete) {
+        if st.size == size && (st.uploading() || st.complete) {
             return Ok(());
         }
         self.to_spool(&mut st).await;
@@ -1758,7 +966,7 @@ impl WriteHandle {
         // is written. That flush completes the (empty) upload like any other, and the next
         // write from offset 0 starts a new streaming upload instead of spooling everything
         // for the last close.
-        let empty_stream = st.stream.is_some() && st.size == 0 && st.failed.is_none();
+        let empty_stream = st.streaming() && st.size == 0 && st.failed.is_none();
         let r = self.flush_locked(client, &mut st).await;
         if r.is_ok() {
             // Everything written is on the server; nobody could write meanwhile (the session
@@ -1766,7 +974,7 @@ impl WriteHandle {
             *self.writers() = Writers::default();
         }
         if empty_stream && r.is_ok() {
-            st.restream = st.size == 0 && st.stream.is_none() && st.failed.is_none();
+            st.restream = st.size == 0 && !st.streaming() && st.failed.is_none();
         }
         match &r {
             Ok(Some(_)) => {
@@ -1846,7 +1054,7 @@ impl WriteHandle {
         if !st.dirty || self.is_unlinked() {
             return Ok(None);
         }
-        if st.local {
+        if st.is_local() {
             st.dirty = false;
             self.set_size_now(st);
             return Ok(Some(Uploaded {
@@ -1857,7 +1065,7 @@ impl WriteHandle {
         let mut result = None;
         // Everything written must be in the journal before the server may complete the file.
         self.journal_barrier(st).await?;
-        if let Some(g) = st.segmented.take() {
+        if let Some(g) = st.take_segmented() {
             let (resume, r) = g.follower.complete(st.size).await;
             st.resume = Some(resume);
             if let Err(e) = r {
@@ -1869,7 +1077,7 @@ impl WriteHandle {
                 tracing::info!(path = %self.path(), "segmented upload failed ({e}); resuming it");
             }
         }
-        if let Some(s) = st.stream.take() {
+        if let Some(s) = st.take_stream() {
             match s.complete().await {
                 Ok(Ok(meta)) => result = Some(meta),
                 Ok(Err(e)) => {
@@ -2095,7 +1303,7 @@ impl WriteHandle {
         };
         super::lock::before_await();
         let mut st = self.state.lock().await;
-        if st.local {
+        if st.is_local() {
             return outcome;
         }
         if let Some(r) = st.resume.take() {
@@ -2120,6 +1328,7 @@ fn info_path(p: &std::path::Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use super::journal::{Direct, JournalFile};
     use super::*;
 
     fn plain(path: &std::path::Path) -> io::Result<std::fs::File> {

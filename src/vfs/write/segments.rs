@@ -23,8 +23,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::error::{VfsError, VfsResult};
 use crate::dav::{DavClient, DavPath, ErrorKind, Preconditions, PutBody, ResponseMeta};
+use crate::vfs::error::{VfsError, VfsResult};
 
 /// Names of temporary uploads start with this; listings of the mount hide them.
 pub const PART_PREFIX: &str = ".davdrive-part-";
@@ -707,7 +707,7 @@ pub fn file_stream(
 
 /// Fills `buf` from `off` on; a file that ends before is an error.
 fn read_exact_at(f: &std::fs::File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
-    if super::fileio::read_at(f, buf, off)? < buf.len() {
+    if crate::vfs::fileio::read_at(f, buf, off)? < buf.len() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "the local copy is shorter than the upload",
