@@ -963,9 +963,16 @@ impl Vfs {
             })
             .collect();
         sessions.sort_by_key(|(fh, _)| *fh);
-        sessions.dedup_by(|a, b| Arc::ptr_eq(&a.1, &b.1));
-        let mut held = Vec::with_capacity(sessions.len());
-        for (_, w) in &sessions {
+        // One hold per session, whichever of its descriptors comes first (two holds of one
+        // session would wait for each other forever; found by the reference model).
+        let mut unique: Vec<Arc<WriteHandle>> = Vec::with_capacity(sessions.len());
+        for (_, w) in sessions {
+            if !unique.iter().any(|u| Arc::ptr_eq(u, &w)) {
+                unique.push(w);
+            }
+        }
+        let mut held = Vec::with_capacity(unique.len());
+        for w in &unique {
             held.push(w.hold_for_move().await);
         }
         self.client.move_to(from, to, true, overwrite).await?;

@@ -474,6 +474,121 @@ fn full_cache_disk_fails_the_writer_and_leaves_no_half_file_on_the_server() {
     drop(m);
 }
 
+/// Every file under `dir`, recursively.
+fn files_below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_below(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// Issue 22, item 2: once the journal failed on a full cache disk, every later write fails
+/// with ENOSPC (before, writes went on succeeding and their bytes existed nowhere), and a
+/// copy kept for recovery holds only bytes that were written (before, it was padded with
+/// zeros to the size written). A streamed file and a segmented one (over 2 MiB segments).
+#[test]
+fn a_full_cache_disk_fails_every_later_write_and_keeps_no_invented_bytes() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() || !crate::support::have("mount") {
+        return;
+    }
+    for segment in ["16", "2"] {
+        let name = format!("fault-full-{segment}");
+        let _dir = a.fresh_dir(&name);
+        let cache = tempfile::tempdir().expect("cache");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+            .arg(cache.path())
+            .status()
+            .expect("mount tmpfs");
+        assert!(
+            st.success(),
+            "cannot mount a small tmpfs for the cache directory"
+        );
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let _tmpfs = Unmount(cache.path().to_path_buf());
+        let cache_arg = cache.path().to_string_lossy().into_owned();
+        let m = Mount::new(
+            &a.url(&name),
+            &["--cache-dir", &cache_arg, "--segment-size", segment],
+        );
+        let path = m.path().join("big.bin");
+        let data = pattern(24 << 20, 9);
+        let written = data.clone();
+        let outcome = bounded(Duration::from_secs(60), move || {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::create(&path)?;
+            let mut errors = Vec::new();
+            // Direct pwrites, so that each one reaches the daemon as it is made.
+            for (i, chunk) in written.chunks(1 << 20).enumerate() {
+                if let Err(e) = f.write_all_at(chunk, (i << 20) as u64) {
+                    errors.push((i, e.raw_os_error()));
+                }
+            }
+            let closed = f.sync_all().err().map(|e| e.raw_os_error());
+            Ok::<_, std::io::Error>((errors, closed))
+        })
+        .expect("the writes ran");
+        let (errors, closed) = outcome;
+        let first = errors
+            .first()
+            .map(|(i, _)| *i)
+            .unwrap_or_else(|| panic!("{segment} MiB: no write failed on a 6 MiB cache disk"));
+        let later: Vec<usize> = errors.iter().map(|(i, _)| *i).collect();
+        assert_eq!(
+            later,
+            (first..24).collect::<Vec<_>>(),
+            "{segment} MiB: a write after the first failure succeeded\n{}",
+            m.log()
+        );
+        assert!(
+            errors.iter().all(|(_, code)| *code == Some(libc::ENOSPC)),
+            "{segment} MiB: not ENOSPC: {errors:?}"
+        );
+        assert!(
+            closed.is_some(),
+            "{segment} MiB: fsync did not report the failure"
+        );
+        drop(m);
+        // Whatever was kept (a recovery copy, or the journal itself where the full disk left
+        // no room for a copy) is a prefix of what was written: no zeros for lost bytes.
+        let mut kept = Vec::new();
+        files_below(cache.path(), &mut kept);
+        let kept: Vec<_> = kept
+            .into_iter()
+            .filter(|p| {
+                let in_data = p
+                    .components()
+                    .any(|c| c.as_os_str() == "recovery" || c.as_os_str() == "journal");
+                let len = std::fs::metadata(p).map_or(0, |m| m.len());
+                in_data && len > 0 && p.extension().is_none_or(|x| x != "info")
+            })
+            .collect();
+        assert!(
+            !kept.is_empty(),
+            "{segment} MiB: nothing of the file was kept"
+        );
+        for k in &kept {
+            let got = std::fs::read(k).expect("kept copy");
+            assert!(
+                got.len() <= data.len() && got[..] == data[..got.len()],
+                "{segment} MiB: the kept copy {} ({} bytes) is not what was written",
+                k.display(),
+                got.len()
+            );
+        }
+    }
+}
+
 #[test]
 fn stalled_and_reset_connections_recover_or_fail_within_bounds() {
     let Some((data, proxy, url)) = big_file_behind_a_proxy("fault-stall", 16 << 20, 21) else {

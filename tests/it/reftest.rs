@@ -644,113 +644,119 @@ pub fn run_case(setup: Setup, ops: &[Op]) -> Result<(), String> {
     });
     let vfs = c.vfs.clone();
     let r = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(120), async {
-            vfs.probe().await.map_err(|e| format!("probe: {e}"))?;
-            let mut model = Model::default();
-            let mut core = Driver {
-                vfs: vfs.clone(),
-                by_path: setup.by_path,
-                slots: [None; SLOTS],
-            };
-            for (i, op) in ops.iter().enumerate() {
-                let Some(expected) = model.apply(op) else {
-                    continue;
+        tokio::time::timeout(
+            Duration::from_secs(env_u64("REFTEST_CASE_SECS", 120)),
+            async {
+                vfs.probe().await.map_err(|e| format!("probe: {e}"))?;
+                let mut model = Model::default();
+                let mut core = Driver {
+                    vfs: vfs.clone(),
+                    by_path: setup.by_path,
+                    slots: [None; SLOTS],
                 };
-                let got = core.apply(op).await;
-                tracing::debug!(
-                    "reftest step {i}: {op:?} -> {got:?}",
-                    got = got.as_ref().map(|o| o.as_ref().map(|d| d.len()))
-                );
-                if got != expected {
-                    let show = |o: &Outcome| match o {
-                        Ok(Some(d)) => format!("Ok({} bytes)", d.len()),
-                        Ok(None) => "Ok".into(),
-                        Err(k) => format!("Err({k:?})"),
+                for (i, op) in ops.iter().enumerate() {
+                    let Some(expected) = model.apply(op) else {
+                        continue;
                     };
-                    let first = match (&got, &expected) {
-                        (Ok(Some(a)), Ok(Some(b))) => format!(
-                            ", first difference at {:?}",
-                            a.iter().zip(b.iter()).position(|(x, y)| x != y)
-                        ),
-                        _ => String::new(),
-                    };
-                    return Err(format!(
-                        "step {i} {op:?}: core {} but model {}{first}",
-                        show(&got),
-                        show(&expected)
-                    ));
-                }
-            }
-            for slot in 0..SLOTS {
-                core.close(slot).await;
-            }
-            vfs.wait_for_uploads().await;
-            // The core, then the server's disk, against the model.
-            let mut want: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-            for (path, e) in &model.names {
-                want.insert(
-                    path.clone(),
-                    match e {
-                        Entry::Dir => None,
-                        Entry::File(id) => Some(model.data.get(id).cloned().unwrap_or_default()),
-                    },
-                );
-            }
-            for (path, w) in &want {
-                match w {
-                    None => {
-                        let a = core
-                            .dir(path)
-                            .await
-                            .map_err(|k| format!("core: {path}: {k:?}"))?;
-                        let _ = a;
+                    tracing::debug!("reftest step {i}: {op:?} ...");
+                    let got = core.apply(op).await;
+                    tracing::debug!(
+                        "reftest step {i}: {op:?} -> {got:?}",
+                        got = got.as_ref().map(|o| o.as_ref().map(|d| d.len()))
+                    );
+                    if got != expected {
+                        let show = |o: &Outcome| match o {
+                            Ok(Some(d)) => format!("Ok({} bytes)", d.len()),
+                            Ok(None) => "Ok".into(),
+                            Err(k) => format!("Err({k:?})"),
+                        };
+                        let first = match (&got, &expected) {
+                            (Ok(Some(a)), Ok(Some(b))) => format!(
+                                ", first difference at {:?}",
+                                a.iter().zip(b.iter()).position(|(x, y)| x != y)
+                            ),
+                            _ => String::new(),
+                        };
+                        return Err(format!(
+                            "step {i} {op:?}: core {} but model {}{first}",
+                            show(&got),
+                            show(&expected)
+                        ));
                     }
-                    Some(data) => {
-                        let got = core
-                            .read(path)
-                            .await
-                            .map_err(|k| format!("core: reading {path} at the end: {k:?}"))?;
-                        if &got != data {
-                            return Err(format!(
-                                "core: {path} has {} bytes, the model {}",
-                                got.len(),
-                                data.len()
-                            ));
+                }
+                for slot in 0..SLOTS {
+                    core.close(slot).await;
+                }
+                vfs.wait_for_uploads().await;
+                // The core, then the server's disk, against the model.
+                let mut want: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+                for (path, e) in &model.names {
+                    want.insert(
+                        path.clone(),
+                        match e {
+                            Entry::Dir => None,
+                            Entry::File(id) => {
+                                Some(model.data.get(id).cloned().unwrap_or_default())
+                            }
+                        },
+                    );
+                }
+                for (path, w) in &want {
+                    match w {
+                        None => {
+                            let a = core
+                                .dir(path)
+                                .await
+                                .map_err(|k| format!("core: {path}: {k:?}"))?;
+                            let _ = a;
+                        }
+                        Some(data) => {
+                            let got = core
+                                .read(path)
+                                .await
+                                .map_err(|k| format!("core: reading {path} at the end: {k:?}"))?;
+                            if &got != data {
+                                return Err(format!(
+                                    "core: {path} has {} bytes, the model {}",
+                                    got.len(),
+                                    data.len()
+                                ));
+                            }
                         }
                     }
                 }
-            }
-            for path in FILES.iter().chain(DIRS) {
-                if !want.contains_key(*path) {
-                    let (d, n) = path.rsplit_once('/').unwrap_or(("", path));
-                    let found = match core.dir(d).await {
-                        Ok(dir) => vfs.lookup(dir, n).await.is_ok(),
-                        Err(_) => false,
-                    };
-                    if found {
-                        return Err(format!("core: {path} exists, not in the model"));
+                for path in FILES.iter().chain(DIRS) {
+                    if !want.contains_key(*path) {
+                        let (d, n) = path.rsplit_once('/').unwrap_or(("", path));
+                        let found = match core.dir(d).await {
+                            Ok(dir) => vfs.lookup(dir, n).await.is_ok(),
+                            Err(_) => false,
+                        };
+                        if found {
+                            return Err(format!("core: {path} exists, not in the model"));
+                        }
                     }
                 }
-            }
-            let mut on_server = BTreeMap::new();
-            server_tree(&server.root, "", &mut on_server);
-            if on_server != want {
-                let show = |m: &BTreeMap<String, Option<Vec<u8>>>| {
-                    m.iter()
-                        .map(|(k, v)| format!("{k}: {}", short(v)))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                return Err(format!(
-                    "server: [{}], model: [{}]",
-                    show(&on_server),
-                    show(&want)
-                ));
-            }
-            Ok(())
-        })
+                let mut on_server = BTreeMap::new();
+                server_tree(&server.root, "", &mut on_server);
+                if on_server != want {
+                    let show = |m: &BTreeMap<String, Option<Vec<u8>>>| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}: {}", short(v)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    return Err(format!(
+                        "server: [{}], model: [{}]",
+                        show(&on_server),
+                        show(&want)
+                    ));
+                }
+                Ok(())
+            },
+        )
         .await
-        .unwrap_or_else(|_| Err("the case did not finish within 120 s".into()))
+        .unwrap_or_else(|_| Err("the case did not finish in time".into()))
     });
     drop(c);
     r
@@ -994,6 +1000,35 @@ mod regressions {
         ];
         for async_close in [false, true] {
             let s = setup(UploadPolicy::Auto, 16 << 20, async_close, false);
+            if let Err(e) = run_case(s, &ops) {
+                panic!("{s:?}: {e}");
+            }
+        }
+    }
+
+    /// A directory renamed while one file in it is open through two descriptors with another
+    /// file's descriptor between them: the session was held twice and the rename hung.
+    #[test]
+    fn renaming_a_directory_with_a_file_open_twice_does_not_hang() {
+        let ops = [
+            Op::Mkdir { dir: 0 },
+            Op::Create { slot: 0, file: 3 },
+            Op::Create { slot: 1, file: 4 },
+            Op::Open {
+                slot: 2,
+                file: 3,
+                trunc: false,
+            },
+            Op::Write {
+                slot: 2,
+                off: 0,
+                len: 1802,
+                seed: 3,
+            },
+            Op::RenameDir { from: 0, to: 1 },
+        ];
+        for by_path in [false, true] {
+            let s = setup(UploadPolicy::Auto, 16 << 20, false, by_path);
             if let Err(e) = run_case(s, &ops) {
                 panic!("{s:?}: {e}");
             }

@@ -27,6 +27,8 @@ pub(super) struct JournalFile {
     pub(super) error: Ranked<Option<String>>,
     /// How far the file is written (appends only: a streaming journal grows in order).
     pub(super) written: tokio::sync::watch::Sender<u64>,
+    /// The failure in `error` is a full disk.
+    pub(super) no_space: std::sync::atomic::AtomicBool,
 }
 
 /// Journals are written by one thread for the whole process, in order, so that disk writes
@@ -59,7 +61,12 @@ pub(super) fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
                                         grew
                                     });
                                 }
-                                Err(e) => *error = Some(e.to_string()),
+                                Err(e) => {
+                                    let full = e.raw_os_error() == Some(28)
+                                        || e.kind() == io::ErrorKind::StorageFull;
+                                    j.no_space.store(full, std::sync::atomic::Ordering::Relaxed);
+                                    *error = Some(e.to_string());
+                                }
                             }
                         }
                     }
@@ -270,6 +277,7 @@ impl JournalWriter {
             direct: Ranked::new(Rank::Journal, direct),
             error: Ranked::new(Rank::JournalError, None),
             written: tokio::sync::watch::Sender::new(written),
+            no_space: false.into(),
         });
         Ok(JournalWriter { tx, file })
     }
@@ -283,11 +291,33 @@ impl JournalWriter {
         JournalItem::Data(self.file.clone(), off, data)
     }
 
-    pub(super) async fn push(&self, off: u64, data: Bytes) -> Result<(), String> {
+    /// The journal's failure, once it failed: a full disk is `StorageFull`, so that the
+    /// writer is told `ENOSPC`.
+    pub(super) fn failure(&self) -> Option<io::Error> {
+        let error = self.file.error.lock();
+        let msg = error.as_ref()?;
+        let kind = if self
+            .file
+            .no_space
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            io::ErrorKind::StorageFull
+        } else {
+            io::ErrorKind::Other
+        };
+        Some(io::Error::new(kind, msg.clone()))
+    }
+
+    /// Queues `data` for the journal; fails at once once the journal has failed, so that no
+    /// write after a failure is taken (its bytes would exist nowhere).
+    pub(super) async fn push(&self, off: u64, data: Bytes) -> io::Result<()> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
         self.tx
             .send(self.item(off, data))
             .await
-            .map_err(|_| "the journal writer stopped".to_owned())
+            .map_err(|_| io::Error::other("the journal writer stopped"))
     }
 
     pub(super) async fn barrier(&self) -> Result<(), String> {

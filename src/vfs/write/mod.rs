@@ -721,6 +721,7 @@ impl WriteHandle {
             if g.follower.stopped()
                 || (!p.failing && end.saturating_sub(p.acked) > 2 * self.switch_at)
                 || g.journal.tx.capacity() == 0
+                || g.journal.failure().is_some()
             {
                 return None;
             }
@@ -738,7 +739,7 @@ impl WriteHandle {
             return None; // time to switch: the general path does it.
         }
         let s = st.stream()?;
-        if s.tx.capacity() == 0 || s.journal.tx.capacity() == 0 {
+        if s.tx.capacity() == 0 || s.journal.tx.capacity() == 0 || s.journal.failure().is_some() {
             return None;
         }
         // Both have room and we hold the session. The journal's queue is shared with other
@@ -824,7 +825,7 @@ impl WriteHandle {
             None
         };
         let journaled = match journal {
-            Some(j) => j.push(offset, data.clone()).await.map_err(io::Error::other),
+            Some(j) => j.push(offset, data.clone()).await,
             None => write_at(&st.file, &data, offset),
         };
         if let Err(e) = journaled {
@@ -1016,16 +1017,28 @@ impl WriteHandle {
                 return;
             }
         };
+        // Never more than the local file holds: bytes that never reached it (a full cache
+        // disk) must not come back as zeros in the copy; a shorter copy says so.
+        let held = std::fs::metadata(&st.file_path).map_or(st.size, |m| m.len());
+        let keep = st.size.min(held);
+        let reason = if keep < st.size {
+            format!(
+                "{e}; only the first {keep} of {} bytes reached the cache directory",
+                st.size
+            )
+        } else {
+            e.to_string()
+        };
         let copied = std::fs::copy(&st.file_path, &copy)
             .and_then(|_| {
                 let f = std::fs::OpenOptions::new().write(true).open(&copy)?;
-                f.set_len(st.size)
+                f.set_len(keep)
             })
-            .and_then(|_| cache.recover(&copy, &self.path(), &e.to_string()));
+            .and_then(|_| cache.recover(&copy, &self.path(), &reason));
         match copied {
             Ok(kept) => {
                 tracing::warn!(
-                    "could not upload {}: {e}. The data is kept in {}",
+                    "could not upload {}: {reason}. The data is kept in {}",
                     self.path(),
                     kept.display()
                 );
@@ -1359,6 +1372,7 @@ mod tests {
             direct: Ranked::new(Rank::Journal, Some(direct)),
             error: Ranked::new(Rank::JournalError, None),
             written: tokio::sync::watch::Sender::new(head.len() as u64),
+            no_space: false.into(),
         };
         (path, j, ring)
     }
