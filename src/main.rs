@@ -228,14 +228,38 @@ mod platform {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
         // The daemon must not hold our caller's terminal or pipes open: its log goes to a
         // file in the mount's cache directory.
+        // The log names files and servers: private to the user, in a private folder made so
+        // before the log is, and never written through a symbolic link planted in its place.
         if let Some(dir) = log.parent() {
+            use std::os::unix::fs::PermissionsExt;
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|e| format!("cannot open the log {}: {e}", log.display()))?;
+        let log_file = {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(log)
+                .map_err(|e| {
+                    if e.raw_os_error() == Some(libc::ELOOP) {
+                        format!(
+                            "the log {} is a symbolic link: davdrive does not write its log \
+                             through one; remove it",
+                            log.display()
+                        )
+                    } else {
+                        format!("cannot open the log {}: {e}", log.display())
+                    }
+                })?;
+            // A log made by an earlier version may be readable by others.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("{}: {e}", log.display()))?;
+            f
+        };
         let mut cmd = Proc::new(exe);
         cmd.args(std::env::args_os().skip(1))
             .env(DETACHED, "1")

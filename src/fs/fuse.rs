@@ -799,6 +799,12 @@ pub fn mount(
     if opts.read_only {
         mount_options.push(MountOption::RO);
     }
+    // Shared with other local users: the kernel enforces the modes shown (files 0644 and
+    // directories 0755 of the mounting user, by default), so that another user can read but
+    // not write, create or delete with the mounter's server credentials.
+    if opts.allow_other {
+        mount_options.push(MountOption::DefaultPermissions);
+    }
     // Zero-copy reads answer a read in one pipe with its header (`vfs::zerocopy`): the
     // kernel's reads must fit, with room for bytes spread over more pages than their size.
     #[cfg(target_os = "linux")]

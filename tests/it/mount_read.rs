@@ -825,3 +825,67 @@ fn background_mount_detaches_and_unmount_stops_the_daemon() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Issue 22, item 12 (the daemon log): a background mount's log is private (0600, in a 0700
+/// folder), and a symbolic link planted in its place is refused, never written through.
+/// Before, the log was created 0644 and followed links.
+#[test]
+fn the_daemon_log_is_private_and_never_follows_a_link() {
+    use std::os::unix::fs::PermissionsExt;
+    if !have_fuse() {
+        return;
+    }
+    let s = crate::support::dav_server::DavServer::start();
+    let cache = tempfile::tempdir().expect("cache");
+    let mnt = tempfile::tempdir().expect("mnt");
+    let mount = || {
+        Command::new("timeout")
+            .arg("60")
+            .arg(env!("CARGO_BIN_EXE_davdrive"))
+            .arg("mount")
+            .arg(s.url())
+            .arg(mnt.path())
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .output()
+            .expect("davdrive mount")
+    };
+    let out = mount();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let log = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("davdrive: logging to "))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no log path in {stdout:?}"));
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&log), 0o600, "{}", log.display());
+    assert_eq!(mode(log.parent().expect("folder")), 0o700);
+    let st = Command::new(env!("CARGO_BIN_EXE_davdrive"))
+        .arg("unmount")
+        .arg(mnt.path())
+        .status()
+        .expect("unmount");
+    assert!(st.success());
+    // Wait (bounded) for the daemon to let the mount point go.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while is_mounted(mnt.path()) {
+        assert!(Instant::now() < deadline, "still mounted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let victim = cache.path().join("victim.txt");
+    std::fs::write(&victim, b"not a log").expect("victim");
+    std::fs::remove_file(&log).expect("rm log");
+    std::os::unix::fs::symlink(&victim, &log).expect("plant a link");
+    let out = mount();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mounted through a planted link");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"not a log");
+    assert!(!is_mounted(mnt.path()));
+}

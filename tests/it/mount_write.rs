@@ -1181,3 +1181,58 @@ fn a_child_closing_an_inherited_descriptor_does_not_end_the_upload() {
         assert_eq!(puts.len(), 1, "{name}: uploaded more than once: {puts:?}");
     }
 }
+
+/// Issue 22, item 7: with `--allow-other`, another local user may read but not write,
+/// create or delete: the kernel enforces the modes shown (`default_permissions`). Before,
+/// any user could change the share with the mounter's server credentials.
+#[test]
+fn allow_other_lets_other_users_read_but_not_write() {
+    if !have_fuse() || !crate::support::have("setpriv") || !crate::support::have("timeout") {
+        return;
+    }
+    let s = DavServer::start();
+    std::fs::write(s.root.join("mine.txt"), b"the owner's").expect("seed");
+    let m = Mount::new(&s.url(), &["--allow-other"]);
+    let as_nobody = |script: &str| {
+        std::process::Command::new("timeout")
+            .args([
+                "20",
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ])
+            .args(["sh", "-c", script])
+            .current_dir(m.path())
+            .output()
+            .expect("run as nobody")
+    };
+    let read = as_nobody("cat mine.txt");
+    assert!(read.status.success(), "{read:?}");
+    assert_eq!(read.stdout, b"the owner's");
+    for script in [
+        "echo x >> mine.txt",
+        "echo x > new.txt",
+        "rm -f mine.txt",
+        "mkdir d",
+    ] {
+        let out = as_nobody(script);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Permission denied"),
+            "{script:?} as another user: {out:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(s.root.join("mine.txt")).expect("on the server"),
+        b"the owner's"
+    );
+    assert!(!s.root.join("new.txt").exists());
+    assert!(!s.root.join("d").exists());
+    // The owner still writes.
+    std::fs::write(m.path().join("own.txt"), b"ok").expect("the owner writes");
+    assert_eq!(
+        std::fs::read(s.root.join("own.txt")).expect("uploaded"),
+        b"ok"
+    );
+}
