@@ -103,6 +103,11 @@ impl MountConfig {
         let secrets = path(&args.secrets_file, &profile.secrets_file);
         let credentials =
             credentials::resolve(&url, user, secrets.as_deref()).map_err(ConfigError)?;
+        // A user name in the URL (`https://alice@host/dav/`) is a user, like --user (taken
+        // by `resolve` above), and never goes into request URLs: the HTTP library would
+        // send its own `Authorization` from it before any challenge, beside ours.
+        let mut url = url;
+        let _ = url.set_username("");
         let secs =
             |cli: Option<u64>, prof: Option<u64>, default: u64| cli.or(prof).unwrap_or(default);
         let flag = |cli: bool, prof: Option<bool>| cli || prof.unwrap_or(false);

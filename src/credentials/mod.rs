@@ -19,7 +19,12 @@ pub fn resolve(
     user: Option<&str>,
     secrets_file: Option<&Path>,
 ) -> Result<Option<Credentials>, String> {
-    let url_user = (!url.username().is_empty()).then(|| url.username().to_owned());
+    // `DOMAIN%5Calice` in a URL is the user `DOMAIN\alice`.
+    let url_user = (!url.username().is_empty()).then(|| {
+        percent_encoding::percent_decode_str(url.username())
+            .decode_utf8_lossy()
+            .into_owned()
+    });
     let user = user.map(str::to_owned).or(url_user);
     if let Ok(pw) = std::env::var("DAVDRIVE_PASSWORD") {
         let Some(user) = user else {

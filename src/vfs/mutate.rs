@@ -867,6 +867,9 @@ impl Vfs {
             return Ok(());
         }
         let writer = self.writer_of(ino);
+        if let Some(w) = &writer {
+            w.keep_content(&self.client).await;
+        }
         let delete = async {
             match self
                 .client
@@ -1026,6 +1029,9 @@ impl Vfs {
                 ));
             }
             self.settle_path(&self.path_of(dst)?).await;
+            if let Some(w) = self.writer_of(dst) {
+                w.keep_content(&self.client).await;
+            }
             match (kind, dkind) {
                 (FileKind::Directory, FileKind::File) => {
                     return Err(VfsError::new(

@@ -1035,6 +1035,38 @@ mod regressions {
         }
     }
 
+    /// An existing file open for writing (its content not fetched yet) is deleted, then
+    /// written beyond its end: the write needed the old content and asked the server for
+    /// a file that was gone (ENOENT).
+    #[test]
+    fn writing_a_file_deleted_while_open_keeps_its_old_content() {
+        let ops = [
+            Op::Mkdir { dir: 0 },
+            Op::Create { slot: 2, file: 4 },
+            Op::Write {
+                slot: 2,
+                off: 0,
+                len: 734,
+                seed: 966,
+            },
+            Op::Close { slot: 2 },
+            Op::Create { slot: 0, file: 4 },
+            Op::Unlink { file: 4 },
+            Op::Write {
+                slot: 0,
+                off: 95181,
+                len: 2927,
+                seed: 446,
+            },
+        ];
+        for by_path in [false, true] {
+            let s = setup(UploadPolicy::Auto, 64 << 10, false, by_path);
+            if let Err(e) = run_case(s, &ops) {
+                panic!("{s:?}: {e}");
+            }
+        }
+    }
+
     /// ftruncate that grows a new file being streamed, then close.
     #[test]
     fn growing_a_streamed_new_file_by_ftruncate_keeps_the_size() {

@@ -182,6 +182,50 @@ fn a_trace_log_of_a_whole_session_holds_no_secret() {
     }
 }
 
+/// Issue 22, item 9: a user name in the URL is taken as the user and stripped from request
+/// URLs. Before, the HTTP library sent its own `Authorization` from it (the user with an
+/// empty password) before any challenge; now exactly one header goes, and only after the
+/// server asked.
+#[test]
+fn a_user_in_the_url_is_the_user_and_sends_one_authorization_after_the_challenge() {
+    use crate::support::dav_server::DavServer;
+    if !have_fuse() {
+        return;
+    }
+    let s = DavServer::start_basic("alice", "s3cret");
+    std::fs::write(s.root.join("doc.txt"), b"for alice").expect("write");
+    let url = format!("http://alice@127.0.0.1:{}/", s.port);
+    let m = Mount::try_new(&url, &[], &[("DAVDRIVE_PASSWORD", "s3cret")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        std::fs::read(m.path().join("doc.txt")).expect("read"),
+        b"for alice"
+    );
+    let auths = s.authorizations();
+    assert_eq!(
+        auths.first().map(String::as_str),
+        Some(""),
+        "an Authorization before the challenge: {auths:?}"
+    );
+    assert!(
+        auths.iter().all(|a| !a.contains(" | ")),
+        "two Authorization headers in one request: {auths:?}"
+    );
+    // "alice:" with an empty password, the HTTP library's own header.
+    assert!(
+        auths
+            .iter()
+            .all(|a| a.split(" | ").all(|h| h != "Basic YWxpY2U6")),
+        "the URL's user sent without a password: {auths:?}"
+    );
+    assert!(
+        auths.iter().any(|a| a == "Basic YWxpY2U6czNjcmV0"),
+        "{auths:?}"
+    );
+    assert!(!m.log().contains("s3cret"), "the password in the log");
+    assert!(m.unmount().success());
+}
+
 #[test]
 fn bearer_tokens_from_a_command_are_renewed_when_refused() {
     use crate::support::dav_server::DavServer;

@@ -670,6 +670,31 @@ impl WriteHandle {
     }
 
     /// Fetches the server's version into the spool, if not done yet.
+    /// Before the file's server copy goes (deleted, or replaced by a rename) while this
+    /// session has it open: fetches what the session has not fetched yet, so that its
+    /// descriptors go on reading and writing the old content, as on POSIX. Before, a later
+    /// write or read that needed it asked the server for a file that was gone (ENOENT), or
+    /// for the one that replaced it (found by the reference model). Best effort: a failure
+    /// is logged, and such a read or write then fails as before.
+    pub(super) async fn keep_content(&self, client: &DavClient) {
+        super::lock::before_await();
+        let mut st = self.state.lock().await;
+        if st.complete || st.is_local() || st.original_size == 0 {
+            return;
+        }
+        // Not a whole large file just because it goes away while open (a 4 GiB disk image
+        // open for writing and deleted from another shell): its descriptors then fail to
+        // read what they did not fetch, as before.
+        const KEEP_AT_MOST: u64 = 256 << 20;
+        if st.original_size > KEEP_AT_MOST {
+            tracing::info!(path = %self.path(), size = st.original_size, "a large file open for writing goes away; its unfetched content goes with it");
+            return;
+        }
+        if let Err(e) = self.load_original(client, &mut st).await {
+            tracing::debug!(path = %self.path(), "could not keep the content of a file going away while open: {e}");
+        }
+    }
+
     async fn load_original(&self, client: &DavClient, st: &mut State) -> VfsResult<()> {
         if st.complete {
             return Ok(());

@@ -12,6 +12,15 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+/// What a server demands of every request.
+#[derive(Clone)]
+enum Check {
+    /// `Authorization: Bearer <the token now in the cell>`.
+    Bearer(Arc<Mutex<String>>),
+    /// This exact `Authorization: Basic ...` value.
+    Basic(String),
+}
+
 pub struct DavServer {
     pub port: u16,
     pub root: PathBuf,
@@ -40,9 +49,21 @@ impl DavServer {
         Self::start_inner(0, None, Some(token))
     }
 
-    /// The Authorization header of every request so far ("" when absent).
+    /// The Authorization header of every request so far ("" when absent; several headers
+    /// of one request joined by " | ").
     pub fn authorizations(&self) -> Vec<String> {
         self.auth_log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// A server that demands `Authorization: Basic` for `user` and `password` (401 with a
+    /// Basic challenge otherwise) and records every request's Authorization headers.
+    pub fn start_basic(user: &str, password: &str) -> DavServer {
+        use base64::Engine;
+        let want = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        );
+        Self::start_with(0, None, Some(Check::Basic(want)))
     }
 
     fn start_inner(
@@ -50,6 +71,10 @@ impl DavServer {
         root: Option<PathBuf>,
         token: Option<Arc<Mutex<String>>>,
     ) -> DavServer {
+        Self::start_with(port, root, token.map(Check::Bearer))
+    }
+
+    fn start_with(port: u16, root: Option<PathBuf>, check: Option<Check>) -> DavServer {
         let tmp = tempfile::Builder::new()
             .prefix("davdrive-davserver")
             .tempdir()
@@ -85,7 +110,7 @@ impl DavServer {
                     let handler = handler.clone();
                     let log = log2.clone();
                     let auth_log = auth_log2.clone();
-                    let token = token.clone();
+                    let check = check.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                             let handler = handler.clone();
@@ -94,24 +119,30 @@ impl DavServer {
                             }
                             let auth = req
                                 .headers()
-                                .get("authorization")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned();
+                                .get_all("authorization")
+                                .iter()
+                                .map(|v| v.to_str().unwrap_or("?"))
+                                .collect::<Vec<_>>()
+                                .join(" | ");
                             if let Ok(mut l) = auth_log.lock() {
                                 l.push(auth.clone());
                             }
-                            let refused = token.as_ref().is_some_and(|t| {
-                                t.lock()
-                                    .map(|t| auth != format!("Bearer {t}"))
-                                    .unwrap_or(true)
-                            });
+                            let (refused, scheme) = match &check {
+                                None => (false, ""),
+                                Some(Check::Bearer(t)) => (
+                                    t.lock()
+                                        .map(|t| auth != format!("Bearer {t}"))
+                                        .unwrap_or(true),
+                                    "Bearer realm=\"dav\"",
+                                ),
+                                Some(Check::Basic(want)) => (auth != *want, "Basic realm=\"dav\""),
+                            };
                             async move {
                                 if refused {
                                     let resp = hyper::Response::builder()
                                         .status(401)
-                                        .header("www-authenticate", "Bearer realm=\"dav\"")
-                                        .body(dav_server::body::Body::from("token required"))
+                                        .header("www-authenticate", scheme)
+                                        .body(dav_server::body::Body::from("credentials required"))
                                         .expect("401 response");
                                     return Ok::<_, Infallible>(resp);
                                 }
