@@ -191,9 +191,12 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Colours only for a terminal: the daemon's log file gets plain text.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
@@ -260,6 +263,8 @@ mod platform {
                 .map_err(|e| format!("{}: {e}", log.display()))?;
             f
         };
+        // Where this start's lines begin in the log (it is appended to).
+        let start = log_file.metadata().map_or(0, |m| m.len());
         let mut cmd = Proc::new(exe);
         cmd.args(std::env::args_os().skip(1))
             .env(DETACHED, "1")
@@ -288,6 +293,11 @@ mod platform {
         if line.starts_with(READY) {
             print!("{line}");
             println!("davdrive: logging to {}", log.display());
+            // Warnings of the start (--insecure, a password or token over plain HTTP) are
+            // shown here too, not only in a log nobody reads.
+            for warning in start_warnings(log, start) {
+                eprintln!("davdrive: warning: {warning}");
+            }
             return Ok(());
         }
         let status = child.wait().map_err(|e| format!("daemon: {e}"))?;
@@ -299,6 +309,22 @@ mod platform {
             detail.join("\n"),
             log.display()
         ))
+    }
+
+    /// The warnings the daemon logged from byte `start` of its log on.
+    fn start_warnings(log: &Path, start: u64) -> Vec<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut text = String::new();
+        let read = std::fs::File::open(log).and_then(|mut f| {
+            f.seek(SeekFrom::Start(start))?;
+            f.take(1 << 20).read_to_string(&mut text)
+        });
+        if read.is_err() {
+            return Vec::new();
+        }
+        text.lines()
+            .filter_map(|l| l.split_once(" WARN ").map(|(_, w)| w.trim().to_owned()))
+            .collect()
     }
 
     fn run_foreground(cfg: MountConfig) -> Result<(), String> {

@@ -426,6 +426,12 @@ impl DavClient {
             );
             builder = builder.tls_danger_accept_invalid_certs(true);
         }
+        if config.url.scheme() == "http" && config.bearer.is_some() {
+            tracing::warn!(
+                "a bearer token goes over plain HTTP: anyone on the network path can read it \
+                 and use it until it expires; prefer https://"
+            );
+        }
         let http = builder
             .user_agent(config.user_agent.clone())
             .connect_timeout(config.connect_timeout)
@@ -1223,6 +1229,12 @@ impl DavClient {
         match started {
             Ok(Ok((k, _first))) => {
                 tracing::debug!("authenticating with Kerberos");
+                if self.inner.root.url().scheme() == "http" {
+                    tracing::warn!(
+                        "Kerberos over plain HTTP: the requests and answers cross the network \
+                         readable by anyone on the path; prefer https://"
+                    );
+                }
                 *self.inner.auth.lock().unwrap_or_else(|e| e.into_inner()) =
                     AuthState::Negotiate(Arc::new(k));
                 true

@@ -226,6 +226,100 @@ fn a_user_in_the_url_is_the_user_and_sends_one_authorization_after_the_challenge
     assert!(m.unmount().success());
 }
 
+/// Issue 22, item 11: a background mount prints the start's warnings on the terminal (a
+/// password or a bearer token over plain HTTP), not only in the daemon's log; and the log is
+/// plain text (issue 21: it held colour escape codes).
+#[test]
+fn a_background_mount_shows_its_warnings_and_logs_plain_text() {
+    use crate::support::dav_server::DavServer;
+    use std::process::Command;
+    use std::sync::{Arc, Mutex};
+    if !have_fuse() || !crate::support::have("timeout") {
+        return;
+    }
+    let basic = DavServer::start_basic("alice", "s3cret");
+    let token = Arc::new(Mutex::new("tok".to_owned()));
+    let bearer = DavServer::start_bearer(token);
+    let conf = tempfile::tempdir().expect("tempdir");
+    let file = conf.path().join("token");
+    std::fs::write(&file, "tok\n").expect("token");
+    let cmd = format!("cat '{}'", file.display());
+    struct Case {
+        url: String,
+        args: Vec<String>,
+        env: Vec<(&'static str, &'static str)>,
+        warning: &'static str,
+    }
+    let cases = [
+        Case {
+            url: basic.url(),
+            args: vec!["--user".into(), "alice".into()],
+            env: vec![("DAVDRIVE_PASSWORD", "s3cret")],
+            warning: "Basic authentication over plain HTTP",
+        },
+        Case {
+            url: bearer.url(),
+            args: vec!["--token-command".into(), cmd],
+            env: vec![],
+            warning: "bearer token goes over plain HTTP",
+        },
+    ];
+    for Case {
+        url,
+        args,
+        env,
+        warning,
+    } in cases
+    {
+        let cache = tempfile::tempdir().expect("cache");
+        let mnt = tempfile::tempdir().expect("mnt");
+        let mut c = Command::new("timeout");
+        c.arg("60")
+            .arg(env!("CARGO_BIN_EXE_davdrive"))
+            .arg("mount")
+            .arg(&url)
+            .arg(mnt.path())
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .args(&args)
+            .env_remove("DAVDRIVE_PASSWORD");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().expect("davdrive mount");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let _unmount = Unmount(mnt.path().to_path_buf());
+        assert!(out.status.success(), "{stderr}");
+        // The warning comes when the server first challenges us: read a file to be sure the
+        // mount is in use, then look (the start already listed the root, which challenged).
+        assert!(
+            stderr.contains(warning),
+            "{url}: no warning on the terminal: {stderr:?}"
+        );
+        assert!(!stderr.contains("s3cret") && !stderr.contains("tok\n"));
+        let log = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("davdrive: logging to "))
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| panic!("no log path in {stdout:?}"));
+        let text = std::fs::read_to_string(&log).expect("log");
+        assert!(!text.contains('\u{1b}'), "colour codes in the log file");
+    }
+}
+
+/// Unmounts a background mount when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_davdrive"))
+            .arg("unmount")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 #[test]
 fn bearer_tokens_from_a_command_are_renewed_when_refused() {
     use crate::support::dav_server::DavServer;
