@@ -132,6 +132,11 @@ pub enum HrefError {
     NotUtf8(String),
     #[error("href {0:?} contains a segment that cannot be a name")]
     BadSegment(String),
+    /// RFC 4918 allows several hrefs in one `<response>` only beside a status, never with
+    /// properties: one response with thousands of hrefs and a large property would otherwise
+    /// copy the property for each (a 0.5 MB listing took 1.2 GB).
+    #[error("href {0:?} is one of several in a <response> with properties; only the first is used")]
+    ExtraWithProperties(String),
 }
 
 /// The mounted collection: its URL (always with a trailing slash) and its decoded segments.

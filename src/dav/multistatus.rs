@@ -179,6 +179,8 @@ struct RawResponse {
     hrefs: Vec<String>,
     status: Option<u16>,
     props: Props,
+    /// It had a `<propstat>` (then RFC 4918 allows one href only).
+    propstat: bool,
 }
 
 #[derive(Debug, Default)]
@@ -192,6 +194,8 @@ struct PropstatState {
 struct Collector<'a, F: FnMut(Resource)> {
     sink: F,
     skipped: Vec<HrefError>,
+    /// Resources made so far (hrefs taken), for [`MAX_RESPONSES`].
+    built: usize,
     seen: std::collections::HashSet<DavPath, foldhash::fast::RandomState>,
     request_url: &'a Url,
     root: &'a Root,
@@ -202,6 +206,7 @@ impl<'a, F: FnMut(Resource)> Collector<'a, F> {
         Collector {
             sink,
             skipped: Vec::new(),
+            built: 0,
             seen: std::collections::HashSet::default(),
             request_url,
             root,
@@ -214,7 +219,27 @@ impl<'a, F: FnMut(Resource)> Collector<'a, F> {
         {
             return Ok(());
         }
-        for href in &r.hrefs {
+        // With properties, one href (RFC 4918): each further one would get its own copy of
+        // every property, and one response could ask for any amount of memory.
+        let take = if r.propstat {
+            r.hrefs.len().min(1)
+        } else {
+            r.hrefs.len()
+        };
+        if let Some(extra) = r.hrefs.get(take..).filter(|e| !e.is_empty()) {
+            // One entry says it for all of them; a listing of 20,000 would flood the log.
+            self.skipped.push(HrefError::ExtraWithProperties(format!(
+                "{} (and {} more)",
+                extra[0],
+                extra.len() - 1
+            )));
+        }
+        // Every resource counts towards the limit, not every `<response>`.
+        self.built += take;
+        if self.built > MAX_RESPONSES {
+            return Err(ParseError::TooManyResponses);
+        }
+        for href in &r.hrefs[..take] {
             let path = match self.root.resolve_href(self.request_url, href) {
                 Ok(p) => p,
                 Err(e) => {
@@ -477,6 +502,7 @@ impl RawParser {
                     }
                     Node::Propstat => {
                         if let (Some(ps), Some(r)) = (self.propstat.take(), self.current.as_mut()) {
+                            r.propstat = true;
                             // No status at all is taken as success: some servers omit it.
                             let ok = ps.status.is_none_or(|s| (200..300).contains(&s));
                             if ok {
@@ -654,6 +680,31 @@ mod tests {
         let ms = parse_str(doc).expect("parse");
         assert_eq!(ms.resources.len(), 1);
         assert_eq!(ms.skipped.len(), 2);
+    }
+
+    /// Issue 22, item 1: one response with 20,000 hrefs and a 60 KB entity tag made 20,000
+    /// resources with a copy of the tag each (1.2 GB); now the first href alone is taken,
+    /// and the rest is reported once.
+    #[test]
+    fn many_hrefs_in_one_response_with_properties_take_the_first_only() {
+        let mut doc = String::from(r#"<D:multistatus xmlns:D="DAV:"><D:response>"#);
+        for i in 0..20_000 {
+            doc.push_str(&format!("<D:href>/dav/f{i}</D:href>"));
+        }
+        doc.push_str(&format!(
+            "<D:propstat><D:prop><D:getetag>{}</D:getetag></D:prop></D:propstat></D:response></D:multistatus>",
+            "e".repeat(60_000)
+        ));
+        let ms = parse_str(&doc).expect("parse");
+        assert_eq!(ms.resources.len(), 1);
+        assert_eq!(ms.resources[0].path, DavPath::parse("/f0").expect("p"));
+        assert_eq!(ms.skipped.len(), 1, "{:?}", ms.skipped);
+        // No href at all: nothing, and no panic.
+        let doc = r#"<D:multistatus xmlns:D="DAV:"><D:response><D:propstat><D:prop/></D:propstat></D:response></D:multistatus>"#;
+        assert!(parse_str(doc).expect("parse").resources.is_empty());
+        // Several hrefs beside a status (RFC 4918's form) are all taken.
+        let doc = r#"<D:multistatus xmlns:D="DAV:"><D:response><D:href>/dav/a</D:href><D:href>/dav/b</D:href><D:status>HTTP/1.1 200 OK</D:status></D:response></D:multistatus>"#;
+        assert_eq!(parse_str(doc).expect("parse").resources.len(), 2);
     }
 
     #[test]
