@@ -163,6 +163,11 @@ pub struct MountArgs {
     #[arg(long, help_heading = "TLS")]
     pub insecure: bool,
 
+    /// Follow a redirect from https:// to plain http:// (refused by default: everything,
+    /// credentials included, would then cross the network readable).
+    #[arg(long, help_heading = "TLS")]
+    pub allow_http_redirect: bool,
+
     /// Send every request through this HTTP proxy, e.g. http://proxy:3128 (a user name may
     /// be given as http://user@proxy:3128, its password in DAVDRIVE_PROXY_PASSWORD). Without
     /// it, HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY apply; nothing is auto-discovered.

@@ -135,6 +135,7 @@ impl MountConfig {
             })?);
         }
         client.insecure = flag(args.insecure, profile.insecure);
+        client.allow_http_redirect = flag(args.allow_http_redirect, profile.allow_http_redirect);
         let mut pins = Vec::new();
         for p in args.pin_cert.iter().chain(profile.pin_cert.iter()) {
             pins.push(crate::dav::tls::parse_pin(p).map_err(ConfigError)?);

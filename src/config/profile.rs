@@ -54,6 +54,7 @@ pub struct Profile {
     pub direct_io: Option<bool>,
     pub ca_cert: Option<PathBuf>,
     pub insecure: Option<bool>,
+    pub allow_http_redirect: Option<bool>,
     pub pin_cert: Option<String>,
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,

@@ -75,6 +75,8 @@ pub struct ClientConfig {
     pub extra_ca_pem: Option<Vec<u8>>,
     /// Accept any certificate. Never a default; warned about loudly.
     pub insecure: bool,
+    /// Follow redirects from https to http (`--allow-http-redirect`); refused otherwise.
+    pub allow_http_redirect: bool,
     /// SHA-256 fingerprints of the only server certificates to accept (pinning). When set,
     /// the system trust store and `extra_ca_pem` are not consulted.
     pub pins: Vec<[u8; 32]>,
@@ -99,6 +101,7 @@ impl ClientConfig {
             retry_budget: Duration::from_secs(30),
             extra_ca_pem: None,
             insecure: false,
+            allow_http_redirect: false,
             pins: Vec::new(),
             client_identity: None,
             proxy: None,
@@ -321,6 +324,8 @@ struct Inner {
     kerberos_gate: tokio::sync::Mutex<KerberosGate>,
     stats: RequestStats,
     max_listing_bytes: usize,
+    /// Redirects from https to http are followed (`ClientConfig::allow_http_redirect`).
+    allow_http_redirect: bool,
     retry_budget: Duration,
     /// Whether connection errors are retried with backoff (on once the mount is up: a mount
     /// of a dead server must fail at once).
@@ -470,6 +475,7 @@ impl DavClient {
                 kerberos_gate: tokio::sync::Mutex::new(KerberosGate::default()),
                 stats: RequestStats::default(),
                 max_listing_bytes: config.max_listing_bytes,
+                allow_http_redirect: config.allow_http_redirect,
                 retry_budget: config.retry_budget,
                 reconnect_retries: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -1058,6 +1064,12 @@ impl DavClient {
                             .and_then(|v| v.to_str().ok())
                             .and_then(|l| url.join(l).ok())
                             .filter(|n| matches!(n.scheme(), "http" | "https"))
+                            // Never from https to plain http unless asked (the answer then
+                            // fails, naming the option, in `check`).
+                            .filter(|n| {
+                                self.inner.allow_http_redirect
+                                    || !(url.scheme() == "https" && n.scheme() == "http")
+                            })
                     {
                         tracing::debug!(
                             method,
@@ -1444,10 +1456,19 @@ async fn check(method: &'static str, path: &DavPath, resp: Response) -> Result<R
                     .or(Some(l.to_owned()))
             })
             .unwrap_or_default();
-        message = format!(
-            "redirect to {loc} not followed (too many hops, or a streamed body that cannot \
-             be sent twice); mount that URL instead"
-        );
+        let downgrade = resp.url().scheme() == "https" && loc.starts_with("http://");
+        message = if downgrade {
+            format!(
+                "redirect to {loc} refused: it leaves https for plain http, where everything \
+                 (credentials included) crosses the network readable; pass \
+                 --allow-http-redirect if you accept that"
+            )
+        } else {
+            format!(
+                "redirect to {loc} not followed (too many hops, or a streamed body that cannot \
+                 be sent twice); mount that URL instead"
+            )
+        };
     }
     Err(DavError::Service {
         method: method.into(),

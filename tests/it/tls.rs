@@ -84,6 +84,33 @@ fn http_to_https_redirect_is_followed_for_propfind_and_put() {
     assert!(m.unmount().success());
 }
 
+/// Issue 22, item 10: a redirect from https to plain http is refused, with a message that
+/// names the option; with `--allow-http-redirect` it is followed. Before, the mount adopted
+/// the http URL silently.
+#[test]
+fn a_redirect_from_https_to_http_is_refused_unless_allowed() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("downgrade");
+    std::fs::write(dir.join("x.txt"), b"plain").expect("write");
+    apache::give_to_server(&dir);
+    let url = format!("https://127.0.0.1:{}/downgrade/downgrade/", a.tls_port);
+    let ca = a.ca.to_string_lossy().into_owned();
+    let err = match Mount::try_new(&url, &["--ca-cert", &ca], &[]) {
+        Ok(_) => panic!("mounted through a redirect from https to http"),
+        Err(e) => e,
+    };
+    assert!(err.contains("--allow-http-redirect"), "{err}");
+    let m = Mount::new(&url, &["--ca-cert", &ca, "--allow-http-redirect"]);
+    assert_eq!(
+        std::fs::read(m.path().join("x.txt")).expect("read"),
+        b"plain"
+    );
+    assert!(m.log().contains("mounting that URL"), "{}", m.log());
+}
+
 #[test]
 fn credentials_never_follow_a_redirect_to_another_host() {
     use std::io::{BufRead, BufReader, Write};

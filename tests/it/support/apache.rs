@@ -1,7 +1,7 @@
 //! Apache httpd 2.4 with mod_dav + mod_dav_fs, configured from scratch in a temp dir.
 //!
 //! `/redir/x` redirects (308) to `https://127.0.0.1:TLS_PORT/dav/x` as IIS's HTTP→HTTPS
-//! rule does. `/dav/` serves `docroot` without authentication; `/auth/` serves `authroot` behind Basic
+//! rule does; `/downgrade/x` redirects (308) to plain `http://127.0.0.1:PORT/dav/x`. `/dav/` serves `docroot` without authentication; `/auth/` serves `authroot` behind Basic
 //! authentication (user `alice`, password [`PASSWORD`]). The access log has one tab-separated
 //! line per request: method, decoded path, status, bytes sent (headers included), Range,
 //! Transfer-Encoding, bytes received.
@@ -309,6 +309,7 @@ DocumentRoot "{docroot}"
     Require all denied
 </Directory>
 RedirectMatch 308 ^/redir/(.*)$ https://127.0.0.1:{tls_port}/dav/$1
+RedirectMatch 308 ^/downgrade/(.*)$ http://127.0.0.1:{port}/dav/$1
 Alias /dav/ "{docroot}/"
 <Directory "{docroot}">
     Dav On
