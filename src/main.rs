@@ -8,6 +8,10 @@ use clap::Parser;
 use davdrive::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // A background mount's daemon gets its secrets over stdin, before anything reads them
+    // (clap reads DAVDRIVE_TOKEN).
+    #[cfg(target_os = "linux")]
+    platform::take_secrets();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
@@ -225,14 +229,44 @@ mod platform {
         run_foreground(cfg)
     }
 
+    /// In the daemon of a background mount: takes the secrets its parent sends over stdin
+    /// (`NAME\0value\0` pairs, only the names of `SECRET_VARS`) into this process's
+    /// variables. They never were in its environment block, which /proc shows to the user's
+    /// other processes for the life of the mount.
+    pub fn take_secrets() {
+        use std::io::Read;
+        if std::env::var_os(DETACHED).is_none() {
+            return;
+        }
+        let mut raw = Vec::new();
+        if std::io::stdin()
+            .take(1 << 16)
+            .read_to_end(&mut raw)
+            .is_err()
+        {
+            return;
+        }
+        let mut fields = raw.split(|b| *b == 0);
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value))
+            else {
+                continue;
+            };
+            if davdrive::dav::auth::SECRET_VARS.contains(&name) {
+                // SAFETY: called first thing in main, before any other thread exists.
+                unsafe { std::env::set_var(name, value) };
+            }
+        }
+    }
+
     /// Re-runs this command detached from the terminal and waits until the child says the
     /// mount is ready (or failed), so that `davdrive mount` returns only for a usable mount.
     fn spawn_detached(log: &Path) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
         // The daemon must not hold our caller's terminal or pipes open: its log goes to a
-        // file in the mount's cache directory.
-        // The log names files and servers: private to the user, in a private folder made so
-        // before the log is, and never written through a symbolic link planted in its place.
+        // file in the mount's cache directory. The log names files and servers: private to
+        // the user, in a private folder made so before the log is, and never written through
+        // a symbolic link planted in its place.
         if let Some(dir) = log.parent() {
             use std::os::unix::fs::PermissionsExt;
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -266,9 +300,20 @@ mod platform {
         // Where this start's lines begin in the log (it is appended to).
         let start = log_file.metadata().map_or(0, |m| m.len());
         let mut cmd = Proc::new(exe);
+        // Secrets go over a pipe, not into the daemon's environment.
+        let mut secrets = Vec::new();
+        for var in davdrive::dav::auth::SECRET_VARS {
+            if let Ok(v) = std::env::var(var) {
+                secrets.extend_from_slice(var.as_bytes());
+                secrets.push(0);
+                secrets.extend_from_slice(v.as_bytes());
+                secrets.push(0);
+            }
+            cmd.env_remove(var);
+        }
         cmd.args(std::env::args_os().skip(1))
             .env(DETACHED, "1")
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
         // SAFETY: setsid is async-signal-safe; it detaches the child from our session so
@@ -285,6 +330,13 @@ mod platform {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start the daemon: {e}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            // Dropped at the end of this block: the daemon reads to the end.
+            stdin
+                .write_all(&secrets)
+                .map_err(|e| format!("cannot hand the daemon its secrets: {e}"))?;
+        }
         let stdout = child.stdout.take().ok_or("no pipe to the daemon")?;
         let mut line = String::new();
         BufReader::new(stdout)

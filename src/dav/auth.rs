@@ -59,6 +59,16 @@ impl fmt::Debug for BearerSource {
     }
 }
 
+/// The environment variables that may carry secrets. A background mount hands them to its
+/// daemon over a pipe, not in its environment (readable in /proc for the life of the mount),
+/// and commands davdrive runs never inherit them.
+pub const SECRET_VARS: &[&str] = &[
+    "DAVDRIVE_PASSWORD",
+    "DAVDRIVE_TOKEN",
+    "DAVDRIVE_PROXY_PASSWORD",
+    "DAVDRIVE_CLIENT_CERT_PASSWORD",
+];
+
 impl BearerSource {
     /// The current token. Blocking: runs the command, if any (at most `limit`).
     pub fn fetch(&self, limit: std::time::Duration) -> Result<Secret, String> {
@@ -78,6 +88,9 @@ impl BearerSource {
             p.arg("-c").arg(cmd);
             p
         };
+        for var in SECRET_VARS {
+            proc.env_remove(var);
+        }
         let mut child = proc
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())

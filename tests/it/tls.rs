@@ -335,6 +335,85 @@ fn a_background_mount_shows_its_warnings_and_logs_plain_text() {
     }
 }
 
+/// Issue 22, item 8: a background mount's daemon holds no secret in its environment or on
+/// its command line (/proc shows both to the user's other processes for the life of the
+/// mount), and a token command does not inherit secrets. Before, DAVDRIVE_PASSWORD stayed in
+/// /proc/PID/environ.
+#[test]
+fn secrets_stay_out_of_the_daemons_environment_and_child_commands() {
+    use crate::support::dav_server::DavServer;
+    use std::process::Command;
+    use std::sync::{Arc, Mutex};
+    if !have_fuse() || !crate::support::have("timeout") {
+        return;
+    }
+    let s = DavServer::start_basic("alice", "s3cret-pw");
+    std::fs::write(s.root.join("doc.txt"), b"for alice").expect("write");
+    let cache = tempfile::tempdir().expect("cache");
+    let mnt = tempfile::tempdir().expect("mnt");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_davdrive"))
+        .arg("mount")
+        .arg(s.url())
+        .arg(mnt.path())
+        .args(["--user", "alice", "--cache-dir"])
+        .arg(cache.path())
+        .env("DAVDRIVE_PASSWORD", "s3cret-pw")
+        .output()
+        .expect("davdrive mount");
+    let _unmount = Unmount(mnt.path().to_path_buf());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(mnt.path().join("doc.txt")).expect("read"),
+        b"for alice"
+    );
+    let daemons: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c).contains(mnt.path().to_string_lossy().as_ref())
+                    && !String::from_utf8_lossy(&c).starts_with("timeout")
+            })
+        })
+        .collect();
+    assert_eq!(daemons.len(), 1, "one daemon: {daemons:?}");
+    let environ = std::fs::read(format!("/proc/{}/environ", daemons[0])).expect("environ");
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", daemons[0])).expect("cmdline");
+    for (what, bytes) in [("environment", &environ), ("command line", &cmdline)] {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(
+            !text.contains("s3cret-pw"),
+            "the password in the daemon's {what}"
+        );
+    }
+    // A token command inherits no secret (DAVDRIVE_PASSWORD set for no reason here).
+    let token = Arc::new(Mutex::new("tok".to_owned()));
+    let b = DavServer::start_bearer(token);
+    let conf = tempfile::tempdir().expect("conf");
+    let seen = conf.path().join("env");
+    let cmd = format!("env > '{}'; echo tok", seen.display());
+    let m = Mount::try_new(
+        &b.url(),
+        &["--token-command", &cmd, "--user", "alice"],
+        &[("DAVDRIVE_PASSWORD", "s3cret-pw")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::read_dir(m.path()).expect("list").count();
+    let env = std::fs::read_to_string(&seen).expect("the command ran");
+    assert!(
+        !env.contains("s3cret-pw"),
+        "the token command inherited a secret"
+    );
+    assert!(m.unmount().success());
+}
+
 /// Unmounts a background mount when dropped.
 struct Unmount(std::path::PathBuf);
 
