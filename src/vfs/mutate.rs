@@ -884,7 +884,10 @@ impl Vfs {
         match &writer {
             // Deleted while open: the data must not come back at close (but stays when the
             // server refuses the DELETE).
-            Some(w) => w.unlink(delete).await?,
+            Some(w) => {
+                w.unlink(delete).await?;
+                w.drop_partial_upload(&self.client).await;
+            }
             None => delete.await?,
         }
         self.remove_child(parent, name);

@@ -807,12 +807,16 @@ fn background_mount_detaches_and_unmount_stops_the_daemon() {
             .collect()
     };
     assert_eq!(daemons().len(), 1, "one daemon serves the mount");
-    let st = Command::new(env!("CARGO_BIN_EXE_davdrive"))
+    let out = Command::new(env!("CARGO_BIN_EXE_davdrive"))
         .arg("unmount")
         .arg(mnt.path())
-        .status()
+        .output()
         .expect("unmount");
-    assert!(st.success());
+    assert!(
+        out.status.success(),
+        "unmount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!is_mounted(mnt.path()));
     // The daemon exits on its own once unmounted (bounded wait).
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -1067,6 +1067,30 @@ mod regressions {
         }
     }
 
+    /// A file uploaded in segments, deleted while open: its hidden temporary upload stayed
+    /// until the last close, and `rmdir` of the now empty folder said ENOTEMPTY.
+    #[test]
+    fn rmdir_after_deleting_a_file_uploading_in_segments_succeeds() {
+        let ops = [
+            Op::Mkdir { dir: 0 },
+            Op::Create { slot: 2, file: 4 },
+            Op::Write {
+                slot: 2,
+                off: 0,
+                len: 259177,
+                seed: 228,
+            },
+            Op::Unlink { file: 4 },
+            Op::Rmdir { dir: 0 },
+        ];
+        for async_close in [false, true] {
+            let s = setup(UploadPolicy::Stream, 64 << 10, async_close, true);
+            if let Err(e) = run_case(s, &ops) {
+                panic!("{s:?}: {e}");
+            }
+        }
+    }
+
     /// ftruncate that grows a new file being streamed, then close.
     #[test]
     fn growing_a_streamed_new_file_by_ftruncate_keeps_the_size() {

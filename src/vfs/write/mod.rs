@@ -670,6 +670,20 @@ impl WriteHandle {
     }
 
     /// Fetches the server's version into the spool, if not done yet.
+    /// After the file was deleted while open: the temporary file of its segmented upload
+    /// (a hidden `.davdrive-part-*` beside it) goes now, not at the last close, so that the
+    /// folder is empty for `rmdir` at once (found by the reference model).
+    pub(super) async fn drop_partial_upload(&self, client: &DavClient) {
+        super::lock::before_await();
+        let mut st = self.state.lock().await;
+        if !self.is_unlinked() {
+            return;
+        }
+        if let Some(r) = st.resume.take() {
+            segments::discard(client, &r).await;
+        }
+    }
+
     /// Before the file's server copy goes (deleted, or replaced by a rename) while this
     /// session has it open: fetches what the session has not fetched yet, so that its
     /// descriptors go on reading and writing the old content, as on POSIX. Before, a later
