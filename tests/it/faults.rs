@@ -428,23 +428,7 @@ fn full_cache_disk_fails_the_writer_and_leaves_no_half_file_on_the_server() {
         return;
     }
     let dir = a.fresh_dir("fault-full");
-    let cache = tempfile::tempdir().expect("cache");
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(cache.path())
-        .status()
-        .expect("mount tmpfs");
-    assert!(
-        st.success(),
-        "cannot mount a small tmpfs for the cache directory"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _tmpfs = Unmount(cache.path().to_path_buf());
+    let (cache, _tmpfs) = small_tmpfs("4m");
     let cache_arg = cache.path().to_string_lossy().into_owned();
     let m = Mount::new(&a.url("fault-full"), &["--cache-dir", &cache_arg]);
     let path = m.path().join("big.bin");
@@ -476,6 +460,32 @@ fn full_cache_disk_fails_the_writer_and_leaves_no_half_file_on_the_server() {
     drop(m);
 }
 
+/// Unmounts a tmpfs when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A temporary directory with a tmpfs of `size` (e.g. "4m") mounted on it: a small disk for
+/// the cache directory. Drop the guard before the directory.
+fn small_tmpfs(size: &str) -> (tempfile::TempDir, Unmount) {
+    let dir = tempfile::tempdir().expect("cache");
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .expect("mount tmpfs");
+    assert!(
+        st.success(),
+        "cannot mount a small tmpfs for the cache directory"
+    );
+    let guard = Unmount(dir.path().to_path_buf());
+    (dir, guard)
+}
+
 /// Every file under `dir`, recursively.
 fn files_below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -501,23 +511,7 @@ fn a_full_cache_disk_fails_every_later_write_and_keeps_no_invented_bytes() {
     for segment in ["16", "2"] {
         let name = format!("fault-full-{segment}");
         let _dir = a.fresh_dir(&name);
-        let cache = tempfile::tempdir().expect("cache");
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
-            .arg(cache.path())
-            .status()
-            .expect("mount tmpfs");
-        assert!(
-            st.success(),
-            "cannot mount a small tmpfs for the cache directory"
-        );
-        struct Unmount(std::path::PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(&self.0).status();
-            }
-        }
-        let _tmpfs = Unmount(cache.path().to_path_buf());
+        let (cache, _tmpfs) = small_tmpfs("6m");
         let cache_arg = cache.path().to_string_lossy().into_owned();
         let m = Mount::new(
             &a.url(&name),

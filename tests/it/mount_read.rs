@@ -794,18 +794,7 @@ fn background_mount_detaches_and_unmount_stops_the_daemon() {
         "mount returned before the mount existed"
     );
     assert_eq!(std::fs::read(mnt.path().join("x.txt")).expect("read"), b"x");
-    let daemons = || -> Vec<u32> {
-        std::fs::read_dir("/proc")
-            .expect("/proc")
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    String::from_utf8_lossy(&c).contains(mnt.path().to_string_lossy().as_ref())
-                })
-            })
-            .collect()
-    };
+    let daemons = || crate::support::daemons_of(mnt.path());
     assert_eq!(daemons().len(), 1, "one daemon serves the mount");
     let out = Command::new(env!("CARGO_BIN_EXE_davdrive"))
         .arg("unmount")

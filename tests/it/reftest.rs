@@ -838,6 +838,20 @@ mod regressions {
         }
     }
 
+    /// Runs `ops` under each setup; the first disagreement fails the test.
+    fn check(ops: &[Op], setups: impl IntoIterator<Item = Setup>) {
+        for s in setups {
+            if let Err(e) = run_case(s, ops) {
+                panic!("{s:?}: {e}");
+            }
+        }
+    }
+
+    /// Both frontend styles, with one upload configuration.
+    fn both_styles(upload: UploadPolicy, segment_size: u64, async_close: bool) -> [Setup; 2] {
+        [false, true].map(|by_path| setup(upload, segment_size, async_close, by_path))
+    }
+
     /// A file being written in a directory that is renamed: its data went to the old path,
     /// which no longer existed (the new path kept the empty file created at open).
     #[test]
@@ -854,13 +868,8 @@ mod regressions {
             },
             Op::RenameDir { from: 0, to: 1 },
         ];
-        for by_path in [false, true] {
-            for upload in [UploadPolicy::Stream, UploadPolicy::Spool] {
-                let s = setup(upload, 64 << 10, false, by_path);
-                if let Err(e) = run_case(s, &ops) {
-                    panic!("{s:?}: {e}");
-                }
-            }
+        for upload in [UploadPolicy::Stream, UploadPolicy::Spool] {
+            check(&ops, both_styles(upload, 64 << 10, false));
         }
     }
 
@@ -877,12 +886,7 @@ mod regressions {
                 size: 109970,
             },
         ];
-        for by_path in [false, true] {
-            let s = setup(UploadPolicy::Spool, 16 << 20, false, by_path);
-            if let Err(e) = run_case(s, &ops) {
-                panic!("{s:?}: {e}");
-            }
-        }
+        check(&ops, both_styles(UploadPolicy::Spool, 16 << 20, false));
     }
 
     /// An existing file opened for writing, renamed while open without a write, then
@@ -900,13 +904,8 @@ mod regressions {
             Op::Create { slot: 0, file: 3 },
             Op::Rename { from: 3, to: 1 },
         ];
-        for by_path in [false, true] {
-            for upload in [UploadPolicy::Stream, UploadPolicy::Spool] {
-                let s = setup(upload, 16 << 20, false, by_path);
-                if let Err(e) = run_case(s, &ops) {
-                    panic!("{s:?}: {e}");
-                }
-            }
+        for upload in [UploadPolicy::Stream, UploadPolicy::Spool] {
+            check(&ops, both_styles(upload, 16 << 20, false));
         }
     }
 
@@ -919,12 +918,7 @@ mod regressions {
             Op::Create { slot: 2, file: 3 },
             Op::Rmdir { dir: 0 },
         ];
-        for by_path in [false, true] {
-            let s = setup(UploadPolicy::Spool, 16 << 20, false, by_path);
-            if let Err(e) = run_case(s, &ops) {
-                panic!("{s:?}: {e}");
-            }
-        }
+        check(&ops, both_styles(UploadPolicy::Spool, 16 << 20, false));
     }
 
     /// A file deleted while open, a new file of the same name, renamed, renamed back: the
@@ -948,12 +942,7 @@ mod regressions {
         ];
         // The table's order decided which node took the name: try a few times.
         for _ in 0..4 {
-            for by_path in [false, true] {
-                let s = setup(UploadPolicy::Stream, 64 << 10, false, by_path);
-                if let Err(e) = run_case(s, &ops) {
-                    panic!("{s:?}: {e}");
-                }
-            }
+            check(&ops, both_styles(UploadPolicy::Stream, 64 << 10, false));
         }
     }
 
@@ -972,12 +961,7 @@ mod regressions {
             },
             Op::RenameDir { from: 1, to: 0 },
         ];
-        for by_path in [false, true] {
-            let s = setup(UploadPolicy::Spool, 16 << 20, false, by_path);
-            if let Err(e) = run_case(s, &ops) {
-                panic!("{s:?}: {e}");
-            }
-        }
+        check(&ops, both_styles(UploadPolicy::Spool, 16 << 20, false));
     }
 
     /// An existing file opened with O_TRUNC (a streaming PUT starts), then grown by
@@ -998,12 +982,10 @@ mod regressions {
                 size: 186557,
             },
         ];
-        for async_close in [false, true] {
-            let s = setup(UploadPolicy::Auto, 16 << 20, async_close, false);
-            if let Err(e) = run_case(s, &ops) {
-                panic!("{s:?}: {e}");
-            }
-        }
+        check(
+            &ops,
+            [false, true].map(|a| setup(UploadPolicy::Auto, 16 << 20, a, false)),
+        );
     }
 
     /// A directory renamed while one file in it is open through two descriptors with another
@@ -1027,12 +1009,7 @@ mod regressions {
             },
             Op::RenameDir { from: 0, to: 1 },
         ];
-        for by_path in [false, true] {
-            let s = setup(UploadPolicy::Auto, 16 << 20, false, by_path);
-            if let Err(e) = run_case(s, &ops) {
-                panic!("{s:?}: {e}");
-            }
-        }
+        check(&ops, both_styles(UploadPolicy::Auto, 16 << 20, false));
     }
 
     /// An existing file open for writing (its content not fetched yet) is deleted, then
@@ -1059,12 +1036,7 @@ mod regressions {
                 seed: 446,
             },
         ];
-        for by_path in [false, true] {
-            let s = setup(UploadPolicy::Auto, 64 << 10, false, by_path);
-            if let Err(e) = run_case(s, &ops) {
-                panic!("{s:?}: {e}");
-            }
-        }
+        check(&ops, both_styles(UploadPolicy::Auto, 64 << 10, false));
     }
 
     /// A file uploaded in segments, deleted while open: its hidden temporary upload stayed
@@ -1083,12 +1055,10 @@ mod regressions {
             Op::Unlink { file: 4 },
             Op::Rmdir { dir: 0 },
         ];
-        for async_close in [false, true] {
-            let s = setup(UploadPolicy::Stream, 64 << 10, async_close, true);
-            if let Err(e) = run_case(s, &ops) {
-                panic!("{s:?}: {e}");
-            }
-        }
+        check(
+            &ops,
+            [false, true].map(|a| setup(UploadPolicy::Stream, 64 << 10, a, true)),
+        );
     }
 
     /// ftruncate that grows a new file being streamed, then close.
@@ -1101,15 +1071,14 @@ mod regressions {
                 size: 50619,
             },
         ];
-        for upload in [
-            UploadPolicy::Auto,
-            UploadPolicy::Stream,
-            UploadPolicy::Spool,
-        ] {
-            let s = setup(upload, 16 << 20, false, false);
-            if let Err(e) = run_case(s, &ops) {
-                panic!("{s:?}: {e}");
-            }
-        }
+        check(
+            &ops,
+            [
+                UploadPolicy::Auto,
+                UploadPolicy::Stream,
+                UploadPolicy::Spool,
+            ]
+            .map(|u| setup(u, 16 << 20, false, false)),
+        );
     }
 }

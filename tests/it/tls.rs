@@ -372,17 +372,7 @@ fn secrets_stay_out_of_the_daemons_environment_and_child_commands() {
         std::fs::read(mnt.path().join("doc.txt")).expect("read"),
         b"for alice"
     );
-    let daemons: Vec<u32> = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                String::from_utf8_lossy(&c).contains(mnt.path().to_string_lossy().as_ref())
-                    && !String::from_utf8_lossy(&c).starts_with("timeout")
-            })
-        })
-        .collect();
+    let daemons = crate::support::daemons_of(mnt.path());
     assert_eq!(daemons.len(), 1, "one daemon: {daemons:?}");
     let environ = std::fs::read(format!("/proc/{}/environ", daemons[0])).expect("environ");
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", daemons[0])).expect("cmdline");

@@ -408,10 +408,7 @@ impl WriteHandle {
             st.resume = Some(stopped(g.follower, st.size));
         }
         if let Err(e) = kept {
-            st.failed = Some(VfsError::new(
-                ErrorKind::NoSpace,
-                format!("{}: cannot keep the written data: {e}", self.path()),
-            ));
+            st.failed = Some(self.journal_lost(ErrorKind::NoSpace, &e));
         }
         st.dirty = false;
         // Nor does a write from offset 0 after an empty flush start a new upload.
@@ -505,20 +502,14 @@ impl WriteHandle {
         if let Some(seg) = st.take_segmented() {
             tracing::debug!(path = %self.path(), size = st.size, "segmented streaming stops; spooling");
             if let Err(e) = seg.journal.barrier().await {
-                st.failed = Some(VfsError::new(
-                    ErrorKind::Io,
-                    format!("{}: cannot keep the written data: {e}", self.path()),
-                ));
+                st.failed = Some(self.journal_lost(ErrorKind::Io, &e));
             }
             st.resume = Some(stopped(seg.follower, st.size));
         }
         if let Some(s) = st.take_stream() {
             tracing::debug!(path = %self.path(), size = st.size, "streaming stops; spooling");
             if let Err(e) = s.journal.barrier().await {
-                st.failed = Some(VfsError::new(
-                    ErrorKind::Io,
-                    format!("{}: cannot keep the written data: {e}", self.path()),
-                ));
+                st.failed = Some(self.journal_lost(ErrorKind::Io, &e));
             }
             let client = s.client.clone();
             if abort_stream(s).await {
@@ -622,10 +613,7 @@ impl WriteHandle {
         let (resume, r) = g.follower.complete(st.size).await;
         st.resume = Some(resume);
         if let Err(e) = barrier {
-            let err = VfsError::new(
-                ErrorKind::NoSpace,
-                format!("{}: cannot keep the written data: {e}", self.path()),
-            );
+            let err = self.journal_lost(ErrorKind::NoSpace, &e);
             st.failed = Some(err.clone());
             return Err(err);
         }
@@ -670,6 +658,14 @@ impl WriteHandle {
     }
 
     /// Fetches the server's version into the spool, if not done yet.
+    /// The error of a session whose journal could not keep what was written.
+    fn journal_lost(&self, kind: ErrorKind, e: &dyn std::fmt::Display) -> VfsError {
+        VfsError::new(
+            kind,
+            format!("{}: cannot keep the written data: {e}", self.path()),
+        )
+    }
+
     /// After the file was deleted while open: the temporary file of its segmented upload
     /// (a hidden `.davdrive-part-*` beside it) goes now, not at the last close, so that the
     /// folder is empty for `rmdir` at once (found by the reference model).
@@ -904,10 +900,7 @@ impl WriteHandle {
             let ended = tokio::time::timeout(std::time::Duration::from_secs(5), &mut task).await;
             task.abort();
             if let Err(e) = barrier {
-                let err = VfsError::new(
-                    ErrorKind::NoSpace,
-                    format!("{}: cannot keep the written data: {e}", self.path()),
-                );
+                let err = self.journal_lost(ErrorKind::NoSpace, &e);
                 st.failed = Some(err.clone());
                 return Err(err);
             }

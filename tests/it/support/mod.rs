@@ -434,6 +434,27 @@ impl Drop for Mount {
 }
 
 /// Whether `path` is a mount point now (from /proc/self/mountinfo).
+/// The davdrive processes serving `mountpoint` (by their command line).
+pub fn daemons_of(mountpoint: &Path) -> Vec<u32> {
+    let needle = mountpoint.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                        let c = String::from_utf8_lossy(&c);
+                        c.contains(&needle)
+                            && c.split('\0')
+                                .next()
+                                .is_some_and(|exe| exe.contains("davdrive"))
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
