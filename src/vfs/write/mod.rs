@@ -121,16 +121,23 @@ impl Moving<'_> {
     /// The directory moved: the file is at `relocate(path)` now, and so is the temporary
     /// file of a segmented upload; the whole content goes there at close.
     pub(super) fn moved(mut self, relocate: impl Fn(&DavPath) -> Option<DavPath>) {
-        let to = relocate(&self.w.path());
-        if let Some(to) = to {
-            *self.w.target.lock() = to;
-        }
         if let Some(r) = &mut self.st.resume
             && let Some(t) = relocate(&r.temp)
         {
             r.temp = t;
         }
+        let to = relocate(&self.w.path()).unwrap_or_else(|| self.w.path());
+        self.now_at(to);
+    }
+
+    /// The file is at `to` now (renamed, or moved with its directory).
+    pub(super) fn now_at(mut self, to: DavPath) {
+        *self.w.target.lock() = to;
         if !self.st.is_local() {
+            // What was written goes to the new name whole. A session with nothing written
+            // has nothing to send: the MOVE took the server's content along (uploading the
+            // untouched local copy would have emptied the file - found by the reference
+            // model).
             self.st.dirty |= self.written;
             self.st.adopted = false;
             self.st.expect(Preconditions::default());
@@ -441,14 +448,9 @@ impl WriteHandle {
         to: DavPath,
         overwrite: bool,
     ) -> VfsResult<()> {
-        super::lock::before_await();
-        let mut st = self.state.lock().await;
-        let from = self.path();
-        let written = st.dirty || st.uploading();
-        if let Some(c) = self.stop_streaming(&mut st).await {
-            self.remove_partial(&c, &from, &mut st).await;
-        }
-        if !st.is_local() {
+        let held = self.hold_for_move().await;
+        if !held.st.is_local() {
+            let from = self.path();
             match client.move_to(&from, &to, false, overwrite).await {
                 Ok(()) => {}
                 // Nothing uploaded under the old name yet.
@@ -456,16 +458,7 @@ impl WriteHandle {
                 Err(e) => return Err(e.into()),
             }
         }
-        *self.target.lock() = to;
-        if !st.is_local() {
-            // What was written goes to the new name whole. A session with nothing written
-            // has nothing to send: the MOVE took the server's content along (uploading the
-            // untouched local copy would have emptied the file - found by the reference
-            // model).
-            st.dirty |= written;
-            st.adopted = false;
-            st.expect(Preconditions::default());
-        }
+        held.now_at(to);
         Ok(())
     }
 
