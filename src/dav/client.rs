@@ -33,6 +33,7 @@ use url::Url;
 
 use super::auth::{BearerSource, Credentials, DigestChallenge, Secret, offered_schemes};
 use super::error::{Cause, DavError, TransportKind};
+use super::health::Health;
 use super::href::{DavPath, HrefError, Root};
 use super::kerberos::Kerberos;
 use super::multistatus::{self, Multistatus, Resource};
@@ -327,6 +328,8 @@ struct Inner {
     /// Redirects from https to http are followed (`ClientConfig::allow_http_redirect`).
     allow_http_redirect: bool,
     retry_budget: Duration,
+    /// Whether the server answers at all.
+    health: Health,
     /// Whether connection errors are retried with backoff (on once the mount is up: a mount
     /// of a dead server must fail at once).
     reconnect_retries: std::sync::atomic::AtomicBool,
@@ -477,6 +480,7 @@ impl DavClient {
                 max_listing_bytes: config.max_listing_bytes,
                 allow_http_redirect: config.allow_http_redirect,
                 retry_budget: config.retry_budget,
+                health: Health::default(),
                 reconnect_retries: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -493,6 +497,11 @@ impl DavClient {
 
     pub fn stats(&self) -> &RequestStats {
         &self.inner.stats
+    }
+
+    /// Since when the server has not answered any request, if it is silent now.
+    pub fn silent_since(&self) -> Option<SystemTime> {
+        self.inner.health.silent_since()
     }
 
     /// How long failed requests are retried (`--retry-time`).
@@ -981,6 +990,8 @@ impl DavClient {
         let mut hops = 0u32;
         let mut progress = None;
         loop {
+            // A silent server fails the request at once (see `health`).
+            let ticket = self.inner.health.admit(method, &path.to_string())?;
             let mut req = self.inner.http.request(m.clone(), url.clone());
             req = req.headers(headers.clone());
             let value = if credentials_allowed(self.inner.root.url(), &url) {
@@ -1028,13 +1039,22 @@ impl DavClient {
                     Err(e) => Err(transport_error(method, &path.to_string(), &e)),
                 },
                 None => {
-                    let limit = self.inner.progress_timeout;
+                    let limit = ticket.wait(self.inner.progress_timeout);
                     match within_progress(req.send(), progress.take(), limit).await {
                         Some(r) => r.map_err(|e| transport_error(method, &path.to_string(), &e)),
                         None => Err(stalled(method, path)),
                     }
                 }
             };
+            match &sent {
+                Err(DavError::Transport {
+                    kind: TransportKind::Timeout,
+                    ..
+                }) => self.inner.health.silent(),
+                Err(_) => {}
+                Ok(_) => self.inner.health.answered(),
+            }
+            drop(ticket);
             match sent {
                 Err(err) => {
                     if idempotent && replayable && !retried && err.is_retryable_transport() {

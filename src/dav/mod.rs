@@ -5,6 +5,7 @@
 //! - [`href`]: decoded paths under the mounted root, and the href rules that keep a server's
 //!   answers inside it.
 //! - [`error`]: service vs transport errors and the one mapping to neutral kinds.
+//! - [`health`]: a server that stopped answering costs one timeout, not one per request.
 //! - [`dates`], [`auth`]: date formats servers use; credentials and challenges.
 //! - [`ntlm`]: NTLM messages (NTLMv2) for IIS Windows authentication; [`kerberos`]: Kerberos
 //!   tokens for `Negotiate` through the system GSSAPI.
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod client;
 pub mod dates;
 pub mod error;
+pub mod health;
 pub mod href;
 pub mod kerberos;
 pub mod multistatus;

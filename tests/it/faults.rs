@@ -602,7 +602,23 @@ fn stalled_and_reset_connections_recover_or_fail_within_bounds() {
     assert_eq!(names.expect("listing through a reset"), ["big.bin"]);
     assert_eq!(proxy.pending(), 0);
 
-    // A listing whose answer stalls in its headers fails after the progress timeout.
+    // Reads whose body stalls or is reset part-way resume where they stopped.
+    for fault in [Fault::StallAfter(500_000), Fault::ResetAfter(3_000_000)] {
+        proxy.inject(&[fault]);
+        let p = mnt.join("big.bin");
+        let start = Instant::now();
+        match bounded(Duration::from_secs(60), move || std::fs::read(&p)) {
+            Ok(got) => assert!(got == data, "{fault:?}: wrong bytes"),
+            Err(e) => assert!(
+                matches!(e.raw_os_error(), Some(libc::ETIMEDOUT) | Some(libc::EIO)),
+                "{fault:?}: {e}"
+            ),
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{fault:?}");
+        assert_eq!(proxy.pending(), 0, "{fault:?} not met");
+    }
+    // A listing whose answer stalls in its headers fails after the progress timeout (last:
+    // the server is then taken for silent, see `a_frozen_server_costs_one_timeout`).
     proxy.inject(&[Fault::StallAfter(20)]);
     let p = mnt.clone();
     let start = Instant::now();
@@ -621,21 +637,6 @@ fn stalled_and_reset_connections_recover_or_fail_within_bounds() {
         start.elapsed()
     );
 
-    // Reads whose body stalls or is reset part-way resume where they stopped.
-    for fault in [Fault::StallAfter(500_000), Fault::ResetAfter(3_000_000)] {
-        proxy.inject(&[fault]);
-        let p = mnt.join("big.bin");
-        let start = Instant::now();
-        match bounded(Duration::from_secs(60), move || std::fs::read(&p)) {
-            Ok(got) => assert!(got == data, "{fault:?}: wrong bytes"),
-            Err(e) => assert!(
-                matches!(e.raw_os_error(), Some(libc::ETIMEDOUT) | Some(libc::EIO)),
-                "{fault:?}: {e}"
-            ),
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "{fault:?}");
-        assert_eq!(proxy.pending(), 0, "{fault:?} not met");
-    }
     assert!(m.unmount().success());
 }
 
@@ -1010,4 +1011,104 @@ fn slow_uploads_are_not_cut_by_the_progress_timeout() {
         );
         assert!(m.unmount().success());
     }
+}
+
+/// Fails the test unless `f` fails within `limit`; returns how long it took.
+fn fails_within(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> Duration {
+    let start = Instant::now();
+    let r = bounded(Duration::from_secs(120), f);
+    let took = start.elapsed();
+    let e = r
+        .err()
+        .unwrap_or_else(|| panic!("{what}: succeeded against a frozen server"));
+    assert!(
+        matches!(e.raw_os_error(), Some(libc::ETIMEDOUT) | Some(libc::EIO)),
+        "{what}: {e}"
+    );
+    assert!(
+        took < limit,
+        "{what}: failed only after {took:?} (limit {limit:?})"
+    );
+    took
+}
+
+#[test]
+fn a_frozen_server_costs_one_timeout() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("fault-frozen");
+    std::fs::write(dir.join("f.bin"), pattern(1 << 20, 5)).expect("write");
+    for d in ["a", "b", "c"] {
+        std::fs::create_dir(dir.join(d)).expect("mkdir");
+        std::fs::write(dir.join(d).join("x.txt"), b"x").expect("write");
+    }
+    apache::give_to_server(&dir);
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/fault-frozen/", proxy.port);
+    // `--timeout 3`; the documented margin is 1 s, and the test allows 2 for a loaded machine.
+    let m = Mount::new(
+        &url,
+        &[
+            "--timeout",
+            "3",
+            "--dir-cache-ttl",
+            "0",
+            "--kernel-ttl",
+            "0",
+        ],
+    );
+    let mnt = m.path().to_path_buf();
+    let within = Duration::from_secs(3 + 2);
+    assert_eq!(std::fs::read_dir(&mnt).expect("root").count(), 4);
+
+    // A listing is the first thing to meet the frozen server: one timeout.
+    proxy.freeze();
+    let p = mnt.join("a");
+    let first = fails_within("listing", within, move || std::fs::read_dir(&p).map(drop));
+    // Then a read of a file never read: at once, without waiting again.
+    let p = mnt.join("f.bin");
+    let next = fails_within("read", Duration::from_secs(1), move || {
+        std::fs::read(&p).map(drop)
+    });
+    eprintln!("frozen: listing failed after {first:?}, the next read after {next:?}");
+    assert!(
+        m.log().contains("the server does not answer"),
+        "{}",
+        m.log()
+    );
+
+    // Back: within a probe or two, everything works again.
+    proxy.thaw();
+    let p = mnt.join("b");
+    let back = bounded(Duration::from_secs(30), move || {
+        let start = Instant::now();
+        loop {
+            match std::fs::read_dir(&p) {
+                Ok(d) => return Ok(d.count()),
+                Err(_) if start.elapsed() < Duration::from_secs(20) => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    assert_eq!(back.expect("after the thaw"), 1);
+
+    // Frozen again: now a read is the first to meet it, and it too costs one timeout.
+    proxy.freeze();
+    let p = mnt.join("f.bin");
+    let read = fails_within("read", within, move || std::fs::read(&p).map(drop));
+    let p = mnt.join("c");
+    let listing = fails_within("listing", Duration::from_secs(1), move || {
+        std::fs::read_dir(&p).map(drop)
+    });
+    eprintln!("frozen again: read failed after {read:?}, the next listing after {listing:?}");
+    proxy.thaw();
+    assert!(m.unmount().success());
 }

@@ -93,6 +93,7 @@ impl DavClient {
             req.push_str(&format!("{name}: {value}\r\n"));
         }
         req.push_str("\r\n");
+        let ticket = self.inner.health.admit("GET", &path.to_string())?;
         self.inner.stats.record("GET");
         tracing::trace!(path = %path, ?range, "raw GET");
         let connect = TcpStream::connect((host.trim_matches(['[', ']']), port));
@@ -106,20 +107,27 @@ impl DavClient {
             Err(_) => return Ok(None),
         };
         let _ = sock.set_nodelay(true);
-        let stall = self.inner.progress_timeout;
+        let stall = ticket.wait(self.inner.progress_timeout);
         let exchange = async {
             sock.write_all(req.as_bytes()).await?;
             read_head(&mut sock).await
         };
         let head = match tokio::time::timeout(stall, exchange).await {
-            Ok(Ok(h)) => h,
+            Ok(Ok(h)) => {
+                self.inner.health.answered();
+                h
+            }
             // A connection of our own that broke: the ordinary way retries and reports.
             Ok(Err(e)) => {
                 tracing::debug!(path = %path, "raw GET: {e}");
                 None
             }
-            Err(_) => return Err(stalled_at("GET", &path.to_string())),
+            Err(_) => {
+                self.inner.health.silent();
+                return Err(stalled_at("GET", &path.to_string()));
+            }
         };
+        drop(ticket);
         let Some((status, headers)) = head else {
             return Ok(None);
         };

@@ -11,6 +11,10 @@
 //!   nothing more while the connection stays open, until the client gives up;
 //! - [`Fault::CutUploadAfter`]: the next PUT (on any connection) is forwarded for N bytes
 //!   (head and body), then its connection is closed on both sides.
+//!
+//! [`FaultProxy::freeze`] makes the server look frozen (a hung process, a dead backend behind
+//! a proxy): connections are still accepted, but nothing is forwarded either way until
+//! [`FaultProxy::thaw`].
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -49,6 +53,8 @@ pub struct FaultProxy {
     packet_size: Arc<AtomicUsize>,
     /// Connections the client closed while the server's side was still open.
     client_closes: Arc<AtomicUsize>,
+    /// While set, nothing is forwarded in either direction (requests are swallowed).
+    frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FaultProxy {
@@ -61,8 +67,9 @@ impl FaultProxy {
         let upload_rate: Arc<AtomicUsize> = Arc::default();
         let packet_size: Arc<AtomicUsize> = Arc::default();
         let client_closes: Arc<AtomicUsize> = Arc::default();
+        let frozen: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let (f, c, u) = (faults.clone(), connections.clone(), upload_rate.clone());
-        let (ps, cc) = (packet_size.clone(), client_closes.clone());
+        let (ps, cc, fz) = (packet_size.clone(), client_closes.clone(), frozen.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if let Ok(mut n) = c.lock() {
@@ -72,7 +79,10 @@ impl FaultProxy {
                 let rate = u.clone();
                 let packets = ps.clone();
                 let closes = cc.clone();
-                std::thread::spawn(move || serve(client, upstream, faults, rate, packets, closes));
+                let frozen = fz.clone();
+                std::thread::spawn(move || {
+                    serve(client, upstream, faults, rate, packets, closes, frozen)
+                });
             }
         });
         FaultProxy {
@@ -82,7 +92,19 @@ impl FaultProxy {
             upload_rate,
             packet_size,
             client_closes,
+            frozen,
         }
+    }
+
+    /// From now on the server seems frozen: connections open, requests vanish, no answer.
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends [`FaultProxy::freeze`]: new requests reach the server again (the ones swallowed
+    /// meanwhile stay unanswered).
+    pub fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
     }
 
     /// Connections the client closed while the server's side was still open (an answer
@@ -186,6 +208,7 @@ fn serve(
     upload_rate: Arc<AtomicUsize>,
     packet_size: Arc<AtomicUsize>,
     client_closes: Arc<AtomicUsize>,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
 ) {
     // The fault for the next answer (or none), armed when its request goes out, taken when
     // the answer starts: a fault that an answer did not reach (an answer shorter than its
@@ -205,6 +228,11 @@ fn serve(
     };
     // Client -> server; a queued Busy fault answers the next request head itself.
     let s_busy = server.try_clone();
+    let (frozen_up, frozen_down) = (frozen.clone(), frozen);
+    // A connection that saw the freeze stays swallowed: the answer to a request it forwarded
+    // before must not arrive after a thaw as if it answered a later request.
+    let swallowed: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let swallowed_down = swallowed.clone();
     let upstream_thread = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         let mut forwarded = 0usize;
@@ -219,6 +247,10 @@ fn serve(
                 }
                 Ok(n) => n,
             };
+            if frozen_up.load(Ordering::SeqCst) || swallowed.load(Ordering::SeqCst) {
+                swallowed.store(true, Ordering::SeqCst);
+                continue;
+            }
             let head = METHODS.iter().any(|m| buf[..n].starts_with(m));
             if head && take_if(&faults, |f| *f == Fault::Busy).is_some() {
                 let _ = c_busy.write_all(
@@ -269,6 +301,10 @@ fn serve(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if frozen_down.load(Ordering::SeqCst) || swallowed_down.load(Ordering::SeqCst) {
+            swallowed_down.store(true, Ordering::SeqCst);
+            continue;
+        }
         // The client sends a request only after the previous answer was read from the
         // server: a fault armed now is for the answer these bytes begin.
         if let Some(next) = armed.lock().ok().and_then(|mut a| a.take()) {
@@ -316,6 +352,14 @@ fn serve(
     }
     if !client_gone {
         server_ended.store(true, Ordering::SeqCst);
+    }
+    if swallowed_down.load(Ordering::SeqCst) {
+        // A frozen server does not close its connections either: hold the client's side
+        // open until the client gives up.
+        let _ = upstream_thread.join();
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = server.shutdown(Shutdown::Both);
+        return;
     }
     if matches!(fault, Some(Fault::ResetAfter(_))) {
         // The socket closes (with RST, thanks to linger 0) only when its last descriptor
