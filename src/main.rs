@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         Command::Mount(args) => platform::mount(&args),
         Command::Unmount { mountpoint } => platform::unmount(&mountpoint),
         Command::Status { cache_dir } => status(cache_dir),
+        Command::Recover { args, force } => recover(&args, force),
         Command::Trust { url, yes } => trust(&url, yes),
         Command::Login { url, user } => login(&url, user),
         Command::Logout { url } => logout(&url),
@@ -149,6 +150,67 @@ fn trust(url: &str, yes: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `davdrive recover URL`: uploads what the recovery folder of URL's mounts holds.
+fn recover(args: &davdrive::cli::MountArgs, force: bool) -> Result<(), String> {
+    use davdrive::vfs::recovery::{self, Outcome};
+    let mut args = args.clone();
+    // Nothing is mounted: any directory satisfies the configuration's check.
+    args.mountpoint.get_or_insert_with(std::env::temp_dir);
+    #[cfg(unix)]
+    // SAFETY: getuid/getgid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    #[cfg(not(unix))]
+    let (uid, gid) = (0, 0);
+    let cfg =
+        davdrive::config::MountConfig::from_args(&args, uid, gid).map_err(|e| e.to_string())?;
+    let kept = recovery::list(&cfg.vfs.cache_dir.join("recovery"));
+    let mut out = std::io::stdout().lock();
+    if kept.is_empty() {
+        let _ = writeln!(
+            out,
+            "nothing kept for {}",
+            davdrive::dav::client::redact_url(&cfg.url)
+        );
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let client = davdrive::dav::DavClient::new(cfg.client.clone()).map_err(|e| e.to_string())?;
+    let (mut uploaded, mut left) = (0, 0);
+    for mut k in kept {
+        let path = k.path.as_ref().map_or("?".into(), |p| p.to_string());
+        match rt.block_on(recovery::upload(&client, &k, force)) {
+            Outcome::Uploaded { size } => {
+                uploaded += 1;
+                let _ = writeln!(out, "uploaded {path} ({size} bytes)");
+            }
+            Outcome::Later(why) => {
+                left += 1;
+                let _ = writeln!(
+                    out,
+                    "kept {path} in {}: {why}; try again later",
+                    k.data.display()
+                );
+            }
+            Outcome::Kept(why) => {
+                left += 1;
+                let _ = writeln!(out, "kept {path} in {}: {why}", k.data.display());
+                let reason = format!("{}; then not uploaded: {why}", k.reason);
+                k.give_up(&reason);
+            }
+        }
+    }
+    let _ = writeln!(out, "{uploaded} uploaded, {left} kept");
+    if left > 0 {
+        return Err(format!(
+            "{left} file(s) could not be uploaded; they stay where shown"
+        ));
+    }
+    Ok(())
+}
+
 /// Lists what is kept in recovery folders.
 fn status(cache_dir: Option<std::path::PathBuf>) -> Result<(), String> {
     let base = cache_dir.unwrap_or_else(davdrive::vfs::cache_dir::default_base);
@@ -167,22 +229,26 @@ fn status(cache_dir: Option<std::path::PathBuf>) -> Result<(), String> {
         "{} file(s) could not be uploaded and are kept locally:",
         kept.len()
     );
-    for r in kept {
-        let field = |k: &str| {
-            r.info
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .unwrap_or("?")
-                .to_owned()
-        };
+    for k in kept {
+        let path = k.path.as_ref().map_or("?".into(), |p| p.to_string());
         let _ = writeln!(
             out,
-            "  {}\n    was going to {}{} ({})",
-            r.data.display(),
-            field("url="),
-            field("path=").trim_start_matches('/'),
-            field("reason=")
+            "  {}{}\n    kept in {}\n    why: {}",
+            k.url.trim_end_matches('/'),
+            path,
+            k.data.display(),
+            k.reason
         );
+        let next = if k.retry {
+            "the mount uploads it by itself once the server answers".to_owned()
+        } else {
+            format!(
+                "`davdrive recover {}` uploads it if the file did not change on the server \
+                 since; or copy it by hand, then delete it",
+                k.url
+            )
+        };
+        let _ = writeln!(out, "    next: {next}");
     }
     Ok(())
 }

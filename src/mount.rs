@@ -71,6 +71,7 @@ pub fn connect(
     if let Err(e) = rt.block_on(vfs.probe()) {
         return Err(explain(&e, cfg, rt));
     }
+    vfs.watch_recovery(rt.handle());
     Ok(vfs)
 }
 
@@ -264,6 +265,7 @@ impl Lifecycle {
         });
         if signalled {
             tracing::info!("unmounting on signal");
+            self.vfs.stop_waiting_for_the_server();
             rt.block_on(self.vfs.wait_for_uploads());
             unmount();
         }
@@ -274,6 +276,7 @@ impl Lifecycle {
 /// Ends every session the kernel never released (a crashed application, a lazy unmount) and
 /// waits for every upload, before the process exits.
 pub async fn drain(vfs: &Arc<Vfs>) {
+    vfs.stop_waiting_for_the_server();
     vfs.release_all().await;
     vfs.wait_for_uploads().await;
 }

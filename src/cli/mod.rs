@@ -48,6 +48,17 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Upload the files kept in the recovery folder of URL (or PROFILE) to where they were
+    /// going, each only if the file did not change on the server since; say what became of
+    /// each. Takes the credential, TLS and network options of `mount`.
+    Recover {
+        #[command(flatten)]
+        args: Box<MountArgs>,
+        /// Also upload files for which the server gives no strong entity tag, so that a
+        /// change made there since cannot be detected.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show what needs attention: files kept in recovery folders after failed uploads.
     Status {
         /// The cache directory (default: $XDG_CACHE_HOME/davdrive or ~/.cache/davdrive).
@@ -188,4 +199,10 @@ pub struct MountArgs {
     /// 504 (honouring Retry-After); 0 turns retries off [default: 30].
     #[arg(long, value_name = "SECONDS", help_heading = "Network")]
     pub retry_time: Option<u64>,
+    /// Seconds an upload keeps trying while the server cannot be reached (a dropped VPN, a
+    /// server restarting), before close() fails; the data is then kept and uploaded by the
+    /// mount once the server answers, unless the file changed there meanwhile. Reads still
+    /// fail at once [default: 60].
+    #[arg(long, value_name = "SECONDS", help_heading = "Writing")]
+    pub upload_retry_time: Option<u64>,
 }

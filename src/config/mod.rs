@@ -206,6 +206,11 @@ impl MountConfig {
                 .unwrap_or(16)
                 .saturating_mul(1 << 20),
             async_close: flag(args.async_close, profile.async_close),
+            upload_retry: Duration::from_secs(secs(
+                args.upload_retry_time,
+                profile.upload_retry_time,
+                60,
+            )),
             read: ReadTuning {
                 idle: Duration::from_secs(secs(args.read_idle, profile.read_idle, 20)),
                 ..ReadTuning::default()

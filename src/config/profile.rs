@@ -63,6 +63,7 @@ pub struct Profile {
     pub timeout: Option<u64>,
     pub read_idle: Option<u64>,
     pub retry_time: Option<u64>,
+    pub upload_retry_time: Option<u64>,
     /// Only here to be refused with a useful message.
     password: Option<toml::Value>,
 }
@@ -127,6 +128,7 @@ fn check(name: &str, p: &Profile) -> Result<(), String> {
         ("timeout", p.timeout),
         ("read-idle", p.read_idle),
         ("retry-time", p.retry_time),
+        ("upload-retry-time", p.upload_retry_time),
     ] {
         if v.is_some_and(|s| s > MAX_SECONDS) {
             return Err(format!("{key}: at most {MAX_SECONDS} seconds"));

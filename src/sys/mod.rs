@@ -2,6 +2,8 @@
 //! safe functions: the core itself makes no system calls of its own (see the layering test).
 //!
 //! - [`pipe`] (Linux): pipes and `splice`, for zero-copy reads.
+//! - [`files`]: who we are, and opening files without following symbolic links.
 
+pub mod files;
 #[cfg(target_os = "linux")]
 pub mod pipe;

@@ -5,20 +5,24 @@
 //!
 //! ```text
 //! journal/<id>.data   bytes of a streaming upload, written before they are sent
-//! journal/<id>.info   what the data is: server URL and path (a text file)
+//! journal/<id>.info   what the data is: server URL, path, the version it replaces
 //! spool/<id>.data     the local copy of a file being modified at random offsets
-//! recovery/<time>-<name>        data of an upload that failed for good
-//! recovery/<time>-<name>.info   where it was going and why it failed
+//! spool/<id>.info     as for a journal, and whether the copy holds the whole file
+//! recovery/<time>-<name>        data of an upload that failed
+//! recovery/<time>-<name>.info   where it was going, why it failed (see `recovery`)
 //! ```
 //!
-//! Journal and spool files are deleted once the server acknowledged the data. Nothing in the
-//! recovery folder is ever deleted by davdrive; `davdrive status` lists it.
+//! Journal and spool files are deleted once the server acknowledged the data. A file in the
+//! recovery folder is deleted only once it was uploaded from there (`davdrive recover`, or
+//! the mount itself when the server was only unreachable); `davdrive status` lists them.
+//! Everything is created private (0600 files, 0700 folders), never through a symbolic link.
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::recovery::{Base, Kept, write_private};
 use crate::dav::DavPath;
 
 /// The cache directory of one mount.
@@ -29,6 +33,20 @@ pub struct CacheDir {
     seq: AtomicU64,
     /// Journals created ahead (see [`CacheDir::spare_maker`]).
     spares: Spares,
+    /// A file was kept for an automatic upload once the server answers again.
+    retry_pending: std::sync::atomic::AtomicBool,
+}
+
+/// Why data goes to the recovery folder, and what it is.
+#[derive(Debug, Clone)]
+pub struct Keep<'a> {
+    pub target: &'a DavPath,
+    pub reason: &'a str,
+    pub base: Base,
+    /// The data is the whole file.
+    pub whole: bool,
+    /// The mount uploads it by itself once the server answers again.
+    pub retry: bool,
 }
 
 /// Empty journal files (an empty `.info` beside each) created ahead, off the path of the
@@ -41,24 +59,34 @@ type Spares = std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>;
 /// Spare journals kept ready.
 const SPARES: usize = 4;
 
-/// A file kept in a recovery folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recovered {
-    pub data: PathBuf,
-    pub info: String,
-}
-
 fn private_dir(p: &Path) -> io::Result<()> {
     std::fs::create_dir_all(p)?;
+    // Never a folder reached through a symbolic link, nor one someone else made for us to
+    // use (a predictable name in a shared temp directory).
+    let meta = std::fs::symlink_metadata(p)?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory (a symbolic link?)",
+            p.display()
+        )));
+    }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if meta.uid() != crate::sys::files::euid() {
+            return Err(io::Error::other(format!(
+                "{} belongs to another user",
+                p.display()
+            )));
+        }
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
 }
 
-/// `$XDG_CACHE_HOME/davdrive`, or `~/.cache/davdrive`, or the system temp dir.
+/// `$XDG_CACHE_HOME/davdrive`, or `~/.cache/davdrive`, or (with neither set) the private
+/// `$XDG_RUNTIME_DIR/davdrive`, or a folder of this user's own in the system temp dir, which
+/// [`CacheDir::open`] refuses if someone else made it.
 pub fn default_base() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("davdrive");
@@ -69,6 +97,14 @@ pub fn default_base() -> PathBuf {
     if let Some(h) = std::env::var_os("LOCALAPPDATA").filter(|v| !v.is_empty()) {
         return PathBuf::from(h).join("davdrive");
     }
+    if let Some(r) = std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(r).join("davdrive");
+    }
+    #[cfg(unix)]
+    {
+        std::env::temp_dir().join(format!("davdrive-{}", crate::sys::files::euid()))
+    }
+    #[cfg(not(unix))]
     std::env::temp_dir().join("davdrive")
 }
 
@@ -118,6 +154,9 @@ fn timestamp() -> String {
 impl CacheDir {
     /// Opens (creating) the cache directory `root` of a mount of `url`.
     pub fn open(root: PathBuf, url: &str) -> io::Result<Self> {
+        if let Some(base) = root.parent() {
+            private_dir(base)?;
+        }
         for sub in ["", "journal", "spool", "recovery"] {
             private_dir(&root.join(sub))?;
         }
@@ -126,7 +165,28 @@ impl CacheDir {
             url: url.to_owned(),
             seq: AtomicU64::new(0),
             spares: Spares::default(),
+            retry_pending: false.into(),
         })
+    }
+
+    /// Whether a file was kept for an automatic upload since the last call.
+    pub fn take_retry_pending(&self) -> bool {
+        self.retry_pending.swap(false, Ordering::SeqCst)
+    }
+
+    /// The files kept in this mount's recovery folder.
+    pub fn kept(&self) -> Vec<Kept> {
+        super::recovery::list(&self.recovery_dir())
+    }
+
+    /// The `.info` of a journal or spool file of `target`.
+    fn info(&self, target: &DavPath, base: &Base, whole: bool) -> String {
+        format!(
+            "url={}\npath={target}\nbase={}\nwhole={}\n",
+            self.url,
+            base.to_info(),
+            u8::from(whole)
+        )
     }
 
     pub fn root(&self) -> &Path {
@@ -148,17 +208,18 @@ impl CacheDir {
 
     /// A new journal file for an upload of `target` (a spare one if there is one); its
     /// `.info` names the target.
-    pub fn new_journal(&self, target: &DavPath) -> io::Result<(PathBuf, std::fs::File)> {
-        let info = format!("url={}\npath={target}\n", self.url);
+    pub fn new_journal(
+        &self,
+        target: &DavPath,
+        base: &Base,
+    ) -> io::Result<(PathBuf, std::fs::File)> {
+        let info = self.info(target, base, true);
         loop {
             let Some(data) = self.spares.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
                 break;
             };
-            let taken = std::fs::OpenOptions::new()
-                .write(true)
-                .open(data.with_extension("info"))
-                .and_then(|mut f| std::io::Write::write_all(&mut f, info.as_bytes()))
-                .and_then(|()| {
+            let taken =
+                write_private(&data.with_extension("info"), info.as_bytes()).and_then(|()| {
                     std::fs::OpenOptions::new()
                         .read(true)
                         .write(true)
@@ -171,22 +232,40 @@ impl CacheDir {
         }
         let id = self.unique();
         let data = self.root.join("journal").join(format!("{id}.data"));
-        std::fs::write(
-            self.root.join("journal").join(format!("{id}.info")),
-            format!("url={}\npath={target}\n", self.url),
-        )?;
+        write_private(&data.with_extension("info"), info.as_bytes())?;
         let file = create_private_file(&data)?;
         Ok((data, file))
     }
 
-    /// A new, empty spool file, open for reading and writing.
-    pub fn new_spool(&self) -> io::Result<(PathBuf, std::fs::File)> {
+    /// A new, empty spool file, open for reading and writing; `of`: the file it is the local
+    /// copy of, the version it replaces, and whether it holds all of it (otherwise
+    /// [`CacheDir::mark_whole`] says so later).
+    pub fn new_spool(
+        &self,
+        of: Option<(&DavPath, &Base, bool)>,
+    ) -> io::Result<(PathBuf, std::fs::File)> {
         let data = self
             .root
             .join("spool")
             .join(format!("{}.data", self.unique()));
+        if let Some((target, base, whole)) = of {
+            write_private(
+                &data.with_extension("info"),
+                self.info(target, base, whole).as_bytes(),
+            )?;
+        }
         let file = create_private_file(&data)?;
         Ok((data, file))
+    }
+
+    /// The spool file `data` now holds the whole file.
+    pub fn mark_whole(data: &Path) {
+        let info = data.with_extension("info");
+        if let Ok(text) = std::fs::read_to_string(&info)
+            && text.contains("whole=0")
+        {
+            let _ = write_private(&info, text.replace("whole=0", "whole=1").as_bytes());
+        }
     }
 
     /// Moves journal and spool files left by a davdrive that stopped without finishing
@@ -207,13 +286,20 @@ impl CacheDir {
                     continue;
                 }
                 let info = std::fs::read_to_string(p.with_extension("info")).unwrap_or_default();
-                let target = info
-                    .lines()
-                    .find_map(|l| l.strip_prefix("path="))
+                let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k));
+                let target = field("path=")
                     .and_then(|t| DavPath::parse(t).ok())
                     .unwrap_or_default();
-                let reason = "left behind by a davdrive that stopped before the upload finished";
-                if let Ok(kept) = self.recover(&p, &target, reason) {
+                let why = Keep {
+                    target: &target,
+                    reason: "left behind by a davdrive that stopped before the upload finished",
+                    // Without an `.info` (davdrive before 0.2 made none for spool files)
+                    // nothing is known: not for an upload by itself.
+                    base: field("base=").map_or(Base::Unknown, Base::parse),
+                    whole: field("whole=").is_some_and(|w| w == "1"),
+                    retry: false,
+                };
+                if let Ok(kept) = self.recover(&p, &why) {
                     out.push(kept);
                 }
             }
@@ -266,8 +352,8 @@ impl CacheDir {
 
     /// Moves `data` into the recovery folder with a note of where it was going and why.
     /// Returns where it is now.
-    pub fn recover(&self, data: &Path, target: &DavPath, reason: &str) -> io::Result<PathBuf> {
-        let name = target.name().unwrap_or("unnamed");
+    pub fn recover(&self, data: &Path, why: &Keep<'_>) -> io::Result<PathBuf> {
+        let name = why.target.name().unwrap_or("unnamed");
         let safe: String = name
             .chars()
             .map(|c| {
@@ -289,14 +375,19 @@ impl CacheDir {
             let _ = std::fs::remove_file(data);
         }
         let _ = std::fs::remove_file(data.with_extension("info"));
-        let info = format!(
-            "url={}\npath={target}\nreason={reason}\nsaved={}\n",
-            self.url,
-            timestamp()
-        );
-        let mut info_path = dest.clone().into_os_string();
-        info_path.push(".info");
-        std::fs::write(PathBuf::from(info_path), info)?;
+        Kept {
+            data: dest.clone(),
+            url: self.url.clone(),
+            path: Some(why.target.clone()),
+            reason: why.reason.to_owned(),
+            base: why.base.clone(),
+            whole: why.whole,
+            retry: why.retry,
+        }
+        .write_info()?;
+        if why.retry {
+            self.retry_pending.store(true, Ordering::SeqCst);
+        }
         Ok(dest)
     }
 }
@@ -310,30 +401,18 @@ fn create_private_file(p: &Path) -> io::Result<std::fs::File> {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
+    crate::sys::files::no_follow(&mut o);
     o.open(p)
 }
 
 /// Every file in the recovery folders below `base` (all mounts), oldest first.
-pub fn list_recovered(base: &Path) -> Vec<Recovered> {
-    let mut out = Vec::new();
-    let Ok(mounts) = std::fs::read_dir(base) else {
-        return out;
-    };
-    for m in mounts.flatten() {
-        let Ok(files) = std::fs::read_dir(m.path().join("recovery")) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let p = f.path();
-            if p.extension().is_some_and(|e| e == "info") {
-                continue;
-            }
-            let mut info_path = p.clone().into_os_string();
-            info_path.push(".info");
-            let info = std::fs::read_to_string(PathBuf::from(info_path)).unwrap_or_default();
-            out.push(Recovered { data: p, info });
-        }
-    }
+pub fn list_recovered(base: &Path) -> Vec<Kept> {
+    let mut out: Vec<Kept> = std::fs::read_dir(base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|m| super::recovery::list(&m.path().join("recovery")))
+        .collect();
     out.sort_by(|a, b| a.data.file_name().cmp(&b.data.file_name()));
     out
 }
@@ -351,20 +430,37 @@ mod tests {
         assert_ne!(key, mount_key("http://h/dav/", Some("bob")));
         let cd = CacheDir::open(tmp.join(&key), "http://h/dav/").expect("open");
         let target = DavPath::parse("/dir/report.pdf").expect("path");
-        let (j, _) = cd.new_journal(&target).expect("journal");
+        let (j, _) = cd.new_journal(&target, &Base::Absent).expect("journal");
         std::fs::write(&j, b"precious").expect("write");
-        let kept = cd.recover(&j, &target, "server gone").expect("recover");
+        let why = Keep {
+            target: &target,
+            reason: "server gone",
+            base: Base::Absent,
+            whole: true,
+            retry: true,
+        };
+        let kept = cd.recover(&j, &why).expect("recover");
         assert!(!j.exists());
         assert_eq!(std::fs::read(&kept).expect("read"), b"precious");
+        assert!(cd.take_retry_pending());
         let all = list_recovered(&tmp);
         assert_eq!(all.len(), 1);
-        assert!(
-            all[0].info.contains("path=/dir/report.pdf"),
-            "{}",
-            all[0].info
-        );
-        assert!(all[0].info.contains("reason=server gone"));
-        let (s, _) = cd.new_spool().expect("spool");
+        assert_eq!(all[0].path.as_ref(), Some(&target));
+        assert_eq!(all[0].reason, "server gone");
+        assert_eq!(all[0].base, Base::Absent);
+        assert!(all[0].retry);
+        // A spool file names its file too, and says when it holds only the parts written.
+        let (s, _) = cd
+            .new_spool(Some((&target, &Base::Tag("\"t\"".into()), false)))
+            .expect("spool");
+        std::fs::write(&s, b"part").expect("write");
+        let left = cd.recover_leftovers();
+        assert_eq!(left.len(), 1);
+        let k = Kept::read(&left[0]);
+        assert_eq!(k.path.as_ref(), Some(&target));
+        assert_eq!(k.base, Base::Tag("\"t\"".into()));
+        assert!(!k.whole && !k.retry);
+        let (s, _) = cd.new_spool(None).expect("spool");
         cd.discard(&s);
         assert!(!s.exists());
         assert!(timestamp().len() == 16, "{}", timestamp());
@@ -379,7 +475,7 @@ mod tests {
         cd.spare_maker()();
         assert!(!cd.needs_spares());
         let target = DavPath::parse("/b.bin").expect("path");
-        let (j, mut f) = cd.new_journal(&target).expect("journal");
+        let (j, mut f) = cd.new_journal(&target, &Base::Absent).expect("journal");
         assert!(
             j.to_string_lossy().contains("-s"),
             "not a spare: {}",
@@ -387,7 +483,7 @@ mod tests {
         );
         assert!(cd.needs_spares());
         let info = std::fs::read_to_string(j.with_extension("info")).expect("info");
-        assert_eq!(info, "url=http://h/dav/\npath=/b.bin\n");
+        assert_eq!(info, "url=http://h/dav/\npath=/b.bin\nbase=none\nwhole=1\n");
         std::io::Write::write_all(&mut f, b"in flight").expect("write");
         // A davdrive that stops now: the journal with data is recovered under its target's
         // name, the empty spares are discarded.

@@ -158,6 +158,11 @@ impl InodeTable {
         self.nodes.len()
     }
 
+    /// The inode at `path`, if one is known.
+    pub fn find(&self, path: &DavPath) -> Option<Ino> {
+        self.by_path.get(path).copied()
+    }
+
     /// The inode of `path` under `parent`, created if new. A known node takes `parent` when
     /// that is where it lives now (the directory may have been deleted and made again under a
     /// new inode meanwhile; a listing that started before that must not take it back).

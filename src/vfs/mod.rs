@@ -30,6 +30,7 @@ mod mutate;
 pub mod names;
 mod path;
 mod read;
+pub mod recovery;
 mod write;
 #[cfg(target_os = "linux")]
 pub mod zerocopy;
@@ -95,6 +96,10 @@ pub struct VfsConfig {
     /// close() of a written file returns once the data is in the cache directory, and the
     /// upload goes on behind it (`--async-close`); fsync() still waits. Default off.
     pub async_close: bool,
+    /// How long an upload keeps trying while the server cannot be reached, before the close
+    /// fails and the data is kept for an automatic upload (`--upload-retry-time`). Default
+    /// 60 s.
+    pub upload_retry: Duration,
 }
 
 /// How new files are uploaded.
@@ -128,6 +133,7 @@ impl Default for VfsConfig {
             open_direct: None,
             process_of: None,
             async_close: false,
+            upload_retry: Duration::from_secs(60),
         }
     }
 }
@@ -304,6 +310,9 @@ pub struct Vfs {
     /// Slots for uploads started by closes that did not wait for them (`ASYNC_UPLOADS`).
     behind_close: Arc<tokio::sync::Semaphore>,
     /// Handles opened by path and the node each holds a reference to (see `path`).
+    /// The mount is on its way out: uploads no longer wait for an unreachable server (their
+    /// data is kept, and the next mount uploads it once the server answers).
+    stopping: Arc<AtomicBool>,
     path_refs: Ranked<HashMap<u64, (Ino, FileKind)>>,
 }
 
@@ -340,7 +349,9 @@ impl Vfs {
         };
         for kept in leftovers {
             tracing::warn!(
-                "an earlier davdrive stopped before finishing an upload; its data is kept in {}",
+                "an earlier davdrive stopped before finishing an upload; its data is kept in \
+                 {} (`davdrive status` says where it was going; `davdrive recover {url}` \
+                 uploads it if the file did not change on the server since)",
                 kept.display()
             );
         }
@@ -371,6 +382,7 @@ impl Vfs {
             next_settling: AtomicU64::new(1),
             behind_close: Arc::new(tokio::sync::Semaphore::new(mutate::ASYNC_UPLOADS)),
             path_refs: Ranked::new(Rank::PathRefs, HashMap::new()),
+            stopping: Arc::default(),
         }))
     }
 

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::error::{Cause, VfsError, VfsResult};
 use super::inode::{FileKind, Ino, Listing, Meta};
+use super::recovery::Base;
 use super::write::{Caller, Uploaded, WriteHandle};
 use super::{Attr, Handle, OpenMode, Opened, UploadPolicy, Vfs};
 use crate::dav::{DavPath, Depth, ErrorKind, Preconditions, PutBody};
@@ -167,6 +168,24 @@ impl Vfs {
         }
     }
 
+    /// What an overwrite of `ino` needs: its path, its parent, the preconditions of the
+    /// upload and the version it replaces.
+    fn overwrite_of(&self, ino: Ino) -> VfsResult<(DavPath, Ino, Preconditions, Base)> {
+        let t = self.table();
+        let n = t
+            .get(ino)
+            .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
+        let base = n.meta.as_ref().map_or(Base::Unknown, |m| {
+            Base::of_version(m.etag.as_ref(), m.mtime, m.size)
+        });
+        Ok((
+            n.path.clone(),
+            n.parent,
+            self.overwrite_preconditions(n.meta.as_ref()),
+            base,
+        ))
+    }
+
     fn file_meta(size: u64, etag: Option<String>) -> Meta {
         let now = SystemTime::now();
         Meta {
@@ -267,6 +286,7 @@ impl Vfs {
             ..Default::default()
         };
         let mut meta = Self::file_meta(0, None);
+        let mut base = Base::Absent;
         if !self.is_writable(parent) {
             // The first file in a directory not yet known to be writable is created empty at
             // once, so that a server refusing writes here (Orthanc outside uploads/, a
@@ -283,6 +303,7 @@ impl Vfs {
                         if_match: m.etag.clone(),
                         ..Default::default()
                     };
+                    base = m.etag.clone().map_or(Base::Empty, Base::Tag);
                     meta = Self::file_meta(0, m.etag);
                 }
                 Err(e) => {
@@ -297,8 +318,9 @@ impl Vfs {
         }
         let stream = self.can_stream(&dir).await;
         let ino = self.insert_child(parent, name, &path, meta.clone());
-        let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?
+        let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, base, stream)?
             .with_segments(self.segments.clone())
+            .with_patience(self.cfg.upload_retry, self.stopping.clone())
             .with_process_of(self.cfg.process_of);
         w.mark_new_file();
         Ok(self.created(ino, &meta, w, mode))
@@ -379,27 +401,19 @@ impl Vfs {
                 "cannot write to a directory",
             ));
         }
-        let (path, parent, pre) = {
-            let t = self.table();
-            let n = t
-                .get(ino)
-                .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
-            (
-                n.path.clone(),
-                n.parent,
-                self.overwrite_preconditions(n.meta.as_ref()),
-            )
-        };
+        let (path, parent, pre, base) = self.overwrite_of(ino)?;
         self.check_not_forbidden(parent, &path.to_string())?;
         let w = if mode.truncate {
             let dir = path.parent().unwrap_or_default();
             let stream = self.can_stream(&dir).await;
-            WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, stream)?
+            WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, base, stream)?
                 .with_segments(self.segments.clone())
+                .with_patience(self.cfg.upload_retry, self.stopping.clone())
                 .with_process_of(self.cfg.process_of)
         } else {
-            WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre)?
+            WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre, base)?
                 .with_segments(self.segments.clone())
+                .with_patience(self.cfg.upload_retry, self.stopping.clone())
                 .with_process_of(self.cfg.process_of)
         };
         let fh = self.add_handle(Handle::Write(Arc::new(w)));
@@ -724,6 +738,12 @@ impl Vfs {
         }
     }
 
+    /// The mount is on its way out: from now on an upload that cannot reach the server
+    /// keeps its data for the next mount instead of waiting (`--upload-retry-time`).
+    pub fn stop_waiting_for_the_server(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
     /// Waits until no upload is in progress, saying what it waits for.
     pub async fn wait_for_uploads(&self) {
         let mut rx = self.uploads.subscribe();
@@ -789,18 +809,10 @@ impl Vfs {
         if attr.size == size {
             return Ok(());
         }
-        let (path, pre) = {
-            let t = self.table();
-            let n = t
-                .get(ino)
-                .ok_or_else(|| VfsError::not_found(format!("inode {ino}")))?;
-            (
-                n.path.clone(),
-                self.overwrite_preconditions(n.meta.as_ref()),
-            )
-        };
-        let w = WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre)?
+        let (path, _, pre, base) = self.overwrite_of(ino)?;
+        let w = WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre, base)?
             .with_segments(self.segments.clone())
+            .with_patience(self.cfg.upload_retry, self.stopping.clone())
             .with_process_of(self.cfg.process_of);
         w.set_size(&self.client, size).await?;
         if let Some(up) = w.release(&self.client, &self.cache, false).await? {

@@ -1112,3 +1112,129 @@ fn a_frozen_server_costs_one_timeout() {
     proxy.thaw();
     assert!(m.unmount().success());
 }
+
+/// `davdrive status --cache-dir DIR`'s output.
+fn status_of(cache: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_davdrive"))
+        .args(["status", "--cache-dir"])
+        .arg(cache)
+        .output()
+        .expect("status");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits (at most `limit`) until `done`, checking every 200 ms.
+fn eventually(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_upload_outlives_a_short_outage_and_a_long_one_is_uploaded_when_the_server_is_back() {
+    if !have_fuse() {
+        return;
+    }
+    let files = tempfile::tempdir().expect("files");
+    let root = files.path().to_path_buf();
+    std::fs::write(root.join("old.txt"), b"version 1").expect("write");
+    std::fs::write(root.join("other.txt"), b"version 1").expect("write");
+    let port = crate::support::free_port();
+    let mut server = Some(crate::support::dev_server_process(&root, port));
+    let url = format!("http://127.0.0.1:{port}/");
+
+    // A short outage (6 s, longer than the reconnect retries of one request): the close
+    // waits it out and succeeds.
+    let cache = tempfile::tempdir().expect("cache");
+    let c = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(
+        &url,
+        &[
+            "--cache-dir",
+            &c,
+            "--upload",
+            "spool",
+            "--upload-retry-time",
+            "30",
+        ],
+    );
+    let data = pattern(1 << 20, 61);
+    let mut f = std::fs::File::create(m.path().join("a.bin")).expect("create");
+    f.write_all(&data).expect("write");
+    drop(server.take());
+    let r2 = root.clone();
+    // The outage itself is what is simulated here: the server comes back after 6 s.
+    let back = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(6));
+        crate::support::dev_server_process(&r2, port)
+    });
+    let start = Instant::now();
+    let closed = bounded(Duration::from_secs(60), move || f.sync_all());
+    let waited = start.elapsed();
+    server = Some(back.join().expect("restart"));
+    closed.unwrap_or_else(|e| panic!("the close did not wait out a 6 s outage: {e}\n{}", m.log()));
+    assert!(std::fs::read(root.join("a.bin")).is_ok_and(|b| b == data));
+    eprintln!("short outage: the close waited {waited:?}");
+    assert!(m.unmount().success());
+
+    // A longer one: the close fails after --upload-retry-time, the data is kept, and the mount
+    // uploads it by itself once the server answers, unless the file changed there meanwhile.
+    let cache = tempfile::tempdir().expect("cache");
+    let c = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(
+        &url,
+        &[
+            "--cache-dir",
+            &c,
+            "--upload",
+            "spool",
+            "--upload-retry-time",
+            "1",
+        ],
+    );
+    let mut open = Vec::new();
+    for (name, seed) in [("new.bin", 62), ("old.txt", 63), ("other.txt", 64)] {
+        let mut f = std::fs::File::create(m.path().join(name)).expect("create");
+        f.write_all(&pattern(300_000, seed)).expect("write");
+        open.push(f);
+    }
+    drop(server.take());
+    for f in open {
+        let r = bounded(Duration::from_secs(60), move || f.sync_all());
+        assert!(r.is_err(), "an upload to a stopped server succeeded");
+    }
+    let status = status_of(cache.path());
+    assert!(
+        status.contains("new.bin") && status.contains("uploads it by itself"),
+        "{status}"
+    );
+    // Someone else changes other.txt while we cannot reach the server.
+    std::fs::write(root.join("other.txt"), b"their version").expect("write");
+    let _server = crate::support::dev_server_process(&root, port);
+    eventually(Duration::from_secs(40), "kept files uploaded", || {
+        std::fs::read(root.join("new.bin")).is_ok_and(|b| b == pattern(300_000, 62))
+            && std::fs::read(root.join("old.txt")).is_ok_and(|b| b == pattern(300_000, 63))
+    });
+    eventually(Duration::from_secs(20), "the changed file given up", || {
+        status_of(cache.path()).contains("changed on the server")
+    });
+    assert_eq!(
+        std::fs::read(root.join("other.txt")).expect("other"),
+        b"their version"
+    );
+    let status = status_of(cache.path());
+    assert!(
+        status.contains("other.txt") && !status.contains("new.bin") && !status.contains("old.txt"),
+        "{status}"
+    );
+    let log = m.log();
+    assert!(log.contains("from the recovery folder"), "{log}");
+    // The mount shows what the server has now.
+    assert_eq!(
+        std::fs::read(m.path().join("old.txt")).expect("read"),
+        pattern(300_000, 63)
+    );
+    assert!(m.unmount().success());
+}

@@ -668,6 +668,8 @@ fn server_stopped_mid_upload_loses_nothing() {
             "5",
             "--retry-time",
             "1",
+            "--upload-retry-time",
+            "2",
         ],
     );
     let data = pattern(200 << 20, 77);
@@ -975,18 +977,29 @@ fn daemon_killed_mid_upload_leaves_data_for_the_next_mount() {
     if !have_fuse() {
         return;
     }
-    a.fresh_dir("write-crash");
+    let dir = a.fresh_dir("write-crash");
+    std::fs::write(dir.join("old.txt"), b"version 1").expect("write");
+    std::fs::write(dir.join("other.txt"), b"version 1").expect("write");
+    apache::give_to_server(&dir);
     let cache = tempfile::tempdir().expect("cache");
     let cache_arg = cache.path().to_string_lossy().into_owned();
     let args = ["--cache-dir", cache_arg.as_str(), "--upload", "spool"];
     let m = Mount::new(&a.url("write-crash"), &args);
     let data = pattern(8 << 20, 3);
-    let mut f = std::fs::File::create(m.path().join("big.bin")).expect("create");
-    f.write_all(&data).expect("write");
-    // The daemon dies before the file is closed: nothing was uploaded yet.
+    let mut open = Vec::new();
+    for (name, body) in [
+        ("big.bin", data.clone()),
+        ("old.txt", b"ours".to_vec()),
+        ("other.txt", b"ours too".to_vec()),
+    ] {
+        let mut f = std::fs::File::create(m.path().join(name)).expect("create");
+        f.write_all(&body).expect("write");
+        open.push(f);
+    }
+    // The daemon dies before the files are closed: nothing was uploaded yet.
     // SAFETY: killing our own child.
     unsafe { libc::kill(m.pid() as i32, libc::SIGKILL) };
-    drop(f);
+    drop(open);
     drop(m);
     let m = Mount::new(&a.url("write-crash"), &args);
     let kept = recovered(cache.path());
@@ -997,7 +1010,50 @@ fn daemon_killed_mid_upload_leaves_data_for_the_next_mount() {
         m.log()
     );
     assert!(m.log().contains("stopped before finishing"), "{}", m.log());
+    assert!(m.log().contains("davdrive recover"), "{}", m.log());
+    // `davdrive status` names each file by its path on the server.
+    let davdrive = env!("CARGO_BIN_EXE_davdrive");
+    let out = Command::new(davdrive)
+        .args(["status", "--cache-dir", &cache_arg])
+        .output()
+        .expect("status");
+    let status = String::from_utf8_lossy(&out.stdout);
+    for name in ["/big.bin", "/old.txt", "/other.txt"] {
+        assert!(status.contains(&format!("write-crash{name}")), "{status}");
+    }
+    // Someone changes other.txt; `davdrive recover` uploads the rest and keeps that one.
+    std::fs::write(dir.join("other.txt"), b"their version").expect("write");
     assert!(m.unmount().success());
+    let out = Command::new(davdrive)
+        .args(["recover", &a.url("write-crash"), "--cache-dir", &cache_arg])
+        .output()
+        .expect("recover");
+    let said = String::from_utf8_lossy(&out.stdout);
+    let infos: Vec<String> = recovered(cache.path())
+        .iter()
+        .map(|k| std::fs::read_to_string(format!("{}.info", k.display())).unwrap_or_default())
+        .collect();
+    let said = format!("{said}\n{infos:#?}");
+    assert!(!out.status.success(), "one file had to stay: {said}");
+    assert!(
+        said.contains("uploaded /big.bin") && said.contains("uploaded /old.txt"),
+        "{said}"
+    );
+    assert!(
+        said.contains("kept /other.txt") && said.contains("changed on the server"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(dir.join("big.bin")).expect("big"), data);
+    assert_eq!(std::fs::read(dir.join("old.txt")).expect("old"), b"ours");
+    assert_eq!(
+        std::fs::read(dir.join("other.txt")).expect("other"),
+        b"their version"
+    );
+    let kept = recovered(cache.path());
+    assert!(
+        kept.len() == 1 && std::fs::read(&kept[0]).is_ok_and(|b| b == b"ours too"),
+        "{kept:?}"
+    );
 }
 
 #[test]

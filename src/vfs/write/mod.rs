@@ -45,11 +45,12 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
-use super::cache_dir::CacheDir;
+use super::cache_dir::{CacheDir, Keep};
 use super::error::{VfsError, VfsResult};
 use super::fileio::{read_at, write_at};
 use super::inode::Ino;
 use super::lock::{Rank, Ranked, RankedGuard};
+use super::recovery::Base;
 use segments::{Follower, Local, Resume, Ring, SegmentPolicy};
 
 mod callers;
@@ -98,6 +99,10 @@ pub(super) struct WriteHandle {
     new_file: std::sync::atomic::AtomicBool,
     /// Segmented (resumable) uploads of large files, where the server takes them.
     segments: Option<Arc<SegmentPolicy>>,
+    /// How long an upload at close keeps trying while the server cannot be reached
+    /// (`--upload-retry-time`), unless the mount is on its way out.
+    patience: std::time::Duration,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     /// A streaming session switches to segments once its size passes this (see `segments`).
     switch_at: u64,
     state: Mutex<State>,
@@ -165,6 +170,15 @@ fn stopped(f: Follower, size: u64) -> Resume {
     r
 }
 
+/// Whether an upload failed only because the server could not be reached (or was busy):
+/// worth trying again for a while, and from recovery once it answers.
+fn unreachable(e: &VfsError) -> bool {
+    matches!(
+        e.kind,
+        ErrorKind::Unreachable | ErrorKind::TimedOut | ErrorKind::Busy
+    )
+}
+
 /// Whether a failed upload should be retried from the local copy rather than given up.
 fn transient(e: &VfsError) -> bool {
     matches!(
@@ -181,6 +195,7 @@ impl WriteHandle {
         ino: Ino,
         path: DavPath,
         pre: Preconditions,
+        base: Base,
         stream: bool,
     ) -> VfsResult<Self> {
         if stream
@@ -191,9 +206,9 @@ impl WriteHandle {
             let _ = tx.try_send(JournalItem::Run(Box::new(cache.spare_maker())));
         }
         let (file_path, file) = if stream {
-            cache.new_journal(&path)
+            cache.new_journal(&path, &base)
         } else {
-            cache.new_spool()
+            cache.new_spool(Some((&path, &base, true)))
         }
         .map_err(|e| io_err(&path, "cannot create a journal", &e))?;
         let stream = if stream {
@@ -209,6 +224,7 @@ impl WriteHandle {
             None
         };
         let mut state = State::new(file, file_path, 0, pre);
+        state.base = base;
         state.complete = true;
         state.dirty = true;
         if let Some(s) = stream {
@@ -225,11 +241,13 @@ impl WriteHandle {
         path: DavPath,
         size: u64,
         pre: Preconditions,
+        base: Base,
     ) -> VfsResult<Self> {
         let (file_path, file) = cache
-            .new_spool()
+            .new_spool(Some((&path, &base, size == 0)))
             .map_err(|e| io_err(&path, "cannot create a spool file", &e))?;
         let mut state = State::new(file, file_path, size, pre);
+        state.base = base;
         state.complete = size == 0;
         Ok(Self::assemble(ino, path, state))
     }
@@ -269,6 +287,8 @@ impl WriteHandle {
             stall: client_stall(),
             new_file: false.into(),
             segments: None,
+            patience: std::time::Duration::ZERO,
+            stopping: Arc::default(),
             switch_at: u64::MAX,
             state: Mutex::new(state),
             behind_close: tokio::sync::watch::channel(0).0,
@@ -289,6 +309,18 @@ impl WriteHandle {
     pub(super) async fn uploads_behind_close(&self) {
         let mut rx = self.behind_close.subscribe();
         let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// An upload that finds the server unreachable keeps trying for `patience`, until
+    /// `stopping` is set.
+    pub(super) fn with_patience(
+        mut self,
+        patience: std::time::Duration,
+        stopping: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        self.patience = patience;
+        self.stopping = stopping;
+        self
     }
 
     /// Large files of this session go in resumable segments where the server takes them.
@@ -725,7 +757,7 @@ impl WriteHandle {
                 ),
             ));
         }
-        st.complete = true;
+        st.now_whole();
         Ok(())
     }
 
@@ -840,7 +872,7 @@ impl WriteHandle {
             // Writing into an existing file: the bytes around must come from the server.
             let covers_all = offset == 0 && data.len() as u64 >= st.original_size;
             if covers_all {
-                st.complete = true;
+                st.now_whole();
             } else {
                 self.load_original(client, &mut st).await?;
             }
@@ -954,7 +986,7 @@ impl WriteHandle {
             r.changed_from(size);
         }
         st.size = size;
-        st.complete = true;
+        st.now_whole();
         st.dirty = true;
         st.changed_since_recovery = true;
         self.set_size_now(&st);
@@ -993,7 +1025,42 @@ impl WriteHandle {
         // write from offset 0 starts a new streaming upload instead of spooling everything
         // for the last close.
         let empty_stream = st.streaming() && st.size == 0 && st.failed.is_none();
-        let r = self.flush_locked(client, &mut st).await;
+        let mut r = self.flush_locked(client, &mut st).await;
+        // The server cannot be reached (a VPN dropping for half a minute): the data is safe
+        // here, so keep trying for a while before the close fails.
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(500);
+        let mut retried = false;
+        // Once per failure: a close after a failed fsync, or the release after a failed
+        // close, does not wait again for data already kept.
+        let kept_already = st.recovered.is_some() && !st.changed_since_recovery;
+        while let Err(e) = &r
+            && unreachable(e)
+            && st.failed.is_none()
+            && !kept_already
+            && !self.is_unlinked()
+            && !self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+            && started.elapsed() + pause <= self.patience
+        {
+            if !retried {
+                retried = true;
+                tracing::warn!(
+                    "cannot upload {} ({e}); trying again for up to {} s",
+                    self.path(),
+                    self.patience.as_secs()
+                );
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            r = self.flush_locked(client, &mut st).await;
+        }
+        if r.is_ok() && retried {
+            tracing::info!(
+                "uploaded {} after {} s of retries",
+                self.path(),
+                started.elapsed().as_secs()
+            );
+        }
         if r.is_ok() {
             // Everything written is on the server; nobody could write meanwhile (the session
             // was held).
@@ -1031,7 +1098,7 @@ impl WriteHandle {
             let _ = std::fs::remove_file(info_path(&old));
         }
         let _ = st.file.sync_data();
-        let copy = match cache.new_spool() {
+        let copy = match cache.new_spool(None) {
             Ok((c, _)) => c,
             Err(io) => {
                 tracing::error!(
@@ -1059,7 +1126,20 @@ impl WriteHandle {
                 let f = std::fs::OpenOptions::new().write(true).open(&copy)?;
                 f.set_len(keep)
             })
-            .and_then(|_| cache.recover(&copy, &self.path(), &reason));
+            .and_then(|_| {
+                let why = Keep {
+                    target: &self.path(),
+                    reason: &reason,
+                    base: match Base::of(&st.pre) {
+                        Base::Unknown => st.base.clone(),
+                        b => b,
+                    },
+                    whole: st.complete && keep == st.size,
+                    // Only the server was missing: the mount uploads it once it is back.
+                    retry: unreachable(e) && keep == st.size,
+                };
+                cache.recover(&copy, &why)
+            });
         match copied {
             Ok(kept) => {
                 tracing::warn!(

@@ -60,6 +60,9 @@ pub(super) struct State {
     pub(super) original_size: u64,
     pub(super) dirty: bool,
     pub(super) pre: Preconditions,
+    /// The server's version this session replaces, as `pre` said when it began (kept with
+    /// the data should it go to recovery; see `vfs::recovery`).
+    pub(super) base: crate::vfs::recovery::Base,
     /// A failure that makes further writes pointless (403, 507, 413, 412, disk full).
     pub(super) failed: Option<VfsError>,
     /// Where a copy of the data was kept after a failed flush, and whether the data changed
@@ -86,6 +89,15 @@ pub(super) struct Segmented {
 }
 
 impl State {
+    /// The local copy now holds the whole file (the parts not written were fetched, or
+    /// need not be); its `.info` says so, for a recovery after a crash.
+    pub(super) fn now_whole(&mut self) {
+        if !self.complete {
+            self.complete = true;
+            super::super::cache_dir::CacheDir::mark_whole(&self.file_path);
+        }
+    }
+
     /// Replaces the preconditions of our next upload, keeping our lock token.
     pub(super) fn expect(&mut self, pre: Preconditions) {
         self.pre = Preconditions {
@@ -102,7 +114,9 @@ impl State {
         size: u64,
         pre: Preconditions,
     ) -> Self {
+        let base = crate::vfs::recovery::Base::of(&pre);
         State {
+            base,
             file,
             file_path,
             mode: Mode::Spooling,
