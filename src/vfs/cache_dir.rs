@@ -467,6 +467,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&tmp);
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn nothing_is_created_through_a_symbolic_link() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        // A cache folder planted as a link (in a shared temp directory) is refused.
+        let planted = tmp.path().join("davdrive-planted");
+        std::os::unix::fs::symlink(&elsewhere, &planted).expect("symlink");
+        let e = CacheDir::open(planted.join("m"), "http://h/").expect_err("followed a link");
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        assert_eq!(std::fs::read_dir(&elsewhere).expect("ls").count(), 0);
+        // A link where a note goes is not written through.
+        let cd = CacheDir::open(tmp.path().join("real").join("m"), "http://h/").expect("open");
+        let target = elsewhere.join("victim");
+        std::fs::write(&target, b"keep").expect("write");
+        let data = cd.root().join("spool").join("x.data");
+        std::os::unix::fs::symlink(&target, data.with_extension("info")).expect("symlink");
+        assert!(write_private(&data.with_extension("info"), b"url=").is_err());
+        assert_eq!(std::fs::read(&target).expect("read"), b"keep");
+        // Folders are private.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(cd.root())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
     #[test]
     fn spare_journals_are_used_once_and_never_recovered_empty() {
         let tmp = tempfile::tempdir().expect("tmp");

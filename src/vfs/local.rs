@@ -39,8 +39,15 @@ pub(super) struct LocalFiles {
     seq: AtomicU64,
 }
 
+impl Drop for LocalFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl LocalFiles {
-    /// Local files live in `dir`, which is emptied: they last as long as a mount.
+    /// Local files live in `dir`, which is this mount's own and emptied: they last as long
+    /// as the mount, and go with it.
     pub(super) fn new(dir: PathBuf) -> std::io::Result<Self> {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;

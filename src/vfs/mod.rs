@@ -340,7 +340,14 @@ impl Vfs {
         let cache = CacheDir::open(cfg.cache_dir.clone(), &url).map_err(cache_err)?;
         // Only the first davdrive using this cache directory may treat leftovers as orphans:
         // a second mount of the same URL must not take the first one's journals.
-        let lock = std::fs::File::create(cfg.cache_dir.join("lock")).ok();
+        let lock = {
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create(true).truncate(false);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            crate::sys::files::no_follow(&mut o);
+            o.open(cfg.cache_dir.join("lock")).ok()
+        };
         let sole_user = lock.as_ref().is_some_and(|f| f.try_lock().is_ok());
         let leftovers = if sole_user {
             cache.recover_leftovers()
@@ -355,7 +362,15 @@ impl Vfs {
                 kept.display()
             );
         }
-        let local = local::LocalFiles::new(cfg.cache_dir.join("local")).map_err(cache_err)?;
+        // Local-only files are per process: a second mount of the same URL (same cache
+        // directory) must not take or wipe the first one's. The sole user clears what
+        // mounts that stopped left behind.
+        let locals = cfg.cache_dir.join("local");
+        if sole_user {
+            let _ = std::fs::remove_dir_all(&locals);
+        }
+        let local = local::LocalFiles::new(locals.join(std::process::id().to_string()))
+            .map_err(cache_err)?;
         let segments = Arc::new(
             segments::SegmentPolicy::new(cfg.segment_size).with_open_direct(cfg.open_direct),
         );

@@ -770,7 +770,9 @@ fn os_litter_stays_local() {
         return;
     }
     let dir = a.fresh_dir("write-litter");
-    let m = Mount::new(&a.url("write-litter"), &[]);
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(&a.url("write-litter"), &["--cache-dir", &cache_arg]);
     let root = m.path();
     let before = a.after_mount("write-litter").len();
     std::fs::write(root.join(".DS_Store"), b"finder state").expect("write");
@@ -800,6 +802,16 @@ fn os_litter_stays_local() {
     );
     std::fs::remove_file(root.join("Thumbs.db")).expect("rm");
     assert!(!root.join("Thumbs.db").exists());
+    // A second mount of the same URL with the same cache directory takes nothing of the
+    // first one's local files, and wipes nothing.
+    let second = Mount::new(&a.url("write-litter"), &["--cache-dir", &cache_arg]);
+    assert!(!second.path().join(".DS_Store").exists());
+    std::fs::write(second.path().join(".DS_Store"), b"second").expect("write");
+    assert!(second.unmount().success());
+    assert_eq!(
+        std::fs::read(root.join(".DS_Store")).expect("read after a second mount"),
+        b"finder state"
+    );
     // A real file next to them is uploaded as usual.
     std::fs::write(root.join("real.txt"), b"real").expect("write");
     assert_eq!(
