@@ -45,6 +45,8 @@ pub enum Rank {
     DirHandles,
     /// Handles opened by path and the nodes they hold (`Vfs::path_refs`).
     PathRefs,
+    /// Deleted files still read, at their hidden names (`Vfs::hidden`).
+    Hidden,
     /// Directories known to refuse or accept writes (`Vfs::forbidden`, `Vfs::writable`).
     WriteVerdicts,
     /// The server's last quota (`Vfs::quota`).

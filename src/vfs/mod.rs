@@ -310,6 +310,9 @@ pub struct Vfs {
     /// Slots for uploads started by closes that did not wait for them (`ASYNC_UPLOADS`).
     behind_close: Arc<tokio::sync::Semaphore>,
     /// Handles opened by path and the node each holds a reference to (see `path`).
+    /// Files deleted (or replaced by a rename) while descriptors still read them: moved to
+    /// a hidden name on the server, which the last of those descriptors deletes at close.
+    hidden: Ranked<HashMap<Ino, DavPath>>,
     /// The mount is on its way out: uploads no longer wait for an unreachable server (their
     /// data is kept, and the next mount uploads it once the server answers).
     stopping: Arc<AtomicBool>,
@@ -398,6 +401,7 @@ impl Vfs {
             behind_close: Arc::new(tokio::sync::Semaphore::new(mutate::ASYNC_UPLOADS)),
             path_refs: Ranked::new(Rank::PathRefs, HashMap::new()),
             stopping: Arc::default(),
+            hidden: Ranked::new(Rank::Hidden, HashMap::new()),
         }))
     }
 
@@ -1201,10 +1205,15 @@ impl Vfs {
     /// A read that found nothing at `tried` may have raced a rename of its file: points the
     /// handle at where the file is now, if that is elsewhere.
     fn followed(&self, h: &ReadHandle, tried: &DavPath) -> bool {
-        let t = self.table();
-        match t.get(h.ino()) {
-            Some(n) if !n.gone && n.path != *tried => {
-                h.moved_to(&n.path);
+        let now = {
+            let t = self.table();
+            t.get(h.ino()).filter(|n| !n.gone).map(|n| n.path.clone())
+        };
+        // Or a delete that hid it from the readers (see `hide_from_readers`).
+        let now = now.or_else(|| self.hidden.lock().get(&h.ino()).cloned());
+        match now {
+            Some(p) if p != *tried => {
+                h.moved_to(&p);
                 true
             }
             _ => false,

@@ -632,6 +632,53 @@ impl Vfs {
         }
     }
 
+    /// A file about to be deleted (unlink, or replaced by a rename) while descriptors still
+    /// read it is moved to a hidden name instead (a `.davdrive-part-*` beside it, which
+    /// listings do not show); the readers follow it there, and the last of them deletes it at
+    /// close, as NFS does. `false` when nobody reads it or the server cannot move it (the
+    /// caller then deletes it, and the readers fail as before).
+    async fn hide_from_readers(&self, ino: Ino, path: &DavPath) -> bool {
+        let readers: Vec<Arc<super::read::ReadHandle>> = self
+            .handles
+            .lock()
+            .values()
+            .filter_map(|h| match h {
+                Handle::Read(r) if r.ino() == ino => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        if readers.is_empty() {
+            return false;
+        }
+        let Ok(hidden) = super::write::segments::temp_for(path) else {
+            return false;
+        };
+        if let Err(e) = self.client.move_to(path, &hidden, false, false).await {
+            tracing::debug!(path = %path, "cannot keep a deleted file for its readers: {e}");
+            return false;
+        }
+        self.hidden.lock().insert(ino, hidden.clone());
+        for r in readers {
+            r.moved_to(&hidden);
+        }
+        tracing::debug!(path = %path, hidden = %hidden, "deleted while read: kept hidden until closed");
+        true
+    }
+
+    /// The hidden name of `ino` (see `hide_from_readers`) once no descriptor reads it.
+    fn hidden_unread(&self, ino: Ino) -> Option<DavPath> {
+        let handles = self.handles.lock();
+        let read = handles.values().any(|h| match h {
+            Handle::Read(r) => r.ino() == ino,
+            Handle::Write(w) | Handle::Reading(w) => w.ino() == ino,
+        });
+        drop(handles);
+        if read {
+            return None;
+        }
+        self.hidden.lock().remove(&ino)
+    }
+
     /// The last close of a handle. The bookkeeping happens before this returns (so unmount
     /// can wait for the upload); the returned future does the upload.
     pub fn release(
@@ -639,6 +686,10 @@ impl Vfs {
         fh: u64,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let h = self.handles.lock().remove(&fh);
+        let unhide = match &h {
+            Some(Handle::Read(r)) => self.hidden_unread(r.ino()),
+            _ => None,
+        };
         // A reader of a session (`Handle::Reading`) keeps it only to read it: the session
         // ends with its last writer, and the reader goes on reading its local copy.
         let w = match h {
@@ -664,6 +715,18 @@ impl Vfs {
         let pending = w.as_ref().map(|w| self.pending(Some(w)));
         let this = self.clone();
         async move {
+            if let Some(hidden) = unhide {
+                // The last reader of a deleted file is gone: now it goes.
+                if let Err(e) = this
+                    .client
+                    .delete(&hidden, false, &Preconditions::default())
+                    .await
+                {
+                    tracing::warn!(
+                        "cannot delete {hidden}, a deleted file kept for its readers: {e}"
+                    );
+                }
+            }
             let Some(w) = w else {
                 return;
             };
@@ -900,6 +963,7 @@ impl Vfs {
                 w.unlink(delete).await?;
                 w.drop_partial_upload(&self.client).await;
             }
+            None if self.hide_from_readers(ino, &path).await => {}
             None => delete.await?,
         }
         self.remove_child(parent, name);
@@ -1043,9 +1107,17 @@ impl Vfs {
                     format!("{to} exists"),
                 ));
             }
-            self.settle_path(&self.path_of(dst)?).await;
+            let dst_path = self.path_of(dst)?;
+            self.settle_path(&dst_path).await;
             if let Some(w) = self.writer_of(dst) {
                 w.keep_content(&self.client).await;
+            } else if dkind == FileKind::File
+                && kind == FileKind::File
+                && self.hide_from_readers(dst, &dst_path).await
+            {
+                // Its readers read on from its hidden name (an editor's save over a file
+                // another program has open).
+                self.table().unlinked(dst);
             }
             match (kind, dkind) {
                 (FileKind::Directory, FileKind::File) => {

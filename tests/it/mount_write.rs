@@ -821,6 +821,93 @@ fn os_litter_stays_local() {
     assert!(m.unmount().success());
 }
 
+/// Names of `.davdrive-part-*` files in `dir` on the server.
+fn hidden_parts(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".davdrive-part-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_file_deleted_or_replaced_while_read_reads_on_through_its_descriptor() {
+    use std::os::unix::fs::FileExt;
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("write-unlinked-read");
+    let old = pattern(16 << 20, 81);
+    std::fs::write(dir.join("a.bin"), &old).expect("write");
+    std::fs::write(dir.join("b.bin"), &old).expect("write");
+    apache::give_to_server(&dir);
+    let m = Mount::new(&a.url("write-unlinked-read"), &[]);
+    let root = m.path();
+    let read_at = |f: &std::fs::File, off: usize, len: usize| {
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off as u64).map(|()| buf)
+    };
+
+    // `rm` in another shell while a program reads the file.
+    let f = std::fs::File::open(root.join("a.bin")).expect("open");
+    assert_eq!(read_at(&f, 0, 4096).expect("first read"), old[..4096]);
+    std::fs::remove_file(root.join("a.bin")).expect("rm");
+    assert!(!root.join("a.bin").exists() && !dir.join("a.bin").exists());
+    // Far from what was read: a new request, after the delete.
+    let got = read_at(&f, 12 << 20, 1 << 20).expect("a read after the delete");
+    assert!(
+        got == old[12 << 20..13 << 20],
+        "wrong bytes after the delete"
+    );
+    let names: Vec<String> = std::fs::read_dir(root)
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["b.bin"], "the hidden name shows");
+    drop(f);
+    let start = std::time::Instant::now();
+    while !hidden_parts(&dir).is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "left on the server after the last close: {:?}",
+            hidden_parts(&dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // An editor saves over a file another program is reading (write a temporary file, rename
+    // it over the original): the reader reads on in the old version.
+    let f = std::fs::File::open(root.join("b.bin")).expect("open");
+    assert_eq!(read_at(&f, 0, 4096).expect("first read"), old[..4096]);
+    std::fs::write(root.join("b.bin.tmp"), b"the new version").expect("write");
+    std::fs::rename(root.join("b.bin.tmp"), root.join("b.bin")).expect("save over");
+    let got = read_at(&f, 12 << 20, 1 << 20).expect("a read after the save");
+    assert!(got == old[12 << 20..13 << 20], "wrong bytes after the save");
+    assert_eq!(
+        std::fs::read(root.join("b.bin")).expect("new"),
+        b"the new version"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("b.bin")).expect("server"),
+        b"the new version"
+    );
+    drop(f);
+    let start = std::time::Instant::now();
+    while !hidden_parts(&dir).is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "left on the server after the last close: {:?}",
+            hidden_parts(&dir)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(m.unmount().success());
+}
+
 #[test]
 fn files_deleted_or_renamed_while_open_behave_like_posix() {
     let Some(a) = apache() else { return };
