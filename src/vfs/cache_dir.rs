@@ -47,6 +47,8 @@ pub struct Keep<'a> {
     pub whole: bool,
     /// The mount uploads it by itself once the server answers again.
     pub retry: bool,
+    /// A temporary upload on the server that the data's upload had begun (segments).
+    pub temp: Option<DavPath>,
 }
 
 /// Empty journal files (an empty `.info` beside each) created ahead, off the path of the
@@ -258,6 +260,20 @@ impl CacheDir {
         Ok((data, file))
     }
 
+    /// The upload of journal or spool file `data` goes to the temporary file `temp` on the
+    /// server (in segments): after a crash, `davdrive recover` removes it.
+    pub fn note_temp(data: &Path, temp: &DavPath) {
+        let info = data.with_extension("info");
+        if let Ok(text) = std::fs::read_to_string(&info) {
+            let kept: String = text
+                .lines()
+                .filter(|l| !l.starts_with("temp="))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let _ = write_private(&info, format!("{kept}temp={temp}\n").as_bytes());
+        }
+    }
+
     /// The spool file `data` now holds the whole file.
     pub fn mark_whole(data: &Path) {
         let info = data.with_extension("info");
@@ -298,6 +314,7 @@ impl CacheDir {
                     base: field("base=").map_or(Base::Unknown, Base::parse),
                     whole: field("whole=").is_some_and(|w| w == "1"),
                     retry: false,
+                    temp: field("temp=").and_then(|t| DavPath::parse(t).ok()),
                 };
                 if let Ok(kept) = self.recover(&p, &why) {
                     out.push(kept);
@@ -383,6 +400,7 @@ impl CacheDir {
             base: why.base.clone(),
             whole: why.whole,
             retry: why.retry,
+            temp: why.temp.clone(),
         }
         .write_info()?;
         if why.retry {
@@ -438,6 +456,7 @@ mod tests {
             base: Base::Absent,
             whole: true,
             retry: true,
+            temp: None,
         };
         let kept = cd.recover(&j, &why).expect("recover");
         assert!(!j.exists());

@@ -84,9 +84,10 @@ pub struct Listing {
     /// Local names in server order.
     pub order: Vec<(String, Ino)>,
     pub by_name: FastMap<String, Ino>,
-    /// Entries not shown (uploads in progress to temporary names): the directory is not
-    /// empty for rmdir even when `order` is.
-    pub hidden: usize,
+    /// Entries not shown (temporary names of uploads in progress, or of deleted files still
+    /// read), with their last modification: the directory is not empty for rmdir even when
+    /// `order` is, unless they are abandoned.
+    pub hidden: Vec<(crate::dav::DavPath, Option<std::time::SystemTime>)>,
 }
 
 #[derive(Debug)]

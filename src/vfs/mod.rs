@@ -255,7 +255,7 @@ struct Gathered {
     metas: Vec<(Ino, Meta)>,
     order: Vec<(String, Ino)>,
     by_name: FastMap<String, Ino>,
-    hidden: usize,
+    hidden: Vec<(DavPath, Option<SystemTime>)>,
 }
 
 impl Gathered {
@@ -268,7 +268,7 @@ impl Gathered {
             metas: Vec::new(),
             order: Vec::new(),
             by_name: FastMap::default(),
-            hidden: 0,
+            hidden: Vec::new(),
         }
     }
 }
@@ -783,7 +783,7 @@ impl Vfs {
         };
         if server_name.starts_with(segments::PART_PREFIX) {
             // An upload in progress (ours or another davdrive's), not a file yet.
-            acc.hidden += 1;
+            acc.hidden.push((r.path.clone(), r.last_modified));
             return;
         }
         let mut local = self.cfg.names.to_local(server_name);

@@ -655,6 +655,7 @@ impl Vfs {
         };
         if let Err(e) = self.client.move_to(path, &hidden, false, false).await {
             tracing::debug!(path = %path, "cannot keep a deleted file for its readers: {e}");
+            super::write::segments::temp_done(&hidden);
             return false;
         }
         self.hidden.lock().insert(ino, hidden.clone());
@@ -663,6 +664,28 @@ impl Vfs {
         }
         tracing::debug!(path = %path, hidden = %hidden, "deleted while read: kept hidden until closed");
         true
+    }
+
+    /// Deletes the hidden temporary files of a directory about to be removed when all are
+    /// abandoned (a davdrive that died mid-upload; see `segments::abandoned`). `Err` when one
+    /// is still in use, here or possibly by another client.
+    async fn clear_abandoned(&self, hidden: &[(DavPath, Option<SystemTime>)]) -> Result<(), ()> {
+        use super::write::segments::abandoned;
+        if !hidden.iter().all(|(p, m)| abandoned(p, *m)) {
+            return Err(());
+        }
+        for (p, _) in hidden {
+            match self
+                .client
+                .delete(p, false, &Preconditions::default())
+                .await
+            {
+                Ok(()) => tracing::info!("removed {p}, a temporary upload abandoned long ago"),
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(_) => return Err(()),
+            }
+        }
+        Ok(())
     }
 
     /// The hidden name of `ino` (see `hide_from_readers`) once no descriptor reads it.
@@ -726,6 +749,7 @@ impl Vfs {
                         "cannot delete {hidden}, a deleted file kept for its readers: {e}"
                     );
                 }
+                super::write::segments::temp_done(&hidden);
             }
             let Some(w) = w else {
                 return;
@@ -912,7 +936,7 @@ impl Vfs {
                 fetched: Instant::now(),
                 order: Vec::new(),
                 by_name: Default::default(),
-                hidden: 0,
+                hidden: Vec::new(),
             });
             n.lookups += 1;
         }
@@ -998,17 +1022,21 @@ impl Vfs {
         // DELETE of a collection is recursive: decide on a fresh listing.
         self.drop_listing(ino);
         let listing = self.listing(ino).await?;
-        if !listing.order.is_empty() || listing.hidden > 0 {
-            let why = if listing.order.is_empty() {
-                " (an upload to it is in progress: a hidden .davdrive-part-* file)"
-            } else {
-                ""
-            };
+        if !listing.order.is_empty() {
             return Err(VfsError::new(
                 ErrorKind::NotEmpty,
-                format!("{name}: directory not empty{why}"),
+                format!("{name}: directory not empty"),
             ));
         }
+        self.clear_abandoned(&listing.hidden).await.map_err(|_| {
+            VfsError::new(
+                ErrorKind::NotEmpty,
+                format!(
+                    "{name}: directory not empty (it holds a hidden .davdrive-part-* file: an \
+                     upload in progress, or a deleted file still open)"
+                ),
+            )
+        })?;
         let path = self.path_of(ino)?;
         // A file created in it and still open may not be on the server yet (spooled until
         // close): the directory is not empty, or that file's upload would fail (found by the
@@ -1135,7 +1163,7 @@ impl Vfs {
                 (FileKind::Directory, FileKind::Directory) => {
                     self.drop_listing(dst);
                     let l = self.listing(dst).await?;
-                    if !l.order.is_empty() || l.hidden > 0 {
+                    if !l.order.is_empty() || self.clear_abandoned(&l.hidden).await.is_err() {
                         return Err(VfsError::new(
                             ErrorKind::NotEmpty,
                             format!("{to}: directory not empty"),

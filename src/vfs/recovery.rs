@@ -106,6 +106,8 @@ pub struct Kept {
     pub whole: bool,
     /// A running mount uploads it by itself once the server answers.
     pub retry: bool,
+    /// A temporary upload on the server its upload had begun, removed before it is sent.
+    pub temp: Option<DavPath>,
 }
 
 /// The `.info` file beside a kept file.
@@ -128,6 +130,7 @@ impl Kept {
             base: Base::parse(field("base=").unwrap_or("?")),
             whole: field("whole=") != Some("0"),
             retry: field("retry=") == Some("1"),
+            temp: field("temp=").and_then(|p| DavPath::parse(p).ok()),
         }
     }
 
@@ -144,7 +147,7 @@ impl Kept {
             .as_ref()
             .map(|p| p.to_string())
             .unwrap_or_default();
-        let info = format!(
+        let mut info = format!(
             "url={}\npath={path}\nreason={}\nbase={}\nwhole={}\nretry={}\n",
             self.url,
             self.reason.replace(['\r', '\n'], " "),
@@ -152,6 +155,9 @@ impl Kept {
             u8::from(self.whole),
             u8::from(self.retry)
         );
+        if let Some(t) = &self.temp {
+            info.push_str(&format!("temp={t}\n"));
+        }
         write_private(&info_of(&self.data), info.as_bytes())
     }
 
@@ -209,6 +215,15 @@ pub async fn upload(client: &DavClient, kept: &Kept, force: bool) -> Outcome {
     let Some(path) = kept.path.clone() else {
         return Outcome::Kept("its .info names no path on the server".into());
     };
+    if let Some(temp) = &kept.temp {
+        // The temporary upload of a davdrive that stopped: ours, and of no use any more.
+        match client.delete(temp, false, &Preconditions::default()).await {
+            Ok(()) => tracing::info!("removed {temp}, the temporary upload of {path}"),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) if e.answered() => {}
+            Err(e) => return Outcome::Later(e.to_string()),
+        }
+    }
     if !kept.whole {
         return Outcome::Kept(
             "only the parts that were written are in the copy (the rest of the file was \
@@ -376,6 +391,7 @@ mod tests {
             base: Base::Tag("\"abc\"".into()),
             whole: true,
             retry: true,
+            temp: DavPath::parse("/d/.davdrive-part-1-0-0").ok(),
         };
         k.write_info().expect("info");
         let back = Kept::read(&data);
@@ -383,6 +399,7 @@ mod tests {
         assert_eq!(back.base, k.base);
         assert_eq!(back.reason, "down really");
         assert!(back.retry && back.whole);
+        assert_eq!(back.temp, k.temp);
         k.give_up("changed");
         let back = Kept::read(&data);
         assert!(!back.retry);

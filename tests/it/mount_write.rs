@@ -1391,3 +1391,98 @@ fn allow_other_lets_other_users_read_but_not_write() {
         b"ok"
     );
 }
+
+#[test]
+fn abandoned_temporary_uploads_do_not_keep_a_folder_from_being_removed() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("write-orphans");
+    for (sub, age) in [("old", 2 * 3600), ("fresh", 0)] {
+        std::fs::create_dir(dir.join(sub)).expect("mkdir");
+        let part = dir.join(sub).join(".davdrive-part-999-0-0");
+        std::fs::write(&part, b"half an upload").expect("write");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&part)
+            .expect("open");
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(age))
+            .expect("mtime");
+    }
+    apache::give_to_server(&dir);
+    let m = Mount::new(&a.url("write-orphans"), &[]);
+    // Both look empty; the one whose temporary file nobody touched for two hours goes.
+    assert_eq!(
+        std::fs::read_dir(m.path().join("old")).expect("ls").count(),
+        0
+    );
+    std::fs::remove_dir(m.path().join("old")).expect("rmdir of an apparently empty folder");
+    assert!(!dir.join("old").exists());
+    // A fresh one may be another client's upload in progress: the folder stays.
+    let e = std::fs::remove_dir(m.path().join("fresh")).expect_err("rmdir");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{e}");
+    assert!(dir.join("fresh").join(".davdrive-part-999-0-0").exists());
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn a_segmented_upload_killed_mid_way_is_recovered_and_its_temporary_file_removed() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("write-crash-seg");
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let url = a.url("write-crash-seg");
+    let args = [
+        "--cache-dir",
+        cache_arg.as_str(),
+        "--upload",
+        "stream",
+        "--segment-size",
+        "1",
+    ];
+    let m = Mount::new(&url, &args);
+    let data = pattern(6 << 20, 17);
+    let mut f = std::fs::File::create(m.path().join("big.bin")).expect("create");
+    f.write_all(&data).expect("write");
+    // Segments are on their way to a temporary file when the daemon dies.
+    let start = std::time::Instant::now();
+    while hidden_parts(&dir).is_empty() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "no temporary upload\n{}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: killing our own child.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGKILL) };
+    drop(f);
+    drop(m);
+    let m = Mount::new(&url, &args);
+    assert!(m.unmount().success());
+    let out = Command::new(env!("CARGO_BIN_EXE_davdrive"))
+        .args(["recover", &url, "--cache-dir", &cache_arg])
+        .output()
+        .expect("recover");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("uploaded /big.bin"), "{said}");
+    assert_eq!(
+        std::fs::read(dir.join("big.bin")).expect("on the server"),
+        data
+    );
+    assert!(
+        hidden_parts(&dir).is_empty(),
+        "left: {:?}",
+        hidden_parts(&dir)
+    );
+    assert!(recovered(cache.path()).is_empty());
+}

@@ -612,6 +612,7 @@ impl WriteHandle {
             return;
         }
         tracing::debug!(path = %path, temp = %temp, "the file outgrew one segment; uploading it in segments");
+        CacheDir::note_temp(&st.file_path, &temp);
         let follower = Follower::start(
             client.clone(),
             Local {
@@ -1137,6 +1138,8 @@ impl WriteHandle {
                     whole: st.complete && keep == st.size,
                     // Only the server was missing: the mount uploads it once it is back.
                     retry: unreachable(e) && keep == st.size,
+                    // Removed at release when the server answers; else by the retry.
+                    temp: st.resume.as_ref().map(|r| r.temp.clone()),
                 };
                 cache.recover(&copy, &why)
             });
@@ -1301,7 +1304,11 @@ impl WriteHandle {
     async fn put_segments(&self, client: &DavClient, st: &mut State) -> VfsResult<ResponseMeta> {
         let mut r = match st.resume.take() {
             Some(r) => r,
-            None => Resume::new(segments::temp_for(&self.path())?),
+            None => {
+                let temp = segments::temp_for(&self.path())?;
+                CacheDir::note_temp(&st.file_path, &temp);
+                Resume::new(temp)
+            }
         };
         if r.extent > st.size {
             // The file became shorter than what the temporary file may hold: start again

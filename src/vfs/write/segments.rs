@@ -175,12 +175,44 @@ fn temp_name() -> String {
     )
 }
 
-/// A hidden temporary name in `target`'s directory.
+/// The temporary names this process uses now: uploads in segments and deleted files still
+/// read (`Vfs::hide_from_readers`). Any other `.davdrive-part-*` file is someone else's
+/// upload in progress, or abandoned (see [`abandoned`]).
+static IN_USE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<DavPath>>> =
+    std::sync::LazyLock::new(Default::default);
+
+fn in_use() -> std::sync::MutexGuard<'static, std::collections::HashSet<DavPath>> {
+    IN_USE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A hidden temporary name in `target`'s directory, in use until [`temp_done`].
 pub fn temp_for(target: &DavPath) -> VfsResult<DavPath> {
     let dir = target
         .parent()
         .ok_or_else(|| VfsError::new(ErrorKind::Io, "no directory to upload into"))?;
-    Ok(dir.join(&temp_name())?)
+    let temp = dir.join(&temp_name())?;
+    in_use().insert(temp.clone());
+    Ok(temp)
+}
+
+/// `temp` (from [`temp_for`]) is no longer used: moved in place or deleted.
+pub fn temp_done(temp: &DavPath) {
+    in_use().remove(temp);
+}
+
+/// How long a temporary file nobody here uses must have stood unchanged before it is taken
+/// for abandoned (a davdrive that died mid-upload): an upload in progress rewrites its
+/// temporary file with every segment, and a 16 MiB segment takes under an hour above 40
+/// kbit/s.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
+
+/// Whether the temporary file `temp`, last modified at `modified`, is abandoned: not used by
+/// this process, and unchanged for [`ABANDONED_AFTER`].
+pub fn abandoned(temp: &DavPath, modified: Option<std::time::SystemTime>) -> bool {
+    !in_use().contains(temp)
+        && modified
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age >= ABANDONED_AFTER)
 }
 
 /// The last segments of a segmented upload, kept in a small file of their own for the
@@ -498,11 +530,12 @@ pub async fn finish(
         }
     }
     match moved {
-        Ok(()) => {}
+        Ok(()) => temp_done(&resume.temp),
         Err(e) if e.precondition_failed() => {
             let _ = client
                 .delete(&resume.temp, false, &Default::default())
                 .await;
+            temp_done(&resume.temp);
             return Err(VfsError::new(
                 ErrorKind::Stale,
                 format!("{target}: changed on the server meanwhile; not replaced ({e})"),
@@ -526,6 +559,7 @@ pub async fn discard(client: &DavClient, resume: &Resume) {
     if !matches!(gone, Ok(Ok(()))) {
         tracing::debug!(temp = %resume.temp, "could not delete a temporary upload");
     }
+    temp_done(&resume.temp);
 }
 
 /// Uploads a streaming session's journal behind the writer: each segment once the journal
