@@ -72,6 +72,7 @@ pub fn connect(
         return Err(explain(&e, cfg, rt));
     }
     vfs.watch_recovery(rt.handle());
+    vfs.watch_memory(rt.handle());
     Ok(vfs)
 }
 

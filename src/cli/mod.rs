@@ -149,6 +149,11 @@ pub struct MountArgs {
     /// [default: 1].
     #[arg(long, value_name = "SECONDS", help_heading = "Caching")]
     pub kernel_ttl: Option<u64>,
+    /// Largest directory listing accepted, in MiB of the server's answer; a folder whose
+    /// listing is larger fails to list (EIO, said once in the log) instead of taking the
+    /// daemon's memory [default: 64].
+    #[arg(long, value_name = "MIB", help_heading = "Caching")]
+    pub max_listing_mib: Option<u64>,
     /// Read files opened read-only straight from the stream, bypassing the kernel's page
     /// cache: faster for large sequential reads (media, archives, disk images); slower for
     /// programs that read in small pieces and for files read again (nothing is cached).

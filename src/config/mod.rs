@@ -125,6 +125,14 @@ impl MountConfig {
         client.progress_timeout =
             Duration::from_secs(secs(args.timeout, profile.timeout, 30).max(1));
         client.retry_budget = Duration::from_secs(secs(args.retry_time, profile.retry_time, 30));
+        let listing_mib = args
+            .max_listing_mib
+            .or(profile.max_listing_mib)
+            .unwrap_or(64);
+        if listing_mib == 0 || listing_mib > 4096 {
+            return Err(ConfigError("max-listing-mib: between 1 and 4096".into()));
+        }
+        client.max_listing_bytes = (listing_mib as usize) << 20;
         let ca = path(&args.ca_cert, &profile.ca_cert);
         if let Some(ca) = &ca {
             client.extra_ca_pem = Some(std::fs::read(ca).map_err(|e| {

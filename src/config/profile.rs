@@ -64,6 +64,7 @@ pub struct Profile {
     pub read_idle: Option<u64>,
     pub retry_time: Option<u64>,
     pub upload_retry_time: Option<u64>,
+    pub max_listing_mib: Option<u64>,
     /// Only here to be refused with a useful message.
     password: Option<toml::Value>,
 }

@@ -107,6 +107,9 @@ pub struct Node {
     /// Bumped by every change we make to this directory's entries, so that a listing
     /// fetched while we changed it is not trusted.
     pub changes: u64,
+    /// A listing of this directory the server's answer made impossible (too large,
+    /// malformed), and when: not fetched again while the listing would have been fresh.
+    pub listing_failed: Option<(Instant, crate::vfs::error::VfsError)>,
 }
 
 #[derive(Debug)]
@@ -141,6 +144,7 @@ impl InodeTable {
                 cached_version: None,
                 writer: None,
                 changes: 0,
+                listing_failed: None,
             },
         );
         t.by_path.insert(DavPath::root(), ROOT_INO);
@@ -196,6 +200,7 @@ impl InodeTable {
                 cached_version: None,
                 writer: None,
                 changes: 0,
+                listing_failed: None,
             },
         );
         self.by_path.insert(path.clone(), ino);
@@ -304,6 +309,63 @@ impl InodeTable {
         }
     }
 
+    /// Drops what nobody needs, so that memory stays bounded while a crawler walks a large
+    /// tree: first the listings older than `stale` (except of `open_dirs`), then every node
+    /// the kernel holds no reference to, with no write session, not in `busy`, in no kept
+    /// listing, with no listing of its own, not in an open directory, and with nothing kept
+    /// below it. A dropped node is made again (with a new number) when it is looked up.
+    /// Returns how many nodes went.
+    pub fn sweep(
+        &mut self,
+        now: Instant,
+        stale: std::time::Duration,
+        busy: &std::collections::HashSet<Ino>,
+        open_dirs: &std::collections::HashSet<Ino>,
+    ) -> usize {
+        let mut listed = std::collections::HashSet::new();
+        for (ino, n) in self.nodes.iter_mut() {
+            let old = n
+                .listing
+                .as_ref()
+                .is_some_and(|l| now.saturating_duration_since(l.fetched) > stale);
+            if old && !open_dirs.contains(ino) {
+                n.listing = None;
+            }
+            if let Some(l) = &n.listing {
+                listed.extend(l.order.iter().map(|(_, i)| *i));
+            }
+        }
+        let keep = |i: Ino, n: &Node| {
+            i == ROOT_INO
+                || n.lookups > 0
+                || n.writer.is_some()
+                || n.listing.is_some()
+                || busy.contains(&i)
+                || listed.contains(&i)
+                || open_dirs.contains(&n.parent)
+        };
+        // The ancestors of every node kept are kept too.
+        let mut needed = std::collections::HashSet::new();
+        for (&i, n) in &self.nodes {
+            if keep(i, n) {
+                let mut p = n.parent;
+                while p != ROOT_INO && needed.insert(p) {
+                    p = self.nodes.get(&p).map_or(ROOT_INO, |n| n.parent);
+                }
+            }
+        }
+        let gone: Vec<Ino> = self
+            .nodes
+            .iter()
+            .filter(|(i, n)| !keep(**i, n) && !needed.contains(*i))
+            .map(|(i, _)| *i)
+            .collect();
+        for &i in &gone {
+            self.remove(i);
+        }
+        gone.len()
+    }
+
     fn remove(&mut self, ino: Ino) {
         if let Some(n) = self.nodes.remove(&ino)
             && self.by_path.get(&n.path) == Some(&ino)
@@ -316,6 +378,40 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sweep_keeps_what_is_referenced_and_the_ancestors_of_what_it_keeps() {
+        let p = |s: &str| DavPath::parse(s).expect("path");
+        let mut t = InodeTable::new();
+        let a = t.ensure(ROOT_INO, &p("/a"));
+        let held = t.ensure(a, &p("/a/held"));
+        let b = t.ensure(ROOT_INO, &p("/b"));
+        let listed = t.ensure(b, &p("/b/listed"));
+        let loose = t.ensure(b, &p("/b/loose"));
+        let open = t.ensure(ROOT_INO, &p("/open"));
+        t.get_mut(held).expect("held").lookups = 1;
+        let now = Instant::now();
+        let listing = |order: Vec<(String, Ino)>, fetched: Instant| Listing {
+            fetched,
+            by_name: order.iter().cloned().collect(),
+            order,
+            hidden: Vec::new(),
+        };
+        t.get_mut(b).expect("b").listing = Some(listing(vec![("listed".into(), listed)], now));
+        let stale = std::time::Duration::from_secs(10);
+        let busy = [open].into_iter().collect();
+        let dropped = t.sweep(now, stale, &busy, &Default::default());
+        // `a` has no reference of its own, but a node below it is held; `b` has a listing.
+        assert_eq!(dropped, 1);
+        for i in [a, held, b, listed, open] {
+            assert!(t.get(i).is_some(), "{i} dropped");
+        }
+        assert!(t.get(loose).is_none() && t.find(&p("/b/loose")).is_none());
+        // Once the listing is stale, what it held goes too.
+        let later = now + stale * 2;
+        assert_eq!(t.sweep(later, stale, &busy, &Default::default()), 2);
+        assert!(t.get(listed).is_none() && t.get(b).is_none());
+    }
 
     #[test]
     fn a_rename_leaves_a_deleted_node_of_the_same_name_behind() {

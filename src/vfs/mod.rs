@@ -102,6 +102,9 @@ pub struct VfsConfig {
     pub upload_retry: Duration,
 }
 
+/// The inode table is not swept below this many nodes (see `InodeTable::sweep`).
+const SWEEP_FROM: usize = 4096;
+
 /// How new files are uploaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UploadPolicy {
@@ -283,7 +286,10 @@ pub struct Vfs {
     handles: Arc<Ranked<HashMap<u64, Handle>>>,
     /// Whether that task runs.
     idle_watch: AtomicBool,
-    dir_handles: Ranked<HashMap<u64, Arc<DirStream>>>,
+    /// Open directories: the directory and its entries as listed.
+    dir_handles: Ranked<HashMap<u64, (Ino, Arc<DirStream>)>>,
+    /// The inode table is swept (see `InodeTable::sweep`) when it grows past this.
+    sweep_at: std::sync::atomic::AtomicUsize,
     next_fh: AtomicU64,
     quota: Ranked<(Option<u64>, Option<u64>)>,
     mounted_at: SystemTime,
@@ -387,6 +393,7 @@ impl Vfs {
             handles: Arc::new(Ranked::new(Rank::Handles, HashMap::new())),
             idle_watch: AtomicBool::new(false),
             dir_handles: Ranked::new(Rank::DirHandles, HashMap::new()),
+            sweep_at: std::sync::atomic::AtomicUsize::new(SWEEP_FROM),
             next_fh: AtomicU64::new(1),
             quota: Ranked::new(Rank::Quota, (None, None)),
             mounted_at: SystemTime::now(),
@@ -550,12 +557,14 @@ impl Vfs {
         if let Some(l) = self.cached_listing(dir)? {
             return Ok(self.hand_out(l, sink));
         }
+        self.failed_listing(dir)?;
         let lock = self.listing_lock(dir);
         lock::before_await();
         let _guard = lock.lock().await;
         if let Some(l) = self.cached_listing(dir)? {
             return Ok(self.hand_out(l, sink));
         }
+        self.failed_listing(dir)?;
         // A listing fetched while we changed the directory (create, unlink, rename) may
         // predate the change: fetch again, once.
         let mut attempt = 0;
@@ -595,6 +604,16 @@ impl Vfs {
                     }
                     if err.kind == ErrorKind::NotFound {
                         t.mark_gone(dir);
+                    }
+                    if err.kind == ErrorKind::Protocol
+                        && let Some(n) = t.get_mut(dir)
+                    {
+                        // The same answer would come again: not downloaded on every readdir.
+                        tracing::warn!(
+                            "cannot list {path}: {err}; asked again in {} s",
+                            self.listing_retry().as_secs()
+                        );
+                        n.listing_failed = Some((Instant::now(), err.clone()));
                     }
                     return Err(err);
                 }
@@ -737,6 +756,7 @@ impl Vfs {
         };
         if let Some(n) = t.get_mut(dir) {
             n.listing = Some(listing.clone());
+            n.listing_failed = None;
         }
         drop(t);
         tracing::debug!(
@@ -842,6 +862,25 @@ impl Vfs {
             .collect()
     }
 
+    /// How long a listing the server's answer made impossible is not asked again.
+    fn listing_retry(&self) -> Duration {
+        self.cfg.dir_ttl.max(Duration::from_secs(10))
+    }
+
+    /// The failure of a recent listing of `dir` that failed for good (see
+    /// `Node::listing_failed`).
+    fn failed_listing(&self, dir: Ino) -> VfsResult<()> {
+        let t = self.table();
+        match t.get(dir).and_then(|n| n.listing_failed.as_ref()) {
+            Some((at, e))
+                if Instant::now().saturating_duration_since(*at) < self.listing_retry() =>
+            {
+                Err(e.clone())
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn cached_listing(&self, dir: Ino) -> VfsResult<Option<Listing>> {
         let t = self.table();
         let n = t
@@ -902,7 +941,62 @@ impl Vfs {
 
     /// The kernel drops `n` references.
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.table().forget(ino, n);
+        let mut t = self.table();
+        t.forget(ino, n);
+        // A table that doubled since the last sweep is swept at once (see also
+        // `watch_memory`).
+        if t.len() > self.sweep_at.load(Ordering::Relaxed) {
+            self.sweep(&mut t);
+        }
+    }
+
+    /// Drops the nodes nobody needs (see `InodeTable::sweep`), with the table held.
+    fn sweep(&self, t: &mut InodeTable) {
+        // What open files and directories still point at (lock order: the table, then the
+        // handles, the open directories, the hidden names).
+        let mut busy: HashSet<Ino> = self
+            .handles
+            .lock()
+            .values()
+            .map(|h| match h {
+                Handle::Read(r) => r.ino(),
+                Handle::Write(w) | Handle::Reading(w) => w.ino(),
+            })
+            .collect();
+        let open_dirs: HashSet<Ino> = self.dir_handles.lock().values().map(|(i, _)| *i).collect();
+        busy.extend(self.hidden.lock().keys().copied());
+        // Listings are dropped a while after they expired: a lookup that just took one
+        // from the cache must still find its nodes.
+        let stale = self.cfg.dir_ttl + Duration::from_secs(5);
+        let before = t.len();
+        let dropped = t.sweep(Instant::now(), stale, &busy, &open_dirs);
+        let after = t.len();
+        self.sweep_at
+            .store((after * 2).max(SWEEP_FROM), Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::debug!(before, dropped, after, "dropped nodes nobody needs");
+        }
+    }
+
+    /// Starts the task that sweeps a large inode table every few seconds, so that the nodes
+    /// of a tree walked once (a crawler, `find`, a backup) go once the kernel forgot them
+    /// and their listings are stale. It ends with the mount.
+    pub fn watch_memory(self: &Arc<Self>, rt: &tokio::runtime::Handle) {
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(vfs) = weak.upgrade() else {
+                    return;
+                };
+                let mut t = vfs.table();
+                if t.len() > SWEEP_FROM {
+                    vfs.sweep(&mut t);
+                }
+            }
+        });
     }
 
     /// Attributes of `ino`: cached while fresh, else from the parent's listing.
@@ -976,7 +1070,7 @@ impl Vfs {
             }
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dir_handles.lock().insert(fh, stream);
+        self.dir_handles.lock().insert(fh, (ino, stream));
         Ok(fh)
     }
 
@@ -987,7 +1081,7 @@ impl Vfs {
             .dir_handles
             .lock()
             .get(&fh)
-            .cloned()
+            .map(|(_, s)| s.clone())
             .ok_or_else(|| VfsError::new(ErrorKind::Io, format!("no open directory {fh}")))?;
         stream.entries(from, max).await
     }

@@ -882,3 +882,124 @@ fn the_daemon_log_is_private_and_never_follows_a_link() {
     assert_eq!(std::fs::read(&victim).expect("victim"), b"not a log");
     assert!(!is_mounted(mnt.path()));
 }
+
+/// `f_files` of the mount: how many nodes the daemon keeps (see `Vfs::statfs`).
+fn nodes_kept(mnt: &Path) -> u64 {
+    let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid C string and a zeroed statvfs for the call to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    assert_eq!(rc, 0, "statvfs: {}", std::io::Error::last_os_error());
+    st.f_files
+}
+
+#[test]
+fn a_crawl_of_a_large_tree_leaves_memory_bounded() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("read-crawl");
+    let (dirs, files) = (100, 100);
+    for d in 0..dirs {
+        let sub = dir.join(format!("d{d:03}"));
+        std::fs::create_dir(&sub).expect("mkdir");
+        for f in 0..files {
+            std::fs::write(sub.join(format!("f{f:03}")), b"").expect("write");
+        }
+    }
+    apache::give_to_server(&dir);
+    let m = Mount::new(
+        &a.url("read-crawl"),
+        &["--dir-cache-ttl", "2", "--kernel-ttl", "0"],
+    );
+    let mnt = m.path().to_path_buf();
+    let p = mnt.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        for d in std::fs::read_dir(&p).expect("ls").flatten() {
+            for f in std::fs::read_dir(d.path()).expect("ls").flatten() {
+                std::fs::metadata(f.path()).expect("stat");
+                n += 1;
+            }
+        }
+        let _ = tx.send(n);
+    });
+    let seen = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("the walk hung:\n{}", m.log()));
+    assert_eq!(seen, dirs * files);
+    let after_walk = nodes_kept(&mnt);
+    // The kernel lets go of what it cached (as it does under memory pressure); the daemon
+    // drops the nodes it forgot once their listings are stale (the cache TTL plus 5 s), down
+    // to what the last few seconds' listings hold; tables under 4,096 nodes are not swept.
+    let start = std::time::Instant::now();
+    loop {
+        if std::fs::write("/proc/sys/vm/drop_caches", b"2").is_err() {
+            eprintln!("cannot drop the kernel's caches (not root): not checked");
+            assert!(m.unmount().success());
+            return;
+        }
+        let now = nodes_kept(&mnt);
+        if now < 4096 {
+            eprintln!("nodes kept: {after_walk} after the walk, {now} once forgotten");
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "still {now} nodes ({after_walk} after the walk)"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    // Everything still works: a dropped node is made again when looked up.
+    assert_eq!(
+        std::fs::read_dir(mnt.join("d042")).expect("ls").count(),
+        files
+    );
+    assert!(
+        std::fs::metadata(mnt.join("d042/f007"))
+            .expect("stat")
+            .is_file()
+    );
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn a_listing_over_the_cap_fails_once_and_the_mount_stays_up() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("read-biglisting");
+    std::fs::create_dir(dir.join("big")).expect("mkdir");
+    for i in 0..4000 {
+        let name = format!("a-file-with-a-rather-long-name-{i:05}.txt");
+        std::fs::write(dir.join("big").join(name), b"").expect("write");
+    }
+    std::fs::create_dir(dir.join("small")).expect("mkdir");
+    std::fs::write(dir.join("small/one.txt"), b"1").expect("write");
+    apache::give_to_server(&dir);
+    let m = Mount::new(&a.url("read-biglisting"), &["--max-listing-mib", "1"]);
+    let list = |p: PathBuf| std::fs::read_dir(p).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    let propfinds = || {
+        a.settled_requests("read-biglisting")
+            .iter()
+            .filter(|l| l.method == "PROPFIND" && l.path.ends_with("/big/"))
+            .count()
+    };
+    let e = list(m.path().join("big")).expect_err("a listing over 1 MiB");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let asked = propfinds();
+    assert!(asked >= 1);
+    // Asked again at once: the same failure, without downloading it again.
+    for _ in 0..3 {
+        let e = list(m.path().join("big")).expect_err("again");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    }
+    assert_eq!(propfinds(), asked, "the listing was downloaded again");
+    // The mount is up and other folders list.
+    assert_eq!(list(m.path().join("small")).expect("small").len(), 1);
+    assert!(m.log().contains("cannot list /big"), "{}", m.log());
+    assert!(m.unmount().success());
+}

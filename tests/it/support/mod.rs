@@ -371,6 +371,12 @@ impl Mount {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// The log as it will be, for a thread that outlives this borrow.
+    pub fn log_reader(&self) -> impl Fn() -> String + Send + 'static {
+        let s = self.stderr.clone();
+        move || s.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
     }
