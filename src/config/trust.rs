@@ -34,6 +34,11 @@ pub fn pins_for(file: &Path, url: &Url) -> Result<Vec<[u8; 32]>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(format!("{}: {e}", file.display())),
     };
+    pins_in(&text, &file.display().to_string(), url)
+}
+
+/// As [`pins_for`], from the text of the file named `file` (for error messages).
+pub fn pins_in(text: &str, file: &str, url: &Url) -> Result<Vec<[u8; 32]>, String> {
     let want = origin(url);
     let mut pins = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -43,13 +48,12 @@ pub fn pins_for(file: &Path, url: &Url) -> Result<Vec<[u8; 32]>, String> {
         }
         let (o, pin) = line.split_once(char::is_whitespace).ok_or_else(|| {
             format!(
-                "{} line {}: expected `ORIGIN SHA256`",
-                file.display(),
+                "{file} line {}: expected `ORIGIN SHA256`",
                 n + 1
             )
         })?;
         let pin =
-            parse_pin(pin.trim()).map_err(|e| format!("{} line {}: {e}", file.display(), n + 1))?;
+            parse_pin(pin.trim()).map_err(|e| format!("{file} line {}: {e}", n + 1))?;
         if o == want {
             pins.push(pin);
         }

@@ -141,7 +141,7 @@ impl Capabilities {
 #[cfg(target_os = "linux")]
 mod raw;
 #[cfg(target_os = "linux")]
-pub use raw::RawBody;
+pub use raw::{Head, RawBody, parse_head};
 
 /// Metadata from GET/HEAD/PUT response headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

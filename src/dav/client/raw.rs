@@ -163,6 +163,48 @@ fn plain_body(h: &HeaderMap) -> bool {
         && h.contains_key(reqwest::header::CONTENT_LENGTH)
 }
 
+/// What the bytes at the start of an answer hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// A whole response head of `len` bytes (its blank line included).
+    Complete {
+        len: usize,
+        status: u16,
+        headers: HeaderMap,
+    },
+    /// The start of one: more bytes are needed.
+    Partial,
+    /// Not a response head we take (malformed, over [`MAX_HEAD`] bytes or 64 fields).
+    Invalid,
+}
+
+/// Parses the response head at the start of `buf` (bytes after it are left alone).
+pub fn parse_head(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => {
+            let status = resp.code.unwrap_or(0);
+            let mut map = HeaderMap::new();
+            for h in resp.headers.iter() {
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(h.name.as_bytes()),
+                    HeaderValue::from_bytes(h.value),
+                ) {
+                    map.append(name, value);
+                }
+            }
+            Head::Complete {
+                len,
+                status,
+                headers: map,
+            }
+        }
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Head::Partial,
+        _ => Head::Invalid,
+    }
+}
+
 /// Reads the response head and nothing after it (the body stays in the socket): peeks, and
 /// consumes exactly the head once its blank line is in (bytes peeked before that are all
 /// head, so they are consumed as they come). `None` for a head that does not parse or is too
@@ -181,28 +223,20 @@ async fn read_head(sock: &mut TcpStream) -> std::io::Result<Option<(u16, HeaderM
         }
         let had = head.len();
         head.extend_from_slice(&buf[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&head) {
-            Ok(httparse::Status::Complete(len)) => {
-                let status = resp.code.unwrap_or(0);
-                let mut map = HeaderMap::new();
-                for h in resp.headers.iter() {
-                    if let (Ok(name), Ok(value)) = (
-                        HeaderName::from_bytes(h.name.as_bytes()),
-                        HeaderValue::from_bytes(h.value),
-                    ) {
-                        map.append(name, value);
-                    }
-                }
+        match parse_head(&head) {
+            Head::Complete {
+                len,
+                status,
+                headers,
+            } => {
                 let mut rest = vec![0u8; len - had];
                 sock.read_exact(&mut rest).await?;
-                return Ok(Some((status, map)));
+                return Ok(Some((status, headers)));
             }
-            Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => {
+            Head::Partial => {
                 sock.read_exact(&mut buf[..n]).await?;
             }
-            _ => return Ok(None),
+            Head::Invalid => return Ok(None),
         }
     }
 }
