@@ -18,6 +18,9 @@ fuzz_target!(|data: &[u8]| {
             password: Secret::new("pw"),
         };
         let v = c.authorization(&creds, "PROPFIND", "/dav/x", 1, "cnonce");
-        assert!(!v.contains('\n') && !v.contains('\r'), "header injection: {v:?}");
+        assert!(
+            !v.contains('\n') && !v.contains('\r'),
+            "header injection: {v:?}"
+        );
     }
 });

@@ -14,10 +14,16 @@ fuzz_target!(|data: &[u8]| {
     let Ok(root) = Root::new(&base) else { return };
     if let Ok(p) = root.resolve_href(&base, href) {
         for s in p.segments() {
-            assert!(!s.is_empty() && s != "." && s != ".." && !s.contains('/'), "{s:?}");
+            assert!(
+                !s.is_empty() && s != "." && s != ".." && !s.contains('/'),
+                "{s:?}"
+            );
         }
         let url = root.url_for(&p, true);
-        assert!(url.as_str().starts_with(root.url().as_str()), "{url} escapes");
+        assert!(
+            url.as_str().starts_with(root.url().as_str()),
+            "{url} escapes"
+        );
         // What we send for a path resolves back to the same path.
         let again = root.resolve_href(&base, url.path());
         assert_eq!(again.ok(), Some(p.clone()), "{href:?} -> {url}");

@@ -62,12 +62,23 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(ms) = multistatus::parse(&body, &request, &root) {
         for r in &ms.resources {
             let url = root.url_for(&r.path, false);
-            assert!(url.as_str().starts_with(root.url().as_str()), "{url} escapes");
+            assert!(
+                url.as_str().starts_with(root.url().as_str()),
+                "{url} escapes"
+            );
         }
         // Never more resources than `<response>` elements, and no amplification.
         let responses = body.windows(9).filter(|w| w.ends_with(b"response")).count();
-        assert!(ms.resources.len() <= responses, "{} resources", ms.resources.len());
+        assert!(
+            ms.resources.len() <= responses,
+            "{} resources",
+            ms.resources.len()
+        );
         let h = held(&ms);
-        assert!(h <= 4 * body.len() + 4096, "{h} bytes held for a {}-byte body", body.len());
+        assert!(
+            h <= 4 * body.len() + 4096,
+            "{h} bytes held for a {}-byte body",
+            body.len()
+        );
     }
 });

@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let win = NamePolicy::windows().to_local(server);
     assert!(win.encode_utf16().count() <= 255);
-    assert!(!win.contains(['\\', '/', ':', '*', '?', '"', '<', '>', '|', '\0']), "{win:?}");
+    assert!(
+        !win.contains(['\\', '/', ':', '*', '?', '"', '<', '>', '|', '\0']),
+        "{win:?}"
+    );
     assert!(!win.ends_with(['.', ' ']), "{win:?}");
     assert!(!win.chars().any(|c| (c as u32) < 0x20), "{win:?}");
     assert_eq!(win, NamePolicy::windows().to_local(server));

@@ -46,14 +46,10 @@ pub fn pins_in(text: &str, file: &str, url: &Url) -> Result<Vec<[u8; 32]>, Strin
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (o, pin) = line.split_once(char::is_whitespace).ok_or_else(|| {
-            format!(
-                "{file} line {}: expected `ORIGIN SHA256`",
-                n + 1
-            )
-        })?;
-        let pin =
-            parse_pin(pin.trim()).map_err(|e| format!("{file} line {}: {e}", n + 1))?;
+        let (o, pin) = line
+            .split_once(char::is_whitespace)
+            .ok_or_else(|| format!("{file} line {}: expected `ORIGIN SHA256`", n + 1))?;
+        let pin = parse_pin(pin.trim()).map_err(|e| format!("{file} line {}: {e}", n + 1))?;
         if o == want {
             pins.push(pin);
         }

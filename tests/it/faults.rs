@@ -1124,7 +1124,7 @@ fn status_of(cache: &std::path::Path) -> String {
 }
 
 /// Waits (at most `limit`) until `done`, checking every 200 ms.
-fn eventually(limit: Duration, what: &str, done: impl Fn() -> bool) {
+pub(crate) fn eventually(limit: Duration, what: &str, done: impl Fn() -> bool) {
     let start = Instant::now();
     while !done() {
         assert!(start.elapsed() < limit, "not within {limit:?}: {what}");

@@ -869,15 +869,11 @@ fn a_file_deleted_or_replaced_while_read_reads_on_through_its_descriptor() {
         .collect();
     assert_eq!(names, ["b.bin"], "the hidden name shows");
     drop(f);
-    let start = std::time::Instant::now();
-    while !hidden_parts(&dir).is_empty() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "left on the server after the last close: {:?}",
-            hidden_parts(&dir)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    crate::faults::eventually(
+        std::time::Duration::from_secs(20),
+        "the hidden file deleted after the last close",
+        || hidden_parts(&dir).is_empty(),
+    );
 
     // An editor saves over a file another program is reading (write a temporary file, rename
     // it over the original): the reader reads on in the old version.
@@ -896,15 +892,11 @@ fn a_file_deleted_or_replaced_while_read_reads_on_through_its_descriptor() {
         b"the new version"
     );
     drop(f);
-    let start = std::time::Instant::now();
-    while !hidden_parts(&dir).is_empty() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(20),
-            "left on the server after the last close: {:?}",
-            hidden_parts(&dir)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    crate::faults::eventually(
+        std::time::Duration::from_secs(20),
+        "the hidden file deleted after the last close",
+        || hidden_parts(&dir).is_empty(),
+    );
     assert!(m.unmount().success());
 }
 
