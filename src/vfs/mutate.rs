@@ -663,6 +663,15 @@ impl Vfs {
             r.moved_to(&hidden);
         }
         tracing::debug!(path = %path, hidden = %hidden, "deleted while read: kept hidden until closed");
+        // The last reader may have closed while the MOVE ran, before its release could
+        // know about the hidden name.
+        if let Some(gone) = self.hidden_unread(ino) {
+            let _ = self
+                .client
+                .delete(&gone, false, &Preconditions::default())
+                .await;
+            super::write::segments::temp_done(&gone);
+        }
         true
     }
 

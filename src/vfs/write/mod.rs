@@ -1137,7 +1137,7 @@ impl WriteHandle {
                     },
                     whole: st.complete && keep == st.size,
                     // Only the server was missing: the mount uploads it once it is back.
-                    retry: unreachable(e) && keep == st.size,
+                    retry: unreachable(e) && st.complete && keep == st.size,
                     // Removed at release when the server answers; else by the retry.
                     temp: st.resume.as_ref().map(|r| r.temp.clone()),
                 };
