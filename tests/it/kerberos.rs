@@ -48,6 +48,12 @@ fn kerberos_ticket_from_kinit_end_to_end() {
     );
     let trace = m.log();
     assert!(trace.contains("authenticating with Kerberos"), "{trace}");
+    // The test realm's server is plain HTTP: said once, as for Basic and bearer tokens.
+    assert_eq!(
+        trace.matches("Kerberos over plain HTTP").count(),
+        1,
+        "{trace}"
+    );
     // SPNEGO tokens are DER: base64 "YII…".
     assert!(
         !trace.contains("Negotiate YI") && !trace.contains("YII"),
