@@ -68,7 +68,8 @@ pub fn add_pin(file: &Path, url: &Url, pin: &[u8; 32]) -> Result<(), String> {
     }
     text.push_str(&format!("{} {}\n", origin(url), fingerprint_hex(pin)));
     let tmp = file.with_extension("tmp");
-    write_private(&tmp, text.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    crate::sys::files::write_private(&tmp, text.as_bytes())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, file).map_err(|e| format!("{}: {e}", file.display()))
 }
 
@@ -77,24 +78,6 @@ fn fingerprint_hex(pin: &[u8; 32]) -> String {
         .map(|b| format!("{b:02X}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-#[cfg(unix)]
-fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(p)?;
-    f.write_all(data)
-}
-
-#[cfg(not(unix))]
-fn write_private(p: &Path, data: &[u8]) -> std::io::Result<()> {
-    std::fs::write(p, data)
 }
 
 /// Whether `fp` (as `fingerprint` prints it) is one of `pins`.

@@ -1,4 +1,5 @@
-//! Private files and folders: who we are, and opening without following a symbolic link.
+//! Private files and folders: who we are, opening without following a symbolic link, and
+//! writing a file only its user can read.
 
 /// Opening with `o` fails if the last component of the path is a symbolic link (Unix; a
 /// no-op elsewhere).
@@ -17,4 +18,18 @@ pub fn no_follow(o: &mut std::fs::OpenOptions) {
 pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Writes `bytes` to `p` (created or truncated), readable by the user only, never through a
+/// symbolic link.
+pub fn write_private(p: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    no_follow(&mut o);
+    std::io::Write::write_all(&mut o.open(p)?, bytes)
 }

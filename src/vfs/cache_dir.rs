@@ -22,8 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::recovery::{Base, Kept, write_private};
+use super::recovery::{Base, Kept};
 use crate::dav::DavPath;
+use crate::sys::files::write_private;
 
 /// The cache directory of one mount.
 #[derive(Debug)]
@@ -302,19 +303,17 @@ impl CacheDir {
                     continue;
                 }
                 let info = std::fs::read_to_string(p.with_extension("info")).unwrap_or_default();
-                let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k));
-                let target = field("path=")
-                    .and_then(|t| DavPath::parse(t).ok())
-                    .unwrap_or_default();
+                let noted = Kept::parse(&p, &info);
+                let target = noted.path.unwrap_or_default();
                 let why = Keep {
                     target: &target,
                     reason: "left behind by a davdrive that stopped before the upload finished",
                     // Without an `.info` (davdrive before 0.2 made none for spool files)
                     // nothing is known: not for an upload by itself.
-                    base: field("base=").map_or(Base::Unknown, Base::parse),
-                    whole: field("whole=").is_some_and(|w| w == "1"),
+                    base: noted.base,
+                    whole: info.lines().any(|l| l == "whole=1"),
                     retry: false,
-                    temp: field("temp=").and_then(|t| DavPath::parse(t).ok()),
+                    temp: noted.temp,
                 };
                 if let Ok(kept) = self.recover(&p, &why) {
                     out.push(kept);

@@ -666,11 +666,7 @@ impl Vfs {
         // The last reader may have closed while the MOVE ran, before its release could
         // know about the hidden name.
         if let Some(gone) = self.hidden_unread(ino) {
-            let _ = self
-                .client
-                .delete(&gone, false, &Preconditions::default())
-                .await;
-            super::write::segments::temp_done(&gone);
+            self.delete_hidden(&gone).await;
         }
         true
     }
@@ -695,6 +691,18 @@ impl Vfs {
             }
         }
         Ok(())
+    }
+
+    /// Deletes the hidden name of a deleted file nobody reads any more.
+    async fn delete_hidden(&self, hidden: &DavPath) {
+        if let Err(e) = self
+            .client
+            .delete(hidden, false, &Preconditions::default())
+            .await
+        {
+            tracing::warn!("cannot delete {hidden}, a deleted file kept for its readers: {e}");
+        }
+        super::write::segments::temp_done(hidden);
     }
 
     /// The hidden name of `ino` (see `hide_from_readers`) once no descriptor reads it.
@@ -749,16 +757,7 @@ impl Vfs {
         async move {
             if let Some(hidden) = unhide {
                 // The last reader of a deleted file is gone: now it goes.
-                if let Err(e) = this
-                    .client
-                    .delete(&hidden, false, &Preconditions::default())
-                    .await
-                {
-                    tracing::warn!(
-                        "cannot delete {hidden}, a deleted file kept for its readers: {e}"
-                    );
-                }
-                super::write::segments::temp_done(&hidden);
+                this.delete_hidden(&hidden).await;
             }
             let Some(w) = w else {
                 return;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use super::{Handle, Vfs};
 use crate::dav::{DavClient, DavPath, ErrorKind, Preconditions, PutBody};
+use crate::sys::files::write_private;
 
 /// How often a mount looks whether a file kept while the server could not be reached can be
 /// uploaded now.
@@ -120,7 +121,15 @@ pub fn info_of(data: &Path) -> PathBuf {
 impl Kept {
     /// Reads the kept file `data` and its `.info`.
     pub fn read(data: &Path) -> Kept {
-        let info = std::fs::read_to_string(info_of(data)).unwrap_or_default();
+        Kept::parse(
+            data,
+            &std::fs::read_to_string(info_of(data)).unwrap_or_default(),
+        )
+    }
+
+    /// The kept file `data` as the text `info` of a note describes it (a recovery `.info`,
+    /// or a journal's or spool file's, which has the same fields).
+    pub fn parse(data: &Path, info: &str) -> Kept {
         let field = |k: &str| info.lines().find_map(|l| l.strip_prefix(k));
         Kept {
             data: data.to_path_buf(),
@@ -166,19 +175,6 @@ impl Kept {
         let _ = std::fs::remove_file(&self.data);
         let _ = std::fs::remove_file(info_of(&self.data));
     }
-}
-
-/// Writes `bytes` to `p`, readable by the user only, never through a symbolic link.
-pub(crate) fn write_private(p: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    crate::sys::files::no_follow(&mut o);
-    std::io::Write::write_all(&mut o.open(p)?, bytes)
 }
 
 /// Every kept file of one mount's recovery folder, oldest first.

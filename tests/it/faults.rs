@@ -1114,7 +1114,7 @@ fn a_frozen_server_costs_one_timeout() {
 }
 
 /// `davdrive status --cache-dir DIR`'s output.
-fn status_of(cache: &std::path::Path) -> String {
+pub(crate) fn status_of(cache: &std::path::Path) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_davdrive"))
         .args(["status", "--cache-dir"])
         .arg(cache)

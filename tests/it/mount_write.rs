@@ -1103,19 +1103,14 @@ fn daemon_killed_mid_upload_leaves_data_for_the_next_mount() {
     assert!(m.log().contains("stopped before finishing"), "{}", m.log());
     assert!(m.log().contains("davdrive recover"), "{}", m.log());
     // `davdrive status` names each file by its path on the server.
-    let davdrive = env!("CARGO_BIN_EXE_davdrive");
-    let out = Command::new(davdrive)
-        .args(["status", "--cache-dir", &cache_arg])
-        .output()
-        .expect("status");
-    let status = String::from_utf8_lossy(&out.stdout);
+    let status = crate::faults::status_of(cache.path());
     for name in ["/big.bin", "/old.txt", "/other.txt"] {
         assert!(status.contains(&format!("write-crash{name}")), "{status}");
     }
     // Someone changes other.txt; `davdrive recover` uploads the rest and keeps that one.
     std::fs::write(dir.join("other.txt"), b"their version").expect("write");
     assert!(m.unmount().success());
-    let out = Command::new(davdrive)
+    let out = Command::new(env!("CARGO_BIN_EXE_davdrive"))
         .args(["recover", &a.url("write-crash"), "--cache-dir", &cache_arg])
         .output()
         .expect("recover");
