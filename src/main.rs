@@ -5,9 +5,34 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use davdrive::cli::{Cli, Command};
+use davdrive::cli::{Cli, Command, status};
+
+/// The davdrive cache directory: `--cache-dir`, else the default.
+fn base(cache_dir: Option<std::path::PathBuf>) -> std::path::PathBuf {
+    cache_dir.unwrap_or_else(davdrive::vfs::cache_dir::default_base)
+}
+
+/// `davdrive unmount`: unmounts, then (unless `no_wait`) waits for the daemon to finish
+/// its uploads and exit.
+fn unmount(
+    mountpoint: &std::path::Path,
+    no_wait: bool,
+    cache_dir: Option<std::path::PathBuf>,
+) -> Result<(), String> {
+    let running = status::find_mount(&base(cache_dir), mountpoint);
+    platform::unmount(mountpoint)?;
+    match running {
+        Some((sock, _)) if !no_wait => status::wait_for_daemon(&sock, mountpoint),
+        _ => Ok(()),
+    }
+}
 
 fn main() -> ExitCode {
+    // Run by mount(8) as /sbin/mount.davdrive (an /etc/fstab entry, `mount -t davdrive`).
+    #[cfg(target_os = "linux")]
+    if let Some(code) = platform::as_mount_helper() {
+        return code;
+    }
     // A background mount's daemon gets its secrets over stdin, before anything reads them
     // (clap reads DAVDRIVE_TOKEN).
     #[cfg(target_os = "linux")]
@@ -16,9 +41,23 @@ fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Mount(args) => platform::mount(&args),
-        Command::Unmount { mountpoint } => platform::unmount(&mountpoint),
-        Command::Status { cache_dir } => status(cache_dir),
-        Command::Recover { args, force } => recover(&args, force),
+        Command::Unmount {
+            mountpoint,
+            no_wait,
+            cache_dir,
+        } => unmount(&mountpoint, no_wait, cache_dir),
+        Command::Status {
+            cache_dir,
+            json,
+            watch,
+        } => status::status(&base(cache_dir), json, watch),
+        Command::Autostart { action } => platform::autostart(action),
+        Command::Refresh { path, cache_dir } => status::refresh(&base(cache_dir), path.as_deref()),
+        Command::Recover {
+            args,
+            force,
+            discard,
+        } => recover(&args, force, discard),
         Command::Trust { url, yes } => trust(&url, yes),
         Command::Login { url, user } => login(&url, user),
         Command::Logout { url } => logout(&url),
@@ -151,7 +190,7 @@ fn trust(url: &str, yes: bool) -> Result<(), String> {
 }
 
 /// `davdrive recover URL`: uploads what the recovery folder of URL's mounts holds.
-fn recover(args: &davdrive::cli::MountArgs, force: bool) -> Result<(), String> {
+fn recover(args: &davdrive::cli::MountArgs, force: bool, discard: bool) -> Result<(), String> {
     use davdrive::vfs::recovery::{self, Outcome};
     let mut args = args.clone();
     // Nothing is mounted: any directory satisfies the configuration's check.
@@ -171,6 +210,15 @@ fn recover(args: &davdrive::cli::MountArgs, force: bool) -> Result<(), String> {
             "nothing kept for {}",
             davdrive::dav::client::redact_url(&cfg.url)
         );
+        return Ok(());
+    }
+    if discard {
+        for k in &kept {
+            k.remove();
+            let path = k.path.as_ref().map_or("?".into(), |p| p.to_string());
+            let _ = writeln!(out, "deleted the kept copy of {path}");
+        }
+        let _ = writeln!(out, "{} discarded", kept.len());
         return Ok(());
     }
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -211,48 +259,6 @@ fn recover(args: &davdrive::cli::MountArgs, force: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Lists what is kept in recovery folders.
-fn status(cache_dir: Option<std::path::PathBuf>) -> Result<(), String> {
-    let base = cache_dir.unwrap_or_else(davdrive::vfs::cache_dir::default_base);
-    let kept = davdrive::vfs::cache_dir::list_recovered(&base);
-    let mut out = std::io::stdout().lock();
-    if kept.is_empty() {
-        let _ = writeln!(
-            out,
-            "no files waiting in recovery folders under {}",
-            base.display()
-        );
-        return Ok(());
-    }
-    let _ = writeln!(
-        out,
-        "{} file(s) could not be uploaded and are kept locally:",
-        kept.len()
-    );
-    for k in kept {
-        let path = k.path.as_ref().map_or("?".into(), |p| p.to_string());
-        let _ = writeln!(
-            out,
-            "  {}{}\n    kept in {}\n    why: {}",
-            k.url.trim_end_matches('/'),
-            path,
-            k.data.display(),
-            k.reason
-        );
-        let next = if k.retry {
-            "the mount uploads it by itself once the server answers".to_owned()
-        } else {
-            format!(
-                "`davdrive recover {}` uploads it if the file did not change on the server \
-                 since; or copy it by hand, then delete it",
-                k.url
-            )
-        };
-        let _ = writeln!(out, "    next: {next}");
-    }
-    Ok(())
-}
-
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "davdrive=info",
@@ -273,9 +279,10 @@ fn init_logging(verbose: u8) {
 
 #[cfg(target_os = "linux")]
 mod platform {
+    use std::ffi::OsString;
     use std::io::{BufRead, BufReader};
     use std::path::Path;
-    use std::process::{Command as Proc, Stdio};
+    use std::process::{Command as Proc, ExitCode, Stdio};
 
     use davdrive::cli::MountArgs;
     use davdrive::config::MountConfig;
@@ -290,9 +297,412 @@ mod platform {
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let cfg = MountConfig::from_args(args, uid, gid).map_err(|e| e.to_string())?;
         if !cfg.foreground && std::env::var_os(DETACHED).is_none() {
-            return spawn_detached(&cfg.vfs.cache_dir.join("daemon.log"));
+            let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+            return spawn_detached(&cfg.vfs.cache_dir.join("daemon.log"), argv);
         }
-        run_foreground(cfg)
+        run_foreground(args, cfg, uid, gid)
+    }
+
+    /// When this program runs as mount(8)'s helper (`mount.davdrive`, `mount.fuse.davdrive`):
+    /// mounts as `davdrive mount` would with the `-o` options (see `cli::fstab`) and returns
+    /// mount(8)'s exit code: 0 once mounted, 1 for a usage error, 32 for a failed mount.
+    pub fn as_mount_helper() -> Option<ExitCode> {
+        use clap::{CommandFactory, Parser};
+        let argv0 = std::env::args_os().next()?;
+        let name = Path::new(&argv0)
+            .file_name()?
+            .to_string_lossy()
+            .into_owned();
+        if name != "mount.davdrive" && name != "mount.fuse.davdrive" {
+            return None;
+        }
+        let fail = |code: u8, msg: &str| {
+            eprintln!("mount.davdrive: {msg}");
+            Some(ExitCode::from(code))
+        };
+        let cli = davdrive::cli::Cli::command();
+        let options: Vec<(String, bool)> = cli
+            .find_subcommand("mount")
+            .map(|m| {
+                m.get_arguments()
+                    .filter_map(|a| {
+                        let long = a.get_long()?.to_owned();
+                        Some((long, a.get_action().takes_values()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let call = match davdrive::cli::fstab::parse(&args, &options) {
+            Ok(c) => c,
+            Err(e) => return fail(1, &e),
+        };
+        // SAFETY: geteuid cannot fail and touches no memory.
+        let root = unsafe { libc::geteuid() } == 0;
+        match (&call.setuid, root) {
+            (Some(user), true) => {
+                if let Err(e) = become_user(user) {
+                    return fail(1, &e);
+                }
+            }
+            (Some(_), false) => return fail(1, "only root can mount for another user (setuid=)"),
+            (None, true) if call.per_user => {
+                return fail(
+                    1,
+                    "this entry is a per-user mount (user/users): root, or systemd's \
+                     automount, cannot mount it for its user. Add setuid=USER to its \
+                     options (the user whose keyring and configuration it uses), or mount \
+                     it as that user",
+                );
+            }
+            (None, _) => {}
+        }
+        // mount(8) removes HOME and PATH from a helper's environment.
+        fill_login_environment();
+        crate::init_logging(u8::from(call.verbose));
+        for o in &call.ignored {
+            tracing::warn!("ignoring the unknown option {o:?} (-s)");
+        }
+        let mut full = vec![OsString::from("davdrive")];
+        full.extend(call.davdrive_args.iter().cloned());
+        let parsed = match davdrive::cli::Cli::try_parse_from(&full) {
+            Ok(p) => p,
+            Err(e) => return fail(1, e.to_string().trim()),
+        };
+        let davdrive::cli::Command::Mount(margs) = parsed.command else {
+            return fail(1, "not a mount");
+        };
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let cfg = match MountConfig::from_args(&margs, uid, gid) {
+            Ok(c) => c,
+            Err(e) => return fail(1, &e.to_string()),
+        };
+        if call.fake {
+            return Some(ExitCode::SUCCESS);
+        }
+        if !cfg.stale_mount && is_mount_point(&cfg.mountpoint) {
+            return fail(
+                32,
+                &format!("{} is already mounted", cfg.mountpoint.display()),
+            );
+        }
+        match spawn_detached(&cfg.vfs.cache_dir.join("daemon.log"), call.davdrive_args) {
+            Ok(()) => Some(ExitCode::SUCCESS),
+            Err(e) => fail(32, &e),
+        }
+    }
+
+    /// Whether a systemd user manager runs for this user.
+    fn systemd_user_manager() -> bool {
+        if !Path::new("/run/systemd/system").is_dir() {
+            return false;
+        }
+        Proc::new("systemctl")
+            .args(["--user", "is-system-running"])
+            .stderr(Stdio::null())
+            .output()
+            .is_ok_and(|o| {
+                let state = String::from_utf8_lossy(&o.stdout);
+                matches!(
+                    state.trim(),
+                    "running" | "degraded" | "starting" | "initializing" | "maintenance"
+                )
+            })
+    }
+
+    fn systemctl(args: &[&str]) -> Result<(), String> {
+        let out = Proc::new("systemctl")
+            .arg("--user")
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run systemctl: {e}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "systemctl --user {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+
+    /// `davdrive autostart ...`.
+    pub fn autostart(action: davdrive::cli::AutostartAction) -> Result<(), String> {
+        use davdrive::cli::autostart as auto;
+        use davdrive::cli::{AutostartAction, AutostartKind};
+        let home = auto::config_home().ok_or("no HOME: cannot find ~/.config")?;
+        let units = home.join("systemd").join("user");
+        let xdg = home.join("autostart");
+        match action {
+            AutostartAction::Enable {
+                profile,
+                config,
+                with,
+                no_start,
+            } => {
+                let p = davdrive::config::profile::load(&profile, config.as_deref())
+                    .map_err(|e| e.to_string())?;
+                if p.mountpoint.is_none() {
+                    return Err(format!(
+                        "the profile {profile} has no mountpoint: add mountpoint = \"~/...\" to it"
+                    ));
+                }
+                let exe = std::env::current_exe()
+                    .and_then(std::fs::canonicalize)
+                    .map_err(|e| format!("cannot find myself: {e}"))?;
+                if exe.starts_with(std::env::temp_dir())
+                    || exe.components().any(|c| c.as_os_str() == "target")
+                {
+                    eprintln!(
+                        "davdrive: warning: {} looks like a build or temporary copy; login mounts will run it from there",
+                        exe.display()
+                    );
+                }
+                let config = config.map(|c| std::path::absolute(&c).unwrap_or(c));
+                let manager = systemd_user_manager();
+                let kind = with.unwrap_or(if manager {
+                    AutostartKind::Systemd
+                } else {
+                    AutostartKind::Xdg
+                });
+                match kind {
+                    AutostartKind::Systemd => {
+                        let name = auto::unit_name(&profile);
+                        std::fs::create_dir_all(&units)
+                            .map_err(|e| format!("{}: {e}", units.display()))?;
+                        let file = units.join(&name);
+                        std::fs::write(&file, auto::unit(&exe, &profile, config.as_deref()))
+                            .map_err(|e| format!("{}: {e}", file.display()))?;
+                        println!("wrote {}", file.display());
+                        if manager {
+                            systemctl(&["daemon-reload"])?;
+                            if no_start {
+                                systemctl(&["enable", &name])?;
+                                println!("enabled {name}: it mounts {profile} at every login");
+                            } else {
+                                systemctl(&["enable", "--now", "--no-block", &name])?;
+                                println!(
+                                    "enabled and started {name}: {profile} is mounted now and at every login (`davdrive autostart status {profile}`)"
+                                );
+                            }
+                        } else {
+                            // No manager to ask (a sudo shell, a container): the link
+                            // `systemctl enable` would make.
+                            let wants = units.join("default.target.wants");
+                            std::fs::create_dir_all(&wants)
+                                .map_err(|e| format!("{}: {e}", wants.display()))?;
+                            let link = wants.join(&name);
+                            let _ = std::fs::remove_file(&link);
+                            std::os::unix::fs::symlink(Path::new("..").join(&name), &link)
+                                .map_err(|e| format!("{}: {e}", link.display()))?;
+                            println!(
+                                "enabled {name}; no systemd user manager runs now, so it starts at the next login"
+                            );
+                        }
+                    }
+                    AutostartKind::Xdg => {
+                        std::fs::create_dir_all(&xdg)
+                            .map_err(|e| format!("{}: {e}", xdg.display()))?;
+                        let file = xdg.join(auto::desktop_name(&profile));
+                        std::fs::write(
+                            &file,
+                            auto::desktop_entry(&exe, &profile, config.as_deref()),
+                        )
+                        .map_err(|e| format!("{}: {e}", file.display()))?;
+                        println!(
+                            "wrote {}: the desktop mounts {profile} at every login",
+                            file.display()
+                        );
+                    }
+                }
+                Ok(())
+            }
+            AutostartAction::Disable { profile } => {
+                let name = auto::unit_name(&profile);
+                let unit = units.join(&name);
+                let desktop = xdg.join(auto::desktop_name(&profile));
+                let mut done = false;
+                if unit.exists() {
+                    if systemd_user_manager() {
+                        systemctl(&["disable", "--now", &name])?;
+                    }
+                    let _ = std::fs::remove_file(units.join("default.target.wants").join(&name));
+                    std::fs::remove_file(&unit).map_err(|e| format!("{}: {e}", unit.display()))?;
+                    if systemd_user_manager() {
+                        let _ = systemctl(&["daemon-reload"]);
+                    }
+                    println!("removed {}", unit.display());
+                    done = true;
+                }
+                if desktop.exists() {
+                    std::fs::remove_file(&desktop)
+                        .map_err(|e| format!("{}: {e}", desktop.display()))?;
+                    println!("removed {}", desktop.display());
+                    done = true;
+                }
+                if !done {
+                    println!("{profile} was not mounted at login");
+                }
+                Ok(())
+            }
+            AutostartAction::Status { profile } => {
+                let name = auto::unit_name(&profile);
+                let unit = units.join(&name);
+                let desktop = xdg.join(auto::desktop_name(&profile));
+                if unit.exists() {
+                    let enabled = units.join("default.target.wants").join(&name).exists();
+                    println!(
+                        "{profile}: systemd user unit {} ({})",
+                        unit.display(),
+                        if enabled { "enabled" } else { "not enabled" }
+                    );
+                    if systemd_user_manager()
+                        && let Ok(o) = Proc::new("systemctl")
+                            .args([
+                                "--user",
+                                "show",
+                                "-p",
+                                "ActiveState,SubState,StatusText",
+                                &name,
+                            ])
+                            .output()
+                    {
+                        for line in String::from_utf8_lossy(&o.stdout).lines() {
+                            println!("  {line}");
+                        }
+                    }
+                }
+                if desktop.exists() {
+                    println!("{profile}: XDG autostart entry {}", desktop.display());
+                }
+                if !unit.exists() && !desktop.exists() {
+                    println!(
+                        "{profile} is not mounted at login (`davdrive autostart enable                          {profile}`)"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Root mounting for `user` (`setuid=`): takes that user's ids, groups and login
+    /// environment, for good.
+    fn become_user(user: &str) -> Result<(), String> {
+        let cname = std::ffi::CString::new(user).map_err(|_| format!("bad user name {user:?}"))?;
+        // SAFETY: getpwnam returns a pointer to static storage or null; we copy out of it
+        // before any other call could overwrite it.
+        let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
+        if pw.is_null() {
+            return Err(format!("setuid={user}: no such user"));
+        }
+        // SAFETY: pw is not null (checked) and points to a valid passwd.
+        let (uid, gid, home) = unsafe {
+            let p = &*pw;
+            let home = std::ffi::CStr::from_ptr(p.pw_dir)
+                .to_string_lossy()
+                .into_owned();
+            (p.pw_uid, p.pw_gid, home)
+        };
+        // SAFETY: plain system calls on values we own; each result is checked.
+        unsafe {
+            if libc::initgroups(cname.as_ptr(), gid) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(format!(
+                    "cannot become {user}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        let runtime = format!("/run/user/{uid}");
+        // SAFETY: single-threaded: called first thing in main.
+        unsafe {
+            std::env::set_var("HOME", &home);
+            std::env::set_var("USER", user);
+            std::env::set_var("LOGNAME", user);
+            for v in ["XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"] {
+                std::env::remove_var(v);
+            }
+            std::env::remove_var("DBUS_SESSION_BUS_ADDRESS");
+            if Path::new(&runtime).is_dir() {
+                std::env::set_var("XDG_RUNTIME_DIR", &runtime);
+                if Path::new(&runtime).join("bus").exists() {
+                    std::env::set_var(
+                        "DBUS_SESSION_BUS_ADDRESS",
+                        format!("unix:path={runtime}/bus"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// HOME from the user database and a standard PATH, where missing.
+    fn fill_login_environment() {
+        if std::env::var_os("HOME").is_none_or(|h| h.is_empty()) {
+            // SAFETY: getpwuid returns static storage or null; copied out at once.
+            let home = unsafe {
+                let pw = libc::getpwuid(libc::getuid());
+                (!pw.is_null()).then(|| {
+                    std::ffi::CStr::from_ptr((*pw).pw_dir)
+                        .to_string_lossy()
+                        .into_owned()
+                })
+            };
+            if let Some(h) = home {
+                // SAFETY: single-threaded: called first thing in main.
+                unsafe { std::env::set_var("HOME", h) };
+            }
+        }
+        if std::env::var_os("PATH").is_none_or(|p| p.is_empty()) {
+            // SAFETY: as above.
+            unsafe {
+                std::env::set_var(
+                    "PATH",
+                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                )
+            };
+        }
+    }
+
+    /// Whether something is mounted on `dir` (per /proc/self/mountinfo).
+    fn is_mount_point(dir: &Path) -> bool {
+        let Ok(want) = std::fs::canonicalize(dir) else {
+            return false;
+        };
+        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return false;
+        };
+        info.lines().any(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| Path::new(&unescape_mountinfo(mp)) == want)
+        })
+    }
+
+    /// mountinfo writes space, tab, newline and backslash as `\ooo`.
+    fn unescape_mountinfo(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\'
+                && i + 3 < b.len()
+                && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+            {
+                let v = b[i + 1..i + 4]
+                    .iter()
+                    .fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(v as u8);
+                i += 4;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// In the daemon of a background mount: takes the secrets its parent sends over stdin
@@ -325,9 +735,9 @@ mod platform {
         }
     }
 
-    /// Re-runs this command detached from the terminal and waits until the child says the
+    /// Runs `davdrive ARGV` detached from the terminal and waits until the child says the
     /// mount is ready (or failed), so that `davdrive mount` returns only for a usable mount.
-    fn spawn_detached(log: &Path) -> Result<(), String> {
+    fn spawn_detached(log: &Path, argv: Vec<OsString>) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
         // The daemon must not hold our caller's terminal or pipes open: its log goes to a
         // file in the mount's cache directory. The log names files and servers: private to
@@ -377,7 +787,7 @@ mod platform {
             }
             cmd.env_remove(var);
         }
-        cmd.args(std::env::args_os().skip(1))
+        cmd.args(argv)
             .env(DETACHED, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -419,7 +829,8 @@ mod platform {
             return Ok(());
         }
         let status = child.wait().map_err(|e| format!("daemon: {e}"))?;
-        let tail = std::fs::read_to_string(log).unwrap_or_default();
+        // Only what this start logged: the log also holds earlier mounts'.
+        let tail = log_since(log, start);
         let last: Vec<&str> = tail.lines().rev().take(3).collect();
         let detail: Vec<&str> = last.into_iter().rev().collect();
         Err(format!(
@@ -429,40 +840,72 @@ mod platform {
         ))
     }
 
-    /// The warnings the daemon logged from byte `start` of its log on.
-    fn start_warnings(log: &Path, start: u64) -> Vec<String> {
+    /// What the daemon logged from byte `start` of its log on (at most 1 MiB).
+    fn log_since(log: &Path, start: u64) -> String {
         use std::io::{Read, Seek, SeekFrom};
-        let mut text = String::new();
+        let mut raw = Vec::new();
         let read = std::fs::File::open(log).and_then(|mut f| {
             f.seek(SeekFrom::Start(start))?;
-            f.take(1 << 20).read_to_string(&mut text)
+            f.take(1 << 20).read_to_end(&mut raw)
         });
-        if read.is_err() {
-            return Vec::new();
+        match read {
+            Ok(_) => String::from_utf8_lossy(&raw).into_owned(),
+            Err(_) => String::new(),
         }
-        text.lines()
+    }
+
+    /// The warnings the daemon logged from byte `start` of its log on.
+    fn start_warnings(log: &Path, start: u64) -> Vec<String> {
+        log_since(log, start)
+            .lines()
             .filter_map(|l| l.split_once(" WARN ").map(|(_, w)| w.trim().to_owned()))
             .collect()
     }
 
-    fn run_foreground(cfg: MountConfig) -> Result<(), String> {
+    fn run_foreground(
+        args: &MountArgs,
+        first: MountConfig,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), String> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("davdrive-io")
             .build()
             .map_err(|e| format!("cannot start the runtime: {e}"))?;
-        let mut vfs_cfg = cfg.vfs.clone();
-        vfs_cfg.open_direct = Some(fuse::open_direct);
-        vfs_cfg.process_of = Some(fuse::process_of);
-        let vfs = mount::connect(&cfg, vfs_cfg, &rt)?;
-        let signals = mount::Signals::catch(&rt);
+        let mut signals = mount::Signals::catch(&rt);
+        if first.stale_mount {
+            tracing::warn!(
+                "{} held a mount whose davdrive is gone (\"Transport endpoint is not \
+                 connected\"); detaching it before mounting again",
+                first.mountpoint.display()
+            );
+            lazy_unmount(&first.mountpoint);
+        }
+        let first = std::cell::Cell::new(Some(first));
+        let make = || {
+            let cfg = match first.take() {
+                Some(c) => c,
+                None => MountConfig::from_args(args, uid, gid).map_err(|e| e.to_string())?,
+            };
+            let mut vfs_cfg = cfg.vfs.clone();
+            vfs_cfg.open_direct = Some(fuse::open_direct);
+            vfs_cfg.process_of = Some(fuse::process_of);
+            Ok((cfg, vfs_cfg))
+        };
+        let Some((cfg, vfs)) =
+            mount::connect_patiently(make, args.wait_for_server, &mut signals, &rt)?
+        else {
+            tracing::info!("stopped while waiting for the server");
+            return Ok(());
+        };
         let opts = FuseOptions {
             fsname: redact_url(&cfg.url),
             allow_other: cfg.allow_other,
             read_only: cfg.vfs.read_only,
         };
         let mut session = fuse::mount(vfs.clone(), rt.handle().clone(), &cfg.mountpoint, &opts)
-            .map_err(|e| format!("cannot mount on {}: {e}", cfg.mountpoint.display()))?;
+            .map_err(|e| explain_mount_error(&e, &cfg.mountpoint))?;
         let mut unmounter = session.unmount_callable();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let runner = std::thread::Builder::new()
@@ -474,6 +917,7 @@ mod platform {
             })
             .map_err(|e| format!("cannot start the FUSE loop: {e}"))?;
         fuse::raise_read_ahead(&cfg.mountpoint);
+        let _control = mount::serve_control(&cfg, &vfs, &rt);
         mount::ready(&cfg.url, &cfg.mountpoint);
         let mut life = mount::Lifecycle { vfs, signals };
         life.serve(&rt, done_rx, || {
@@ -490,6 +934,39 @@ mod platform {
         rt.block_on(mount::drain(&life.vfs));
         rt.shutdown_timeout(std::time::Duration::from_secs(2));
         Ok(())
+    }
+
+    /// What to tell the user when the kernel session cannot be made.
+    fn explain_mount_error(e: &std::io::Error, mountpoint: &Path) -> String {
+        let mut msg = format!("cannot mount on {}: {e}", mountpoint.display());
+        let dev = Path::new("/dev/fuse");
+        let usable = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dev)
+            .map_err(|e| e.kind());
+        match usable {
+            Err(std::io::ErrorKind::NotFound) => msg.push_str(
+                "\n/dev/fuse does not exist: the FUSE kernel module is not loaded (`sudo \
+                 modprobe fuse`; in a container, start it with `--device /dev/fuse`).",
+            ),
+            Err(std::io::ErrorKind::PermissionDenied) => msg.push_str(
+                "\nThis user cannot open /dev/fuse. On a desktop it is usable by everyone \
+                 (mode 0666, set by the fuse3 package's udev rule): install fuse3 (`sudo apt \
+                 install fuse3`) or ask the administrator to run `sudo chmod 0666 /dev/fuse`.",
+            ),
+            _ => {}
+        }
+        let fusermount = ["/usr/bin/fusermount3", "/bin/fusermount3"]
+            .iter()
+            .any(|p| Path::new(p).exists());
+        // SAFETY: geteuid cannot fail and touches no memory.
+        if !fusermount && unsafe { libc::geteuid() } != 0 {
+            msg.push_str(
+                "\nfusermount3 is missing: an ordinary user mounts through it. Install fuse3.",
+            );
+        }
+        msg
     }
 
     fn lazy_unmount(mountpoint: &Path) {
@@ -534,5 +1011,9 @@ mod platform {
 
     pub fn unmount(_mountpoint: &Path) -> Result<(), String> {
         Err("unmounting on this OS comes with its frontend".into())
+    }
+
+    pub fn autostart(_action: davdrive::cli::AutostartAction) -> Result<(), String> {
+        Err("autostart on this OS comes with its frontend (a logon task on Windows)".into())
     }
 }

@@ -5,6 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod autostart;
+pub mod fstab;
+pub mod status;
+
 /// Mount a WebDAV server as a local drive.
 #[derive(Debug, Parser)]
 #[command(name = "davdrive", version, about, long_about = None)]
@@ -20,10 +24,27 @@ pub struct Cli {
 pub enum Command {
     /// Mount a WebDAV collection on a local directory.
     Mount(Box<MountArgs>),
-    /// Unmount a davdrive mount; the daemon serving it exits once uploads are done.
+    /// Unmount a davdrive mount, then wait (with a progress bar) until the uploads of files
+    /// written to it are on the server and its daemon has exited.
     Unmount {
         /// The directory where the drive is mounted.
         mountpoint: PathBuf,
+        /// Return once unmounted; the daemon finishes the uploads in the background.
+        #[arg(long)]
+        no_wait: bool,
+        /// The cache directory the mount uses, when not the default.
+        #[arg(long, env = "DAVDRIVE_CACHE_DIR", value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Forget cached listings so that changes made on the server by others show at once
+    /// (the same as sending SIGHUP to the mount's daemon).
+    Refresh {
+        /// A folder (or file) in a mount: only listings at or below it go. Default: every
+        /// listing of every mount.
+        path: Option<PathBuf>,
+        /// The cache directory the mounts use, when not the default.
+        #[arg(long, env = "DAVDRIVE_CACHE_DIR", value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
     },
     /// Store a user name and password for URL in the OS keyring (asked for, without echo);
     /// later mounts of URL use them.
@@ -58,13 +79,59 @@ pub enum Command {
         /// change made there since cannot be detected.
         #[arg(long)]
         force: bool,
+        /// Delete the kept files of URL instead of uploading them (nothing is sent).
+        #[arg(long, conflicts_with = "force")]
+        discard: bool,
     },
-    /// Show what needs attention: files kept in recovery folders after failed uploads.
+    /// Mount a profile at every login: a systemd user unit where a user manager runs, else
+    /// an XDG autostart entry.
+    Autostart {
+        #[command(subcommand)]
+        action: AutostartAction,
+    },
+    /// Show every running mount (server state, uploads in flight and queued) and the files
+    /// kept in recovery folders after failed uploads, with what to do about them.
     Status {
         /// The cache directory (default: $XDG_CACHE_HOME/davdrive or ~/.cache/davdrive).
         #[arg(long, env = "DAVDRIVE_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Refresh the display every second until interrupted.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AutostartAction {
+    /// Mount PROFILE at every login from now on (and now, with systemd).
+    Enable {
+        /// A profile of the configuration file, with a mount point.
+        profile: String,
+        /// The profile file, when not the default.
+        #[arg(long, env = "DAVDRIVE_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// How: a systemd user unit or an XDG autostart entry [default: systemd where a
+        /// user manager runs].
+        #[arg(long = "with", value_enum)]
+        with: Option<AutostartKind>,
+        /// Write and enable the unit, but do not start it now.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Stop mounting PROFILE at login (a running systemd mount is stopped).
+    Disable { profile: String },
+    /// Say how PROFILE is mounted at login, and (systemd) what its mount is doing.
+    Status { profile: String },
+}
+
+/// How a profile is mounted at login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AutostartKind {
+    Systemd,
+    Xdg,
 }
 
 /// How new files reach the server.
@@ -90,6 +157,10 @@ pub struct MountArgs {
     /// ~/.config/davdrive/config.toml).
     #[arg(long, env = "DAVDRIVE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Take the options of this profile, with the URL given first (for /etc/fstab entries:
+    /// `URL DIR davdrive user,noauto,profile=NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
 
     /// User name for the server. The password comes from DAVDRIVE_PASSWORD or the secrets
     /// file, never from the command line.
@@ -114,6 +185,11 @@ pub struct MountArgs {
     /// Let other users (and root) use the mount. Off by default: the mount is private.
     #[arg(long, help_heading = "Mount")]
     pub allow_other: bool,
+    /// While the server cannot be reached (no network yet at login, the server restarting)
+    /// or the keyring gives no password yet (locked), keep trying with backoff (up to a
+    /// minute apart) instead of failing; used by `davdrive autostart`.
+    #[arg(long, help_heading = "Mount")]
+    pub wait_for_server: bool,
 
     /// Where journals, spool files and the recovery folder live.
     #[arg(

@@ -24,6 +24,8 @@ use profile::{Profile, Upload};
 pub struct MountConfig {
     pub url: Url,
     pub mountpoint: PathBuf,
+    /// The mount point holds a dead FUSE mount (its daemon was killed).
+    pub stale_mount: bool,
     pub credentials: Option<Credentials>,
     pub foreground: bool,
     pub allow_other: bool,
@@ -67,10 +69,21 @@ fn client_identity(
 impl MountConfig {
     pub fn from_args(args: &MountArgs, uid: u32, gid: u32) -> Result<Self, ConfigError> {
         // A first argument that is not a URL names a profile; the command line wins over it.
-        let profile = if args.url.contains("://") {
-            Profile::for_url(&args.url)
-        } else {
-            profile::load(&args.url, args.config.as_deref())?
+        let profile = match (&args.profile, args.url.contains("://")) {
+            (Some(name), true) => {
+                let mut p = profile::load(name, args.config.as_deref())?;
+                p.url = args.url.clone();
+                p
+            }
+            (Some(name), false) if *name != args.url => {
+                return Err(ConfigError(format!(
+                    "two profiles named ({:?} and {name:?}): give the URL and the profile, \
+                     or the profile alone",
+                    args.url
+                )));
+            }
+            (None, true) => Profile::for_url(&args.url),
+            (_, false) => profile::load(&args.url, args.config.as_deref())?,
         };
         let url = Url::parse(&profile.url)
             .map_err(|e| ConfigError(format!("{:?} is not a URL: {e}", profile.url)))?;
@@ -86,9 +99,23 @@ impl MountConfig {
             .ok_or_else(|| {
                 ConfigError("no mount point: give one after the URL or in the profile".into())
             })?;
-        let md = std::fs::metadata(&mountpoint)
-            .map_err(|e| ConfigError(format!("mount point {}: {e}", mountpoint.display())))?;
-        if !md.is_dir() {
+        // A FUSE mount whose daemon was killed answers "Transport endpoint is not
+        // connected": the frontend clears it away before mounting again.
+        let md = std::fs::metadata(&mountpoint);
+        let stale_mount = md
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotConnected);
+        let md = match md {
+            Ok(md) => Some(md),
+            Err(_) if stale_mount => None,
+            Err(e) => {
+                return Err(ConfigError(format!(
+                    "mount point {}: {e}",
+                    mountpoint.display()
+                )));
+            }
+        };
+        if md.is_some_and(|md| !md.is_dir()) {
             return Err(ConfigError(format!(
                 "mount point {} is not a directory",
                 mountpoint.display()
@@ -228,6 +255,7 @@ impl MountConfig {
         Ok(MountConfig {
             url,
             mountpoint,
+            stale_mount,
             credentials,
             foreground: flag(args.foreground, profile.foreground),
             allow_other: flag(args.allow_other, profile.allow_other),

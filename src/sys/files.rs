@@ -33,3 +33,30 @@ pub fn write_private(p: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     no_follow(&mut o);
     std::io::Write::write_all(&mut o.open(p)?, bytes)
 }
+
+/// Makes `p` (and its parents) a folder only this user can use, refusing a symbolic link or
+/// a folder that someone else made.
+pub fn private_dir(p: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(p)?;
+    // Never a folder reached through a symbolic link, nor one someone else made for us to
+    // use (a predictable name in a shared temp directory).
+    let meta = std::fs::symlink_metadata(p)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory (a symbolic link?)",
+            p.display()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if meta.uid() != euid() {
+            return Err(std::io::Error::other(format!(
+                "{} belongs to another user",
+                p.display()
+            )));
+        }
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}

@@ -62,31 +62,6 @@ type Spares = std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>;
 /// Spare journals kept ready.
 const SPARES: usize = 4;
 
-fn private_dir(p: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(p)?;
-    // Never a folder reached through a symbolic link, nor one someone else made for us to
-    // use (a predictable name in a shared temp directory).
-    let meta = std::fs::symlink_metadata(p)?;
-    if !meta.is_dir() {
-        return Err(io::Error::other(format!(
-            "{} is not a directory (a symbolic link?)",
-            p.display()
-        )));
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        if meta.uid() != crate::sys::files::euid() {
-            return Err(io::Error::other(format!(
-                "{} belongs to another user",
-                p.display()
-            )));
-        }
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
-}
-
 /// `$XDG_CACHE_HOME/davdrive`, or `~/.cache/davdrive`, or (with neither set) the private
 /// `$XDG_RUNTIME_DIR/davdrive`, or a folder of this user's own in the system temp dir, which
 /// [`CacheDir::open`] refuses if someone else made it.
@@ -158,10 +133,10 @@ impl CacheDir {
     /// Opens (creating) the cache directory `root` of a mount of `url`.
     pub fn open(root: PathBuf, url: &str) -> io::Result<Self> {
         if let Some(base) = root.parent() {
-            private_dir(base)?;
+            crate::sys::files::private_dir(base)?;
         }
         for sub in ["", "journal", "spool", "recovery"] {
-            private_dir(&root.join(sub))?;
+            crate::sys::files::private_dir(&root.join(sub))?;
         }
         Ok(CacheDir {
             root,

@@ -163,6 +163,26 @@ impl InodeTable {
         self.nodes.len()
     }
 
+    /// Drops the listings and metadata of every node at or below `under` (every node when
+    /// `None`); returns how many listings went.
+    pub fn refresh_under(&mut self, under: Option<&DavPath>) -> usize {
+        let mut dropped = 0;
+        for n in self.nodes.values_mut() {
+            if under.is_some_and(|u| !n.path.starts_with(u)) {
+                continue;
+            }
+            if n.listing.take().is_some() {
+                dropped += 1;
+            }
+            n.listing_failed = None;
+            // An open write session's size is the truth while it is open.
+            if n.writer.is_none() {
+                n.meta = None;
+            }
+        }
+        dropped
+    }
+
     /// The inode at `path`, if one is known.
     pub fn find(&self, path: &DavPath) -> Option<Ino> {
         self.by_path.get(path).copied()

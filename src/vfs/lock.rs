@@ -51,6 +51,8 @@ pub enum Rank {
     WriteVerdicts,
     /// The server's last quota (`Vfs::quota`).
     Quota,
+    /// Uploads going on after their close (`Vfs::transfers`, see `activity`).
+    Transfers,
     /// Inside one handle: where it points (`ReadHandle::path`, `WriteHandle::target`) and who
     /// wrote through it (`WriteHandle::writers`).
     HandleInner,

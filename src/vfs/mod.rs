@@ -20,6 +20,7 @@
 //! Lock order: written and checked in [`lock`] (a listing lock, then the table, then the
 //! handles; no ranked lock across an await).
 
+pub mod activity;
 pub mod cache_dir;
 mod dir;
 mod fileio;
@@ -323,6 +324,9 @@ pub struct Vfs {
     /// data is kept, and the next mount uploads it once the server answers).
     stopping: Arc<AtomicBool>,
     path_refs: Ranked<HashMap<u64, (Ino, FileKind)>>,
+    /// Uploads going on after their close, for `davdrive status` (see `activity`).
+    transfers: Ranked<HashMap<u64, activity::Transfer>>,
+    next_transfer: AtomicU64,
 }
 
 impl std::fmt::Debug for Vfs {
@@ -409,6 +413,8 @@ impl Vfs {
             path_refs: Ranked::new(Rank::PathRefs, HashMap::new()),
             stopping: Arc::default(),
             hidden: Ranked::new(Rank::Hidden, HashMap::new()),
+            transfers: Ranked::new(Rank::Transfers, HashMap::new()),
+            next_transfer: AtomicU64::new(1),
         }))
     }
 

@@ -496,6 +496,7 @@ impl Vfs {
         if !w.keep_locally().await? {
             return Ok(());
         }
+        let tracked = self.track(&w, true);
         let Ok(slot) = self.behind_close.clone().acquire_owned().await else {
             // The semaphore is never closed; if it were, this close would wait for its upload.
             drop(behind);
@@ -513,9 +514,10 @@ impl Vfs {
             m.fetched = Instant::now();
         }
         let pending = self.pending(Some(&w));
+        tracked.started();
         let this = self.clone();
         tokio::spawn(async move {
-            let (_slot, _pending, _behind) = (slot, pending, behind);
+            let (_slot, _pending, _behind, _tracked) = (slot, pending, behind, tracked);
             if let Err(e) = this.flush_handle(&w).await {
                 tracing::warn!(
                     "{}: the upload after close() failed ({e}); close() had already returned \
@@ -753,8 +755,10 @@ impl Vfs {
             n.writer = Some(other);
         }
         let pending = w.as_ref().map(|w| self.pending(Some(w)));
+        let tracked = w.as_ref().filter(|_| !shared).map(|w| self.track(w, false));
         let this = self.clone();
         async move {
+            let _tracked = tracked;
             if let Some(hidden) = unhide {
                 // The last reader of a deleted file is gone: now it goes.
                 this.delete_hidden(&hidden).await;

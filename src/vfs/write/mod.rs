@@ -69,6 +69,39 @@ use journal::{JournalItem, JournalWriter, around_page_cache, journal_thread};
 use state::{Segmented, State};
 use stream::{Streaming, abort_stream, client_stall, delete_version, start_stream};
 
+/// How far a session's running upload got: the offset in the file up to which bytes were
+/// handed to the HTTP library (`davdrive status` shows it beside the file's size). Every
+/// body a session sends goes through [`Progress::counted`].
+#[derive(Debug, Clone, Default)]
+pub(super) struct Progress(Arc<std::sync::atomic::AtomicU64>);
+
+impl Progress {
+    pub(super) fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `stream`, the bytes of the file from `start` on, counted as they are taken.
+    pub(super) fn counted<S>(
+        &self,
+        stream: S,
+        start: u64,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, io::Error>> + Send + 'static
+    where
+        S: futures_util::Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        let at = self.0.clone();
+        at.store(start, std::sync::atomic::Ordering::Relaxed);
+        let mut pos = start;
+        stream.inspect(move |item| {
+            if let Ok(b) = item {
+                pos += b.len() as u64;
+                at.store(pos, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    }
+}
+
 /// What a successful upload tells the caches.
 #[derive(Debug, Clone)]
 pub(super) struct Uploaded {
@@ -110,6 +143,10 @@ pub(super) struct WriteHandle {
     /// their start to the end of that upload: the session ends only after them (see
     /// `Vfs::release`).
     behind_close: tokio::sync::watch::Sender<usize>,
+    /// `State::progress`, readable without waiting for the state.
+    progress: Progress,
+    /// When the session began.
+    opened: std::time::Instant,
 }
 
 /// A session held while a directory above its file moves (`WriteHandle::hold_for_move`).
@@ -211,8 +248,9 @@ impl WriteHandle {
             cache.new_spool(Some((&path, &base, true)))
         }
         .map_err(|e| io_err(&path, "cannot create a journal", &e))?;
+        let progress = Progress::default();
         let stream = if stream {
-            match start_stream(client, &path, &pre, &file) {
+            match start_stream(client, &path, &pre, &file, &progress) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     // The file still works: spooled and sent at close.
@@ -224,6 +262,7 @@ impl WriteHandle {
             None
         };
         let mut state = State::new(file, file_path, 0, pre);
+        state.progress = progress;
         state.base = base;
         state.complete = true;
         state.dirty = true;
@@ -290,6 +329,8 @@ impl WriteHandle {
             patience: std::time::Duration::ZERO,
             stopping: Arc::default(),
             switch_at: u64::MAX,
+            progress: state.progress.clone(),
+            opened: std::time::Instant::now(),
             state: Mutex::new(state),
             behind_close: tokio::sync::watch::channel(0).0,
         }
@@ -360,6 +401,16 @@ impl WriteHandle {
     }
 
     /// The size as written so far, without waiting for a running upload.
+    /// When the session began.
+    pub(super) fn opened(&self) -> std::time::Instant {
+        self.opened
+    }
+
+    /// How far the running (or last) upload got, in bytes of the file.
+    pub(super) fn sent_now(&self) -> u64 {
+        self.progress.get()
+    }
+
     pub(super) fn size_now(&self) -> u64 {
         self.size_now.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -618,6 +669,7 @@ impl WriteHandle {
             Local {
                 path: st.file_path.clone(),
                 ring,
+                progress: st.progress.clone(),
             },
             Resume::new(temp),
             journal.watermark(),
@@ -836,7 +888,7 @@ impl WriteHandle {
         }
         if st.restream && !st.streaming() && offset == 0 && st.size == 0 && !st.is_local() {
             st.restream = false;
-            match start_stream(client, &self.path(), &st.pre, &st.file) {
+            match start_stream(client, &self.path(), &st.pre, &st.file, &st.progress) {
                 Ok(s) => st.start_streaming(s),
                 Err(e) => {
                     tracing::debug!(path = %self.path(), "cannot stream again ({e}); spooling")
@@ -1367,7 +1419,7 @@ impl WriteHandle {
             r.acked = 0;
         }
         for attempt in 0..2 {
-            let local = Local::file(st.file_path.clone());
+            let local = Local::file(st.file_path.clone()).counted(&st.progress);
             segments::send_range(client, &local, r, st.size, seg, retries, &|_| {}).await?;
             let there = match client.head(&r.temp).await {
                 Ok(m) => m.content_length,
@@ -1394,7 +1446,9 @@ impl WriteHandle {
         let file = std::fs::File::open(&st.file_path)
             .map_err(|e| io_err(&self.path(), "cannot reopen the local copy", &e))?;
         let len = st.size;
-        let stream = segments::file_stream(Arc::new(file), 0, len);
+        let stream = st
+            .progress
+            .counted(segments::file_stream(Arc::new(file), 0, len), 0);
         Ok(client
             .put(
                 &self.path(),

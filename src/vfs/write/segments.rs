@@ -337,11 +337,23 @@ impl Ring {
 pub struct Local {
     pub path: PathBuf,
     pub ring: Option<Arc<Ring>>,
+    /// Counts what the requests take (`davdrive status`).
+    pub progress: super::Progress,
 }
 
 impl Local {
     pub fn file(path: PathBuf) -> Self {
-        Local { path, ring: None }
+        Local {
+            path,
+            ring: None,
+            progress: super::Progress::default(),
+        }
+    }
+
+    /// This file, its uploads counted in `progress`.
+    pub fn counted(mut self, progress: &super::Progress) -> Self {
+        self.progress = progress.clone();
+        self
     }
 
     /// `[start, end)` as the chunks of a request body.
@@ -355,10 +367,16 @@ impl Local {
         if let Some(r) = &self.ring
             && let Some(at) = r.locate(start, end)
         {
-            return Ok(file_stream(r.file.clone(), at, end - start));
+            return Ok(futures_util::future::Either::Left(
+                self.progress
+                    .counted(file_stream(r.file.clone(), at, end - start), start),
+            ));
         }
         let file = std::fs::File::open(&self.path)?;
-        Ok(file_stream(Arc::new(file), start, end - start))
+        Ok(futures_util::future::Either::Right(self.progress.counted(
+            file_stream(Arc::new(file), start, end - start),
+            start,
+        )))
     }
 }
 

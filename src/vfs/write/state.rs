@@ -80,6 +80,8 @@ pub(super) struct State {
     pub(super) failed_round: Option<std::time::Instant>,
     /// `pre` names a part of our own upload the server kept (see `adopt_partial`).
     pub(super) adopted: bool,
+    /// How far the running upload got (for `davdrive status`).
+    pub(super) progress: super::Progress,
 }
 
 /// The journal of a segmented streaming session and the task uploading behind it.
@@ -133,6 +135,7 @@ impl State {
             may_segment: true,
             failed_round: None,
             adopted: false,
+            progress: super::Progress::default(),
         }
     }
 }

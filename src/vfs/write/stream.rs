@@ -70,6 +70,7 @@ pub(super) fn start_stream(
     path: &DavPath,
     pre: &Preconditions,
     file: &std::fs::File,
+    progress: &super::Progress,
 ) -> io::Result<Streaming> {
     let journal = JournalWriter::start(file.try_clone()?, 0, None, None)?;
     let (tx, rx) = mpsc::channel::<Chunk>(CHANNEL_DEPTH);
@@ -89,6 +90,7 @@ pub(super) fn start_stream(
             None => std::future::pending().await,
         }
     });
+    let body = progress.counted(body, 0);
     let (owner, target) = (client.clone(), path.clone());
     let client = client.clone();
     let path = path.clone();

@@ -8,17 +8,27 @@
 //! 1. [`connect`]: the client, a redirect adopted (credentials never follow it to another
 //!    host), the core made and probed. A failure is explained from typed facts
 //!    ([`crate::dav::Cause`]), never from message text.
-//! 2. [`Signals::catch`]: SIGTERM / SIGINT / SIGHUP (Ctrl-C on Windows) are caught before
-//!    the kernel session exists, so a signal right after the ready line unmounts cleanly.
-//! 3. The frontend mounts, then [`ready`] prints the line a detached parent waits for.
+//!    With `--wait-for-server` ([`connect_patiently`]), a server that cannot be reached yet
+//!    (no network at login) or a keyring that gives no password yet is waited for, with
+//!    backoff, and said in the log and to systemd (`notify`).
+//! 2. [`Signals::catch`]: SIGTERM / SIGINT (Ctrl-C on Windows) are caught before the kernel
+//!    session exists, so a signal right after the ready line unmounts cleanly. SIGHUP drops
+//!    the cached listings instead (`davdrive refresh`).
+//! 3. The frontend mounts, then [`ready`] prints the line a detached parent waits for, tells
+//!    systemd `READY=1`, and the control socket (`control`) starts answering `davdrive
+//!    status`.
 //! 4. [`Lifecycle::serve`]: waits for a signal or for the session to end by itself
 //!    (`fusermount -u`); on a signal, waits for running uploads, then unmounts.
 //! 5. [`drain`]: sessions never released (a crashed program, a lazy unmount) are ended and
 //!    every upload is waited for, before the process exits.
 
+pub mod control;
+pub mod notify;
+
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::MountConfig;
 use crate::dav::client::redact_url;
@@ -28,13 +38,88 @@ use crate::vfs::{Vfs, VfsConfig, VfsError};
 /// The line a mount prints on stdout once it is usable (a detached parent waits for it).
 pub const READY: &str = "davdrive: mounted";
 
+/// Why a mount could not start: what to tell the user, and whether trying again later may
+/// succeed (the server or the network is not there yet, the keyring gave no password).
+#[derive(Debug)]
+pub struct Refusal {
+    pub message: String,
+    pub transient: bool,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Refusal {
+            message,
+            transient: false,
+        }
+    }
+}
+
+impl From<Refusal> for String {
+    fn from(r: Refusal) -> Self {
+        r.message
+    }
+}
+
+/// The longest wait between two tries of [`connect_patiently`].
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// [`connect`] with the configuration `make` builds (built again at every try: a keyring
+/// unlocked meanwhile gives its password). When `patient`, a transient refusal (see
+/// [`Refusal`]) is tried again after 1 s, then twice as long each time up to a minute, and
+/// the wait is said in the log and to systemd (`STATUS=`). `Ok(None)`: a stop signal came
+/// while waiting.
+pub fn connect_patiently<F>(
+    make: F,
+    patient: bool,
+    signals: &mut Signals,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Option<(MountConfig, Arc<Vfs>)>, String>
+where
+    F: Fn() -> Result<(MountConfig, VfsConfig), String>,
+{
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let (cfg, vfs_cfg) = make()?;
+        let refusal = match connect(&cfg, vfs_cfg, rt) {
+            Ok(vfs) => return Ok(Some((cfg, vfs))),
+            Err(r) if patient && r.transient => r,
+            Err(r) => return Err(r.message),
+        };
+        let first_line = refusal.message.lines().next().unwrap_or("").to_owned();
+        tracing::warn!("{first_line}; trying again in {} s", backoff.as_secs());
+        notify::status(&format!(
+            "waiting: {first_line}; next try in {} s",
+            backoff.as_secs()
+        ));
+        let stopped = rt.block_on(async {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => return false,
+                    sig = signals.recv() => if sig == Signal::Stop { return true },
+                }
+            }
+        });
+        if stopped {
+            return Ok(None);
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
 /// Makes the client (following a redirect of the mounted URL), the core with `vfs_cfg`, and
 /// probes the server. The error says what went wrong and what to do.
 pub fn connect(
     cfg: &MountConfig,
     vfs_cfg: VfsConfig,
     rt: &tokio::runtime::Runtime,
-) -> Result<Arc<Vfs>, String> {
+) -> Result<Arc<Vfs>, Refusal> {
     let shown_url = redact_url(&cfg.url);
     let client = DavClient::new(cfg.client.clone()).map_err(|e| e.to_string())?;
     // A server that redirects the mounted URL (IIS's HTTP->HTTPS rule, a moved share) is
@@ -50,7 +135,8 @@ pub fn connect(
                     "{shown_url} redirects to {shown_target}, on another host; davdrive \
                      does not send your credentials there. If you trust that server, \
                      mount {shown_target} instead."
-                ));
+                )
+                .into());
             }
             tracing::info!("{shown_url} redirects to {shown_target}; mounting that URL");
             let mut c = cfg.client.clone();
@@ -69,7 +155,17 @@ pub fn connect(
     };
     let vfs = Vfs::new(client, vfs_cfg).map_err(|e| e.to_string())?;
     if let Err(e) = rt.block_on(vfs.probe()) {
-        return Err(explain(&e, cfg, rt));
+        let no_credentials = cfg.client.credentials.is_none() && cfg.client.bearer.is_none();
+        // Worth another try later: the network or the server is not there yet, or a
+        // password is wanted and the keyring (locked at login) gave none.
+        let transient = matches!(
+            e.kind,
+            ErrorKind::Unreachable | ErrorKind::TimedOut | ErrorKind::Busy
+        ) || (no_credentials && e.kind == ErrorKind::AuthRequired);
+        return Err(Refusal {
+            message: explain(&e, cfg, rt),
+            transient,
+        });
     }
     vfs.watch_recovery(rt.handle());
     vfs.watch_memory(rt.handle());
@@ -188,10 +284,19 @@ fn explain_tls(
     }
 }
 
-/// The signals that end a mount, caught from before the mount exists.
+/// What a caught signal asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM, SIGINT (Ctrl-C): unmount once the uploads are done.
+    Stop,
+    /// SIGHUP: drop cached listings, as `davdrive refresh` does.
+    Refresh,
+}
+
+/// The signals a mount answers, caught from before the mount exists.
 pub struct Signals {
     #[cfg(unix)]
-    caught: Vec<tokio::signal::unix::Signal>,
+    caught: Vec<(tokio::signal::unix::Signal, Signal)>,
 }
 
 impl Signals {
@@ -202,12 +307,12 @@ impl Signals {
         {
             use tokio::signal::unix::{SignalKind, signal};
             let caught = [
-                SignalKind::terminate(),
-                SignalKind::interrupt(),
-                SignalKind::hangup(),
+                (SignalKind::terminate(), Signal::Stop),
+                (SignalKind::interrupt(), Signal::Stop),
+                (SignalKind::hangup(), Signal::Refresh),
             ]
             .into_iter()
-            .filter_map(|k| signal(k).ok())
+            .filter_map(|(k, what)| signal(k).ok().map(|s| (s, what)))
             .collect();
             Signals { caught }
         }
@@ -216,18 +321,25 @@ impl Signals {
     }
 
     /// Waits for one of the signals.
-    async fn recv(&mut self) {
+    pub async fn recv(&mut self) -> Signal {
         #[cfg(unix)]
         {
             if self.caught.is_empty() {
-                return std::future::pending::<()>().await;
+                return std::future::pending::<Signal>().await;
             }
-            let waits = self.caught.iter_mut().map(|s| Box::pin(s.recv()));
-            futures_util::future::select_all(waits).await;
+            let waits = self.caught.iter_mut().map(|(s, what)| {
+                let what = *what;
+                Box::pin(async move {
+                    s.recv().await;
+                    what
+                })
+            });
+            futures_util::future::select_all(waits).await.0
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
         }
     }
 }
@@ -240,6 +352,31 @@ pub fn ready(url: &url::Url, mountpoint: &Path) {
     let _ = writeln!(out, "{READY} {shown_url} on {}", mountpoint.display());
     let _ = out.flush();
     tracing::info!(url = %shown_url, mountpoint = %mountpoint.display(), "mounted");
+    notify::notify(&format!(
+        "READY=1\nSTATUS=mounted {shown_url} on {}",
+        mountpoint.display()
+    ));
+}
+
+/// Starts answering `davdrive status` for this mount (see [`control`]); the socket goes
+/// when the returned guard is dropped.
+pub fn serve_control(
+    cfg: &MountConfig,
+    vfs: &Arc<Vfs>,
+    rt: &tokio::runtime::Runtime,
+) -> Option<control::ControlSocket> {
+    let base = cfg.vfs.cache_dir.parent()?;
+    let info = control::MountInfo {
+        pid: std::process::id(),
+        url: redact_url(&cfg.url),
+        mountpoint: std::path::absolute(&cfg.mountpoint).unwrap_or_else(|_| cfg.mountpoint.clone()),
+        cache_dir: cfg.vfs.cache_dir.clone(),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        async_close: cfg.vfs.async_close,
+    };
+    control::serve(base, vfs.clone(), info, rt.handle())
 }
 
 /// A running mount, between the frontend's kernel session and the process's end.
@@ -258,14 +395,26 @@ impl Lifecycle {
         ended: tokio::sync::oneshot::Receiver<()>,
         unmount: impl FnOnce(),
     ) -> bool {
-        let signalled = rt.block_on(async {
-            tokio::select! {
-                _ = self.signals.recv() => true,
-                _ = ended => false,
+        let vfs = self.vfs.clone();
+        let signals = &mut self.signals;
+        let signalled = rt.block_on(async move {
+            tokio::pin!(ended);
+            loop {
+                tokio::select! {
+                    sig = signals.recv() => match sig {
+                        Signal::Stop => return true,
+                        Signal::Refresh => {
+                            let n = vfs.refresh(None);
+                            tracing::info!("SIGHUP: dropped {n} cached listing(s)");
+                        }
+                    },
+                    _ = &mut ended => return false,
+                }
             }
         });
         if signalled {
             tracing::info!("unmounting on signal");
+            notify::notify("STOPPING=1");
             self.vfs.stop_waiting_for_the_server();
             rt.block_on(self.vfs.wait_for_uploads());
             unmount();
@@ -277,6 +426,11 @@ impl Lifecycle {
 /// Ends every session the kernel never released (a crashed application, a lazy unmount) and
 /// waits for every upload, before the process exits.
 pub async fn drain(vfs: &Arc<Vfs>) {
+    notify::notify("STOPPING=1");
+    let busy = vfs.activity().uploads.len();
+    if busy > 0 {
+        notify::status(&format!("unmounted; finishing {busy} upload(s)"));
+    }
     vfs.stop_waiting_for_the_server();
     vfs.release_all().await;
     vfs.wait_for_uploads().await;
