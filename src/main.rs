@@ -51,6 +51,8 @@ fn main() -> ExitCode {
             json,
             watch,
         } => status::status(&base(cache_dir), json, watch),
+        Command::Open { file, no_browse } => platform::open(&file, no_browse),
+        Command::GenerateDocs { dir } => davdrive::cli::docs::generate(&dir),
         Command::Autostart { action } => platform::autostart(action),
         Command::Refresh { path, cache_dir } => status::refresh(&base(cache_dir), path.as_deref()),
         Command::Recover {
@@ -390,6 +392,73 @@ mod platform {
         match spawn_detached(&cfg.vfs.cache_dir.join("daemon.log"), call.davdrive_args) {
             Ok(()) => Some(ExitCode::SUCCESS),
             Err(e) => fail(32, &e),
+        }
+    }
+
+    /// `davdrive open FILE.davmount`.
+    pub fn open(file: &Path, no_browse: bool) -> Result<(), String> {
+        use davdrive::cli::davmount;
+        let xml = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let d = davmount::parse(&xml).map_err(|e| format!("{}: {e}", file.display()))?;
+        let shown = redact_url(&d.url);
+        let base = davdrive::vfs::cache_dir::default_base();
+        let running = davdrive::mount::control::running(&base)
+            .into_iter()
+            .map(|(_, r)| r.mount)
+            .find(|m| m.url.trim_end_matches('/') == shown.trim_end_matches('/'));
+        let mountpoint = match running {
+            Some(m) => {
+                println!("{shown} is already mounted on {}", m.mountpoint.display());
+                m.mountpoint
+            }
+            None => {
+                let home = std::env::var_os("HOME").ok_or("no HOME")?;
+                let dir = Path::new(&home)
+                    .join("davdrive")
+                    .join(davmount::folder_name(&d.url));
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let mut argv: Vec<OsString> =
+                    vec!["mount".into(), d.url.as_str().into(), dir.clone().into()];
+                if let Some(u) = &d.username {
+                    argv.push("--user".into());
+                    argv.push(u.into());
+                }
+                let log = {
+                    let full: Vec<OsString> = std::iter::once(OsString::from("davdrive"))
+                        .chain(argv.iter().cloned())
+                        .collect();
+                    let davdrive::cli::Command::Mount(margs) =
+                        <davdrive::cli::Cli as clap::Parser>::try_parse_from(&full)
+                            .map_err(|e| e.to_string())?
+                            .command
+                    else {
+                        return Err("not a mount".into());
+                    };
+                    // SAFETY: getuid/getgid cannot fail and touch no memory.
+                    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+                    let cfg =
+                        MountConfig::from_args(&margs, uid, gid).map_err(|e| e.to_string())?;
+                    cfg.vfs.cache_dir.join("daemon.log")
+                };
+                spawn_detached(&log, argv)?;
+                dir
+            }
+        };
+        let target = match &d.open {
+            Some(o) => mountpoint.join(o.trim_start_matches('/')),
+            None => mountpoint.clone(),
+        };
+        if no_browse {
+            println!("{}", target.display());
+            return Ok(());
+        }
+        match Proc::new("xdg-open").arg(&target).status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("xdg-open {} failed ({s})", target.display())),
+            Err(e) => Err(format!(
+                "mounted on {}, but cannot run xdg-open to show it: {e}",
+                mountpoint.display()
+            )),
         }
     }
 
@@ -1011,6 +1080,10 @@ mod platform {
 
     pub fn unmount(_mountpoint: &Path) -> Result<(), String> {
         Err("unmounting on this OS comes with its frontend".into())
+    }
+
+    pub fn open(_file: &Path, _no_browse: bool) -> Result<(), String> {
+        Err("mounting on this OS comes with its frontend".into())
     }
 
     pub fn autostart(_action: davdrive::cli::AutostartAction) -> Result<(), String> {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod autostart;
+pub mod davmount;
+pub mod docs;
 pub mod fstab;
 pub mod status;
 
@@ -82,6 +84,21 @@ pub enum Command {
         /// Delete the kept files of URL instead of uploading them (nothing is sent).
         #[arg(long, conflicts_with = "force")]
         discard: bool,
+    },
+    /// Mount what a .davmount file (RFC 4709) describes under ~/davdrive/NAME (or use a
+    /// running mount of it) and open it with the desktop's file manager or application.
+    Open {
+        /// The .davmount file.
+        file: PathBuf,
+        /// Only mount and print the path; open nothing.
+        #[arg(long)]
+        no_browse: bool,
+    },
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where `man1/`, `bash/`, `zsh/` and `fish/` go.
+        dir: PathBuf,
     },
     /// Mount a profile at every login: a systemd user unit where a user manager runs, else
     /// an XDG autostart entry.
