@@ -151,6 +151,13 @@ pub enum AutostartKind {
     Xdg,
 }
 
+/// Where file managers' trash goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TrashMode {
+    None,
+    Server,
+}
+
 /// How new files reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum UploadMode {
@@ -219,6 +226,12 @@ pub struct MountArgs {
     /// How new files are uploaded [default: auto].
     #[arg(long, value_enum, help_heading = "Writing")]
     pub upload: Option<UploadMode>,
+    /// Where deleting to the trash from a file manager goes: `none` tells GIO and KIO that
+    /// the drive has no trash (they offer to delete for good, like on a network share, and
+    /// KDE keeps a copy in your home trash); `server` lets them make `.Trash-UID` at the
+    /// mount's root on the server, seen by every other client [default: none].
+    #[arg(long, value_enum, help_heading = "Writing")]
+    pub trash: Option<TrashMode>,
     /// Upload OS litter too (.DS_Store, ._*, Thumbs.db, desktop.ini); by default such files
     /// are kept locally for the lifetime of the mount.
     #[arg(long, help_heading = "Writing")]

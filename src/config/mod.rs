@@ -235,6 +235,7 @@ impl MountConfig {
             cache_dir: base.join(key),
             upload,
             keep_os_litter_local: !flag(args.upload_os_files, profile.upload_os_files),
+            server_trash: args.trash == Some(crate::cli::TrashMode::Server),
             direct_reads: flag(args.direct_io, profile.direct_io),
             segment_size: (args.segment_size)
                 .or(profile.segment_size)

@@ -82,6 +82,11 @@ pub struct VfsConfig {
     pub upload: UploadPolicy,
     /// Keep OS litter (.DS_Store, ._*, Thumbs.db, desktop.ini) local instead of uploading.
     pub keep_os_litter_local: bool,
+    /// Let file managers make their trash folders (`.Trash-UID`) at the mount's root on the
+    /// server. Off by default: a placeholder file of that name, kept on this computer,
+    /// tells GIO and KIO that the drive has no trash, so they delete for good (after asking)
+    /// instead of leaving trash folders on the server for every other client to see.
+    pub server_trash: bool,
     /// Read-only handles bypass the kernel's page cache (`--direct-io`). Default off.
     pub direct_reads: bool,
     /// Files larger than this are uploaded in resumable segments of this size where the
@@ -132,6 +137,7 @@ impl Default for VfsConfig {
             cache_dir: cache_dir::default_base().join("default"),
             upload: UploadPolicy::Auto,
             keep_os_litter_local: true,
+            server_trash: false,
             direct_reads: false,
             segment_size: 16 << 20,
             open_direct: None,
@@ -329,6 +335,20 @@ pub struct Vfs {
     next_transfer: AtomicU64,
 }
 
+/// The trash folder freedesktop.org file managers make at a mount's root for `uid`.
+pub fn trash_name(uid: u32) -> String {
+    format!(".Trash-{uid}")
+}
+
+/// Whether `name` (at a mount's root) is a freedesktop.org trash folder: `.Trash` (shared,
+/// with a folder per user) or `.Trash-UID`.
+pub fn is_trash_name(name: &str) -> bool {
+    name == ".Trash"
+        || name
+            .strip_prefix(".Trash-")
+            .is_some_and(|u| !u.is_empty() && u.bytes().all(|b| b.is_ascii_digit()))
+}
+
 impl std::fmt::Debug for Vfs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vfs")
@@ -384,6 +404,12 @@ impl Vfs {
         }
         let local = local::LocalFiles::new(locals.join(std::process::id().to_string()))
             .map_err(cache_err)?;
+        if !cfg.server_trash
+            && let Ok(p) = DavPath::root().join(&trash_name(cfg.uid))
+        {
+            // Not a directory: GIO and KIO see that the drive has no trash of their kind.
+            local.create(&p).map_err(cache_err)?;
+        }
         let segments = Arc::new(
             segments::SegmentPolicy::new(cfg.segment_size).with_open_direct(cfg.open_direct),
         );
@@ -1354,13 +1380,15 @@ impl Vfs {
             (None, Some(u)) => (u.saturating_add(UNKNOWN_SPACE), UNKNOWN_SPACE),
             (None, None) => (UNKNOWN_SPACE, UNKNOWN_SPACE),
         };
-        let files = self.table().len() as u64;
+        // `df -i`: the nodes kept now are "used"; WebDAV has no limit to report.
+        let used = self.table().len() as u64;
+        let files_free = u64::from(u32::MAX);
         Ok(FsStats {
             block_size: BLOCK as u32,
             blocks: total.div_ceil(BLOCK),
             blocks_free: free / BLOCK,
-            files,
-            files_free: u32::MAX as u64,
+            files: used + files_free,
+            files_free,
             name_max: 255,
         })
     }

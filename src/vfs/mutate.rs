@@ -923,6 +923,15 @@ impl Vfs {
     /// mkdir: MKCOL. The new directory is known to be empty: listing it costs nothing.
     pub async fn mkdir(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
         self.check_writable()?;
+        if parent == super::ROOT_INO && !self.cfg.server_trash && super::is_trash_name(name) {
+            return Err(VfsError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "/{name}: file managers' trash folders are not made on the server \
+                     (--trash server allows them)"
+                ),
+            ));
+        }
         let dir = self.path_of(parent)?;
         let path = dir.join(name)?;
         self.check_not_forbidden(parent, &path.to_string())?;

@@ -42,7 +42,12 @@ use crate::dav::{ByteRange, DavClient, DavError, DavPath, ErrorKind, GetStream};
 /// Read-ahead settings.
 #[derive(Debug, Clone)]
 pub struct ReadTuning {
-    /// First window, and the window after a seek. Default 1 MiB.
+    /// The window of a handle's first request from the start of the file. Default 64 KiB:
+    /// file managers open every file of a folder to sniff its type from the first 4 KiB
+    /// (GIO's `standard::content-type`), and a 1 MiB first window downloaded whole any file
+    /// up to 1 MiB for that; a reader that goes on doubles it at each request.
+    pub first_window: u64,
+    /// The window after a seek. Default 1 MiB.
     pub min_window: u64,
     /// Largest window. Default 64 MiB.
     pub max_window: u64,
@@ -63,6 +68,7 @@ pub struct ReadTuning {
 impl Default for ReadTuning {
     fn default() -> Self {
         ReadTuning {
+            first_window: 64 << 10,
             min_window: 1 << 20,
             max_window: 64 << 20,
             keep_behind: 4 << 20,
@@ -431,11 +437,18 @@ impl ReadHandle {
             } else if sequential && st.buf_end > 0 {
                 (st.buf_end, st.window)
             } else {
-                // A seek: start afresh with a small window.
+                // A seek: start afresh with a small window (smaller still for a first read
+                // from the start, maybe the only one: a type sniff).
+                let first = st.ranges.is_none() && offset == 0;
                 st.buf.clear();
                 st.buf_start = offset;
                 st.buf_end = offset;
-                (offset, self.tuning.min_window)
+                let w = if first {
+                    self.tuning.first_window
+                } else {
+                    self.tuning.min_window
+                };
+                (offset, w)
             };
             st.window = window.max(end - start);
             let win = st.window;

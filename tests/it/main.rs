@@ -12,6 +12,8 @@
 //! - `reftest`: random operation sequences on the core against an in-memory model.
 //! - `layering`: the core stays free of frontend crates.
 //! - `profiles`: mounting by profile name from the TOML configuration file.
+//! - `desktop`: an ordinary user's ways in: mount/status/unmount, fstab and `mount -t`,
+//!   login mounts, `.davmount` files, GIO's trash, type sniffing and copies.
 //!
 //! Linux only: the tests mount with FUSE (the Windows build is checked by
 //! `scripts/windows-check`, which runs the library's unit tests under Wine).
@@ -22,6 +24,7 @@ mod support;
 mod async_close;
 mod client;
 pub(crate) mod core;
+mod desktop;
 pub(crate) mod faults;
 mod fixtures;
 mod kerberos;

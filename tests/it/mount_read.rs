@@ -883,14 +883,15 @@ fn the_daemon_log_is_private_and_never_follows_a_link() {
     assert!(!is_mounted(mnt.path()));
 }
 
-/// `f_files` of the mount: how many nodes the daemon keeps (see `Vfs::statfs`).
+/// `f_files - f_ffree` of the mount (what `df -i` calls used): how many nodes the daemon
+/// keeps (see `Vfs::statfs`).
 fn nodes_kept(mnt: &Path) -> u64 {
     let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()).expect("path");
     // SAFETY: a valid C string and a zeroed statvfs for the call to fill.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
     assert_eq!(rc, 0, "statvfs: {}", std::io::Error::last_os_error());
-    st.f_files
+    st.f_files - st.f_ffree
 }
 
 #[test]

@@ -1,0 +1,763 @@
+//! The desktop user's ways in, each as an ordinary user (never root), with the commands a
+//! user types: `davdrive mount` / `status` / `unmount`, `mount` from /etc/fstab and `mount
+//! -t davdrive`, login mounts (systemd notification, generated units, a killed mount
+//! cleared), `.davmount` files, and what GIO does on the mount (trash, type sniffing, copy).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::faults::eventually;
+use crate::support::apache::{self, apache};
+use crate::support::fault_proxy::FaultProxy;
+use crate::support::user::{self, User, text};
+use crate::support::{have, have_fuse, is_mounted, pattern};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn setup() -> Option<(&'static apache::Apache, &'static User)> {
+    if !have_fuse() {
+        return None;
+    }
+    let a = apache()?;
+    let u = user::user()?;
+    Some((a, u))
+}
+
+/// Runs `davdrive args` as `u`, bounded, and returns its output.
+fn dd(u: &User, args: &[&str]) -> std::process::Output {
+    let mut c = u.davdrive();
+    c.args(args);
+    u.run(c, LIMIT)
+}
+
+fn abs(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The report of the running mount of `url` in `status --json`.
+fn report_of(u: &User, url: &str) -> serde_json::Value {
+    let out = dd(u, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    v["mounts"]
+        .as_array()
+        .and_then(|m| m.iter().find(|r| r["mount"]["url"] == url).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// The pids of davdrive daemons serving `dir`.
+fn daemon_pids(dir: &Path) -> Vec<u32> {
+    crate::support::daemons_of(dir)
+}
+
+/// Unmounts `dir` as `u` (lazily if needed) so that a failed test leaves nothing mounted.
+struct Unmount<'a>(#[allow(dead_code)] &'a User, std::path::PathBuf);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        if is_mounted(&self.1) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.1)
+                .status();
+        }
+        for pid in daemon_pids(&self.1) {
+            // SAFETY: a davdrive daemon of this test; at worst it is gone already.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn an_ordinary_user_mounts_copies_sees_status_and_unmounts() {
+    let Some((a, u)) = setup() else { return };
+    let dir = a.fresh_dir("desk-basic");
+    std::fs::write(dir.join("hello.txt"), b"hello from the server").expect("write");
+    apache::give_to_server(&dir);
+    let mnt = u.dir("basic");
+    let _guard = Unmount(u, mnt.clone());
+    let url = a.url("desk-basic");
+    let out = dd(u, &["mount", &url, &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("davdrive: mounted"), "{said}");
+    assert!(is_mounted(&mnt));
+    // The user reads and copies with ordinary tools.
+    let mut cat = u.command("cat");
+    cat.arg("basic/hello.txt");
+    let out = u.run(cat, LIMIT);
+    assert_eq!(out.stdout, b"hello from the server", "{}", text(&out));
+    let src = u.write("src.bin", "");
+    std::fs::write(&src, pattern(300_000, 7)).expect("write source");
+    let mut cp = u.command("cp");
+    cp.args(["src.bin", "basic/copied.bin"]);
+    let out = u.run(cp, LIMIT);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(dir.join("copied.bin")).expect("on the server"),
+        pattern(300_000, 7)
+    );
+    // `status` shows the running mount, in words and in JSON.
+    let out = dd(u, &["status"]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains(&format!("{url} on {}", mnt.display())) && s.contains("server: answering"),
+        "{}",
+        text(&out)
+    );
+    let r = report_of(u, &url);
+    assert_eq!(r["mount"]["mountpoint"], abs(&mnt).as_str(), "{r}");
+    assert_eq!(r["uploads"], serde_json::json!([]));
+    // The daemon's log is plain text, private to the user.
+    let log = std::fs::read_dir(u.home.join(".cache/davdrive"))
+        .expect("cache dir")
+        .flatten()
+        .map(|e| e.path().join("daemon.log"))
+        .find(|p| p.exists())
+        .expect("daemon.log");
+    let bytes = std::fs::read(&log).expect("log");
+    assert!(!bytes.contains(&0x1b), "escape codes in the log file");
+    let md = std::fs::metadata(&log).expect("log metadata");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
+        0o600
+    );
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&md), u.uid);
+    let out = dd(u, &["unmount", &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!is_mounted(&mnt));
+    // The daemon has exited when unmount returns.
+    assert!(daemon_pids(&mnt).is_empty(), "a daemon is left");
+    assert_eq!(report_of(u, &url), serde_json::Value::Null);
+}
+
+#[test]
+fn unmount_waits_for_uploads_behind_closes_and_status_shows_them() {
+    let Some((a, u)) = setup() else { return };
+    let dir = a.fresh_dir("desk-drain");
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/desk-drain/", proxy.port);
+    let mnt = u.dir("drain");
+    let _guard = Unmount(u, mnt.clone());
+    let out = dd(u, &["mount", "--async-close", &url, &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Uploads crawl at 512 KiB/s: closes return once the data is local, 4 uploads run and
+    // the next closes wait for a slot.
+    proxy.limit_uploads(512 << 10);
+    let files = 8;
+    for i in 0..files {
+        let f = u.home.join(format!("drain-src{i}"));
+        std::fs::write(&f, pattern(1 << 20, i)).expect("source");
+        std::os::unix::fs::chown(&f, Some(u.uid), Some(u.gid)).expect("chown");
+    }
+    let mut cp = u.command("sh");
+    cp.arg("-c").arg(format!(
+        "for i in $(seq 0 {}); do cp drain-src$i {}/f$i.bin; done",
+        files - 1,
+        abs(&mnt)
+    ));
+    let cp = crate::support::spawn_owned(cp).expect("cp");
+    eventually(
+        Duration::from_secs(30),
+        "uploads running and queued",
+        || {
+            let r = report_of(u, &url);
+            let phases: Vec<String> = r["uploads"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x["phase"].as_str().map(str::to_owned))
+                .collect();
+            phases.iter().any(|p| p == "uploading") && phases.iter().any(|p| p == "queued")
+        },
+    );
+    let out = cp.wait_with_output().expect("cp ends");
+    assert!(out.status.success(), "{}", text(&out));
+    let started = Instant::now();
+    let out = dd(u, &["unmount", &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("every upload finished"), "{}", text(&out));
+    // It returned only once everything was on the server and the daemon gone.
+    for i in 0..files {
+        assert_eq!(
+            std::fs::read(dir.join(format!("f{i}.bin"))).expect("uploaded before unmount returned"),
+            pattern(1 << 20, i)
+        );
+    }
+    assert!(daemon_pids(&mnt).is_empty());
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "it did not wait"
+    );
+}
+
+#[test]
+fn refresh_shows_a_change_made_on_the_server_at_once() {
+    let Some((a, u)) = setup() else { return };
+    let dir = a.fresh_dir("desk-refresh");
+    let mnt = u.dir("refresh");
+    let _guard = Unmount(u, mnt.clone());
+    let out = dd(
+        u,
+        &[
+            "mount",
+            "--dir-cache-ttl",
+            "3600",
+            &a.url("desk-refresh"),
+            "refresh",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let ls = || {
+        let mut c = u.command("ls");
+        c.arg("refresh");
+        String::from_utf8_lossy(&u.run(c, LIMIT).stdout).into_owned()
+    };
+    assert_eq!(ls(), "");
+    std::fs::write(dir.join("new.txt"), b"x").expect("write");
+    apache::give_to_server(&dir);
+    // Cached for an hour: not seen (the kernel's own second passes first).
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(ls(), "");
+    let out = dd(u, &["refresh", &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(ls(), "new.txt\n");
+    let out = dd(u, &["unmount", &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// /etc/fstab, restored when dropped.
+struct Fstab(String);
+
+impl Drop for Fstab {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/etc/fstab", &self.0);
+    }
+}
+
+#[test]
+fn fstab_entries_and_mount_t_davdrive_work_for_an_ordinary_user() {
+    let Some((a, u)) = setup() else { return };
+    if !Path::new("/usr/sbin/mount.davdrive").exists()
+        && !Path::new("/sbin/mount.davdrive").exists()
+    {
+        assert!(
+            !crate::support::in_ci(),
+            "mount.davdrive is not installed; scripts/test installs the .deb"
+        );
+        eprintln!("SKIPPED: mount.davdrive is not installed (scripts/test installs the .deb)");
+        return;
+    }
+    let dir = a.fresh_dir("desk-fstab");
+    std::fs::write(dir.join("in-fstab.txt"), b"via fstab").expect("write");
+    apache::give_to_server(&dir);
+    let url = a.url("desk-fstab");
+    let mnt = u.dir("NAS");
+    let _guard = Unmount(u, mnt.clone());
+    // A profile holds the options; the entry names it.
+    // mount(8) gives its helper no HOME: the helper takes the user's from the user database.
+    let config = u.login_home.join(".config/davdrive/config.toml");
+    std::fs::create_dir_all(config.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        &config,
+        format!("[profile.nas]\nurl = \"{url}\"\ndir-cache-ttl = 5\n"),
+    )
+    .expect("config");
+    let _ = Command::new("chown")
+        .args(["-R", &u.name])
+        .arg(u.login_home.join(".config"))
+        .status();
+    let saved = std::fs::read_to_string("/etc/fstab").unwrap_or_default();
+    let _restore = Fstab(saved.clone());
+    std::fs::write(
+        "/etc/fstab",
+        format!(
+            "{saved}\n{url} {} davdrive noauto,user,_netdev,nofail,x-systemd.automount,profile=nas 0 0\n",
+            mnt.display()
+        ),
+    )
+    .expect("fstab");
+    let mut m = u.command("mount");
+    m.arg(&mnt);
+    let out = u.run(m, LIMIT);
+    assert!(out.status.success(), "mount DIR: {}", text(&out));
+    assert!(is_mounted(&mnt));
+    let mut cat = u.command("cat");
+    cat.arg(mnt.join("in-fstab.txt"));
+    assert_eq!(u.run(cat, LIMIT).stdout, b"via fstab");
+    // Mounted twice: refused, the first mount stays.
+    let mut again = u.command("mount");
+    again.arg(&mnt);
+    let out = u.run(again, LIMIT);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already mounted"),
+        "{}",
+        text(&out)
+    );
+    // The user unmounts with umount, as with any user mount.
+    let mut um = u.command("umount");
+    um.arg(&mnt);
+    let out = u.run(um, LIMIT);
+    assert!(out.status.success(), "umount: {}", text(&out));
+    eventually(Duration::from_secs(20), "the daemon exits", || {
+        daemon_pids(&mnt).is_empty()
+    });
+
+    // mount -t davdrive with -o options mapped onto the command line's.
+    let mut m = u.command("mount");
+    m.args(["-t", "davdrive", &url])
+        .arg(&mnt)
+        .args(["-o", "read_only,dir_cache_ttl=2,async_close"]);
+    let out = u.run(m, LIMIT);
+    assert!(out.status.success(), "mount -t: {}", text(&out));
+    let mut touch = u.command("touch");
+    touch.arg(mnt.join("x"));
+    let out = u.run(touch, LIMIT);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "read_only did not apply: {}",
+        text(&out)
+    );
+    let mut um = u.command("umount");
+    um.arg(&mnt);
+    assert!(u.run(um, LIMIT).status.success());
+    eventually(Duration::from_secs(20), "the daemon exits", || {
+        daemon_pids(&mnt).is_empty()
+    });
+
+    // A password in the options is refused, with what to do instead.
+    let mut m = u.command("mount");
+    m.args(["-t", "davdrive", &url])
+        .arg(&mnt)
+        .args(["-o", "username=alice,password=secret"]);
+    let out = u.run(m, LIMIT);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("readable by every user") && err.contains("davdrive login"),
+        "{}",
+        text(&out)
+    );
+    assert!(!is_mounted(&mnt));
+    // root mounting the per-user entry (systemd's automount would) is told what to add.
+    let out = Command::new("mount")
+        .arg(&mnt)
+        .output()
+        .expect("mount as root");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("setuid=USER"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_mount_killed_with_sigkill_is_cleared_and_mounted_again() {
+    let Some((a, u)) = setup() else { return };
+    let dir = a.fresh_dir("desk-killed");
+    std::fs::write(dir.join("still.txt"), b"here").expect("write");
+    apache::give_to_server(&dir);
+    let url = a.url("desk-killed");
+    let mnt = u.dir("killed");
+    let _guard = Unmount(u, mnt.clone());
+    let out = dd(u, &["mount", &url, &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pids = daemon_pids(&mnt);
+    assert_eq!(pids.len(), 1, "one daemon serves {}", mnt.display());
+    for &pid in &pids {
+        // SAFETY: the daemon of this test.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    // Gone, or a zombie: its descriptors (the FUSE connection) are closed by then.
+    eventually(Duration::from_secs(10), "the daemon dies", || {
+        pids.iter().all(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/status")).map_or(true, |s| {
+                s.lines()
+                    .any(|l| l.starts_with("State:") && l.contains('Z'))
+            })
+        })
+    });
+    // The kernel may answer from its attribute cache for a second (`--kernel-ttl`).
+    eventually(Duration::from_secs(10), "the mount point is dead", || {
+        let mut stat = u.command("stat");
+        stat.arg(abs(&mnt));
+        let out = u.run(stat, LIMIT);
+        String::from_utf8_lossy(&out.stderr).contains("Transport endpoint is not connected")
+    });
+    let out = dd(u, &["mount", &url, &abs(&mnt)]);
+    assert!(
+        out.status.success(),
+        "mount over the dead one: {}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Transport endpoint is not connected"),
+        "the clean-up is said: {}",
+        text(&out)
+    );
+    let mut cat = u.command("cat");
+    cat.arg("killed/still.txt");
+    assert_eq!(u.run(cat, LIMIT).stdout, b"here");
+    let out = dd(u, &["unmount", &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn systemd_hears_status_while_the_server_is_away_then_ready_then_stopping() {
+    let Some((a, u)) = setup() else { return };
+    a.fresh_dir("desk-notify");
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/desk-notify/", proxy.port);
+    let mnt = u.dir("notify");
+    let _guard = Unmount(u, mnt.clone());
+    // The fake service manager: a datagram socket the user may write to.
+    let sock_dir = u.dir("notify-sock");
+    let sock_path = sock_dir.join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
+    std::os::unix::fs::chown(&sock_path, Some(u.uid), Some(u.gid)).expect("chown");
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    // The server does not answer at "login".
+    proxy.freeze();
+    let mut c = u.davdrive();
+    c.args([
+        "mount",
+        "--foreground",
+        "--wait-for-server",
+        "--timeout",
+        "2",
+    ])
+    .args(["--connect-timeout", "2", &url, "notify"])
+    .env("NOTIFY_SOCKET", &sock_path)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut child = crate::support::spawn_owned(c).expect("spawn");
+    let recv = || {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notification within 60 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv();
+    assert!(
+        first.starts_with("STATUS=waiting") && first.contains("next try"),
+        "{first}"
+    );
+    assert!(!is_mounted(&mnt));
+    proxy.thaw();
+    let mut got = Vec::new();
+    let ready = loop {
+        let m = recv();
+        if m.contains("READY=1") {
+            break m;
+        }
+        got.push(m);
+    };
+    assert!(ready.contains("STATUS=mounted"), "{ready}");
+    assert!(is_mounted(&mnt));
+    // SAFETY: the daemon we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopping = recv();
+    assert!(stopping.contains("STOPPING=1"), "{stopping} after {got:?}");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "the daemon did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn autostart_writes_a_unit_systemd_accepts_and_an_xdg_entry_and_removes_them() {
+    let Some((a, u)) = setup() else { return };
+    if !have("systemd-analyze") {
+        return;
+    }
+    u.write(
+        ".config/davdrive/config.toml",
+        &format!(
+            "[profile.work]\nurl = \"{}\"\nmountpoint = \"~/Work\"\n",
+            a.url("desk-auto")
+        ),
+    );
+    let out = dd(u, &["autostart", "enable", "work", "--with", "systemd"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let unit = u.home.join(".config/systemd/user/davdrive-work.service");
+    let body = std::fs::read_to_string(&unit).expect("unit written");
+    assert!(
+        body.contains("Type=notify") && body.contains("--wait-for-server"),
+        "{body}"
+    );
+    assert!(
+        u.home
+            .join(".config/systemd/user/default.target.wants/davdrive-work.service")
+            .exists(),
+        "not enabled"
+    );
+    // systemd's own checker accepts it (no running manager needed).
+    let runtime = u.dir("runtime");
+    let mut v = u.command("systemd-analyze");
+    v.args([
+        "--user",
+        "--man=no",
+        "--generators=no",
+        "--recursive-errors=no",
+        "verify",
+    ])
+    .arg(&unit)
+    .env("XDG_RUNTIME_DIR", &runtime);
+    let out = u.run(v, LIMIT);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify: {}",
+        text(&out)
+    );
+    assert!(
+        out.stderr.is_empty() && out.stdout.is_empty(),
+        "{}",
+        text(&out)
+    );
+    let out = dd(u, &["autostart", "status", "work"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(enabled)"),
+        "{}",
+        text(&out)
+    );
+    let out = dd(u, &["autostart", "disable", "work"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!unit.exists());
+
+    let out = dd(u, &["autostart", "enable", "work", "--with", "xdg"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let entry = u.home.join(".config/autostart/davdrive-work.desktop");
+    let body = std::fs::read_to_string(&entry).expect("entry written");
+    assert!(
+        body.contains(&format!(
+            "Exec={} mount --wait-for-server work",
+            u.bin.display()
+        )),
+        "{body}"
+    );
+    let out = dd(u, &["autostart", "disable", "work"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!entry.exists());
+}
+
+#[test]
+fn a_davmount_file_mounts_under_home_and_opens_the_file_manager() {
+    let Some((a, u)) = setup() else { return };
+    let dir = a.fresh_dir("desk-open");
+    std::fs::create_dir_all(dir.join("docs")).expect("mkdir");
+    std::fs::write(dir.join("docs/readme.txt"), b"opened").expect("write");
+    apache::give_to_server(&dir);
+    let url = a.url("desk-open");
+    // A stand-in for the desktop's opener, recording what it was asked to open.
+    let opened = u.home.join("opened");
+    let fake = u.write(
+        "fakebin/xdg-open",
+        &format!("#!/bin/sh\nprintf '%s' \"$1\" > {}\n", opened.display()),
+    );
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let file = u.write(
+        "share.davmount",
+        &format!(
+            "<?xml version=\"1.0\"?>\n<dm:mount xmlns:dm=\"http://purl.org/NET/webdav/mount\">\
+             <dm:url>{url}</dm:url><dm:open>docs/readme.txt</dm:open></dm:mount>"
+        ),
+    );
+    let mnt = u.home.join("davdrive/desk-open");
+    let _guard = Unmount(u, mnt.clone());
+    let path_with_fake = format!(
+        "{}:{}:/usr/bin:/bin",
+        u.home.join("fakebin").display(),
+        u.bin
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    );
+    let open = || {
+        let mut c = u.davdrive();
+        c.arg("open").arg(&file).env("PATH", &path_with_fake);
+        u.run(c, LIMIT)
+    };
+    let out = open();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(is_mounted(&mnt));
+    let target = mnt.join("docs/readme.txt");
+    assert_eq!(
+        std::fs::read_to_string(&opened).expect("opener ran"),
+        target.display().to_string()
+    );
+    let mut cat = u.command("cat");
+    cat.arg(&target);
+    assert_eq!(u.run(cat, LIMIT).stdout, b"opened");
+    // Opened again: the running mount is used.
+    let out = open();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("already mounted"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(daemon_pids(&mnt).len(), 1);
+    let mut c = u.davdrive();
+    c.arg("unmount").arg(&mnt);
+    assert!(u.run(c, LIMIT).status.success());
+}
+
+#[test]
+fn gio_trash_creates_nothing_on_the_server_and_gio_copies_upload_once() {
+    let Some((a, u)) = setup() else { return };
+    if !have("gio") {
+        return;
+    }
+    let dir = a.fresh_dir("desk-gio");
+    std::fs::write(dir.join("doomed.txt"), b"doomed").expect("write");
+    std::fs::write(dir.join("old.bin"), b"old content").expect("write");
+    apache::give_to_server(&dir);
+    let mnt = u.dir("gio");
+    let _guard = Unmount(u, mnt.clone());
+    let out = dd(u, &["mount", &a.url("desk-gio"), &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let gio = |args: &[&str]| {
+        let mut c = u.command("gio");
+        c.args(args);
+        u.run(c, LIMIT)
+    };
+    // The drive has no trash: GIO says so, and no folder appears on the server.
+    let out = gio(&["info", "-a", "access::can-trash", "gio/doomed.txt"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("access::can-trash: FALSE"),
+        "{}",
+        text(&out)
+    );
+    let out = gio(&["trash", "gio/doomed.txt"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("trash"),
+        "{}",
+        text(&out)
+    );
+    assert!(dir.join("doomed.txt").exists(), "the file is untouched");
+    let root = a.docroot.join("desk-gio");
+    let trash: Vec<String> = std::fs::read_dir(&root)
+        .expect("server dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".Trash"))
+        .collect();
+    assert!(trash.is_empty(), "trash folders on the server: {trash:?}");
+    // Not even when asked by hand.
+    let mut mk = u.command("mkdir");
+    mk.arg(format!("gio/.Trash-{}", u.uid + 1));
+    assert!(!u.run(mk, LIMIT).status.success());
+
+    // gio copy: a new file and an overwrite (GIO writes .goutputstream-XXXXXX and renames
+    // it over the target): the right bytes, no temporary file left, one upload each.
+    let src = u.home.join("src.bin");
+    std::fs::write(&src, pattern(2_000_000, 3)).expect("source");
+    std::os::unix::fs::chown(&src, Some(u.uid), Some(u.gid)).expect("chown");
+    let before = a.requests("desk-gio").len();
+    let out = gio(&["copy", "src.bin", "gio/new.bin"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = gio(&["copy", "src.bin", "gio/old.bin"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(dir.join("new.bin")).expect("new"),
+        pattern(2_000_000, 3)
+    );
+    assert_eq!(
+        std::fs::read(dir.join("old.bin")).expect("old"),
+        pattern(2_000_000, 3)
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .expect("server dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".goutputstream") || n.starts_with(".davdrive"))
+        .collect();
+    assert!(leftovers.is_empty(), "left on the server: {leftovers:?}");
+    let reqs = a.settled_requests("desk-gio");
+    let full_puts = reqs[before..]
+        .iter()
+        .filter(|r| r.method == "PUT" && r.bytes_in > 1_000_000)
+        .count();
+    assert_eq!(
+        full_puts,
+        2,
+        "one upload per copied file: {:?}",
+        &reqs[before..]
+    );
+    let out = dd(u, &["unmount", &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_gio_listing_with_content_types_fetches_at_most_a_small_range_per_file() {
+    let Some((a, u)) = setup() else { return };
+    if !have("gio") {
+        return;
+    }
+    let dir = a.fresh_dir("desk-sniff");
+    let n = 60;
+    for i in 0..n {
+        // No extension: GIO must look inside to know the type.
+        std::fs::write(dir.join(format!("file{i:03}")), pattern(400_000, i)).expect("write");
+    }
+    apache::give_to_server(&dir);
+    let mnt = u.dir("sniff");
+    let _guard = Unmount(u, mnt.clone());
+    let out = dd(u, &["mount", &a.url("desk-sniff"), &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let before = a.requests("desk-sniff").len();
+    let mut c = u.command("gio");
+    c.args(["list", "-a", "standard::*,access::*", "sniff"]);
+    let out = u.run(c, LIMIT);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        n as usize,
+        "{}",
+        text(&out)
+    );
+    let reqs = a.settled_requests("desk-sniff");
+    let gets: Vec<_> = reqs[before..]
+        .iter()
+        .filter(|r| r.method == "GET")
+        .collect();
+    let total: u64 = gets.iter().map(|r| r.bytes_out).sum();
+    assert!(
+        gets.len() <= n as usize,
+        "more than one GET per file: {}",
+        gets.len()
+    );
+    for g in &gets {
+        assert!(
+            g.bytes_out <= 128 << 10,
+            "a large download for a type sniff: {g:?}"
+        );
+    }
+    assert!(
+        !reqs[before..]
+            .iter()
+            .any(|r| r.path.contains(".hidden") || r.path.contains(".Trash")),
+        "requests for names GIO probes: {:?}",
+        &reqs[before..]
+    );
+    eprintln!(
+        "gio list: {} GETs, {total} bytes for {n} files of 400000 bytes",
+        gets.len()
+    );
+    let out = dd(u, &["unmount", &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
