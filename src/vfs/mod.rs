@@ -335,6 +335,13 @@ pub struct Vfs {
     next_transfer: AtomicU64,
 }
 
+impl Vfs {
+    /// Whether `name` at the root is the local placeholder that stands for "no trash here".
+    fn is_trash_placeholder(&self, name: &str) -> bool {
+        !self.cfg.server_trash && name == trash_name(self.cfg.uid)
+    }
+}
+
 /// The trash folder freedesktop.org file managers make at a mount's root for `uid`.
 pub fn trash_name(uid: u32) -> String {
     format!(".Trash-{uid}")
@@ -711,15 +718,22 @@ impl Vfs {
                 etag: None,
                 fetched: now,
             };
-            late.push(DirEntry {
-                name: name.clone(),
-                attr: self.shown(&t, ino, &meta),
-            });
+            // The trash placeholder answers lookups (GIO and KIO look it up) but is not
+            // shown: `ls -a` and crawls see the server's names only.
+            let unlisted = dir == ROOT_INO && self.is_trash_placeholder(&name);
+            if !unlisted {
+                late.push(DirEntry {
+                    name: name.clone(),
+                    attr: self.shown(&t, ino, &meta),
+                });
+            }
             if let Some(n) = t.get_mut(ino) {
                 n.meta = Some(meta);
             }
             by_name.insert(name.clone(), ino);
-            order.push((name, ino));
+            if !unlisted {
+                order.push((name, ino));
+            }
         }
         let current: HashSet<Ino> = by_name.values().copied().collect();
         // Files open for writing here are kept too when the old listing was dropped before
