@@ -12,9 +12,11 @@
 //! A socket whose mount died (SIGKILL, a crash) stays behind; whoever finds it refusing
 //! connections removes it.
 
+#[cfg(unix)]
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+#[cfg(unix)]
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +25,7 @@ use crate::vfs::Vfs;
 use crate::vfs::activity::Activity;
 
 /// How long a client waits for a mount to answer.
+#[cfg(unix)]
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// What a mount says about itself.
@@ -143,6 +146,7 @@ async fn answer(conn: tokio::net::UnixStream, vfs: &Vfs, info: &MountInfo) -> st
 }
 
 /// The answer to one request line.
+#[cfg(unix)]
 fn handle(request: &str, vfs: &Vfs, info: &MountInfo) -> String {
     let (verb, arg) = request.split_once(' ').unwrap_or((request, ""));
     let error = |msg: String| serde_json::json!({ "error": msg }).to_string();
