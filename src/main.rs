@@ -987,6 +987,11 @@ mod platform {
             .map_err(|e| format!("cannot start the FUSE loop: {e}"))?;
         fuse::raise_read_ahead(&cfg.mountpoint);
         let _control = mount::serve_control(&cfg, &vfs, &rt);
+        mount::desktop::forward(
+            &vfs,
+            &rt,
+            &std::path::absolute(&cfg.mountpoint).unwrap_or_else(|_| cfg.mountpoint.clone()),
+        );
         mount::ready(&cfg.url, &cfg.mountpoint);
         let mut life = mount::Lifecycle { vfs, signals };
         life.serve(&rt, done_rx, || {

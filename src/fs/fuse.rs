@@ -15,17 +15,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use fuser::{
-    BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
 #[cfg(target_os = "linux")]
 use crate::vfs::zerocopy::{self, SpliceSink};
 use crate::vfs::{
-    Attr, Caller, ErrorKind, FileKind, OpenMode, Opened, ReadData, SetAttr, Vfs, VfsError,
+    AccessWanted, Attr, Caller, ErrorKind, FileKind, OpenMode, Opened, ReadData, SetAttr, Vfs,
+    VfsError,
 };
 
 /// Directory entries asked of the core per readdir reply: more than a reply can hold, so
@@ -333,6 +334,21 @@ impl Filesystem for FuseAdapter {
         self.run(async move {
             match vfs.getattr(ino.0).await {
                 Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let want = AccessWanted {
+            read: mask.contains(AccessFlags::R_OK),
+            write: mask.contains(AccessFlags::W_OK),
+            exec: mask.contains(AccessFlags::X_OK),
+        };
+        let vfs = self.vfs.clone();
+        self.run(async move {
+            match vfs.access(ino.0, want).await {
+                Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -23,6 +23,7 @@
 //!    every upload is waited for, before the process exits.
 
 pub mod control;
+pub mod desktop;
 pub mod notify;
 
 use std::io::Write;

@@ -333,6 +333,8 @@ pub struct Vfs {
     /// Uploads going on after their close, for `davdrive status` (see `activity`).
     transfers: Ranked<HashMap<u64, activity::Transfer>>,
     next_transfer: AtomicU64,
+    /// Failed uploads nobody could be told about (see `notices`).
+    notices: tokio::sync::broadcast::Sender<Notice>,
 }
 
 impl Vfs {
@@ -340,6 +342,23 @@ impl Vfs {
     fn is_trash_placeholder(&self, name: &str) -> bool {
         !self.cfg.server_trash && name == trash_name(self.cfg.uid)
     }
+}
+
+/// What `access()` asks about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccessWanted {
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+}
+
+/// An upload that failed where no program could be told (see [`Vfs::notices`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The file, `/`-separated from the mount's root.
+    pub path: String,
+    /// What went wrong.
+    pub error: String,
 }
 
 /// The trash folder freedesktop.org file managers make at a mount's root for `uid`.
@@ -448,6 +467,7 @@ impl Vfs {
             hidden: Ranked::new(Rank::Hidden, HashMap::new()),
             transfers: Ranked::new(Rank::Transfers, HashMap::new()),
             next_transfer: AtomicU64::new(1),
+            notices: tokio::sync::broadcast::channel(64).0,
         }))
     }
 
@@ -1380,6 +1400,27 @@ impl Vfs {
         {
             n.listing = None;
         }
+    }
+
+    /// `access()`: the modes shown decide, as the mount's user owns everything shown. A file
+    /// without execute bits is not executable (shells and file managers ask before running
+    /// one), and nothing is writable on a read-only mount.
+    pub async fn access(&self, ino: Ino, want: AccessWanted) -> VfsResult<()> {
+        let a = self.getattr(ino).await?;
+        if want.write && a.perm & 0o222 == 0 {
+            return Err(VfsError::new(ErrorKind::ReadOnly, "read-only"));
+        }
+        let executable = a.kind == FileKind::Directory || a.perm & 0o111 != 0;
+        if (want.exec && !executable) || (want.read && a.perm & 0o444 == 0) {
+            return Err(VfsError::new(ErrorKind::PermissionDenied, "not permitted"));
+        }
+        Ok(())
+    }
+
+    /// Tells about uploads that failed after the close that could have reported them
+    /// returned (`--async-close`); the mount shows them on the desktop.
+    pub fn notices(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+        self.notices.subscribe()
     }
 
     /// Space and limits, from RFC 4331 quota properties when the server gives them.

@@ -525,6 +525,11 @@ impl Vfs {
                      `davdrive status` lists the kept data",
                     w.path()
                 );
+                // Nobody else will hear of it: the desktop is told (`Vfs::notices`).
+                let _ = this.notices.send(super::Notice {
+                    path: w.path().to_string(),
+                    error: e.to_string(),
+                });
                 // What the server holds is not what was noted above: ask it next time.
                 this.invalidate(ino);
             }

@@ -45,6 +45,17 @@ fn report_of(u: &User, url: &str) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// Every daemon log under the user's cache directory.
+fn daemon_logs(u: &User) -> String {
+    std::fs::read_dir(u.home.join(".cache/davdrive"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("daemon.log")).ok())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The pids of davdrive daemons serving `dir`.
 fn daemon_pids(dir: &Path) -> Vec<u32> {
     crate::support::daemons_of(dir)
@@ -97,6 +108,15 @@ fn an_ordinary_user_mounts_copies_sees_status_and_unmounts() {
         std::fs::read(dir.join("copied.bin")).expect("on the server"),
         pattern(300_000, 7)
     );
+    // Shells and file managers ask access() before running a file: 0644 is not executable.
+    let test = |flag: &str, path: &str| {
+        let mut c = u.command("test");
+        c.args([flag, path]);
+        u.run(c, LIMIT).status.success()
+    };
+    let (file, folder) = (abs(&mnt.join("hello.txt")), abs(&mnt));
+    assert!(!test("-x", &file), "a 0644 file counts as executable");
+    assert!(test("-r", &file) && test("-w", &file) && test("-x", &folder));
     // `status` shows the running mount, in words and in JSON.
     let out = dd(u, &["status"]);
     let s = String::from_utf8_lossy(&out.stdout);
@@ -758,6 +778,109 @@ fn a_gio_listing_with_content_types_fetches_at_most_a_small_range_per_file() {
         "gio list: {} GETs, {total} bytes for {n} files of 400000 bytes",
         gets.len()
     );
+    let out = dd(u, &["unmount", &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn an_upload_that_fails_after_close_is_shown_on_the_desktop() {
+    let Some((a, u)) = setup() else { return };
+    if !have("dbus-daemon") || !have("dbus-monitor") {
+        return;
+    }
+    let dir = a.fresh_dir("desk-notice");
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/desk-notice/", proxy.port);
+    // The user's session bus, and a listener standing in for the desktop's notifications.
+    let busdir = u.dir("bus");
+    let bus = format!("unix:path={}", busdir.join("bus").display());
+    let mut d = u.command("dbus-daemon");
+    d.args(["--session", "--nofork", "--address", &bus]);
+    let _daemon = crate::support::Killed::new(crate::support::spawn_owned(d).expect("dbus-daemon"));
+    eventually(Duration::from_secs(10), "the bus is up", || {
+        busdir.join("bus").exists()
+    });
+    let seen = busdir.join("monitor.txt");
+    let out = std::fs::File::create(&seen).expect("monitor output");
+    let mut mon = u.command("dbus-monitor");
+    mon.args([
+        "--address",
+        &bus,
+        "interface='org.freedesktop.Notifications'",
+    ])
+    .stdout(out);
+    let _monitor =
+        crate::support::Killed::new(crate::support::spawn_owned(mon).expect("dbus-monitor"));
+    eventually(Duration::from_secs(10), "the monitor listens", || {
+        std::fs::read_to_string(&seen).is_ok_and(|s| s.contains("NameAcquired"))
+    });
+    let mnt = u.dir("notice");
+    let _guard = Unmount(u, mnt.clone());
+    let mut c = u.davdrive();
+    c.args([
+        "mount",
+        "--async-close",
+        "--upload",
+        "spool",
+        "--timeout",
+        "2",
+    ])
+    .args([
+        "--retry-time",
+        "0",
+        "--upload-retry-time",
+        "1",
+        &url,
+        &abs(&mnt),
+    ])
+    .env("DBUS_SESSION_BUS_ADDRESS", &bus)
+    .env("DAVDRIVE_KEYRING", "keyutils");
+    let out = u.run(c, LIMIT);
+    assert!(out.status.success(), "{}", text(&out));
+    // The copy succeeds (close returns once the data is local); the server is gone by then.
+    std::fs::write(u.home.join("late-src"), b"written, then the server froze").expect("src");
+    // A first copy while the server answers: the folder is listed and known writable, so the
+    // next copy needs the server only for its upload.
+    let mut warm = u.command("cp");
+    warm.args(["late-src", &abs(&mnt.join("warm.txt"))]);
+    assert!(u.run(warm, LIMIT).status.success());
+    eventually(Duration::from_secs(20), "the warm-up upload", || {
+        std::fs::read(dir.join("warm.txt")).is_ok_and(|b| b == b"written, then the server froze")
+    });
+    proxy.freeze();
+    let mut cp = u.command("cp");
+    cp.args(["late-src", &abs(&mnt.join("late.txt"))]);
+    let out = u.run(cp, LIMIT);
+    assert!(out.status.success(), "{}", text(&out));
+    let notified = || {
+        std::fs::read_to_string(&seen).is_ok_and(|s| {
+            s.contains("member=Notify")
+                && s.contains("Upload failed: late.txt")
+                && s.contains("davdrive status")
+        })
+    };
+    let start = Instant::now();
+    while !notified() {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "no desktop notification; the bus saw:\n{}\nthe daemon logged:\n{}",
+            std::fs::read_to_string(&seen).unwrap_or_default(),
+            daemon_logs(u)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The data is where the notification said: kept, listed by status.
+    let out = dd(u, &["status"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("late.txt"),
+        "{}",
+        text(&out)
+    );
+    // Once the server answers again, the mount uploads it by itself.
+    proxy.thaw();
+    eventually(Duration::from_secs(60), "the kept file uploaded", || {
+        std::fs::read(dir.join("late.txt")).is_ok_and(|b| b == b"written, then the server froze")
+    });
     let out = dd(u, &["unmount", &abs(&mnt)]);
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -520,6 +520,13 @@ pub fn example(name: &str) -> PathBuf {
 /// A server process killed with SIGKILL (and reaped) when dropped.
 pub struct Killed(Child);
 
+impl Killed {
+    /// Owns `child`: killed and reaped when dropped.
+    pub fn new(child: Child) -> Killed {
+        Killed(child)
+    }
+}
+
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
