@@ -884,3 +884,171 @@ fn an_upload_that_fails_after_close_is_shown_on_the_desktop() {
     let out = dd(u, &["unmount", &abs(&mnt)]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn kde_trash_keeps_its_copy_at_home_and_makes_nothing_on_the_server() {
+    let Some((a, u)) = setup() else { return };
+    if !have("kioclient5") || !have("dbus-run-session") {
+        return;
+    }
+    let dir = a.fresh_dir("desk-kio");
+    std::fs::write(dir.join("binned.txt"), b"to the bin").expect("write");
+    apache::give_to_server(&dir);
+    let mnt = u.dir("kio");
+    let _guard = Unmount(u, mnt.clone());
+    let out = dd(u, &["mount", &a.url("desk-kio"), &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut k = u.command("dbus-run-session");
+    k.args(["--", "kioclient5", "move"])
+        .arg(mnt.join("binned.txt"))
+        .arg("trash:/")
+        .env("QT_QPA_PLATFORM", "offscreen");
+    let out = u.run(k, LIMIT);
+    assert!(out.status.success(), "{}", text(&out));
+    let trash: Vec<String> = std::fs::read_dir(&dir)
+        .expect("server dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".Trash"))
+        .collect();
+    assert!(trash.is_empty(), "trash folders on the server: {trash:?}");
+    assert!(
+        !dir.join("binned.txt").exists(),
+        "moved to the trash, so gone here"
+    );
+    assert_eq!(
+        std::fs::read(u.home.join(".local/share/Trash/files/binned.txt")).expect("home trash"),
+        b"to the bin"
+    );
+    let out = dd(u, &["unmount", &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_user_who_cannot_open_dev_fuse_is_told_what_to_do() {
+    let Some((a, u)) = setup() else { return };
+    if !have("unshare") || !have("setpriv") {
+        return;
+    }
+    a.fresh_dir("desk-nofuse");
+    // In a mount namespace of its own, /dev/fuse is a file only root may open, as on a
+    // machine without fuse3's udev rule.
+    let tmp = tempfile::tempdir().expect("temp");
+    let fake = tmp.path().join("fuse");
+    std::fs::write(&fake, b"").expect("fake device");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let mnt = u.dir("nofuse");
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "mount --bind \"$1\" /dev/fuse && exec setpriv --reuid=\"$2\" --regid=\"$3\" \
+             --clear-groups env -i HOME=\"$4\" PATH=/usr/bin:/bin \"$5\" mount --foreground \
+             \"$6\" \"$7\"",
+        )
+        .arg("sh")
+        .arg(&fake)
+        .arg(u.uid.to_string())
+        .arg(u.gid.to_string())
+        .arg(&u.home)
+        .arg(&u.bin)
+        .arg(a.url("desk-nofuse"))
+        .arg(&mnt)
+        .output()
+        .expect("unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        err.contains("This user cannot open /dev/fuse") && err.contains("fuse3"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_login_mount_waits_for_a_password_the_keyring_does_not_have_yet() {
+    let Some((a, u)) = setup() else { return };
+    let dir = a.authroot.join("desk-keyring");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(dir.join("k.txt"), b"after login").expect("write");
+    apache::give_to_server(&dir);
+    let url = a.auth_url("desk-keyring");
+    let mnt = u.dir("keyring");
+    let _guard = Unmount(u, mnt.clone());
+    let sock_dir = u.dir("keyring-sock");
+    let sock_path = sock_dir.join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).expect("bind");
+    std::os::unix::fs::chown(&sock_path, Some(u.uid), Some(u.gid)).expect("chown");
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let recv = || {
+        let mut buf = [0u8; 4096];
+        let n = sock.recv(&mut buf).expect("a notification within 60 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // At login the keyring holds nothing for the server yet (locked, or never filled).
+    let mut c = u.davdrive();
+    c.args([
+        "mount",
+        "--foreground",
+        "--wait-for-server",
+        &url,
+        &abs(&mnt),
+    ])
+    .env("NOTIFY_SOCKET", &sock_path)
+    .env("DAVDRIVE_KEYRING", "keyutils")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    let mut child = crate::support::spawn_owned(c).expect("spawn");
+    let first = recv();
+    assert!(
+        first.starts_with("STATUS=waiting") && first.contains("401"),
+        "{first}"
+    );
+    assert!(!is_mounted(&mnt));
+    // The password arrives in the keyring; the next try mounts, with no prompt.
+    let mut login = u.davdrive();
+    login
+        .args(["login", &url, "--user", apache::USER])
+        .env("DAVDRIVE_KEYRING", "keyutils")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut l = crate::support::spawn_owned(login).expect("login");
+    {
+        use std::io::Write;
+        l.stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{}\n", apache::PASSWORD).as_bytes())
+            .expect("password");
+    }
+    let out = l.wait_with_output().expect("login ends");
+    assert!(out.status.success(), "{}", text(&out));
+    let ready = loop {
+        let m = recv();
+        if m.contains("READY=1") {
+            break m;
+        }
+    };
+    assert!(ready.contains("STATUS=mounted"), "{ready}");
+    let mut cat = u.command("cat");
+    cat.arg(mnt.join("k.txt"));
+    assert_eq!(u.run(cat, LIMIT).stdout, b"after login");
+    // SAFETY: the daemon we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the daemon did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut logout = u.davdrive();
+    logout
+        .args(["logout", &url])
+        .env("DAVDRIVE_KEYRING", "keyutils");
+    assert!(u.run(logout, LIMIT).status.success());
+}
