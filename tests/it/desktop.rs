@@ -682,6 +682,13 @@ fn gio_trash_creates_nothing_on_the_server_and_gio_copies_upload_once() {
     mk.arg(format!("gio/.Trash-{}", u.uid + 1));
     assert!(!u.run(mk, LIMIT).status.success());
 
+    // A server without quota: GIO (and Nautilus before a copy) sees plenty of free space.
+    let out = gio(&["info", "-f", "-a", "filesystem::free", &abs(&mnt)]);
+    let free: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("filesystem::free: ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no filesystem::free: {}", text(&out)));
+    assert!(free >= 1 << 50, "free space {free}");
     // gio copy: a new file and an overwrite (GIO writes .goutputstream-XXXXXX and renames
     // it over the target): the right bytes, no temporary file left, one upload each.
     let src = u.home.join("src.bin");
