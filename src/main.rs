@@ -23,7 +23,15 @@ fn unmount(
     platform::unmount(mountpoint)?;
     match running {
         Some((sock, _)) if !no_wait => status::wait_for_daemon(&sock, mountpoint),
-        _ => Ok(()),
+        Some(_) => Ok(()),
+        None => {
+            eprintln!(
+                "davdrive: unmounted; no davdrive daemon answered for {} (another cache \
+                 directory? pass --cache-dir), so this did not wait for its uploads",
+                mountpoint.display()
+            );
+            Ok(())
+        }
     }
 }
 
@@ -403,6 +411,7 @@ mod platform {
         let shown = redact_url(&d.url);
         let base = davdrive::vfs::cache_dir::default_base();
         let running = davdrive::mount::control::running(&base)
+            .answering
             .into_iter()
             .map(|(_, r)| r.mount)
             .find(|m| m.url.trim_end_matches('/') == shown.trim_end_matches('/'));
@@ -444,8 +453,17 @@ mod platform {
                 dir
             }
         };
+        // The folder, never a file the server chose: opening a file would run whatever
+        // application handles it (a document with macros, a .desktop file) unasked.
         let target = match &d.open {
-            Some(o) => mountpoint.join(o.trim_start_matches('/')),
+            Some(o) => {
+                let t = mountpoint.join(o.trim_start_matches('/'));
+                if t.is_dir() {
+                    t
+                } else {
+                    t.parent().map_or(mountpoint.clone(), Path::to_path_buf)
+                }
+            }
             None => mountpoint.clone(),
         };
         if no_browse {
@@ -510,6 +528,7 @@ mod platform {
                 with,
                 no_start,
             } => {
+                auto::check_profile_name(&profile)?;
                 let p = davdrive::config::profile::load(&profile, config.as_deref())
                     .map_err(|e| e.to_string())?;
                 if p.mountpoint.is_none() {
@@ -647,7 +666,7 @@ mod platform {
                 }
                 if !unit.exists() && !desktop.exists() {
                     println!(
-                        "{profile} is not mounted at login (`davdrive autostart enable                          {profile}`)"
+                        "{profile} is not mounted at login (`davdrive autostart enable {profile}`)"
                     );
                 }
                 Ok(())
@@ -685,16 +704,34 @@ mod platform {
                 ));
             }
         }
+        // SAFETY: plain system call; root could take root back, the user cannot.
+        if unsafe { libc::setuid(0) } == 0 {
+            return Err(format!("could not drop root's privileges for {user}"));
+        }
         let runtime = format!("/run/user/{uid}");
+        // Nothing of root's environment but the language: no secrets, no root's
+        // configuration or cache paths, no service manager's socket.
+        let keep: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| {
+                let k = k.to_string_lossy();
+                k == "LANG" || k == "LANGUAGE" || k.starts_with("LC_") || k == "TZ"
+            })
+            .collect();
         // SAFETY: single-threaded: called first thing in main.
         unsafe {
+            for (k, _) in std::env::vars_os() {
+                std::env::remove_var(k);
+            }
+            for (k, v) in keep {
+                std::env::set_var(k, v);
+            }
             std::env::set_var("HOME", &home);
             std::env::set_var("USER", user);
             std::env::set_var("LOGNAME", user);
-            for v in ["XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"] {
-                std::env::remove_var(v);
-            }
-            std::env::remove_var("DBUS_SESSION_BUS_ADDRESS");
+            std::env::set_var(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            );
             if Path::new(&runtime).is_dir() {
                 std::env::set_var("XDG_RUNTIME_DIR", &runtime);
                 if Path::new(&runtime).join("bus").exists() {

@@ -77,6 +77,18 @@ fn exec_arg(s: &str) -> String {
     quoted.replace('\\', "\\\\").replace('%', "%%")
 }
 
+/// A profile name fit for a unit or an autostart entry: no control characters (a newline
+/// would add a line of its own to the file), not starting with `-`.
+pub fn check_profile_name(profile: &str) -> Result<(), String> {
+    if profile.is_empty() || profile.starts_with('-') || profile.chars().any(char::is_control) {
+        return Err(format!(
+            "{profile:?} cannot name a login mount: use a profile name without control \
+             characters that does not start with '-'"
+        ));
+    }
+    Ok(())
+}
+
 /// The arguments after the program: mount the profile, waiting for the server.
 fn mount_args(profile: &str, config: Option<&Path>, foreground: bool) -> Vec<String> {
     let mut args = vec!["mount".to_owned()];
@@ -88,6 +100,7 @@ fn mount_args(profile: &str, config: Option<&Path>, foreground: bool) -> Vec<Str
         args.push("--config".into());
         args.push(c.display().to_string());
     }
+    args.push("--".into());
     args.push(profile.to_owned());
     args
 }
@@ -104,6 +117,9 @@ pub fn unit(exe: &Path, profile: &str, config: Option<&Path>) -> String {
          {profile}` removes it.\n\
          [Unit]\n\
          Description=davdrive: WebDAV mount of the profile {desc}\n\
+         # A refused password or a broken profile does not start again and again.\n\
+         StartLimitIntervalSec=10min\n\
+         StartLimitBurst=5\n\
          \n\
          [Service]\n\
          # READY=1 once the server's root was listed; STATUS= while waiting for it.\n\
@@ -165,12 +181,15 @@ mod tests {
         assert!(
             u.contains(
                 "ExecStart=\"/opt/my apps/davdrive\" \"mount\" \"--foreground\" \
-                 \"--wait-for-server\" \"n%%a$$s\"\n"
+                 \"--wait-for-server\" \"--\" \"n%%a$$s\"\n"
             ),
             "{u}"
         );
         assert!(u.contains("Type=notify\n") && u.contains("WantedBy=default.target\n"));
         assert_eq!(unit_name("my nas"), "davdrive-my\\x20nas.service");
+        assert!(check_profile_name("x\nExecStartPre=/bin/evil").is_err());
+        assert!(check_profile_name("--config=/x").is_err());
+        assert!(check_profile_name("my nas").is_ok());
     }
 
     #[test]
@@ -183,7 +202,7 @@ mod tests {
         assert!(
             d.contains(
                 "Exec=\"/home/a b/davdrive\" mount --wait-for-server --config \
-                 \"/c/x\\\\$y.toml\" nas\n"
+                 \"/c/x\\\\$y.toml\" -- nas\n"
             ),
             "{d}"
         );

@@ -81,10 +81,15 @@ pub fn parse(xml: &str) -> Result<DavMount, String> {
     if url.password().is_some() {
         return Err("the .davmount file holds a password in its URL: refused".into());
     }
-    // `dm:open` is relative to the mounted collection: never a way out of it.
-    let open = open.filter(|o| !o.is_empty());
+    // `dm:open` is relative to the mounted collection (percent-encoded like a URL path):
+    // never a way out of it.
+    let open = open.filter(|o| !o.is_empty()).map(|o| {
+        percent_encoding::percent_decode_str(&o)
+            .decode_utf8_lossy()
+            .into_owned()
+    });
     if let Some(o) = &open
-        && o.split('/').any(|s| s == "..")
+        && o.split(['/', '\\']).any(|s| s == "..")
     {
         return Err(format!("dm:open {o:?} leaves the mounted folder"));
     }
@@ -95,8 +100,17 @@ pub fn parse(xml: &str) -> Result<DavMount, String> {
     })
 }
 
-/// The folder name under `~/davdrive/` for `url`: its last path segment, else its host.
+/// The folder name under `~/davdrive/` for `url`: its host and last path segment
+/// (`nas.example-dav`), so that two servers' `/dav/` do not meet.
 pub fn folder_name(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or("webdav");
+    match last_segment(url) {
+        Some(last) => format!("{host}-{last}"),
+        None => host.to_owned(),
+    }
+}
+
+fn last_segment(url: &url::Url) -> Option<String> {
     let last = url
         .path_segments()
         .and_then(|mut s| s.rfind(|p| !p.is_empty()).map(str::to_owned))
@@ -105,14 +119,13 @@ pub fn folder_name(url: &url::Url) -> String {
                 .decode_utf8_lossy()
                 .into_owned()
         });
-    let name = last.unwrap_or_else(|| url.host_str().unwrap_or("webdav").to_owned());
-    let clean: String = name
+    let clean: String = last?
         .chars()
         .map(|c| if c == '/' || c.is_control() { '_' } else { c })
         .collect();
     match clean.as_str() {
-        "" | "." | ".." => "webdav".into(),
-        _ => clean,
+        "" | "." | ".." => None,
+        _ => Some(clean),
     }
 }
 
@@ -133,8 +146,13 @@ mod tests {
         .expect("parses");
         assert_eq!(d.url.as_str(), "http://www.example.com/webdav/My%20Files/");
         assert_eq!(d.open.as_deref(), Some("doc/readme.txt"));
+        let spaced = parse(
+            r#"<m:mount xmlns:m="http://purl.org/NET/webdav/mount"><m:url>https://h/</m:url><m:open>My%20File.pdf</m:open></m:mount>"#,
+        )
+        .expect("parses");
+        assert_eq!(spaced.open.as_deref(), Some("My File.pdf"));
         assert_eq!(d.username.as_deref(), Some("bernhard"));
-        assert_eq!(folder_name(&d.url), "My Files");
+        assert_eq!(folder_name(&d.url), "www.example.com-My Files");
         assert_eq!(
             folder_name(&url::Url::parse("https://h.example/").expect("url")),
             "h.example"
@@ -151,6 +169,10 @@ mod tests {
             ),
             (
                 r#"<m:mount xmlns:m="http://purl.org/NET/webdav/mount"><m:url>https://h/</m:url><m:open>../../x</m:open></m:mount>"#,
+                "leaves",
+            ),
+            (
+                r#"<m:mount xmlns:m="http://purl.org/NET/webdav/mount"><m:url>https://h/</m:url><m:open>a/%2E%2E/%2e%2e/x</m:open></m:mount>"#,
                 "leaves",
             ),
             ("<unclosed", "not a .davmount"),

@@ -85,8 +85,8 @@ pub enum Command {
         #[arg(long, conflicts_with = "force")]
         discard: bool,
     },
-    /// Mount what a .davmount file (RFC 4709) describes under ~/davdrive/NAME (or use a
-    /// running mount of it) and open it with the desktop's file manager or application.
+    /// Mount what a .davmount file (RFC 4709) describes under ~/davdrive/HOST-NAME (or use a
+    /// running mount of it) and open the folder it names with the desktop's file manager.
     Open {
         /// The .davmount file.
         file: PathBuf,

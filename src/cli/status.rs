@@ -140,19 +140,27 @@ pub fn render_json(reports: &[Report], kept: &[Kept]) -> String {
 /// `davdrive status [--json] [--watch]` for the cache base directory `base`.
 pub fn status(base: &Path, json: bool, watch: bool) -> Result<(), String> {
     let snapshot = || {
-        let reports: Vec<Report> = control::running(base).into_iter().map(|r| r.1).collect();
+        let found = control::running(base);
+        let (running, silent) = (found.answering, found.silent);
+        let reports: Vec<Report> = running.into_iter().map(|r| r.1).collect();
         let kept = crate::vfs::cache_dir::list_recovered(base);
-        (reports, kept)
+        (reports, silent, kept)
     };
     let mut out = std::io::stdout();
     if json {
-        let (reports, kept) = snapshot();
+        let (reports, _, kept) = snapshot();
         let _ = writeln!(out, "{}", render_json(&reports, &kept));
         return Ok(());
     }
     loop {
-        let (reports, kept) = snapshot();
-        let text = render(&reports, &kept, base);
+        let (reports, silent, kept) = snapshot();
+        let mut text = render(&reports, &kept, base);
+        for (sock, why) in &silent {
+            text.push_str(&format!(
+                "a mount did not answer ({why}); its socket is {}\n",
+                sock.display()
+            ));
+        }
         if watch && out.is_terminal() {
             // Home, clear: redraw in place.
             let _ = write!(out, "\x1b[H\x1b[2J");
@@ -169,28 +177,41 @@ pub fn status(base: &Path, json: bool, watch: bool) -> Result<(), String> {
     }
 }
 
+/// `p` with its folder's symbolic links and `..` resolved (the last component is kept as
+/// it is: it may be a mount point whose daemon does not answer).
+pub fn resolved(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or(abs.clone()),
+        _ => abs,
+    }
+}
+
 /// The running mount whose mount point is `mountpoint`, and its socket.
 pub fn find_mount(base: &Path, mountpoint: &Path) -> Option<(PathBuf, Report)> {
-    let want = std::path::absolute(mountpoint).ok()?;
+    let want = resolved(mountpoint);
     control::running(base)
+        .answering
         .into_iter()
-        .find(|(_, r)| r.mount.mountpoint == want)
+        .find(|(_, r)| resolved(&r.mount.mountpoint) == want)
 }
 
 /// `davdrive refresh [PATH]`.
 pub fn refresh(base: &Path, path: Option<&Path>) -> Result<(), String> {
-    let mounts = control::running(base);
+    let mounts = control::running(base).answering;
     if mounts.is_empty() {
         return Err("no davdrive mount is running".into());
     }
     let targets: Vec<(&PathBuf, &Report, String)> = match path {
         None => mounts.iter().map(|(s, r)| (s, r, String::new())).collect(),
         Some(p) => {
-            let abs = std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let abs = resolved(p);
             let found = mounts
                 .iter()
                 .filter_map(|(s, r)| {
-                    let rest = abs.strip_prefix(&r.mount.mountpoint).ok()?;
+                    let rest = abs.strip_prefix(resolved(&r.mount.mountpoint)).ok()?;
                     let rel: Vec<String> = rest
                         .components()
                         .map(|c| c.as_os_str().to_string_lossy().into_owned())
@@ -232,6 +253,7 @@ pub fn wait_for_daemon(sock: &Path, mountpoint: &Path) -> Result<(), String> {
     let tty = std::io::stderr().is_terminal();
     let mut last: Option<Report> = None;
     let mut said = false;
+    let mut said_silent = false;
     let interrupted = rt.block_on(async {
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);
@@ -240,11 +262,24 @@ pub fn wait_for_daemon(sock: &Path, mountpoint: &Path) -> Result<(), String> {
                 let sock = sock.to_owned();
                 tokio::task::spawn_blocking(move || control::status_of(&sock))
                     .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
+                    .unwrap_or_else(|e| Err(control::Unanswered::Silent(e.to_string())))
             };
-            let Ok(report) = report else {
+            let report = match report {
+                Ok(r) => r,
                 // The daemon is gone: everything is done.
-                return false;
+                Err(control::Unanswered::Gone) => return false,
+                // Busy or wedged: ask again (Ctrl-C stops waiting).
+                Err(control::Unanswered::Silent(why)) => {
+                    if !said_silent {
+                        eprintln!("davdrive: the mount does not answer ({why}); still waiting");
+                        said_silent = true;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = &mut ctrl_c => return true,
+                    }
+                    continue;
+                }
             };
             let ups = &report.activity.uploads;
             if !ups.is_empty() {

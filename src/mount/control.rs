@@ -1,7 +1,9 @@
 //! The control socket: every running mount answers `davdrive status`, `davdrive refresh` and
-//! a waiting `davdrive unmount` on a Unix socket of its own, `mounts/PID.sock` in the
-//! davdrive cache directory (mode 0700, the socket 0600: only the mount's user reaches it;
-//! the kernel checks that, no password is involved).
+//! a waiting `davdrive unmount` on a Unix socket of its own, `PID-NONCE.sock` in
+//! `$XDG_RUNTIME_DIR/davdrive/mounts/` (a per-user tmpfs, never a home shared over NFS), or in
+//! `mounts/` of the davdrive cache directory without one. The folder is 0700 and checked to be
+//! the user's own on both sides, the socket 0600: only the mount's user reaches it (the kernel
+//! checks that; no password is involved).
 //!
 //! Protocol: one request line, one answer line, then the connection closes. Requests:
 //! `status` (answer: a [`Report`] as JSON) and `refresh [PATH]` (answer:
@@ -9,8 +11,10 @@
 //! `{"error":"..."}`. Scripts may speak it too, but `davdrive status --json` is the stable
 //! interface.
 //!
-//! A socket whose mount died (SIGKILL, a crash) stays behind; whoever finds it refusing
-//! connections removes it.
+//! A socket appears under its final name only once it listens (bound under a temporary name,
+//! then renamed), so a client never mistakes a starting mount for a dead one. A socket whose
+//! mount died (SIGKILL, a crash) stays behind; a client that finds it refusing connections
+//! while no process has its pid removes it.
 
 #[cfg(unix)]
 use std::io::{BufRead, BufReader, Write};
@@ -51,9 +55,32 @@ pub struct Report {
     pub activity: Activity,
 }
 
-/// The directory of the control sockets under the cache base directory `base`.
+/// The directory of the control sockets: `$XDG_RUNTIME_DIR/davdrive/mounts`, else `mounts`
+/// under the cache base directory `base`.
 pub fn sockets_dir(base: &Path) -> PathBuf {
-    base.join("mounts")
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|v| !v.is_empty()) {
+        Some(r) if Path::new(&r).is_dir() => Path::new(&r).join("davdrive").join("mounts"),
+        _ => base.join("mounts"),
+    }
+}
+
+/// Whether the process `pid` runs (Linux: /proc, a zombie counting as gone; elsewhere
+/// assumed).
+fn alive(pid: u32) -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    // `/proc/PID/stat`: "PID (COMM) STATE ...", COMM possibly holding spaces or parentheses.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+        st.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// The pid in a socket's name (`PID-NONCE.sock`).
+fn pid_of(path: &Path) -> Option<u32> {
+    path.file_stem()?.to_str()?.split('-').next()?.parse().ok()
 }
 
 /// A control socket being served; removed when dropped.
@@ -78,7 +105,10 @@ pub fn serve(
     rt: &tokio::runtime::Handle,
 ) -> Option<ControlSocket> {
     let dir = sockets_dir(base);
-    let path = dir.join(format!("{}.sock", info.pid));
+    let mut nonce = [0u8; 4];
+    let _ = getrandom::fill(&mut nonce);
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{}-{nonce}.sock", info.pid));
     let listener = match bind(&dir, &path, rt) {
         Ok(l) => l,
         Err(e) => {
@@ -93,8 +123,13 @@ pub fn serve(
     let info = Arc::new(info);
     rt.spawn(async move {
         loop {
-            let Ok((conn, _)) = listener.accept().await else {
-                continue;
+            let conn = match listener.accept().await {
+                Ok((conn, _)) => conn,
+                Err(_) => {
+                    // Out of descriptors, say: try again later, without spinning.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let (vfs, info) = (vfs.clone(), info.clone());
             tokio::spawn(async move {
@@ -123,11 +158,13 @@ fn bind(
 ) -> std::io::Result<tokio::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     crate::sys::files::private_dir(dir)?;
-    // A socket left by an earlier process with this pid (it was killed) is in the way.
-    let _ = std::fs::remove_file(path);
+    // Listening under a name clients ignore, then renamed: never seen half-made.
+    let temp = path.with_extension("new");
+    let _ = std::fs::remove_file(&temp);
     let _in_runtime = rt.enter();
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let listener = tokio::net::UnixListener::bind(&temp)?;
+    std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&temp, path)?;
     Ok(listener)
 }
 
@@ -187,7 +224,15 @@ fn handle(request: &str, vfs: &Vfs, info: &MountInfo) -> String {
 /// Sends `request` to the socket at `path` and returns the answer line.
 #[cfg(unix)]
 pub fn request(path: &Path, request: &str) -> std::io::Result<String> {
-    let mut s = std::os::unix::net::UnixStream::connect(path)?;
+    // A wedged mount with a full backlog would block connect() for good: bounded here.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let target = path.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::os::unix::net::UnixStream::connect(target));
+    });
+    let mut s = rx.recv_timeout(ANSWER_WITHIN).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "the mount does not answer")
+    })??;
     s.set_read_timeout(Some(ANSWER_WITHIN))?;
     s.set_write_timeout(Some(ANSWER_WITHIN))?;
     s.write_all(request.as_bytes())?;
@@ -210,10 +255,31 @@ pub fn request(_path: &Path, _request: &str) -> std::io::Result<String> {
     ))
 }
 
+/// Why a mount's status could not be had.
+#[derive(Debug)]
+pub enum Unanswered {
+    /// Its socket is gone or refuses connections: the mount has exited.
+    Gone,
+    /// It is there but did not answer properly (busy, wedged).
+    Silent(String),
+}
+
 /// The status of one running mount, asked through its socket.
-pub fn status_of(path: &Path) -> Result<Report, String> {
-    let line = request(path, "status").map_err(|e| e.to_string())?;
-    parse_report(&line)
+pub fn status_of(path: &Path) -> Result<Report, Unanswered> {
+    match request(path, "status") {
+        Ok(line) => parse_report(&line).map_err(Unanswered::Silent),
+        // The socket went with its mount.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Unanswered::Gone),
+        // Left by a mount that died, unless its process still runs (starting, or stopping
+        // with the socket already closed).
+        Err(e)
+            if e.kind() == std::io::ErrorKind::ConnectionRefused
+                && pid_of(path).is_none_or(|p| !alive(p)) =>
+        {
+            Err(Unanswered::Gone)
+        }
+        Err(e) => Err(Unanswered::Silent(e.to_string())),
+    }
 }
 
 fn parse_report(line: &str) -> Result<Report, String> {
@@ -225,43 +291,75 @@ fn parse_report(line: &str) -> Result<Report, String> {
     serde_json::from_str(line).map_err(|e| format!("unreadable answer: {e}"))
 }
 
-/// Every running mount whose socket is under the cache base directory `base`, with its
-/// socket. Sockets of mounts that died are removed on the way.
-pub fn running(base: &Path) -> Vec<(PathBuf, Report)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(sockets_dir(base)) else {
-        return out;
+/// Every running mount whose socket is in [`sockets_dir`] of `base`, with its socket; and
+/// the sockets of mounts that did not answer. Sockets of mounts that died are removed on the
+/// way. Nothing is trusted from a folder that is not this user's own.
+pub fn running(base: &Path) -> Running {
+    let (mut out, mut silent) = (Vec::new(), Vec::new());
+    let dir = sockets_dir(base);
+    if crate::sys::files::is_private_dir(&dir).is_err() {
+        return Running::default();
+    }
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Running::default();
     };
     for e in entries.flatten() {
         let path = e.path();
         if path.extension().is_none_or(|x| x != "sock") {
             continue;
         }
-        match request(&path, "status") {
-            Ok(line) => {
-                if let Ok(r) = parse_report(&line) {
-                    out.push((path, r));
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
-                ) =>
-            {
-                // Its mount is gone.
+        match status_of(&path) {
+            Ok(r) => out.push((path, r)),
+            Err(Unanswered::Gone) => {
                 let _ = std::fs::remove_file(&path);
             }
-            Err(_) => {}
+            Err(Unanswered::Silent(why)) => silent.push((path, why)),
         }
     }
     out.sort_by(|a, b| a.1.mount.mountpoint.cmp(&b.1.mount.mountpoint));
-    out
+    Running {
+        answering: out,
+        silent,
+    }
+}
+
+/// The mounts [`running`] found.
+#[derive(Debug, Default)]
+pub struct Running {
+    /// Mounts that answered, with their sockets.
+    pub answering: Vec<(PathBuf, Report)>,
+    /// Sockets of mounts that are there but did not answer, and why.
+    pub silent: Vec<(PathBuf, String)>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_zombie_is_not_alive_and_a_running_process_is() {
+        assert!(alive(std::process::id()));
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        // Not reaped yet: a zombie once it exits.
+        let start = std::time::Instant::now();
+        while alive(pid) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "never exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "reaped too early"
+        );
+        let _ = child.wait();
+        assert!(!alive(pid));
+    }
 
     #[test]
     fn a_report_survives_json_both_ways() {

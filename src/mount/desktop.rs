@@ -28,8 +28,14 @@ pub fn forward(vfs: &Arc<Vfs>, rt: &tokio::runtime::Runtime, mountpoint: &std::p
                 Err(RecvError::Closed) => return,
             };
             let mut burst = vec![first];
-            while let Ok(Ok(n)) = tokio::time::timeout(GATHER, rx.recv()).await {
-                burst.push(n);
+            let started = tokio::time::Instant::now();
+            // A steady stream of failures is still told every few seconds.
+            while burst.len() < 100 && started.elapsed() < GATHER * 4 {
+                match tokio::time::timeout(GATHER, rx.recv()).await {
+                    Ok(Ok(n)) => burst.push(n),
+                    Ok(Err(RecvError::Lagged(_))) => continue,
+                    _ => break,
+                }
             }
             let (summary, body) = text(&burst, &mountpoint);
             if let Err(e) = show(&summary, &body).await {
@@ -49,8 +55,18 @@ pub fn text(burst: &[Notice], mountpoint: &str) -> (String, String) {
         n => format!("{n} uploads failed"),
     };
     let mut body = String::new();
+    // Notification servers may read the body as markup.
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
     for n in burst.iter().take(5) {
-        body.push_str(&format!("{mountpoint}{}: {}\n", n.path, n.error));
+        body.push_str(&format!(
+            "{}: {}\n",
+            esc(&format!("{mountpoint}{}", n.path)),
+            esc(&n.error)
+        ));
     }
     if burst.len() > 5 {
         body.push_str(&format!("and {} more\n", burst.len() - 5));

@@ -60,3 +60,26 @@ pub fn private_dir(p: &std::path::Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Checks, without changing anything, that `p` is a folder of this user's own that nobody
+/// else can use (not a symbolic link, mode without group or other bits).
+pub fn is_private_dir(p: &std::path::Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(p)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            p.display()
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if meta.uid() != euid() || meta.permissions().mode() & 0o077 != 0 {
+            return Err(std::io::Error::other(format!(
+                "{} is not private to this user",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}

@@ -75,7 +75,9 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.vfs.transfers.lock().remove(&self.id);
+        // The session may go with this entry: never under the lock (a leaf).
+        let gone = self.vfs.transfers.lock().remove(&self.id);
+        drop(gone);
     }
 }
 
@@ -109,12 +111,15 @@ impl Vfs {
                 _ => None,
             })
             .collect();
-        let running: Vec<(Arc<WriteHandle>, std::time::Instant, bool)> = self
+        let mut running: Vec<(Arc<WriteHandle>, std::time::Instant, bool)> = self
             .transfers
             .lock()
             .values()
             .map(|t| (t.w.clone(), t.since, t.queued))
             .collect();
+        // A session closed with `--async-close` has two entries (its close's and its
+        // release's): while the close waits for a slot, "queued" is the truth.
+        running.sort_by_key(|(_, since, queued)| (!queued, *since));
         let mut seen: Vec<*const WriteHandle> = Vec::new();
         let mut uploads = Vec::new();
         let now = std::time::Instant::now();

@@ -1134,6 +1134,15 @@ impl Vfs {
         noreplace: bool,
     ) -> VfsResult<()> {
         self.check_writable()?;
+        if new_parent == super::ROOT_INO && !self.cfg.server_trash && super::is_trash_name(new_name)
+        {
+            return Err(VfsError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "/{new_name}: the name of a file manager's trash (--trash server allows it)"
+                ),
+            ));
+        }
         let (ino, kind) = self.child(parent, name).await?;
         let new_dir = self.path_of(new_parent)?;
         let to = new_dir.join(new_name)?;

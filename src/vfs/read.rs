@@ -432,7 +432,9 @@ impl ReadHandle {
         if !can_continue {
             let (start, window) = if sequential && st.active.is_none() && st.buf_end > 0 {
                 // The previous range was used up: continue at its end with a larger window.
-                let grown = (st.window * 2).min(self.tuning.max_window);
+                let grown = (st.window * 2)
+                    .max(self.tuning.min_window)
+                    .min(self.tuning.max_window);
                 (st.buf_end, grown)
             } else if sequential && st.buf_end > 0 {
                 (st.buf_end, st.window)
@@ -462,7 +464,9 @@ impl ReadHandle {
                 None => true,
             };
             if need_new {
-                let grown = (st.window * 2).min(self.tuning.max_window);
+                let grown = (st.window * 2)
+                    .max(self.tuning.min_window)
+                    .min(self.tuning.max_window);
                 st.window = grown.max(end - st.buf_end);
                 let (from, win) = (st.buf_end, st.window);
                 self.start_get(client, st, from, win).await?;

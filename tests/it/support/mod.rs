@@ -399,8 +399,11 @@ impl Mount {
 
     fn unmount_inner(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
+        // The daemon is waited for below (bounded); `davdrive unmount`'s own wait is tested
+        // in `desktop`.
         let out = Command::new(env!("CARGO_BIN_EXE_davdrive"))
             .arg("unmount")
+            .arg("--no-wait")
             .arg(self.dir.path())
             .output()
             .expect("run davdrive unmount");
