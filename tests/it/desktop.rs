@@ -45,6 +45,18 @@ fn report_of(u: &User, url: &str) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// The next message to the fake service manager `sock` (its read timeout bounds the wait).
+fn notice(sock: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    loop {
+        match sock.recv(&mut buf) {
+            Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("no notification within the timeout: {e}"),
+        }
+    }
+}
+
 /// Every daemon log under the user's cache directory.
 fn daemon_logs(u: &User) -> String {
     std::fs::read_dir(u.home.join(".cache/davdrive"))
@@ -466,11 +478,7 @@ fn systemd_hears_status_while_the_server_is_away_then_ready_then_stopping() {
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::null());
     let mut child = crate::support::spawn_owned(c).expect("spawn");
-    let recv = || {
-        let mut buf = [0u8; 4096];
-        let n = sock.recv(&mut buf).expect("a notification within 60 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let recv = || notice(&sock);
     let first = recv();
     assert!(
         first.starts_with("STATUS=waiting") && first.contains("next try"),
@@ -999,11 +1007,7 @@ fn a_login_mount_waits_for_a_password_the_keyring_does_not_have_yet() {
     std::os::unix::fs::chown(&sock_path, Some(u.uid), Some(u.gid)).expect("chown");
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
-    let recv = || {
-        let mut buf = [0u8; 4096];
-        let n = sock.recv(&mut buf).expect("a notification within 60 s");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let recv = || notice(&sock);
     // At login the keyring holds nothing for the server yet (locked, or never filled).
     let mut c = u.davdrive();
     c.args([
