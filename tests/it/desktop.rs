@@ -155,6 +155,28 @@ fn an_ordinary_user_mounts_copies_sees_status_and_unmounts() {
         0o600
     );
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&md), u.uid);
+    // `--watch` redraws until interrupted (here: one report per second into a pipe).
+    let mut w = u.davdrive();
+    w.args(["status", "--watch"])
+        .stdout(std::process::Stdio::piped());
+    let mut watch = crate::support::spawn_owned(w).expect("status --watch");
+    let pipe = watch.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = format!("{url} on {}", mnt.display());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if line.starts_with(&wanted) && tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    for n in 1..=2 {
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("status --watch did not show report {n}"));
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
     let out = dd(u, &["unmount", &abs(&mnt)]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(!is_mounted(&mnt));
