@@ -317,7 +317,7 @@ mod platform {
     /// mounts as `davdrive mount` would with the `-o` options (see `cli::fstab`) and returns
     /// mount(8)'s exit code: 0 once mounted, 1 for a usage error, 32 for a failed mount.
     pub fn as_mount_helper() -> Option<ExitCode> {
-        use clap::{CommandFactory, Parser};
+        use clap::CommandFactory;
         let argv0 = std::env::args_os().next()?;
         let name = Path::new(&argv0)
             .file_name()?
@@ -373,20 +373,9 @@ mod platform {
         for o in &call.ignored {
             tracing::warn!("ignoring the unknown option {o:?} (-s)");
         }
-        let mut full = vec![OsString::from("davdrive")];
-        full.extend(call.davdrive_args.iter().cloned());
-        let parsed = match davdrive::cli::Cli::try_parse_from(&full) {
-            Ok(p) => p,
-            Err(e) => return fail(1, e.to_string().trim()),
-        };
-        let davdrive::cli::Command::Mount(margs) = parsed.command else {
-            return fail(1, "not a mount");
-        };
-        // SAFETY: getuid/getgid cannot fail and touch no memory.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let cfg = match MountConfig::from_args(&margs, uid, gid) {
+        let cfg = match mount_config_of(&call.davdrive_args) {
             Ok(c) => c,
-            Err(e) => return fail(1, &e.to_string()),
+            Err(e) => return fail(1, e.trim()),
         };
         if call.fake {
             return Some(ExitCode::SUCCESS);
@@ -432,23 +421,7 @@ mod platform {
                     argv.push("--user".into());
                     argv.push(u.into());
                 }
-                let log = {
-                    let full: Vec<OsString> = std::iter::once(OsString::from("davdrive"))
-                        .chain(argv.iter().cloned())
-                        .collect();
-                    let davdrive::cli::Command::Mount(margs) =
-                        <davdrive::cli::Cli as clap::Parser>::try_parse_from(&full)
-                            .map_err(|e| e.to_string())?
-                            .command
-                    else {
-                        return Err("not a mount".into());
-                    };
-                    // SAFETY: getuid/getgid cannot fail and touch no memory.
-                    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-                    let cfg =
-                        MountConfig::from_args(&margs, uid, gid).map_err(|e| e.to_string())?;
-                    cfg.vfs.cache_dir.join("daemon.log")
-                };
+                let log = mount_config_of(&argv)?.vfs.cache_dir.join("daemon.log");
                 spawn_detached(&log, argv)?;
                 dir
             }
@@ -672,6 +645,22 @@ mod platform {
                 Ok(())
             }
         }
+    }
+
+    /// The configuration of `davdrive ARGV` (a `mount` command line made by the mount
+    /// helper or `open`), checked as the command line itself would be.
+    fn mount_config_of(argv: &[OsString]) -> Result<MountConfig, String> {
+        use clap::Parser;
+        let full: Vec<OsString> = std::iter::once(OsString::from("davdrive"))
+            .chain(argv.iter().cloned())
+            .collect();
+        let parsed = davdrive::cli::Cli::try_parse_from(&full).map_err(|e| e.to_string())?;
+        let davdrive::cli::Command::Mount(margs) = parsed.command else {
+            return Err("not a mount".into());
+        };
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        MountConfig::from_args(&margs, uid, gid).map_err(|e| e.to_string())
     }
 
     /// Root mounting for `user` (`setuid=`): takes that user's ids, groups and login

@@ -40,6 +40,34 @@ pub fn private_dir(p: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir_all(p)?;
     // Never a folder reached through a symbolic link, nor one someone else made for us to
     // use (a predictable name in a shared temp directory).
+    own_dir(p)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Checks, without changing anything, that `p` is a folder of this user's own that nobody
+/// else can use (not a symbolic link, mode without group or other bits).
+pub fn is_private_dir(p: &std::path::Path) -> std::io::Result<()> {
+    let _meta = own_dir(p)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if _meta.permissions().mode() & 0o077 != 0 {
+            return Err(std::io::Error::other(format!(
+                "{} is open to other users",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `p`'s metadata if it is a folder (not a symbolic link to one) of this user's own.
+fn own_dir(p: &std::path::Path) -> std::io::Result<std::fs::Metadata> {
     let meta = std::fs::symlink_metadata(p)?;
     if !meta.is_dir() {
         return Err(std::io::Error::other(format!(
@@ -49,37 +77,13 @@ pub fn private_dir(p: &std::path::Path) -> std::io::Result<()> {
     }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        use std::os::unix::fs::MetadataExt;
         if meta.uid() != euid() {
             return Err(std::io::Error::other(format!(
                 "{} belongs to another user",
                 p.display()
             )));
         }
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))?;
     }
-    Ok(())
-}
-
-/// Checks, without changing anything, that `p` is a folder of this user's own that nobody
-/// else can use (not a symbolic link, mode without group or other bits).
-pub fn is_private_dir(p: &std::path::Path) -> std::io::Result<()> {
-    let meta = std::fs::symlink_metadata(p)?;
-    if !meta.is_dir() {
-        return Err(std::io::Error::other(format!(
-            "{} is not a directory",
-            p.display()
-        )));
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        if meta.uid() != euid() || meta.permissions().mode() & 0o077 != 0 {
-            return Err(std::io::Error::other(format!(
-                "{} is not private to this user",
-                p.display()
-            )));
-        }
-    }
-    Ok(())
+    Ok(meta)
 }

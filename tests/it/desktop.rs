@@ -68,6 +68,37 @@ fn daemon_logs(u: &User) -> String {
         .join("\n")
 }
 
+/// Mounts `url` on a fresh `~/name` as `u`, unmounted by the guard if the test fails first.
+fn mount_as<'a>(u: &'a User, url: &str, name: &str) -> (std::path::PathBuf, Unmount<'a>) {
+    let mnt = u.dir(name);
+    let guard = Unmount(u, mnt.clone());
+    let out = dd(u, &["mount", url, &abs(&mnt)]);
+    assert!(out.status.success(), "{}", text(&out));
+    (mnt, guard)
+}
+
+/// The names in the server's folder `dir` that `keep` picks.
+fn names_on(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("server dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| keep(n))
+        .collect()
+}
+
+/// Waits (bounded by `limit`) for `child`, sent SIGTERM, to exit.
+fn exits_within(child: &mut std::process::Child, limit: Duration) {
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        assert!(
+            start.elapsed() < limit,
+            "the daemon did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The pids of davdrive daemons serving `dir`.
 fn daemon_pids(dir: &Path) -> Vec<u32> {
     crate::support::daemons_of(dir)
@@ -426,10 +457,7 @@ fn a_mount_killed_with_sigkill_is_cleared_and_mounted_again() {
     std::fs::write(dir.join("still.txt"), b"here").expect("write");
     apache::give_to_server(&dir);
     let url = a.url("desk-killed");
-    let mnt = u.dir("killed");
-    let _guard = Unmount(u, mnt.clone());
-    let out = dd(u, &["mount", &url, &abs(&mnt)]);
-    assert!(out.status.success(), "{}", text(&out));
+    let (mnt, _guard) = mount_as(u, &url, "killed");
     let pids = daemon_pids(&mnt);
     assert_eq!(pids.len(), 1, "one daemon serves {}", mnt.display());
     for &pid in &pids {
@@ -522,17 +550,7 @@ fn systemd_hears_status_while_the_server_is_away_then_ready_then_stopping() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let stopping = recv();
     assert!(stopping.contains("STOPPING=1"), "{stopping} after {got:?}");
-    let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        assert!(
-            start.elapsed() < LIMIT,
-            "the daemon did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exits_within(&mut child, LIMIT);
     assert!(!is_mounted(&mnt));
 }
 
@@ -685,10 +703,7 @@ fn gio_trash_creates_nothing_on_the_server_and_gio_copies_upload_once() {
     std::fs::write(dir.join("doomed.txt"), b"doomed").expect("write");
     std::fs::write(dir.join("old.bin"), b"old content").expect("write");
     apache::give_to_server(&dir);
-    let mnt = u.dir("gio");
-    let _guard = Unmount(u, mnt.clone());
-    let out = dd(u, &["mount", &a.url("desk-gio"), &abs(&mnt)]);
-    assert!(out.status.success(), "{}", text(&out));
+    let (mnt, _guard) = mount_as(u, &a.url("desk-gio"), "gio");
     let gio = |args: &[&str]| {
         let mut c = u.command("gio");
         c.args(args);
@@ -710,12 +725,7 @@ fn gio_trash_creates_nothing_on_the_server_and_gio_copies_upload_once() {
     );
     assert!(dir.join("doomed.txt").exists(), "the file is untouched");
     let root = a.docroot.join("desk-gio");
-    let trash: Vec<String> = std::fs::read_dir(&root)
-        .expect("server dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".Trash"))
-        .collect();
+    let trash = names_on(&root, |n| n.starts_with(".Trash"));
     assert!(trash.is_empty(), "trash folders on the server: {trash:?}");
     // Not even when asked by hand.
     let mut mk = u.command("mkdir");
@@ -747,12 +757,9 @@ fn gio_trash_creates_nothing_on_the_server_and_gio_copies_upload_once() {
         std::fs::read(dir.join("old.bin")).expect("old"),
         pattern(2_000_000, 3)
     );
-    let leftovers: Vec<String> = std::fs::read_dir(&dir)
-        .expect("server dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".goutputstream") || n.starts_with(".davdrive"))
-        .collect();
+    let leftovers = names_on(&dir, |n| {
+        n.starts_with(".goutputstream") || n.starts_with(".davdrive")
+    });
     assert!(leftovers.is_empty(), "left on the server: {leftovers:?}");
     let reqs = a.settled_requests("desk-gio");
     let full_puts = reqs[before..]
@@ -782,10 +789,7 @@ fn a_gio_listing_with_content_types_fetches_at_most_a_small_range_per_file() {
         std::fs::write(dir.join(format!("file{i:03}")), pattern(400_000, i)).expect("write");
     }
     apache::give_to_server(&dir);
-    let mnt = u.dir("sniff");
-    let _guard = Unmount(u, mnt.clone());
-    let out = dd(u, &["mount", &a.url("desk-sniff"), &abs(&mnt)]);
-    assert!(out.status.success(), "{}", text(&out));
+    let (mnt, _guard) = mount_as(u, &a.url("desk-sniff"), "sniff");
     let before = a.requests("desk-sniff").len();
     let mut c = u.command("gio");
     c.args(["list", "-a", "standard::*,access::*", "sniff"]);
@@ -941,10 +945,7 @@ fn kde_trash_keeps_its_copy_at_home_and_makes_nothing_on_the_server() {
     let dir = a.fresh_dir("desk-kio");
     std::fs::write(dir.join("binned.txt"), b"to the bin").expect("write");
     apache::give_to_server(&dir);
-    let mnt = u.dir("kio");
-    let _guard = Unmount(u, mnt.clone());
-    let out = dd(u, &["mount", &a.url("desk-kio"), &abs(&mnt)]);
-    assert!(out.status.success(), "{}", text(&out));
+    let (mnt, _guard) = mount_as(u, &a.url("desk-kio"), "kio");
     let mut k = u.command("dbus-run-session");
     k.args(["--", "kioclient5", "move"])
         .arg(mnt.join("binned.txt"))
@@ -952,12 +953,7 @@ fn kde_trash_keeps_its_copy_at_home_and_makes_nothing_on_the_server() {
         .env("QT_QPA_PLATFORM", "offscreen");
     let out = u.run(k, LIMIT);
     assert!(out.status.success(), "{}", text(&out));
-    let trash: Vec<String> = std::fs::read_dir(&dir)
-        .expect("server dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".Trash"))
-        .collect();
+    let trash = names_on(&dir, |n| n.starts_with(".Trash"));
     assert!(trash.is_empty(), "trash folders on the server: {trash:?}");
     assert!(
         !dir.join("binned.txt").exists(),
@@ -1081,14 +1077,7 @@ fn a_login_mount_waits_for_a_password_the_keyring_does_not_have_yet() {
     assert_eq!(u.run(cat, LIMIT).stdout, b"after login");
     // SAFETY: the daemon we spawned.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        assert!(
-            start.elapsed() < LIMIT,
-            "the daemon did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exits_within(&mut child, LIMIT);
     let mut logout = u.davdrive();
     logout
         .args(["logout", &url])
