@@ -32,6 +32,7 @@ pub mod names;
 mod path;
 mod read;
 pub mod recovery;
+pub mod windows;
 mod write;
 #[cfg(target_os = "linux")]
 pub mod zerocopy;

@@ -12,6 +12,8 @@
 //! - `reftest`: random operation sequences on the core against an in-memory model.
 //! - `layering`: the core stays free of frontend crates.
 //! - `profiles`: mounting by profile name from the TOML configuration file.
+//! - `windows`: the Windows semantics layer (what the WinFsp adapter translates) in the
+//!   orders Windows calls it: dispositions, delete on close, paging with a marker.
 //! - `desktop`: an ordinary user's ways in: mount/status/unmount, fstab and `mount -t`,
 //!   login mounts, `.davmount` files, GIO's trash, type sniffing and copies.
 //!
@@ -34,3 +36,4 @@ pub(crate) mod mount_write;
 mod profiles;
 mod reftest;
 mod tls;
+mod windows;
