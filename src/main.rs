@@ -20,7 +20,7 @@ fn unmount(
     cache_dir: Option<std::path::PathBuf>,
 ) -> Result<(), String> {
     let running = status::find_mount(&base(cache_dir), mountpoint);
-    platform::unmount(mountpoint)?;
+    platform::unmount(mountpoint, running.as_ref().map(|(sock, _)| sock.as_path()))?;
     match running {
         Some((sock, _)) if !no_wait => status::wait_for_daemon(&sock, mountpoint),
         Some(_) => Ok(()),
@@ -43,8 +43,7 @@ fn main() -> ExitCode {
     }
     // A background mount's daemon gets its secrets over stdin, before anything reads them
     // (clap reads DAVDRIVE_TOKEN).
-    #[cfg(target_os = "linux")]
-    platform::take_secrets();
+    davdrive::cli::detach::take_secrets();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {
@@ -290,23 +289,20 @@ fn init_logging(verbose: u8) {
 #[cfg(target_os = "linux")]
 mod platform {
     use std::ffi::OsString;
-    use std::io::{BufRead, BufReader};
     use std::path::Path;
     use std::process::{Command as Proc, ExitCode, Stdio};
 
-    use davdrive::cli::MountArgs;
+    use davdrive::cli::{MountArgs, detach};
     use davdrive::config::MountConfig;
     use davdrive::dav::client::redact_url;
     use davdrive::fs::fuse::{self, FuseOptions};
-    use davdrive::mount::{self, READY};
-    /// Set in the environment of the detached child of a background mount.
-    const DETACHED: &str = "DAVDRIVE_DETACHED";
+    use davdrive::mount;
 
     pub fn mount(args: &MountArgs) -> Result<(), String> {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let cfg = MountConfig::from_args(args, uid, gid).map_err(|e| e.to_string())?;
-        if !cfg.foreground && std::env::var_os(DETACHED).is_none() {
+        if !cfg.foreground && std::env::var_os(detach::DETACHED).is_none() {
             let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
             return spawn_detached(&cfg.vfs.cache_dir.join("daemon.log"), argv);
         }
@@ -800,36 +796,6 @@ mod platform {
         String::from_utf8_lossy(&out).into_owned()
     }
 
-    /// In the daemon of a background mount: takes the secrets its parent sends over stdin
-    /// (`NAME\0value\0` pairs, only the names of `SECRET_VARS`) into this process's
-    /// variables. They never were in its environment block, which /proc shows to the user's
-    /// other processes for the life of the mount.
-    pub fn take_secrets() {
-        use std::io::Read;
-        if std::env::var_os(DETACHED).is_none() {
-            return;
-        }
-        let mut raw = Vec::new();
-        if std::io::stdin()
-            .take(1 << 16)
-            .read_to_end(&mut raw)
-            .is_err()
-        {
-            return;
-        }
-        let mut fields = raw.split(|b| *b == 0);
-        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-            let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value))
-            else {
-                continue;
-            };
-            if davdrive::dav::auth::SECRET_VARS.contains(&name) {
-                // SAFETY: called first thing in main, before any other thread exists.
-                unsafe { std::env::set_var(name, value) };
-            }
-        }
-    }
-
     /// Runs `davdrive ARGV` detached from the terminal and waits until the child says the
     /// mount is ready (or failed), so that `davdrive mount` returns only for a usable mount.
     fn spawn_detached(log: &Path, argv: Vec<OsString>) -> Result<(), String> {
@@ -872,18 +838,9 @@ mod platform {
         let start = log_file.metadata().map_or(0, |m| m.len());
         let mut cmd = Proc::new(exe);
         // Secrets go over a pipe, not into the daemon's environment.
-        let mut secrets = Vec::new();
-        for var in davdrive::dav::auth::SECRET_VARS {
-            if let Ok(v) = std::env::var(var) {
-                secrets.extend_from_slice(var.as_bytes());
-                secrets.push(0);
-                secrets.extend_from_slice(v.as_bytes());
-                secrets.push(0);
-            }
-            cmd.env_remove(var);
-        }
+        let secrets = detach::secrets_for(&mut cmd);
         cmd.args(argv)
-            .env(DETACHED, "1")
+            .env(detach::DETACHED, "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file));
@@ -898,63 +855,10 @@ mod platform {
                 Ok(())
             });
         }
-        let mut child = cmd
+        let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start the daemon: {e}"))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            use std::io::Write;
-            // Dropped at the end of this block: the daemon reads to the end.
-            stdin
-                .write_all(&secrets)
-                .map_err(|e| format!("cannot hand the daemon its secrets: {e}"))?;
-        }
-        let stdout = child.stdout.take().ok_or("no pipe to the daemon")?;
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| format!("daemon: {e}"))?;
-        if line.starts_with(READY) {
-            print!("{line}");
-            println!("davdrive: logging to {}", log.display());
-            // Warnings of the start (--insecure, a password or token over plain HTTP) are
-            // shown here too, not only in a log nobody reads.
-            for warning in start_warnings(log, start) {
-                eprintln!("davdrive: warning: {warning}");
-            }
-            return Ok(());
-        }
-        let status = child.wait().map_err(|e| format!("daemon: {e}"))?;
-        // Only what this start logged: the log also holds earlier mounts'.
-        let tail = log_since(log, start);
-        let last: Vec<&str> = tail.lines().rev().take(3).collect();
-        let detail: Vec<&str> = last.into_iter().rev().collect();
-        Err(format!(
-            "the mount failed ({status}): {}\n(full log: {})",
-            detail.join("\n"),
-            log.display()
-        ))
-    }
-
-    /// What the daemon logged from byte `start` of its log on (at most 1 MiB).
-    fn log_since(log: &Path, start: u64) -> String {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut raw = Vec::new();
-        let read = std::fs::File::open(log).and_then(|mut f| {
-            f.seek(SeekFrom::Start(start))?;
-            f.take(1 << 20).read_to_end(&mut raw)
-        });
-        match read {
-            Ok(_) => String::from_utf8_lossy(&raw).into_owned(),
-            Err(_) => String::new(),
-        }
-    }
-
-    /// The warnings the daemon logged from byte `start` of its log on.
-    fn start_warnings(log: &Path, start: u64) -> Vec<String> {
-        log_since(log, start)
-            .lines()
-            .filter_map(|l| l.split_once(" WARN ").map(|(_, w)| w.trim().to_owned()))
-            .collect()
+        detach::handshake(child, &secrets, log, start)
     }
 
     fn run_foreground(
@@ -1077,7 +981,7 @@ mod platform {
             .status();
     }
 
-    pub fn unmount(mountpoint: &Path) -> Result<(), String> {
+    pub fn unmount(mountpoint: &Path, _control: Option<&Path>) -> Result<(), String> {
         let out = Proc::new("fusermount3")
             .arg("-u")
             .arg(mountpoint)
@@ -1096,7 +1000,11 @@ mod platform {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(windows)]
+#[path = "platform_windows.rs"]
+mod platform;
+
+#[cfg(not(any(target_os = "linux", windows)))]
 mod platform {
     use std::path::Path;
 
@@ -1109,7 +1017,7 @@ mod platform {
         )
     }
 
-    pub fn unmount(_mountpoint: &Path) -> Result<(), String> {
+    pub fn unmount(_mountpoint: &Path, _control: Option<&Path>) -> Result<(), String> {
         Err("unmounting on this OS comes with its frontend".into())
     }
 

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod autostart;
 pub mod davmount;
+pub mod detach;
 pub mod docs;
 pub mod fstab;
 pub mod status;
@@ -214,6 +215,14 @@ pub struct MountArgs {
     /// minute apart) instead of failing; used by `davdrive autostart`.
     #[arg(long, help_heading = "Mount")]
     pub wait_for_server: bool,
+    /// Windows: the drive's label in Explorer [default: the URL's last folder and host].
+    #[arg(long, value_name = "NAME", help_heading = "Mount")]
+    pub volname: Option<String>,
+    /// Windows: a local (fixed) drive instead of a network drive. A network drive, the
+    /// default, is what Explorer expects of a server: no thumbnails fetched for every file,
+    /// and deleting asks to delete for good instead of using a Recycle Bin it cannot have.
+    #[arg(long, help_heading = "Mount")]
+    pub fixed_drive: bool,
 
     /// Where journals, spool files and the recovery folder live.
     #[arg(

@@ -99,28 +99,15 @@ impl MountConfig {
             .ok_or_else(|| {
                 ConfigError("no mount point: give one after the URL or in the profile".into())
             })?;
-        // A FUSE mount whose daemon was killed answers "Transport endpoint is not
-        // connected": the frontend clears it away before mounting again.
-        let md = std::fs::metadata(&mountpoint);
-        let stale_mount = md
-            .as_ref()
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotConnected);
-        let md = match md {
-            Ok(md) => Some(md),
-            Err(_) if stale_mount => None,
-            Err(e) => {
-                return Err(ConfigError(format!(
-                    "mount point {}: {e}",
-                    mountpoint.display()
-                )));
-            }
+        let stale_mount = if cfg!(windows) {
+            // A drive letter, `*`, or a folder that WinFsp makes (it must not exist).
+            crate::mount::windows::MountPoint::parse(&mountpoint)
+                .and_then(|m| m.check())
+                .map_err(ConfigError)?;
+            false
+        } else {
+            check_mount_dir(&mountpoint)?
         };
-        if md.is_some_and(|md| !md.is_dir()) {
-            return Err(ConfigError(format!(
-                "mount point {} is not a directory",
-                mountpoint.display()
-            )));
-        }
         // A path option: the command line's, else the profile's with `~` expanded.
         let path = |cli: &Option<PathBuf>, prof: &Option<PathBuf>| {
             cli.clone()
@@ -264,4 +251,31 @@ impl MountConfig {
             vfs,
         })
     }
+}
+
+/// Checks a FUSE mount point: an existing directory. Returns whether it holds a mount whose
+/// daemon was killed ("Transport endpoint is not connected"), which the frontend clears
+/// away before mounting again.
+fn check_mount_dir(mountpoint: &std::path::Path) -> Result<bool, ConfigError> {
+    let md = std::fs::metadata(mountpoint);
+    let stale_mount = md
+        .as_ref()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotConnected);
+    let md = match md {
+        Ok(md) => Some(md),
+        Err(_) if stale_mount => None,
+        Err(e) => {
+            return Err(ConfigError(format!(
+                "mount point {}: {e}",
+                mountpoint.display()
+            )));
+        }
+    };
+    if md.is_some_and(|md| !md.is_dir()) {
+        return Err(ConfigError(format!(
+            "mount point {} is not a directory",
+            mountpoint.display()
+        )));
+    }
+    Ok(stale_mount)
 }

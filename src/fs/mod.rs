@@ -2,7 +2,9 @@
 //! ([`crate::vfs::Vfs`]) and the core's error kinds into its own codes, in one match.
 //!
 //! - `fuse` (Linux; macOS later): fuser callbacks, errno.
-//! - `winfsp` (Windows): WinFsp callbacks, NTSTATUS — comes with the Windows issue.
+//! - `winfsp` (Windows): WinFsp callbacks, NTSTATUS.
 
 #[cfg(target_os = "linux")]
 pub mod fuse;
+#[cfg(windows)]
+pub mod winfsp;

@@ -5,9 +5,15 @@
 //! the user's own on both sides, the socket 0600: only the mount's user reaches it (the kernel
 //! checks that; no password is involved).
 //!
+//! On Windows the same protocol runs over a named pipe, `\\.\pipe\davdrive-PID-NONCE`,
+//! and `PID-NONCE.sock` in `mounts/` of the cache directory is an empty file that names it
+//! (the folder is the user's own profile; the pipe refuses remote clients).
+//!
 //! Protocol: one request line, one answer line, then the connection closes. Requests:
-//! `status` (answer: a [`Report`] as JSON) and `refresh [PATH]` (answer:
-//! `{"refreshed":N}`, the number of folder listings dropped). A failure is
+//! `status` (answer: a [`Report`] as JSON), `refresh [PATH]` (answer:
+//! `{"refreshed":N}`, the number of folder listings dropped), and `stop` (answer:
+//! `{"stopping":true}`; the mount unmounts once its uploads are done, as on SIGTERM: how
+//! `davdrive unmount` ends a Windows mount, which has no signals). A failure is
 //! `{"error":"..."}`. Scripts may speak it too, but `davdrive status --json` is the stable
 //! interface.
 //!
@@ -16,11 +22,9 @@
 //! mount died (SIGKILL, a crash) stays behind; a client that finds it refusing connections
 //! while no process has its pid removes it.
 
-#[cfg(unix)]
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-#[cfg(unix)]
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -29,7 +33,6 @@ use crate::vfs::Vfs;
 use crate::vfs::activity::Activity;
 
 /// How long a client waits for a mount to answer.
-#[cfg(unix)]
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
 /// What a mount says about itself.
@@ -140,7 +143,74 @@ pub fn serve(
     Some(ControlSocket { path })
 }
 
-#[cfg(not(unix))]
+#[cfg(windows)]
+pub fn serve(
+    base: &Path,
+    vfs: Arc<Vfs>,
+    info: MountInfo,
+    rt: &tokio::runtime::Handle,
+) -> Option<ControlSocket> {
+    use tokio::net::windows::named_pipe::ServerOptions;
+    let dir = sockets_dir(base);
+    let mut nonce = [0u8; 4];
+    let _ = getrandom::fill(&mut nonce);
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{}-{nonce}.sock", info.pid));
+    let name = pipe_name(&path)?;
+    let made = (|| {
+        std::fs::create_dir_all(&dir)?;
+        let _in_runtime = rt.enter();
+        let first = ServerOptions::new()
+            .first_pipe_instance(true)
+            .reject_remote_clients(true)
+            .create(&name)?;
+        std::fs::write(&path, b"")?;
+        Ok::<_, std::io::Error>(first)
+    })();
+    let mut server = match made {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(
+                "cannot make the control pipe {name} ({e}): `davdrive status` and \
+                 `davdrive unmount` will not see this mount"
+            );
+            return None;
+        }
+    };
+    let info = Arc::new(info);
+    rt.spawn(async move {
+        loop {
+            if server.connect().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let next = match ServerOptions::new()
+                .reject_remote_clients(true)
+                .create(&name)
+            {
+                Ok(n) => n,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let conn = std::mem::replace(&mut server, next);
+            let (vfs, info) = (vfs.clone(), info.clone());
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(ANSWER_WITHIN, answer(conn, &vfs, &info)).await;
+            });
+        }
+    });
+    Some(ControlSocket { path })
+}
+
+/// The named pipe behind a control file `PID-NONCE.sock` (Windows).
+#[cfg(windows)]
+fn pipe_name(path: &Path) -> Option<String> {
+    let stem = path.file_stem()?.to_str()?;
+    Some(format!("\\\\.\\pipe\\davdrive-{stem}"))
+}
+
+#[cfg(not(any(unix, windows)))]
 pub fn serve(
     _base: &Path,
     _vfs: Arc<Vfs>,
@@ -168,10 +238,12 @@ fn bind(
     Ok(listener)
 }
 
-#[cfg(unix)]
-async fn answer(conn: tokio::net::UnixStream, vfs: &Vfs, info: &MountInfo) -> std::io::Result<()> {
+async fn answer<S>(conn: S, vfs: &Vfs, info: &MountInfo) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-    let (r, mut w) = conn.into_split();
+    let (r, mut w) = tokio::io::split(conn);
     let mut line = String::new();
     tokio::io::BufReader::new(r.take(4096))
         .read_line(&mut line)
@@ -183,7 +255,6 @@ async fn answer(conn: tokio::net::UnixStream, vfs: &Vfs, info: &MountInfo) -> st
 }
 
 /// The answer to one request line.
-#[cfg(unix)]
 fn handle(request: &str, vfs: &Vfs, info: &MountInfo) -> String {
     let (verb, arg) = request.split_once(' ').unwrap_or((request, ""));
     let error = |msg: String| serde_json::json!({ "error": msg }).to_string();
@@ -217,6 +288,11 @@ fn handle(request: &str, vfs: &Vfs, info: &MountInfo) -> String {
             );
             serde_json::json!({ "refreshed": n }).to_string()
         }
+        "stop" => {
+            tracing::info!("asked to unmount (davdrive unmount)");
+            super::request_stop();
+            serde_json::json!({ "stopping": true }).to_string()
+        }
         _ => error(format!("unknown request {verb:?}")),
     }
 }
@@ -248,7 +324,59 @@ pub fn request(path: &Path, request: &str) -> std::io::Result<String> {
     Ok(line)
 }
 
-#[cfg(not(unix))]
+/// Sends `request` to the mount whose control file is `path` and returns the answer line
+/// (Windows: over its named pipe).
+#[cfg(windows)]
+pub fn request(path: &Path, request: &str) -> std::io::Result<String> {
+    if !path.exists() {
+        return Err(std::io::ErrorKind::NotFound.into());
+    }
+    let name = pipe_name(path).ok_or(std::io::ErrorKind::InvalidInput)?;
+    let request = request.to_owned();
+    // Opening, writing and reading a pipe have no timeouts of their own: bounded here.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let talk = || -> std::io::Result<String> {
+            let deadline = std::time::Instant::now() + ANSWER_WITHIN;
+            let mut pipe = loop {
+                match std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&name)
+                {
+                    Ok(p) => break p,
+                    // ERROR_PIPE_BUSY: every instance is serving someone; try again.
+                    Err(e)
+                        if e.raw_os_error() == Some(231)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    // No such pipe (NotFound): the mount has exited, its file stayed behind.
+                    Err(e) => return Err(e),
+                }
+            };
+            pipe.write_all(request.as_bytes())?;
+            pipe.write_all(b"\n")?;
+            let mut line = String::new();
+            BufReader::new(pipe).read_line(&mut line)?;
+            Ok(line)
+        };
+        let _ = tx.send(talk());
+    });
+    let line = rx.recv_timeout(ANSWER_WITHIN).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "the mount does not answer")
+    })??;
+    if line.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the mount closed the connection",
+        ));
+    }
+    Ok(line)
+}
+
+#[cfg(not(any(unix, windows)))]
 pub fn request(_path: &Path, _request: &str) -> std::io::Result<String> {
     Err(std::io::Error::other(
         "control sockets come with this OS's frontend",

@@ -25,6 +25,7 @@
 pub mod control;
 pub mod desktop;
 pub mod notify;
+pub mod windows;
 
 use std::io::Write;
 use std::path::Path;
@@ -294,6 +295,15 @@ pub enum Signal {
     Refresh,
 }
 
+/// A `stop` asked through the control socket (`davdrive unmount` on Windows).
+static STOP: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Asks the running mount to stop as SIGTERM does (see [`Signals::recv`]).
+pub fn request_stop() {
+    // A permit is kept if nobody waits yet.
+    STOP.notify_one();
+}
+
 /// The signals a mount answers, caught from before the mount exists.
 pub struct Signals {
     #[cfg(unix)]
@@ -321,8 +331,15 @@ impl Signals {
         Signals {}
     }
 
-    /// Waits for one of the signals.
+    /// Waits for one of the signals, or a `stop` through the control socket.
     pub async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            s = self.caught() => s,
+            _ = STOP.notified() => Signal::Stop,
+        }
+    }
+
+    async fn caught(&mut self) -> Signal {
         #[cfg(unix)]
         {
             if self.caught.is_empty() {
@@ -339,8 +356,12 @@ impl Signals {
         }
         #[cfg(not(unix))]
         {
-            let _ = tokio::signal::ctrl_c().await;
-            Signal::Stop
+            // A daemon without a console never gets Ctrl-C: it is stopped through its
+            // control pipe (`davdrive unmount`).
+            match tokio::signal::ctrl_c().await {
+                Ok(()) => Signal::Stop,
+                Err(_) => std::future::pending::<Signal>().await,
+            }
         }
     }
 }

@@ -399,6 +399,14 @@ impl WinFs {
         }
     }
 
+    /// Flush (FlushFileBuffers): what was written so far goes to the server now.
+    pub async fn flush(&self, h: &WinHandle) -> VfsResult<()> {
+        if !h.write {
+            return Ok(());
+        }
+        self.vfs.flush(h.fh).await
+    }
+
     /// Close: the handle ends. The returned future finishes what the core still does for it
     /// (an upload that cleanup did not wait for).
     pub fn close(&self, h: WinHandle) -> impl std::future::Future<Output = ()> + Send + 'static {
