@@ -138,9 +138,12 @@ fn check(name: &str, p: &Profile) -> Result<(), String> {
     Ok(())
 }
 
-/// `~` or `~/x` → the home directory; other paths unchanged.
+/// `~` or `~/x` → the home directory (Windows: `%USERPROFILE%`); other paths unchanged.
 pub fn expand_home(p: &Path) -> PathBuf {
-    let home = || std::env::var_os("HOME").map(PathBuf::from);
+    let home = || {
+        let var = if cfg!(windows) { "USERPROFILE" } else { "HOME" };
+        std::env::var_os(var).map(PathBuf::from)
+    };
     match p.to_str() {
         Some("~") => home().unwrap_or_else(|| p.to_path_buf()),
         Some(s) if s.starts_with("~/") => match home() {
@@ -152,12 +155,17 @@ pub fn expand_home(p: &Path) -> PathBuf {
 }
 
 /// Where the profile file is looked for when `--config` is not given:
-/// `$XDG_CONFIG_HOME/davdrive/config.toml`, else `~/.config/davdrive/config.toml`.
+/// `$XDG_CONFIG_HOME/davdrive/config.toml`, else `~/.config/davdrive/config.toml`; on
+/// Windows `%APPDATA%\davdrive\config.toml` (a HOME that Git Bash sets does not move it).
 pub fn default_path() -> Option<PathBuf> {
-    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|x| !x.is_empty()) {
+    let var = |k: &str| std::env::var_os(k).filter(|x| !x.is_empty());
+    if cfg!(windows) {
+        return var("APPDATA").map(|a| PathBuf::from(a).join("davdrive").join("config.toml"));
+    }
+    if let Some(x) = var("XDG_CONFIG_HOME") {
         return Some(PathBuf::from(x).join("davdrive/config.toml"));
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/davdrive/config.toml"))
+    var("HOME").map(|h| PathBuf::from(h).join(".config/davdrive/config.toml"))
 }
 
 /// Loads profile `name` from `file` (or the default file).
@@ -266,5 +274,20 @@ mod tests {
             assert_eq!(expand_home(Path::new("~/PACS")), h.join("PACS"));
         }
         assert_eq!(expand_home(Path::new("/m/~x")), PathBuf::from("/m/~x"));
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn on_windows_profiles_live_in_appdata_and_caches_in_localappdata() {
+        let appdata = std::env::var_os("APPDATA").expect("Windows sets APPDATA");
+        assert_eq!(
+            default_path(),
+            Some(PathBuf::from(appdata).join("davdrive").join("config.toml"))
+        );
+        let local = std::env::var_os("LOCALAPPDATA").expect("Windows sets LOCALAPPDATA");
+        assert_eq!(
+            crate::vfs::cache_dir::default_base(),
+            PathBuf::from(local).join("davdrive")
+        );
     }
 }

@@ -48,6 +48,7 @@ const WRITE_RIGHTS: u32 = 0x0002 | 0x0004;
 /// WinFsp's FspCleanupDelete flag.
 const CLEANUP_DELETE: u32 = 0x01;
 const FILE_ATTRIBUTE_READONLY: u32 = 0x01;
+const FILE_ATTRIBUTE_HIDDEN: u32 = 0x02;
 const FILE_ATTRIBUTE_DIRECTORY: u32 = 0x10;
 const FILE_ATTRIBUTE_NORMAL: u32 = 0x80;
 /// Seconds from 1601-01-01 (FILETIME's epoch) to 1970-01-01.
@@ -96,18 +97,20 @@ pub fn filetime(t: SystemTime) -> u64 {
     (since.as_secs() + FILETIME_TO_UNIX) * 10_000_000 + u64::from(since.subsec_nanos() / 100)
 }
 
-/// The FILE_ATTRIBUTE_* bits of an entry.
+/// The FILE_ATTRIBUTE_* bits of an entry (NORMAL only when no other bit is set).
 pub fn attributes(info: &WinInfo) -> u32 {
-    let kind = if info.dir {
-        FILE_ATTRIBUTE_DIRECTORY
-    } else {
+    let bits = [
+        (info.dir, FILE_ATTRIBUTE_DIRECTORY),
+        (info.read_only, FILE_ATTRIBUTE_READONLY),
+        (info.hidden, FILE_ATTRIBUTE_HIDDEN),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .fold(0, |acc, (_, bit)| acc | bit);
+    if bits == 0 {
         FILE_ATTRIBUTE_NORMAL
-    };
-    if info.read_only {
-        // READONLY may not stand beside NORMAL.
-        (kind & !FILE_ATTRIBUTE_NORMAL) | FILE_ATTRIBUTE_READONLY
     } else {
-        kind
+        bits
     }
 }
 
@@ -589,16 +592,35 @@ pub fn mount(
         volume_params(opts),
         drive,
     )
-    .map_err(|e| format!("WinFsp cannot create the file system: {e:?}"))?;
-    host.mount(at.as_os_str()).map_err(|e| {
-        format!(
-            "WinFsp cannot mount on {}: {e:?} (is the letter taken, or the folder there already?)",
-            at.display()
-        )
-    })?;
+    .map_err(|e| explain("WinFsp cannot make the file system", at, e.into()))?;
+    host.mount(at.as_os_str())
+        .map_err(|e| explain("WinFsp cannot mount", at, e.into()))?;
     host.start()
-        .map_err(|e| format!("WinFsp cannot start: {e:?}"))?;
+        .map_err(|e| explain("WinFsp cannot start", at, e.into()))?;
     Ok(Session { host })
+}
+
+/// What to tell the user about a WinFsp failure.
+fn explain(what: &str, at: &std::path::Path, e: FspError) -> String {
+    let status = e.to_ntstatus() as u32;
+    let why = match status {
+        0xC000_000E => {
+            "WinFsp's driver is not running: reinstall WinFsp (https://winfsp.dev/rel/) \
+                        or restart Windows"
+                .to_owned()
+        }
+        0xC000_0035 | 0xC000_0022 => format!(
+            "{} is in use (another drive or folder there); pick another letter, or * for the \
+             next free one",
+            at.display()
+        ),
+        0xC000_0033 | 0xC000_003A => format!(
+            "{}: not a drive letter or a folder whose parent exists",
+            at.display()
+        ),
+        _ => format!("NTSTATUS {status:#010x}"),
+    };
+    format!("{what} on {}: {why}", at.display())
 }
 
 /// Loads WinFsp's DLL from where its installer put it (it is not on PATH), then lets the
@@ -792,6 +814,7 @@ mod tests {
             written: UNIX_EPOCH,
             changed: UNIX_EPOCH,
             index: 9,
+            hidden: false,
         };
         assert_eq!(attributes(&i), FILE_ATTRIBUTE_NORMAL);
         i.read_only = true;

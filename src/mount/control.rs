@@ -517,4 +517,61 @@ mod tests {
         assert_eq!(back.activity.uploads[0].path, "/a b");
         assert_eq!(back.activity.server_silent_secs, Some(4));
     }
+
+    /// The control channel end to end, on both platforms (a Unix socket on Linux, a named
+    /// pipe on Windows, there under Wine): found by `running`, answers `status`, and `stop`
+    /// reaches the mount's signal wait.
+    #[test]
+    fn status_and_stop_through_the_control_channel() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let base = std::env::temp_dir().join(format!("davdrive-control-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let client = crate::dav::DavClient::new(crate::dav::ClientConfig::new(
+            url::Url::parse("http://127.0.0.1:9/dav/").expect("url"),
+        ))
+        .expect("client");
+        let vfs = Vfs::new(
+            client,
+            crate::vfs::VfsConfig {
+                cache_dir: base.join("mount"),
+                ..crate::vfs::VfsConfig::default()
+            },
+        )
+        .expect("core");
+        let info = MountInfo {
+            pid: std::process::id(),
+            url: "http://127.0.0.1:9/dav/".into(),
+            mountpoint: "X:".into(),
+            cache_dir: base.join("mount"),
+            started: 1,
+            async_close: false,
+        };
+        // Not under XDG_RUNTIME_DIR: this test's own folder.
+        let sock = {
+            let _env = rt.enter();
+            // SAFETY: this test sets no other variable and reads it only below.
+            unsafe { std::env::remove_var("XDG_RUNTIME_DIR") };
+            serve(&base, vfs, info, rt.handle()).expect("control channel")
+        };
+        let found = running(&base);
+        assert_eq!(found.answering.len(), 1, "{:?}", found.silent);
+        assert_eq!(found.answering[0].1.mount.mountpoint, Path::new("X:"));
+        let mut signals = super::super::Signals::catch(&rt);
+        let reply = request(&found.answering[0].0, "stop").expect("stop");
+        assert!(reply.contains("\"stopping\":true"), "{reply}");
+        let got = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), signals.recv()).await
+        });
+        assert_eq!(got.ok(), Some(super::super::Signal::Stop));
+        drop(sock);
+        assert!(matches!(
+            status_of(&found.answering[0].0),
+            Err(Unanswered::Gone)
+        ));
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }

@@ -66,6 +66,13 @@ const SPARES: usize = 4;
 /// `$XDG_RUNTIME_DIR/davdrive`, or a folder of this user's own in the system temp dir, which
 /// [`CacheDir::open`] refuses if someone else made it.
 pub fn default_base() -> PathBuf {
+    // Windows: the user's own local profile, whatever HOME a Unix-like shell sets, so that
+    // every davdrive of the user finds every mount.
+    if cfg!(windows)
+        && let Some(h) = std::env::var_os("LOCALAPPDATA").filter(|v| !v.is_empty())
+    {
+        return PathBuf::from(h).join("davdrive");
+    }
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("davdrive");
     }

@@ -70,6 +70,17 @@ pub struct WinInfo {
     pub changed: SystemTime,
     /// The file index (the inode number: stable while the mount runs).
     pub index: u64,
+    /// The hidden attribute: a name with a leading dot (`.git`), hidden as a Linux file
+    /// manager hides it.
+    pub hidden: bool,
+}
+
+impl WinInfo {
+    /// With the hidden attribute that `name` (the last component) calls for.
+    fn named(mut self, name: &str) -> Self {
+        self.hidden = super::names::is_hidden(name);
+        self
+    }
 }
 
 impl From<&Attr> for WinInfo {
@@ -82,6 +93,7 @@ impl From<&Attr> for WinInfo {
             written: a.mtime,
             changed: a.ctime,
             index: a.ino,
+            hidden: false,
         }
     }
 }
@@ -193,7 +205,7 @@ impl WinFs {
                 delete: AtomicBool::new(false),
                 snapshot: Mutex::new(None),
             },
-            info: WinInfo::from(&attr),
+            info: WinInfo::from(&attr).named(last_name(&normalized)),
             normalized,
         })
     }
@@ -226,7 +238,9 @@ impl WinFs {
 
     /// GetFileInfo.
     pub async fn info(&self, h: &WinHandle) -> VfsResult<WinInfo> {
-        Ok(WinInfo::from(&self.vfs.getattr(h.ino).await?))
+        let info = WinInfo::from(&self.vfs.getattr(h.ino).await?);
+        let path = self.vfs.handle_path(h.fh).unwrap_or_default();
+        Ok(info.named(last_name(&path)))
     }
 
     /// Read up to `len` bytes at `offset`; empty at or past the end.
@@ -293,7 +307,8 @@ impl WinFs {
             .vfs
             .setattr(h.ino, h.write.then_some(h.fh), set)
             .await?;
-        Ok(WinInfo::from(&attr))
+        let path = self.vfs.handle_path(h.fh).unwrap_or_default();
+        Ok(WinInfo::from(&attr).named(last_name(&path)))
     }
 
     /// SetFileSize with the allocation flag: a hint of the final size, which changes nothing
@@ -468,8 +483,8 @@ impl WinFs {
         let mut out: Vec<WinEntry> = all
             .into_iter()
             .map(|e| WinEntry {
+                info: WinInfo::from(&e.attr).named(&e.name),
                 name: e.name,
-                info: WinInfo::from(&e.attr),
             })
             .collect();
         out.sort_by(|a, b| order(&a.name, &b.name));
@@ -523,6 +538,11 @@ fn order(a: &str, b: &str) -> std::cmp::Ordering {
         .cmp(&dots(b))
         .then_with(|| a.to_lowercase().cmp(&b.to_lowercase()))
         .then_with(|| a.cmp(b))
+}
+
+/// The last component of a path (either separator).
+fn last_name(path: &str) -> &str {
+    path.rsplit(['/', '\\']).next().unwrap_or("")
 }
 
 /// The open mode for Windows access rights. A handle that writes may also be read through:

@@ -37,6 +37,29 @@ fn names_in(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Whether `path` shows the hidden attribute, in its listing and once open.
+async fn o_hidden_check(w: &WinFs, path: &str) -> bool {
+    let (dir, name) = path.rsplit_once('\\').expect("a path");
+    let d = w
+        .open(if dir.is_empty() { "\\" } else { dir }, RO)
+        .await
+        .expect("dir");
+    let listed = w
+        .read_directory(&d.handle, None)
+        .await
+        .expect("list")
+        .iter()
+        .find(|e| e.name == name)
+        .map(|e| e.info.hidden)
+        .expect("listed");
+    w.close(d.handle).await;
+    let o = w.open(path, RO).await.expect("open");
+    let open = w.info(&o.handle).await.expect("info").hidden;
+    w.close(o.handle).await;
+    assert_eq!(listed, open, "{path}");
+    open
+}
+
 fn puts_to(server: &DavServer, path: &str) -> usize {
     server
         .requests()
@@ -119,7 +142,13 @@ fn create_dispositions_case_and_stream_names() {
             std::fs::read(server.root.join("Docs/New Notes.txt")).expect("new"),
             b"hello"
         );
-        // An empty new file exists too.
+        assert!(!o_hidden_check(&w, "\\Docs\\New Notes.txt").await);
+        // An empty new file exists too; a name with a leading dot is hidden, as on Linux.
+        let o = w.create("\\Docs\\.hidden", false).await.expect("create");
+        assert!(o.info.hidden);
+        w.cleanup(&o.handle, false).await;
+        w.close(o.handle).await;
+        assert!(o_hidden_check(&w, "\\Docs\\.hidden").await);
         let o = w.create("\\Docs\\empty.txt", false).await.expect("create");
         w.cleanup(&o.handle, false).await;
         w.close(o.handle).await;
