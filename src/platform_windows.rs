@@ -14,6 +14,8 @@ use davdrive::vfs::windows::WinFs;
 /// CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP: the daemon has no console to close and
 /// does not get the Ctrl-C of the console it was started from.
 const DETACHED_FLAGS: u32 = 0x0800_0000 | 0x0000_0200;
+/// CREATE_BREAKAWAY_FROM_JOB.
+const CREATE_BREAKAWAY_FROM_JOB: u32 = 0x0100_0000;
 
 pub fn mount(args: &MountArgs) -> Result<(), String> {
     let cfg = MountConfig::from_args(args, 0, 0).map_err(|e| e.to_string())?;
@@ -44,11 +46,19 @@ fn spawn_detached(log: &Path, argv: Vec<OsString>) -> Result<(), String> {
         .env(detach::DETACHED, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file))
-        .creation_flags(DETACHED_FLAGS);
-    let child = cmd
+        .stderr(Stdio::from(log_file));
+    // Out of the job of whoever started us (a terminal, ssh, Task Scheduler), whose end
+    // would end the mount; a job that forbids it gets a child inside it.
+    let child = match cmd
+        .creation_flags(DETACHED_FLAGS | CREATE_BREAKAWAY_FROM_JOB)
         .spawn()
-        .map_err(|e| format!("cannot start the daemon: {e}"))?;
+    {
+        Ok(c) => c,
+        Err(_) => cmd
+            .creation_flags(DETACHED_FLAGS)
+            .spawn()
+            .map_err(|e| format!("cannot start the daemon: {e}"))?,
+    };
     detach::handshake(child, &secrets, log, start)
 }
 
@@ -92,13 +102,19 @@ fn run_foreground(args: &MountArgs, first: MountConfig) -> Result<(), String> {
         allow_other: cfg.allow_other,
     };
     let at = PathBuf::from(at.display());
-    let mut session = winfsp::mount(WinFs::new(vfs.clone()), rt.handle().clone(), &at, &opts)?;
+    // Fires when WinFsp's dispatcher stops: after a stop of ours, or when the drive is
+    // removed from outside (then the mount ends as if unmounted).
+    let (stopped, ended) = tokio::sync::oneshot::channel::<()>();
+    let mut session = winfsp::mount(
+        WinFs::new(vfs.clone()),
+        rt.handle().clone(),
+        &at,
+        &opts,
+        stopped,
+    )?;
     cfg.mountpoint = at.clone();
     let _control = mount::serve_control(&cfg, &vfs, &rt);
     mount::ready(&cfg.url, &at);
-    // WinFsp's dispatcher does not end by itself: only a stop (Ctrl-C, `davdrive unmount`)
-    // ends the mount. The sender is kept until then.
-    let (_running, ended) = tokio::sync::oneshot::channel::<()>();
     let mut life = mount::Lifecycle { vfs, signals };
     life.serve(&rt, ended, || session.stop());
     rt.block_on(mount::drain(&life.vfs));

@@ -29,8 +29,10 @@ pub fn secrets_for(cmd: &mut Command) -> Vec<u8> {
 }
 
 /// In the daemon of a background mount: takes the secrets its parent sends over stdin into
-/// this process's variables. They never were in its environment block, which other
-/// processes of the user can read for the life of the mount.
+/// this process's variables. On Linux they were never in its initial environment block,
+/// which /proc shows to the user's other processes for the life of the mount. (On Windows
+/// the live block holds them, readable by the user's own processes, which can read the
+/// daemon's memory anyway.) Commands davdrive runs never inherit them (`SECRET_VARS`).
 pub fn take_secrets() {
     if std::env::var_os(DETACHED).is_none() {
         return;

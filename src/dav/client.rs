@@ -1105,7 +1105,8 @@ impl DavClient {
                     if resp.status() == StatusCode::UNAUTHORIZED
                         && (self.inner.credentials.is_some()
                             || self.inner.bearer.is_some()
-                            || offers(resp.headers(), "negotiate"))
+                            || offers(resp.headers(), "negotiate")
+                            || (cfg!(windows) && offers(resp.headers(), "ntlm")))
                         && !authed_retry
                         && credentials_allowed(self.inner.root.url(), &url)
                         && self.learn_challenge(resp.headers()).await?
@@ -1221,7 +1222,7 @@ impl DavClient {
         if offers(headers, "negotiate") && self.learn_kerberos().await {
             return Ok(true);
         }
-        if self.inner.credentials.is_none() {
+        if self.inner.credentials.is_none() && !cfg!(windows) {
             return Ok(false);
         }
         Ok(self.learn_password_challenge(headers))
@@ -1294,7 +1295,8 @@ impl DavClient {
         };
         let mut st = self.inner.auth.lock().unwrap_or_else(|e| e.into_inner());
         // Digest is preferred to Basic when both are offered: the password never travels.
-        if let Some(ch) = DigestChallenge::parse(values()) {
+        let have_password = self.inner.credentials.is_some();
+        if have_password && let Some(ch) = DigestChallenge::parse(values()) {
             let renewed = match &*st {
                 AuthState::Digest { challenge, .. } => challenge.nonce != ch.nonce && ch.stale,
                 _ => true,
@@ -1317,14 +1319,15 @@ impl DavClient {
         } else {
             None
         };
+        // Without credentials, Windows logs on as the user (single sign-on, SSPI).
         if let Some(scheme) = ntlm
             && !matches!(*st, AuthState::Ntlm(_))
-            && let Some(creds) = &self.inner.credentials
+            && (self.inner.credentials.is_some() || cfg!(windows))
         {
             match NtlmTransport::new(
                 self.inner.root.url().clone(),
                 scheme,
-                creds.clone(),
+                self.inner.credentials.clone(),
                 self.inner.connect_timeout,
                 self.inner.progress_timeout,
                 &self.inner.tls,
@@ -1337,7 +1340,7 @@ impl DavClient {
                 Err(e) => tracing::warn!("cannot use {scheme:?}: {e}"),
             }
         }
-        if offered.iter().any(|s| s == "basic") && matches!(*st, AuthState::None) {
+        if have_password && offered.iter().any(|s| s == "basic") && matches!(*st, AuthState::None) {
             if self.inner.root.url().scheme() == "http" {
                 tracing::warn!(
                     "the server asks for Basic authentication over plain HTTP: the password \

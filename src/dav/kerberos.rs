@@ -19,8 +19,9 @@
 //! to the user's ticket cache; other names (`DOMAIN\user`) mean NTLM. Without credentials the
 //! ticket cache is used.
 //!
-//! Windows (SSPI) and macOS (GSS.framework) are not wired up yet: there [`Kerberos::start`]
-//! says so and `Negotiate` falls back to NTLM.
+//! On Windows the tokens come from SSPI (`sys/sspi.rs`): the logged-on user's own ticket, or one
+//! for a principal and password given for the mount. macOS (GSS.framework) is not wired up
+//! yet: there [`Kerberos::start`] says so and `Negotiate` falls back to NTLM.
 
 use super::auth::Credentials;
 
@@ -29,6 +30,8 @@ use super::auth::Credentials;
 pub struct Kerberos {
     #[cfg(target_os = "linux")]
     imp: gss::Session,
+    #[cfg(windows)]
+    imp: crate::sys::sspi::Kerberos,
 }
 
 impl std::fmt::Debug for Kerberos {
@@ -60,7 +63,18 @@ impl Kerberos {
         Ok((Kerberos { imp: s }, t))
     }
 
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(windows)]
+    pub fn start(
+        host: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<(Kerberos, Vec<u8>), String> {
+        let login = credentials.map(|c| (c.user.as_str(), c.password.expose()));
+        let imp = crate::sys::sspi::Kerberos::new(host, login)?;
+        let first = imp.token()?;
+        Ok((Kerberos { imp }, first))
+    }
+
+    #[cfg(not(any(target_os = "linux", windows)))]
     pub fn start(
         _host: &str,
         _credentials: Option<&Credentials>,
@@ -70,11 +84,11 @@ impl Kerberos {
 
     /// A fresh token for the next request.
     pub fn token(&self) -> Result<Vec<u8>, String> {
-        #[cfg(target_os = "linux")]
+        #[cfg(any(target_os = "linux", windows))]
         {
             self.imp.token()
         }
-        #[cfg(not(target_os = "linux"))]
+        #[cfg(not(any(target_os = "linux", windows)))]
         {
             Err("Kerberos is not supported on this platform yet".into())
         }

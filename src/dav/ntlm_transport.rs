@@ -158,7 +158,10 @@ pub struct TlsSettings {
 pub struct NtlmTransport {
     root: Url,
     scheme: Scheme,
-    credentials: Credentials,
+    /// `None`: the logged-on user's own credentials, through SSPI (Windows single sign-on).
+    credentials: Option<Credentials>,
+    #[cfg(windows)]
+    sso: Option<crate::sys::sspi::Credential>,
     connect_timeout: Duration,
     progress_timeout: Duration,
     tls: Option<tokio_rustls::TlsConnector>,
@@ -265,7 +268,7 @@ impl NtlmTransport {
     pub fn new(
         root: Url,
         scheme: Scheme,
-        credentials: Credentials,
+        credentials: Option<Credentials>,
         connect_timeout: Duration,
         progress_timeout: Duration,
         tls: &TlsSettings,
@@ -285,10 +288,25 @@ impl NtlmTransport {
         } else {
             None
         };
+        #[cfg(windows)]
+        let sso = match credentials {
+            Some(_) => None,
+            None => Some(
+                crate::sys::sspi::Credential::acquire("NTLM", None).map_err(DavError::Invalid)?,
+            ),
+        };
+        #[cfg(not(windows))]
+        if credentials.is_none() {
+            return Err(DavError::Invalid(
+                "NTLM needs a user name and password here (single sign-on is Windows only)".into(),
+            ));
+        }
         Ok(NtlmTransport {
             root,
             scheme,
             credentials,
+            #[cfg(windows)]
+            sso,
             connect_timeout,
             progress_timeout,
             tls,
@@ -496,6 +514,19 @@ impl NtlmTransport {
             path: url.path().into(),
             reason,
         };
+        // Windows single sign-on: Windows makes both messages for the logged-on user.
+        #[cfg(windows)]
+        let mut sso = self.sso.as_ref().map(|c| {
+            let host = self.root.host_str().unwrap_or_default();
+            crate::sys::sspi::Context::new(c, &format!("HTTP/{host}"))
+        });
+        #[cfg(windows)]
+        let first = match sso.as_mut() {
+            Some(ctx) => ctx.step(None).map_err(|e| refused(&e))?.0,
+            None => ntlm::negotiate(),
+        };
+        #[cfg(not(windows))]
+        let first = ntlm::negotiate();
         // NEGOTIATE → CHALLENGE.
         let mut found = None;
         for verb in ["OPTIONS", "PROPFIND"] {
@@ -504,7 +535,7 @@ impl NtlmTransport {
                 .await
                 .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
             let resp = sender
-                .send_request(probe(verb, &ntlm::negotiate())?)
+                .send_request(probe(verb, &first)?)
                 .await
                 .map_err(|e| transport(method, url, TransportKind::Broken, e.to_string()))?;
             let challenge = resp
@@ -537,21 +568,33 @@ impl NtlmTransport {
         let bytes = STANDARD
             .decode(token.as_bytes())
             .map_err(|_| invalid("the NTLM challenge is not base64".into()))?;
-        let challenge = ntlm::parse_challenge(&bytes).map_err(|e| invalid(e.to_string()))?;
-        let mut client_challenge = [0u8; 8];
-        getrandom::fill(&mut client_challenge)
-            .map_err(|e| DavError::Invalid(format!("no randomness: {e}")))?;
-        let workstation = std::env::var("COMPUTERNAME")
-            .or_else(|_| std::env::var("HOSTNAME"))
-            .unwrap_or_default()
-            .to_uppercase();
-        let answer = ntlm::authenticate(
-            &challenge,
-            &self.credentials.user,
-            self.credentials.password.expose(),
-            &workstation,
-            &client_challenge,
-        );
+        let answer = match &self.credentials {
+            Some(creds) => {
+                let challenge =
+                    ntlm::parse_challenge(&bytes).map_err(|e| invalid(e.to_string()))?;
+                let mut client_challenge = [0u8; 8];
+                getrandom::fill(&mut client_challenge)
+                    .map_err(|e| DavError::Invalid(format!("no randomness: {e}")))?;
+                let workstation = std::env::var("COMPUTERNAME")
+                    .or_else(|_| std::env::var("HOSTNAME"))
+                    .unwrap_or_default()
+                    .to_uppercase();
+                ntlm::authenticate(
+                    &challenge,
+                    &creds.user,
+                    creds.password.expose(),
+                    &workstation,
+                    &client_challenge,
+                )
+            }
+            #[cfg(windows)]
+            None => match sso.as_mut() {
+                Some(ctx) => ctx.step(Some(&bytes)).map_err(|e| refused(&e))?.0,
+                None => return Err(refused("no credentials")),
+            },
+            #[cfg(not(windows))]
+            None => return Err(refused("no credentials")),
+        };
         // AUTHENTICATE: the connection is ours from now on.
         sender
             .ready()

@@ -12,9 +12,15 @@
 //! Volume: case-insensitive and case-preserving, Unicode, no named streams, no reparse
 //! points, no extended attributes, no ACLs kept (one security descriptor for everything:
 //! the mounting user and SYSTEM; `--allow-other` adds Everyone); file information cached
-//! for 1 s; cleanup posted only for files that were changed or are to be deleted; cached
-//! data flushed and purged at the last cleanup (so uploads see every byte written, and the
-//! next open reads what the server has).
+//! for 1 s, which also keeps Windows' cache manager off (WinFsp caches file data only with
+//! an infinite timeout): every read and write comes to davdrive, whose read-ahead and write
+//! sessions do the caching, so a file never shows Windows-cached bytes of another version;
+//! cleanup posted only for files that were changed or are to be deleted.
+//!
+//! Threads: cleanup of a written file waits for its upload (the program's CloseHandle
+//! returns once the server has the data, as close() does on Linux), so the dispatcher gets
+//! [`DISPATCHER_THREADS`] threads; close never waits (what is left runs on the runtime, and
+//! unmount waits for it).
 
 use std::ffi::c_void;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,6 +47,8 @@ use crate::vfs::windows::{WinAccess, WinFs, WinHandle, WinInfo, WinOpened};
 
 /// The user name or password is incorrect (not in windows-sys's Foundation).
 const STATUS_LOGON_FAILURE: i32 = 0xC000_006Du32 as i32;
+/// WinFsp's dispatcher threads: cleanups waiting for uploads must not starve browsing.
+pub const DISPATCHER_THREADS: u32 = 32;
 /// FILE_DIRECTORY_FILE (create options): make a folder.
 const FILE_DIRECTORY_FILE: u32 = 0x0000_0001;
 /// FILE_WRITE_DATA | FILE_APPEND_DATA (access rights): the handle writes.
@@ -146,6 +154,8 @@ pub struct DavDrive {
     /// The one self-relative security descriptor every file and folder shows.
     security: Vec<u8>,
     label: String,
+    /// Told when WinFsp's dispatcher stops (the drive was removed from outside).
+    stopped: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl DavDrive {
@@ -155,7 +165,16 @@ impl DavDrive {
             rt,
             security,
             label,
+            stopped: std::sync::Mutex::new(None),
         }
+    }
+
+    /// `tx` fires when the dispatcher stops.
+    pub fn on_stop(self, tx: tokio::sync::oneshot::Sender<()>) -> Self {
+        if let Ok(mut s) = self.stopped.lock() {
+            *s = Some(tx);
+        }
+        self
     }
 
     fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
@@ -208,8 +227,10 @@ impl DavDrive {
         let _ = self.block(self.fs.cleanup(h, flags & CLEANUP_DELETE != 0));
     }
 
+    /// Close: never waits. What the core still does for the handle (an upload cleanup did
+    /// not finish) runs on the runtime; unmount waits for it.
     pub fn op_close(&self, h: WinHandle) {
-        self.block(self.fs.close(h));
+        self.rt.spawn(self.fs.close(h));
     }
 
     /// ReadDirectory: fills `buffer` with the entries after `marker`; returns the bytes
@@ -512,6 +533,15 @@ impl FileSystemContext for DavDrive {
         )
     }
 
+    fn dispatcher_stopped(&self, normally: bool) {
+        if !normally {
+            tracing::warn!("WinFsp's dispatcher stopped unexpectedly: the drive is gone");
+        }
+        if let Some(tx) = self.stopped.lock().ok().and_then(|mut s| s.take()) {
+            let _ = tx.send(());
+        }
+    }
+
     fn get_volume_info(&self, out_volume_info: &mut VolumeInfo) -> winfsp::Result<()> {
         let (total, free) = self.op_volume()?;
         out_volume_info.total_size = total;
@@ -579,15 +609,18 @@ fn serial(label: &str) -> u32 {
 }
 
 /// Mounts `fs` on `at` (`X:` or a folder that does not exist yet) and starts serving it.
+/// `ended` fires when the dispatcher stops, also when the drive is removed from outside
+/// (Explorer's Disconnect, WinFsp's driver stopping).
 pub fn mount(
     fs: WinFs,
     rt: tokio::runtime::Handle,
     at: &std::path::Path,
     opts: &WinFspOptions,
+    ended: tokio::sync::oneshot::Sender<()>,
 ) -> Result<Session, String> {
     load()?;
     let security = security_descriptor(opts.allow_other)?;
-    let drive = DavDrive::new(fs, rt, security, opts.label.clone());
+    let drive = DavDrive::new(fs, rt, security, opts.label.clone()).on_stop(ended);
     let mut host = winfsp::host::FileSystemHost::<DavDrive, winfsp::host::FineGuard>::new(
         volume_params(opts),
         drive,
@@ -595,7 +628,7 @@ pub fn mount(
     .map_err(|e| explain("WinFsp cannot make the file system", at, e.into()))?;
     host.mount(at.as_os_str())
         .map_err(|e| explain("WinFsp cannot mount", at, e.into()))?;
-    host.start()
+    host.start_with_threads(DISPATCHER_THREADS)
         .map_err(|e| explain("WinFsp cannot start", at, e.into()))?;
     Ok(Session { host })
 }
@@ -620,7 +653,7 @@ fn explain(what: &str, at: &std::path::Path, e: FspError) -> String {
         ),
         _ => format!("NTSTATUS {status:#010x}"),
     };
-    format!("{what} on {}: {why}", at.display())
+    format!("{what} ({}): {why}", at.display())
 }
 
 /// Loads WinFsp's DLL from where its installer put it (it is not on PATH), then lets the
@@ -674,89 +707,22 @@ fn install_dir() -> Option<String> {
 /// The one security descriptor of every file and folder: owned by the mounting user, who
 /// (with SYSTEM) has full access; `everyone` adds Everyone (`--allow-other`).
 pub fn security_descriptor(everyone: bool) -> Result<Vec<u8>, String> {
-    let sid = user_sid()?;
+    let sid = crate::sys::winsec::user_sid()?;
     let mut sddl = format!("O:{sid}G:{sid}D:P(A;;FA;;;{sid})(A;;FA;;;SY)");
     if everyone {
         sddl.push_str("(A;;FA;;;WD)");
     }
-    sddl_to_descriptor(&sddl)
-}
-
-fn sddl_to_descriptor(sddl: &str) -> Result<Vec<u8>, String> {
-    use windows_sys::Win32::Foundation::LocalFree;
-    use windows_sys::Win32::Security::Authorization::{
-        ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
-    };
-    let wide: Vec<u16> = sddl.encode_utf16().chain([0]).collect();
-    let mut sd = std::ptr::null_mut();
-    let mut len = 0u32;
-    // SAFETY: `wide` is NUL-terminated; `sd` receives a LocalAlloc'd descriptor of `len`
-    // bytes, copied and freed below.
-    let ok = unsafe {
-        ConvertStringSecurityDescriptorToSecurityDescriptorW(
-            wide.as_ptr(),
-            SDDL_REVISION_1,
-            &mut sd,
-            &mut len,
-        )
-    };
-    if ok == 0 || sd.is_null() {
+    let sd = crate::sys::winsec::descriptor(&sddl)?;
+    // WinFsp's first buffer for a descriptor holds 1024 bytes, and winfsp-rs cannot report
+    // a larger need (STATUS_BUFFER_OVERFLOW with the size): stay below it. A user SID and
+    // three entries take about 150.
+    if sd.len() > 1024 {
         return Err(format!(
-            "cannot make the security descriptor {sddl}: {}",
-            std::io::Error::last_os_error()
+            "the security descriptor {sddl} is too large ({} bytes)",
+            sd.len()
         ));
     }
-    // SAFETY: the call above made `sd` point to `len` bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(sd.cast::<u8>(), len as usize) }.to_vec();
-    // SAFETY: `sd` was allocated by LocalAlloc in the call above and is not used again.
-    unsafe { LocalFree(sd) };
-    Ok(bytes)
-}
-
-/// The SID of the user this process runs as, as a string (`S-1-5-21-…`).
-fn user_sid() -> Result<String, String> {
-    use windows_sys::Win32::Foundation::{CloseHandle, LocalFree};
-    use windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW;
-    use windows_sys::Win32::Security::{GetTokenInformation, TOKEN_QUERY, TOKEN_USER, TokenUser};
-    use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
-    let err = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
-    let mut token = std::ptr::null_mut();
-    // SAFETY: the pseudo-handle of this process; `token` receives a handle closed below.
-    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
-        return Err(err("cannot open this process's token"));
-    }
-    // TOKEN_USER plus its SID: 256 bytes hold any SID; u64 for alignment.
-    let mut buf = [0u64; 64];
-    let mut needed = 0u32;
-    // SAFETY: `buf` is writable for its whole size, given in bytes.
-    let ok = unsafe {
-        GetTokenInformation(
-            token,
-            TokenUser,
-            buf.as_mut_ptr().cast(),
-            std::mem::size_of_val(&buf) as u32,
-            &mut needed,
-        )
-    };
-    // SAFETY: `token` was opened above.
-    unsafe { CloseHandle(token) };
-    if ok == 0 {
-        return Err(err("cannot read this process's user"));
-    }
-    // SAFETY: GetTokenInformation filled `buf` with a TOKEN_USER.
-    let sid = unsafe { (*buf.as_ptr().cast::<TOKEN_USER>()).User.Sid };
-    let mut text = std::ptr::null_mut();
-    // SAFETY: `sid` points into `buf`; `text` receives a LocalAlloc'd string freed below.
-    if unsafe { ConvertSidToStringSidW(sid, &mut text) } == 0 || text.is_null() {
-        return Err(err("cannot write this user's SID"));
-    }
-    // SAFETY: `text` is a NUL-terminated UTF-16 string.
-    let len = (0..).take_while(|&i| unsafe { *text.add(i) } != 0).count();
-    // SAFETY: `len` units were just read.
-    let s = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) });
-    // SAFETY: allocated by ConvertSidToStringSidW; not used again.
-    unsafe { LocalFree(text.cast()) };
-    Ok(s)
+    Ok(sd)
 }
 
 #[cfg(test)]
@@ -1005,6 +971,11 @@ mod tests {
         d.op_cleanup(&dir, 0);
         d.op_close(dir);
         assert!(on_server("Folder/f00.txt").is_some());
+        // Windows opens a rename's target folder with FILE_ADD_FILE | SYNCHRONIZE first.
+        let (parent, _) = d
+            .op_open(&w("\\Folder"), 0x0010_0002, &mut fi)
+            .expect("the target folder, opened with write rights");
+        assert_ne!(fi.file_attributes & FILE_ATTRIBUTE_DIRECTORY, 0);
         // A case-only rename is sent; rename without replace onto an existing name fails.
         d.op_rename(&w("\\Folder\\f00.txt"), &w("\\Folder\\F00.TXT"), false)
             .expect("case");
@@ -1021,6 +992,7 @@ mod tests {
             code(d.op_rename(&w("\\Folder\\f01.txt"), &w("\\Folder\\F00.txt"), false)),
             0xC000_0035
         );
+        d.op_close(parent);
         // Delete on close: the DELETE at cleanup.
         let (h, _) = d
             .op_open(&w("\\Folder\\f02.txt"), 0x1_0000, &mut fi)

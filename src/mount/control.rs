@@ -157,13 +157,41 @@ pub fn serve(
     let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
     let path = dir.join(format!("{}-{nonce}.sock", info.pid));
     let name = pipe_name(&path)?;
+    // Only this user (and SYSTEM) may open the pipe: the default would let every user
+    // read it and hold its instances.
+    let sddl = |sid: String| format!("D:P(A;;GA;;;{sid})(A;;GA;;;SY)");
+    let sd = match crate::sys::winsec::user_sid()
+        .and_then(|sid| crate::sys::winsec::descriptor(&sddl(sid)))
+    {
+        Ok(sd) => sd,
+        Err(e) => {
+            tracing::warn!("no control pipe ({e}): `davdrive status` will not see this mount");
+            return None;
+        }
+    };
+    let create = {
+        let pipe = name.clone();
+        move |first: bool| -> std::io::Result<tokio::net::windows::named_pipe::NamedPipeServer> {
+            use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
+            let mut attrs = SECURITY_ATTRIBUTES {
+                nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+                lpSecurityDescriptor: sd.as_ptr().cast_mut().cast(),
+                bInheritHandle: 0,
+            };
+            // SAFETY: `attrs` and the descriptor it points to live until the call returns;
+            // the pipe keeps its own copy of the descriptor.
+            unsafe {
+                ServerOptions::new()
+                    .first_pipe_instance(first)
+                    .reject_remote_clients(true)
+                    .create_with_security_attributes_raw(&pipe, (&raw mut attrs).cast())
+            }
+        }
+    };
     let made = (|| {
         std::fs::create_dir_all(&dir)?;
         let _in_runtime = rt.enter();
-        let first = ServerOptions::new()
-            .first_pipe_instance(true)
-            .reject_remote_clients(true)
-            .create(&name)?;
+        let first = create(true)?;
         std::fs::write(&path, b"")?;
         Ok::<_, std::io::Error>(first)
     })();
@@ -183,10 +211,7 @@ pub fn serve(
             if server.connect().await.is_err() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let next = match ServerOptions::new()
-                .reject_remote_clients(true)
-                .create(&name)
-            {
+            let next = match create(false) {
                 Ok(n) => n,
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -550,18 +575,20 @@ mod tests {
             started: 1,
             async_close: false,
         };
-        // Not under XDG_RUNTIME_DIR: this test's own folder.
-        let sock = {
-            let _env = rt.enter();
-            // SAFETY: this test sets no other variable and reads it only below.
-            unsafe { std::env::remove_var("XDG_RUNTIME_DIR") };
-            serve(&base, vfs, info, rt.handle()).expect("control channel")
-        };
+        let sock = serve(&base, vfs, info, rt.handle()).expect("control channel");
+        // Under $XDG_RUNTIME_DIR when set, beside other mounts of this user: this one's.
         let found = running(&base);
-        assert_eq!(found.answering.len(), 1, "{:?}", found.silent);
-        assert_eq!(found.answering[0].1.mount.mountpoint, Path::new("X:"));
+        let (path, report) = found
+            .answering
+            .iter()
+            .find(|(_, r)| {
+                r.mount.pid == std::process::id() && r.mount.cache_dir == base.join("mount")
+            })
+            .expect("this mount answers");
+        assert_eq!(report.mount.mountpoint, Path::new("X:"));
+        let path = path.clone();
         let mut signals = super::super::Signals::catch(&rt);
-        let reply = request(&found.answering[0].0, "stop").expect("stop");
+        let reply = request(&path, "stop").expect("stop");
         assert!(reply.contains("\"stopping\":true"), "{reply}");
         let got = rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(10), signals.recv()).await

@@ -152,7 +152,9 @@ pub fn logon_task_name(profile: &str) -> String {
 
 /// The Task Scheduler XML of a per-user logon task that runs `exe mount --profile PROFILE`
 /// for `user` (`DOMAIN\name`), not elevated: a drive mounted by an elevated process lives in
-/// the administrator token's logon session, which Explorer does not see.
+/// the administrator token's logon session, which Explorer does not see. The mount detaches
+/// as from a terminal (no console window stays), breaking away from the task's job where
+/// Windows allows it.
 pub fn logon_task_xml(profile: &str, user: &str, exe: &Path, config: Option<&Path>) -> String {
     let esc = |s: &str| {
         s.replace('&', "&amp;")

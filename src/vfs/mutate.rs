@@ -886,6 +886,23 @@ impl Vfs {
         }
     }
 
+    /// What the file open for writing as `fh` shows now, from the session and the table
+    /// (no request, also for a file deleted while open); `None` for a handle that does not
+    /// write. For frontends that report a file's state after every write (WinFsp).
+    pub fn written_attr(&self, fh: u64) -> Option<Attr> {
+        let Ok(Handle::Write(w)) = self.handle(fh) else {
+            return None;
+        };
+        let ino = w.ino();
+        {
+            let t = self.table();
+            if let Some(m) = t.get(ino).filter(|n| !n.gone).and_then(|n| n.meta.as_ref()) {
+                return Some(self.shown(&t, ino, m));
+            }
+        }
+        Some(self.session_attr(ino, &w))
+    }
+
     /// What an open session shows of its file when the file has no metadata of its own any
     /// more (deleted while open).
     fn session_attr(&self, ino: Ino, w: &WriteHandle) -> Attr {

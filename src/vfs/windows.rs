@@ -183,6 +183,13 @@ impl WinFs {
     /// Open: the file or folder at `path`, found ignoring case.
     pub async fn open(&self, path: &str, access: WinAccess) -> VfsResult<WinOpened> {
         let path = plain_path(path)?;
+        // A folder opened with write rights (FILE_ADD_FILE, as Windows opens a rename's
+        // target folder) is a folder opened: it has no data to write.
+        let access = if self.vfs.stat_path(path).await?.is_dir() {
+            WinAccess::default()
+        } else {
+            access
+        };
         let (attr, opened) = self.vfs.open_path(path, file_mode(access)).await?;
         let write = access.write && !attr.is_dir();
         self.opened(path, attr, opened.fh, write).await
@@ -238,7 +245,12 @@ impl WinFs {
 
     /// GetFileInfo.
     pub async fn info(&self, h: &WinHandle) -> VfsResult<WinInfo> {
-        let info = WinInfo::from(&self.vfs.getattr(h.ino).await?);
+        // A file being written: what the session shows, without asking the server.
+        let attr = match self.vfs.written_attr(h.fh) {
+            Some(a) => a,
+            None => self.vfs.getattr(h.ino).await?,
+        };
+        let info = WinInfo::from(&attr);
         let path = self.vfs.handle_path(h.fh).unwrap_or_default();
         Ok(info.named(last_name(&path)))
     }
@@ -265,7 +277,16 @@ impl WinFs {
                 "the file was not opened for writing",
             ));
         }
-        let size = self.vfs.getattr(h.ino).await?.size;
+        // The size only where it matters, from the session: a write never waits for the
+        // server's listing.
+        let size = if to_end || constrained {
+            self.vfs
+                .written_attr(h.fh)
+                .map(|a| a.size)
+                .ok_or_else(|| VfsError::new(ErrorKind::Io, "no write session for this handle"))?
+        } else {
+            0
+        };
         let offset = if to_end { size } else { offset };
         let data = if constrained {
             if offset >= size {

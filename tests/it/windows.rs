@@ -263,6 +263,44 @@ fn delete_on_close_and_renames() {
             0
         );
 
+        // A folder opened with write rights (as Windows opens a rename's target folder) is a
+        // folder opened.
+        let f = w
+            .open("\\Full", RW)
+            .await
+            .expect("a folder opened with write rights");
+        assert!(f.info.dir);
+        w.close(f.handle).await;
+        // Two handles of one file: SetDelete through the first, and WinFsp's delete flag at
+        // the last handle's cleanup, which is the second's.
+        std::fs::write(server.root.join("two.txt"), b"2").expect("seed");
+        w.vfs().refresh(None);
+        let h1 = w.open("\\two.txt", RO).await.expect("open 1");
+        let h2 = w.open("\\TWO.TXT", RO).await.expect("open 2");
+        w.set_delete(&h1.handle, true).await.expect("mark");
+        w.cleanup(&h1.handle, false).await;
+        assert!(
+            server.root.join("two.txt").exists(),
+            "not at the first cleanup"
+        );
+        assert_eq!(w.cleanup(&h2.handle, true).await.map(|e| e.kind), None);
+        w.close(h1.handle).await;
+        w.close(h2.handle).await;
+        assert!(!server.root.join("two.txt").exists());
+        // A new file never written: WinFsp may send no cleanup at all; close alone leaves it
+        // on the server.
+        let o = w.create("\\untouched.txt", false).await.expect("create");
+        w.close(o.handle).await;
+        w.vfs().wait_for_uploads().await;
+        assert_eq!(
+            std::fs::metadata(server.root.join("untouched.txt"))
+                .expect("on the server")
+                .len(),
+            0
+        );
+        std::fs::remove_file(server.root.join("untouched.txt")).expect("rm");
+        w.vfs().refresh(None);
+
         // Renames: a case-only rename is sent; without replace an existing target is refused
         // and kept; with replace it is replaced.
         w.rename("\\a.txt", "\\A.txt", false).await.expect("case");
@@ -320,8 +358,7 @@ fn read_directory_pages_with_a_marker() {
                 // A file deleted between pages, the marker's own entry among them: paging
                 // goes on from where it would sort.
                 std::fs::remove_file(dir.join("file 19.dat")).expect("rm");
-                let ino = w.info(&o.handle).await.expect("info").index;
-                w.vfs().invalidate(ino);
+                // (The listing the pages come from is the snapshot of the first page.)
             }
             assert!(pages < 100, "paging does not end");
         }
@@ -331,8 +368,14 @@ fn read_directory_pages_with_a_marker() {
         assert_eq!(
             got[2..],
             sorted_want[..],
-            "every entry exactly once, in order"
+            "every entry exactly once, in order, from the snapshot of the first page"
         );
+        // A rewind (no marker) lists again: the deleted file is gone once the cached listing
+        // is (`davdrive refresh`, or after --dir-cache-ttl).
+        w.vfs().refresh(None);
+        let fresh = w.read_directory(&o.handle, None).await.expect("rewind");
+        assert_eq!(fresh.len(), got.len() - 1);
+        assert!(!fresh.iter().any(|e| e.name == "file 19.dat"));
         // The root has no . and ..
         let r = w.open("\\", RO).await.expect("root");
         let root = w.read_directory(&r.handle, None).await.expect("root page");
