@@ -16,6 +16,9 @@ use std::fmt;
 pub enum ErrorKind {
     /// The resource does not exist (404, 410, or a parent missing on create).
     NotFound,
+    /// A folder on the way to the resource does not exist (the path layer's lookups; Windows
+    /// tells it apart from a missing last name).
+    PathNotFound,
     /// The server refuses the operation for this user (403) or the mount is read-only.
     PermissionDenied,
     /// The server wants credentials we do not have, or refused the ones we sent (401).
@@ -66,6 +69,7 @@ impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
             ErrorKind::NotFound => "not found",
+            ErrorKind::PathNotFound => "a folder on the way not found",
             ErrorKind::PermissionDenied => "permission denied",
             ErrorKind::AuthRequired => "authentication required",
             ErrorKind::AlreadyExists => "already exists",

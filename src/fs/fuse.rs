@@ -36,7 +36,7 @@ const DIR_BATCH: usize = 1024;
 /// The errno of each core error kind.
 pub fn errno_for(kind: ErrorKind) -> i32 {
     match kind {
-        ErrorKind::NotFound => libc::ENOENT,
+        ErrorKind::NotFound | ErrorKind::PathNotFound => libc::ENOENT,
         ErrorKind::PermissionDenied => libc::EACCES,
         ErrorKind::AuthRequired => libc::EACCES,
         ErrorKind::AlreadyExists => libc::EEXIST,
@@ -901,6 +901,7 @@ mod tests {
         use ErrorKind::*;
         let table = [
             (NotFound, libc::ENOENT),
+            (PathNotFound, libc::ENOENT),
             (PermissionDenied, libc::EACCES),
             (AuthRequired, libc::EACCES),
             (AlreadyExists, libc::EEXIST),

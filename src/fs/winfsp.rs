@@ -31,8 +31,8 @@ use windows_sys::Win32::Foundation::{
     STATUS_INVALID_NETWORK_RESPONSE, STATUS_IO_TIMEOUT, STATUS_MEDIA_WRITE_PROTECTED,
     STATUS_NETWORK_UNREACHABLE, STATUS_NOT_A_DIRECTORY, STATUS_NOT_SAME_DEVICE,
     STATUS_NOT_SUPPORTED, STATUS_OBJECT_NAME_COLLISION, STATUS_OBJECT_NAME_INVALID,
-    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_SHARING_VIOLATION, STATUS_TRUST_FAILURE,
-    STATUS_UNEXPECTED_IO_ERROR, STATUS_UNSUCCESSFUL,
+    STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_PATH_NOT_FOUND, STATUS_SHARING_VIOLATION,
+    STATUS_TRUST_FAILURE, STATUS_UNEXPECTED_IO_ERROR, STATUS_UNSUCCESSFUL,
 };
 use winfsp::filesystem::{
     DirInfo, DirMarker, FileInfo, FileSecurity, FileSystemContext, ModificationDescriptor,
@@ -68,6 +68,7 @@ const ALLOCATION_UNIT: u64 = 4096;
 pub fn ntstatus(kind: ErrorKind) -> i32 {
     match kind {
         ErrorKind::NotFound => STATUS_OBJECT_NAME_NOT_FOUND,
+        ErrorKind::PathNotFound => STATUS_OBJECT_PATH_NOT_FOUND,
         ErrorKind::PermissionDenied => STATUS_ACCESS_DENIED,
         ErrorKind::AuthRequired => STATUS_LOGON_FAILURE,
         ErrorKind::AlreadyExists => STATUS_OBJECT_NAME_COLLISION,
@@ -734,6 +735,7 @@ mod tests {
         use ErrorKind::*;
         let table = [
             (NotFound, 0xC000_0034u32),
+            (PathNotFound, 0xC000_003A),
             (PermissionDenied, 0xC000_0022),
             (AuthRequired, 0xC000_006D),
             (AlreadyExists, 0xC000_0035),
@@ -911,6 +913,15 @@ mod tests {
         assert_eq!(&buf[..13], b"hello windows");
         assert_eq!(code(d.op_read(&h, &mut buf, 13)), 0xC000_0011);
         d.op_close(h);
+        // A missing folder on the way is not a missing name.
+        assert_eq!(
+            code(d.op_open(&w("\\Nowhere\\x.txt"), 0x1, &mut fi)),
+            0xC000_003A
+        );
+        assert_eq!(
+            code(d.op_open(&w("\\nothing.txt"), 0x1, &mut fi)),
+            0xC000_0034
+        );
         // FILE_CREATE on an existing name: a collision.
         assert_eq!(
             code(d.op_create(&w("\\report.txt"), 0, &mut fi)),

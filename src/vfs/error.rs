@@ -35,7 +35,10 @@ impl VfsError {
     pub fn is_expected(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::NotFound | ErrorKind::AlreadyExists | ErrorKind::ReadOnly
+            ErrorKind::NotFound
+                | ErrorKind::PathNotFound
+                | ErrorKind::AlreadyExists
+                | ErrorKind::ReadOnly
         )
     }
 }

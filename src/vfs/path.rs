@@ -76,10 +76,12 @@ impl Vfs {
         };
         let mut dir = ROOT_INO;
         for name in dirs {
-            let spelled = self
-                .spelled(dir, name)
-                .await?
-                .ok_or_else(|| VfsError::not_found(format!("{path}: {name:?}")))?;
+            let spelled = self.spelled(dir, name).await?.ok_or_else(|| {
+                VfsError::new(
+                    ErrorKind::PathNotFound,
+                    format!("{path}: no folder {name:?} on the way"),
+                )
+            })?;
             let attr = self.child_attr(dir, &spelled).await?;
             if attr.kind != FileKind::Directory {
                 return Err(VfsError::new(

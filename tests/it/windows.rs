@@ -88,6 +88,23 @@ fn create_dispositions_case_and_stream_names() {
             std::fs::read(server.root.join("Docs/report.txt")).expect("kept"),
             b"quarterly"
         );
+        // A missing last name is "not found"; a missing folder on the way is another error
+        // on Windows (STATUS_OBJECT_PATH_NOT_FOUND).
+        let e = w
+            .open("\\Docs\\nothing.txt", RO)
+            .await
+            .expect_err("missing");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        let e = w
+            .open("\\Nowhere\\x.txt", RO)
+            .await
+            .expect_err("missing folder");
+        assert_eq!(e.kind, ErrorKind::PathNotFound);
+        let e = w
+            .create("\\Nowhere\\x.txt", false)
+            .await
+            .expect_err("missing folder");
+        assert_eq!(e.kind, ErrorKind::PathNotFound);
         // Open in any case: the server's spelling is reported.
         let o = w.open("\\docs\\Report.TXT", RO).await.expect("open");
         assert_eq!(o.normalized, "\\Docs\\report.txt");
