@@ -195,3 +195,26 @@ pub fn remove(url: &Url) -> Result<bool, String> {
 fn key_name(url: &Url) -> String {
     format!("{SERVICE}:{}", account(url))
 }
+
+/// `davdrive login` on Windows: Credential Manager, for real under Wine.
+#[cfg(all(test, windows))]
+mod windows_tests {
+    use super::*;
+
+    #[test]
+    fn credential_manager_stores_finds_and_removes() {
+        let url = Url::parse("https://wine-test.invalid/dav/").expect("url");
+        let _ = remove(&url);
+        let creds = Credentials {
+            user: "HOSPITAL\\rad1".into(),
+            password: Secret::new("correct horse"),
+        };
+        store(&url, &creds).expect("store");
+        let got = find(&url).expect("find").expect("stored");
+        assert_eq!(got.user, "HOSPITAL\\rad1");
+        assert_eq!(got.password.expose(), "correct horse");
+        assert!(remove(&url).expect("remove"));
+        assert!(find(&url).expect("find").is_none());
+        assert!(!remove(&url).expect("remove again"));
+    }
+}
