@@ -83,6 +83,8 @@ Var PathPos
 Var PathLen
 Var PathChar
 Var PathFirst
+; The name the new davdrive.exe is written under (see RenameRunningExe).
+Var NewExe
 
 ; A line in the details window and in $INSTDIR\install.log.
 !macro Log text
@@ -229,6 +231,47 @@ Function CheckWinFsp
   ${EndIf}
 FunctionEnd
 
+; Each upgrade made while davdrive.exe runs (a mounted drive) renames it, and a second one
+; before that copy has stopped cannot reuse its name: the old copies are davdrive.exe.old,
+; then davdrive.exe.old.1 to .old.${OLD_COPIES}.
+!define OLD_COPIES 9
+
+; Deletes the old copies that no longer run, and a davdrive.exe.new (see RenameRunningExe)
+; that a restart has not yet put in place: it is older than what this install brings. Those
+; still running cannot be deleted, and stay.
+Function DeleteOldCopies
+  Delete "$INSTDIR\davdrive.exe.new"
+  Delete "$INSTDIR\davdrive.exe.old"
+  ${For} $0 1 ${OLD_COPIES}
+    Delete "$INSTDIR\davdrive.exe.old.$0"
+  ${Next}
+  ClearErrors
+FunctionEnd
+
+; davdrive.exe runs: it goes on under the first free name of davdrive.exe.old, .old.1 ...
+; .old.${OLD_COPIES}. If none is free (ten old versions still running), the new one is written
+; as davdrive.exe.new ($NewExe) and replaces davdrive.exe at the next restart. Never fatal:
+; a silent install must not abort because an old mount is still up.
+Function RenameRunningExe
+  StrCpy $1 "davdrive.exe.old"
+  ${For} $0 0 ${OLD_COPIES}
+    ${If} $0 > 0
+      StrCpy $1 "davdrive.exe.old.$0"
+    ${EndIf}
+    ${IfNot} ${FileExists} "$INSTDIR\$1"
+      ClearErrors
+      Rename "$INSTDIR\davdrive.exe" "$INSTDIR\$1"
+      ${IfNot} ${Errors}
+        !insertmacro Log "davdrive.exe is running (a mounted drive); it goes on as $1 until unmounted"
+        Return
+      ${EndIf}
+    ${EndIf}
+  ${Next}
+  ClearErrors
+  StrCpy $NewExe "davdrive.exe.new"
+  !insertmacro Log "davdrive.exe is running and cannot be renamed (davdrive.exe.old to .old.${OLD_COPIES} are all taken by copies still running): the new one is installed as davdrive.exe.new and replaces it at the next restart"
+FunctionEnd
+
 Section "davdrive" SecMain
   SectionIn RO
   SetShellVarContext all
@@ -239,18 +282,21 @@ Section "davdrive" SecMain
 
   ; A mounted drive keeps davdrive.exe open, and Windows refuses to replace a running
   ; program but lets it be renamed: its mounts go on with the old copy, new ones start the
-  ; new one. The old copy goes at the next install or uninstall.
-  Delete "$INSTDIR\davdrive.exe.old"
+  ; new one. The old copies that no longer run go at the next install or uninstall.
+  Call DeleteOldCopies
+  StrCpy $NewExe "davdrive.exe"
   ${If} ${FileExists} "$INSTDIR\davdrive.exe"
     ClearErrors
     Delete "$INSTDIR\davdrive.exe"
     ${If} ${Errors}
-      Rename "$INSTDIR\davdrive.exe" "$INSTDIR\davdrive.exe.old"
-      !insertmacro Log "davdrive.exe is running (a mounted drive); it goes on as davdrive.exe.old until unmounted"
+      Call RenameRunningExe
     ${EndIf}
   ${EndIf}
 
-  File "${SRCDIR}/davdrive.exe"
+  File "/oname=$INSTDIR\$NewExe" "${SRCDIR}/davdrive.exe"
+  ${If} $NewExe != "davdrive.exe"
+    Rename /REBOOTOK "$INSTDIR\$NewExe" "$INSTDIR\davdrive.exe"
+  ${EndIf}
   File "${SRCDIR}/README.md"
   File "${SRCDIR}/WINDOWS.md"
   File "${SRCDIR}/COPYING.txt"
@@ -293,8 +339,17 @@ Section "Uninstall"
     Delete /REBOOTOK "$INSTDIR\davdrive.exe"
     DetailPrint "davdrive.exe is running (a drive still mounted?): it is removed at the next restart"
   ${EndIf}
+  ; Old copies still running (see DeleteOldCopies) go at the next restart too.
   ${If} ${FileExists} "$INSTDIR\davdrive.exe.old"
     Delete /REBOOTOK "$INSTDIR\davdrive.exe.old"
+  ${EndIf}
+  ${For} $0 1 ${OLD_COPIES}
+    ${If} ${FileExists} "$INSTDIR\davdrive.exe.old.$0"
+      Delete /REBOOTOK "$INSTDIR\davdrive.exe.old.$0"
+    ${EndIf}
+  ${Next}
+  ${If} ${FileExists} "$INSTDIR\davdrive.exe.new"
+    Delete /REBOOTOK "$INSTDIR\davdrive.exe.new"
   ${EndIf}
   Delete "$INSTDIR\README.md"
   Delete "$INSTDIR\WINDOWS.md"
