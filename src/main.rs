@@ -468,19 +468,9 @@ mod platform {
     }
 
     fn systemctl(args: &[&str]) -> Result<(), String> {
-        let out = Proc::new("systemctl")
-            .arg("--user")
-            .args(args)
-            .output()
-            .map_err(|e| format!("cannot run systemctl: {e}"))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        Err(format!(
-            "systemctl --user {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        let mut all = vec!["--user"];
+        all.extend_from_slice(args);
+        davdrive::cli::autostart::run_tool("systemctl", &all)
     }
 
     /// `davdrive autostart ...`.

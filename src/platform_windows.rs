@@ -220,16 +220,5 @@ pub fn autostart(action: davdrive::cli::AutostartAction) -> Result<(), String> {
 }
 
 fn schtasks(args: &[&str]) -> Result<(), String> {
-    let out = Proc::new("schtasks")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run schtasks: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "schtasks {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    ))
+    davdrive::cli::autostart::run_tool("schtasks", args)
 }

@@ -171,6 +171,23 @@ pub fn config_home() -> Option<PathBuf> {
         })
 }
 
+/// Runs the OS's tool for login mounts (`systemctl --user …`, `schtasks …`); its error
+/// output becomes the error.
+pub fn run_tool(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,6 +86,16 @@ fn pid_of(path: &Path) -> Option<u32> {
     path.file_stem()?.to_str()?.split('-').next()?.parse().ok()
 }
 
+/// The folder of the control sockets and a new socket's path in it, `PID-NONCE.sock`.
+fn new_control_path(base: &Path, pid: u32) -> (PathBuf, PathBuf) {
+    let dir = sockets_dir(base);
+    let mut nonce = [0u8; 4];
+    let _ = getrandom::fill(&mut nonce);
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{pid}-{nonce}.sock"));
+    (dir, path)
+}
+
 /// A control socket being served; removed when dropped.
 #[derive(Debug)]
 pub struct ControlSocket {
@@ -107,11 +117,7 @@ pub fn serve(
     info: MountInfo,
     rt: &tokio::runtime::Handle,
 ) -> Option<ControlSocket> {
-    let dir = sockets_dir(base);
-    let mut nonce = [0u8; 4];
-    let _ = getrandom::fill(&mut nonce);
-    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-    let path = dir.join(format!("{}-{nonce}.sock", info.pid));
+    let (dir, path) = new_control_path(base, info.pid);
     let listener = match bind(&dir, &path, rt) {
         Ok(l) => l,
         Err(e) => {
@@ -151,11 +157,7 @@ pub fn serve(
     rt: &tokio::runtime::Handle,
 ) -> Option<ControlSocket> {
     use tokio::net::windows::named_pipe::ServerOptions;
-    let dir = sockets_dir(base);
-    let mut nonce = [0u8; 4];
-    let _ = getrandom::fill(&mut nonce);
-    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
-    let path = dir.join(format!("{}-{nonce}.sock", info.pid));
+    let (dir, path) = new_control_path(base, info.pid);
     let name = pipe_name(&path)?;
     // Only this user (and SYSTEM) may open the pipe: the default would let every user
     // read it and hold its instances.

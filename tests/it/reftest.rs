@@ -388,8 +388,14 @@ struct Driver {
     slots: [Option<u64>; SLOTS],
 }
 
+/// The core's error kind as the model knows it. The path layer tells a folder missing on
+/// the way apart (`PathNotFound`, for Windows' STATUS_OBJECT_PATH_NOT_FOUND; checked in
+/// `windows.rs`); the model, shared with the inode API, says `NotFound` for both.
 fn kind<T>(r: Result<T, davdrive::vfs::VfsError>) -> Result<T, ErrorKind> {
-    r.map_err(|e| e.kind)
+    r.map_err(|e| match e.kind {
+        ErrorKind::PathNotFound => ErrorKind::NotFound,
+        k => k,
+    })
 }
 
 const RDWR: OpenMode = OpenMode {
