@@ -180,6 +180,13 @@ pub fn status(base: &Path, json: bool, watch: bool) -> Result<(), String> {
 /// `p` with its folder's symbolic links and `..` resolved (the last component is kept as
 /// it is: it may be a mount point whose daemon does not answer).
 pub fn resolved(p: &Path) -> PathBuf {
+    // Windows: `x:`, `X:` and `X:\` are the one drive.
+    #[cfg(windows)]
+    if let Ok(crate::mount::windows::MountPoint::Drive(c)) =
+        crate::mount::windows::MountPoint::parse(p)
+    {
+        return PathBuf::from(format!("{c}:\\"));
+    }
     let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
     match (abs.parent(), abs.file_name()) {
         (Some(dir), Some(name)) => std::fs::canonicalize(dir)
@@ -346,6 +353,14 @@ fn progress_line(files: usize, sent: u64, total: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(windows)]
+    #[test]
+    fn a_drive_is_found_however_it_is_written() {
+        for p in ["x:", "X:", "X:\\", "x:/"] {
+            assert_eq!(resolved(Path::new(p)), PathBuf::from("X:\\"), "{p}");
+        }
+    }
 
     #[test]
     fn sizes_and_the_progress_line_read_well() {
