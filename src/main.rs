@@ -826,14 +826,7 @@ mod platform {
         };
         // Where this start's lines begin in the log (it is appended to).
         let start = log_file.metadata().map_or(0, |m| m.len());
-        let mut cmd = Proc::new(exe);
-        // Secrets go over a pipe, not into the daemon's environment.
-        let secrets = detach::secrets_for(&mut cmd);
-        cmd.args(argv)
-            .env(detach::DETACHED, "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file));
+        let (mut cmd, secrets) = detach::daemon_command(&exe, argv, log_file);
         // SAFETY: setsid is async-signal-safe; it detaches the child from our session so
         // that closing the terminal does not kill the mount.
         unsafe {

@@ -3,7 +3,6 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Proc, Stdio};
 
 use davdrive::cli::{MountArgs, detach};
 use davdrive::config::MountConfig;
@@ -40,13 +39,7 @@ fn spawn_detached(log: &Path, argv: Vec<OsString>) -> Result<(), String> {
         .open(log)
         .map_err(|e| format!("cannot open the log {}: {e}", log.display()))?;
     let start = log_file.metadata().map_or(0, |m| m.len());
-    let mut cmd = Proc::new(exe);
-    let secrets = detach::secrets_for(&mut cmd);
-    cmd.args(argv)
-        .env(detach::DETACHED, "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log_file));
+    let (mut cmd, secrets) = detach::daemon_command(&exe, argv, log_file);
     // Out of the job of whoever started us (a terminal, ssh, Task Scheduler), whose end
     // would end the mount; a job that forbids it gets a child inside it.
     let child = match cmd

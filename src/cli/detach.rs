@@ -28,6 +28,25 @@ pub fn secrets_for(cmd: &mut Command) -> Vec<u8> {
     secrets
 }
 
+/// The command that starts the daemon: `exe ARGV` marked as detached, stdin and stdout
+/// piped (secrets in, the ready line out), stderr appended to `log`; with the secrets it is
+/// to get over stdin (see [`handshake`]). The platform adds how it detaches.
+pub fn daemon_command(
+    exe: &Path,
+    argv: Vec<std::ffi::OsString>,
+    log: std::fs::File,
+) -> (Command, Vec<u8>) {
+    let mut cmd = Command::new(exe);
+    // Secrets go over a pipe, not into the daemon's environment.
+    let secrets = secrets_for(&mut cmd);
+    cmd.args(argv)
+        .env(DETACHED, "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(log));
+    (cmd, secrets)
+}
+
 /// In the daemon of a background mount: takes the secrets its parent sends over stdin into
 /// this process's variables. On Linux they were never in its initial environment block,
 /// which /proc shows to the user's other processes for the life of the mount. (On Windows
