@@ -78,7 +78,7 @@ mount_dav() {
   done
   return 1
 }
-unmount_dav() { "$BIN" unmount "$MNT"; wait "$DAEMON" || true; DAEMON=; }
+unmount_dav() { "$BIN" unmount "$MNT" --cache-dir "$WORK/cache"; wait "$DAEMON" || true; DAEMON=; }
 
 # Starts Apache on $PORT serving $WORK, makes the mount point $MNT, sets $URL, and stops
 # both on exit.

@@ -260,6 +260,11 @@ pub struct MountArgs {
     /// Seconds a directory listing is trusted before it is fetched again [default: 30].
     #[arg(long, value_name = "SECONDS", help_heading = "Caching")]
     pub dir_cache_ttl: Option<u64>,
+    /// When a folder is opened, fetch the listings of up to N of its subfolders ahead, 8 at
+    /// a time (what file managers, `find` and `du` read next; one request per subfolder even
+    /// when nobody goes there); 0: never [default: 64].
+    #[arg(long, value_name = "N", help_heading = "Caching")]
+    pub prefetch_listings: Option<usize>,
     /// Seconds the kernel may cache names and attributes before asking davdrive again
     /// [default: 1].
     #[arg(long, value_name = "SECONDS", help_heading = "Caching")]

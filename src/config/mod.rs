@@ -229,6 +229,9 @@ impl MountConfig {
                 .unwrap_or(16)
                 .saturating_mul(1 << 20),
             async_close: flag(args.async_close, profile.async_close),
+            prefetch_listings: (args.prefetch_listings)
+                .or(profile.prefetch_listings)
+                .unwrap_or(64),
             upload_retry: Duration::from_secs(secs(
                 args.upload_retry_time,
                 profile.upload_retry_time,

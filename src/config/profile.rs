@@ -50,6 +50,7 @@ pub struct Profile {
     pub segment_size: Option<u64>,
     pub async_close: Option<bool>,
     pub dir_cache_ttl: Option<u64>,
+    pub prefetch_listings: Option<usize>,
     pub kernel_ttl: Option<u64>,
     pub direct_io: Option<bool>,
     pub ca_cert: Option<PathBuf>,

@@ -107,7 +107,13 @@ pub struct VfsConfig {
     /// fails and the data is kept for an automatic upload (`--upload-retry-time`). Default
     /// 60 s.
     pub upload_retry: Duration,
+    /// When a folder is opened, the listings of up to this many of its subfolders are
+    /// fetched ahead in the background (`--prefetch-listings`; 0: never). Default 64.
+    pub prefetch_listings: usize,
 }
+
+/// Listings of subfolders fetched ahead at once (see `Vfs::prefetch_subfolders`).
+const PREFETCH_PARALLEL: usize = 8;
 
 /// The inode table is not swept below this many nodes (see `InodeTable::sweep`).
 const SWEEP_FROM: usize = 4096;
@@ -144,6 +150,7 @@ impl Default for VfsConfig {
             open_direct: None,
             process_of: None,
             async_close: false,
+            prefetch_listings: 64,
             upload_retry: Duration::from_secs(60),
         }
     }
@@ -1122,7 +1129,10 @@ impl Vfs {
     /// directory fails here.
     pub async fn opendir(self: &Arc<Self>, ino: Ino) -> VfsResult<u64> {
         let stream = match self.cached_listing(ino)? {
-            Some(l) => Arc::new(DirStream::complete(self.entries_of(&l))),
+            Some(l) => {
+                self.prefetch_subfolders(&l);
+                Arc::new(DirStream::complete(self.entries_of(&l)))
+            }
             None => {
                 let stream = Arc::new(DirStream::new());
                 let (vfs, s) = (self.clone(), stream.clone());
@@ -1130,6 +1140,9 @@ impl Vfs {
                     // Whatever happens to this task, readers are not left waiting.
                     let _ended = dir::EndGuard(s.clone());
                     let result = vfs.listing_into(ino, Some(&s)).await;
+                    if let Ok(l) = &result {
+                        vfs.prefetch_subfolders(l);
+                    }
                     s.finish(result.map(|_| ()));
                 });
                 stream.started().await?;
@@ -1139,6 +1152,57 @@ impl Vfs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dir_handles.lock().insert(fh, (ino, stream));
         Ok(fh)
+    }
+
+    /// Fetches ahead, in the background, the listings of the subfolders of `listing` that
+    /// have none fresh: a file manager showing a folder (for its item counts), or `find` and
+    /// `du` descending, lists them next, and over a slow link round trips one after the other
+    /// cost more than the bytes. At most `prefetch_listings` subfolders per listing, in the
+    /// listing's order, `PREFETCH_PARALLEL` at a time. Only folders someone opened have their
+    /// subfolders fetched ahead, not the listings fetched ahead themselves, so it reaches one
+    /// level below what was opened, and a folder nobody opens again costs nothing more for
+    /// `dir_ttl`. A subfolder whose listing fails is left for whoever opens it.
+    fn prefetch_subfolders(self: &Arc<Self>, listing: &Listing) {
+        let max = self.cfg.prefetch_listings;
+        if max == 0 {
+            return;
+        }
+        let dirs: Vec<Ino> = {
+            let t = self.table();
+            listing
+                .order
+                .iter()
+                .filter_map(|(_, ino)| {
+                    let n = t.get(*ino)?;
+                    let folder = n
+                        .meta
+                        .as_ref()
+                        .is_some_and(|m| m.kind == FileKind::Directory);
+                    let listed = n.listing.as_ref().is_some_and(|l| self.fresh(l.fetched));
+                    (folder && !listed && !n.gone && n.listing_failed.is_none()).then_some(*ino)
+                })
+                .take(max)
+                .collect()
+        };
+        if dirs.is_empty() {
+            return;
+        }
+        let vfs = self.clone();
+        tokio::spawn(async move {
+            let mut running = tokio::task::JoinSet::new();
+            for ino in dirs {
+                while running.len() >= PREFETCH_PARALLEL {
+                    running.join_next().await;
+                }
+                let v = vfs.clone();
+                running.spawn(async move {
+                    if let Err(e) = v.listing(ino).await {
+                        tracing::debug!("listing fetched ahead failed: {e}");
+                    }
+                });
+            }
+            while running.join_next().await.is_some() {}
+        });
     }
 
     /// Up to `max` entries of open directory `fh` (without `.` and `..`) from index `from`,

@@ -67,7 +67,7 @@ fn populate(dir: &Path, files: usize) -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-fn apache_listing_costs_one_propfind_then_nothing() {
+fn apache_listing_costs_one_propfind_per_folder_then_nothing() {
     let Some(a) = apache() else { return };
     if !have_fuse() {
         return;
@@ -77,7 +77,8 @@ fn apache_listing_costs_one_propfind_then_nothing() {
     let m = Mount::new(&a.url("mount-counts"), &["--read-only"]);
     let before = a.after_mount("mount-counts").len();
 
-    // Cold `ls -l`: one PROPFIND Depth 1, and nothing else.
+    // Cold `ls -l`: one PROPFIND Depth 1 of the folder, then, in the background, one of its
+    // subfolder (fetched ahead), and nothing else.
     let listing = ls_l(m.path());
     for (name, _) in &files {
         assert!(
@@ -85,10 +86,12 @@ fn apache_listing_costs_one_propfind_then_nothing() {
             "{name} missing from:\n{listing}"
         );
     }
-    let reqs = a.settled_requests("mount-counts");
+    let reqs = a.settled_until("mount-counts", |r| r.len() >= before + 2);
     let new = &reqs[before..];
-    assert_eq!(new.len(), 1, "cold ls -l: {new:?}");
-    assert_eq!(new[0].method, "PROPFIND");
+    assert_eq!(new.len(), 2, "cold ls -l: {new:?}");
+    assert!(new.iter().all(|r| r.method == "PROPFIND"), "{new:?}");
+    assert!(new[0].path.ends_with("/mount-counts/"), "{new:?}");
+    assert!(new[1].path.ends_with("/mount-counts/sub dir/"), "{new:?}");
 
     // Warm `ls -l` and `stat` of every entry: no request at all.
     let warm = ls_l(m.path());
@@ -100,6 +103,12 @@ fn apache_listing_costs_one_propfind_then_nothing() {
     }
     let md = std::fs::metadata(m.path().join("sub dir")).expect("stat dir");
     assert!(md.is_dir());
+    // The subfolder's listing was fetched ahead: listing it costs nothing.
+    let inner: Vec<_> = std::fs::read_dir(m.path().join("sub dir"))
+        .expect("ls sub dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(inner, ["inner.txt"]);
     // A name that is not in a fresh listing is ENOENT without a request (negative cache).
     let e = std::fs::metadata(m.path().join("no-such-file")).expect_err("missing");
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
@@ -126,6 +135,26 @@ fn apache_listing_costs_one_propfind_then_nothing() {
     // Writes are refused on a read-only mount.
     let e = std::fs::write(m.path().join("new.txt"), b"x").expect_err("read-only");
     assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    assert!(m.unmount().success());
+
+    // --prefetch-listings 0: the folder's PROPFIND only, and its subfolder's when opened.
+    let earlier = a.settled_requests("mount-counts").len();
+    let m = Mount::new(
+        &a.url("mount-counts"),
+        &["--read-only", "--prefetch-listings", "0"],
+    );
+    let before = a
+        .settled_until("mount-counts", |r| {
+            r[earlier..].iter().any(|x| x.method == "PROPFIND")
+        })
+        .len();
+    assert_eq!(ls_l(m.path()), listing);
+    let reqs = a.settled_requests("mount-counts");
+    assert_eq!(reqs.len() - before, 1, "{:?}", &reqs[before..]);
+    std::fs::read_dir(m.path().join("sub dir")).expect("ls sub dir");
+    let after = a.settled_requests("mount-counts");
+    assert_eq!(after.len() - reqs.len(), 1, "{:?}", &after[reqs.len()..]);
+    assert!(after[reqs.len()].path.ends_with("/sub dir/"));
     assert!(m.unmount().success());
 }
 
