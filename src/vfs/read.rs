@@ -430,12 +430,14 @@ impl ReadHandle {
             None => false,
         };
         if !can_continue {
-            let (start, window, remember) = if sequential && st.active.is_none() && st.buf_end > 0 {
+            let (start, window) = if sequential && st.active.is_none() && st.buf_end > 0 {
                 // The previous range was used up: continue at its end with a larger window.
-                let (grown, remember) = self.grown(st.window, st.buf_end);
-                (st.buf_end, grown, remember)
+                let grown = (st.window * 2)
+                    .max(self.tuning.min_window)
+                    .min(self.tuning.max_window);
+                (st.buf_end, grown)
             } else if sequential && st.buf_end > 0 {
-                (st.buf_end, st.window, st.window)
+                (st.buf_end, st.window)
             } else {
                 // A seek: start afresh with a small window (smaller still for a first read
                 // from the start, maybe the only one: a type sniff).
@@ -448,10 +450,10 @@ impl ReadHandle {
                 } else {
                     self.tuning.min_window
                 };
-                (offset, w, w)
+                (offset, w)
             };
-            let win = window.max(end - start);
-            st.window = if win > window { win } else { remember };
+            st.window = window.max(end - start);
+            let win = st.window;
             self.start_get(client, st, start, win).await?;
         }
 
@@ -462,10 +464,11 @@ impl ReadHandle {
                 None => true,
             };
             if need_new {
-                let (grown, remember) = self.grown(st.window, st.buf_end);
-                let win = grown.max(end - st.buf_end);
-                st.window = if win > grown { win } else { remember };
-                let from = st.buf_end;
+                let grown = (st.window * 2)
+                    .max(self.tuning.min_window)
+                    .min(self.tuning.max_window);
+                st.window = grown.max(end - st.buf_end);
+                let (from, win) = (st.buf_end, st.window);
                 self.start_get(client, st, from, win).await?;
             }
             let Some(active) = st.active.as_mut() else {
@@ -635,20 +638,6 @@ impl ReadHandle {
             st.buf_end = pos;
         }
         Ok(out)
-    }
-
-    /// The window of the next range, at `from`, after a range of `window` bytes was used up,
-    /// and the window to double the next time: twice as large, at least `min_window`, at most
-    /// `max_window`; except right after a first window (a type sniff that read on), where the
-    /// range ends at `min_window` and the next one is `min_window`. A reader stopping at
-    /// 1 MiB (`head -c 1M`, with 1 MiB of kernel read-ahead behind it) then costs 2 MiB, not 3.
-    fn grown(&self, window: u64, from: u64) -> (u64, u64) {
-        let t = &self.tuning;
-        if window < t.min_window && from < t.min_window {
-            return (t.min_window - from, t.min_window / 2);
-        }
-        let w = (window * 2).max(t.min_window).min(t.max_window);
-        (w, w)
     }
 
     /// Starts a zero-copy response at `offset`, with the window the ordinary path would use.
