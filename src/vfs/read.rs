@@ -54,6 +54,10 @@ pub struct ReadTuning {
     /// Bytes retained behind the read position. Default 4 MiB.
     pub keep_behind: u64,
     /// A forward gap up to this size is read through rather than a new request. Default 1 MiB.
+    /// Within the window already asked for, gaps up to `keep_behind` are read through too:
+    /// the kernel's read-ahead asks for several places at once, and over a slow link a
+    /// read arriving before the one in front of it must not start a second response (a new
+    /// connection, slow start again: a 64 MiB `cat` over 30 ms took 6.4 s instead of 6.2).
     pub max_skip: u64,
     /// Bytes of a response received ahead of the reader, within the requested window.
     /// Default 2 MiB (8 MiB was no faster and took the daemon's peak RSS during a 1 GiB read
@@ -424,7 +428,9 @@ impl ReadHandle {
             Some(a) => {
                 a.pos <= st.buf_end
                     && offset >= st.buf_start
-                    && (offset <= a.pos + self.tuning.max_skip || st.ranges == Some(false))
+                    && (offset <= a.pos + self.tuning.max_skip
+                        || st.ranges == Some(false)
+                        || (offset < a.end && offset <= a.pos + self.tuning.keep_behind))
                     && offset < a.end
             }
             None => false,
