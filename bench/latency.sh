@@ -147,7 +147,8 @@ for profile in $PROFILES; do
     done
     cm=$(med "${c[@]}"); dm=$(med "${d[@]}")
     echo "cat 64 MiB: curl ${c[*]} s, davdrive ${d[*]} s: speed $(ratio "$cm" "$dm") x curl (target >= 0.95)"
-    echo "cat again, unchanged: ${d2[*]} s, $(med "${q2[@]}") requests, $(mib "$(med "${b2[@]}")") MiB of body (target <= 1 request, 0 MiB)"
+    mibs=(); for x in "${b2[@]}"; do mibs+=("$(mib "$x")"); done
+    echo "cat again, unchanged: ${d2[*]} s, ${q2[*]} requests, ${mibs[*]} MiB of body (target <= 1 request, 0 MiB)"
   fi
 
   if [[ " $ONLY " == *" write "* ]]; then
