@@ -1287,7 +1287,17 @@ impl Vfs {
             (path, meta, same && tagged && !others, others)
         };
         let direct = self.cfg.direct_reads || around_cache;
-        let handle = ReadHandle::new(ino, path, meta, self.cfg.read.clone());
+        let mut tuning = self.cfg.read.clone();
+        if keep_cache {
+            // The kernel has this version's pages: reads reaching us are for pages it lacks,
+            // often holes of a few pages (docs/PERFORMANCE.md). A range of just what is asked
+            // is used up, so its connection serves the next hole; a 1 MiB range would be
+            // given up after a few pages, and with it the connection (over 30 ms, a new one
+            // and its slow start cost about 230 ms per hole instead of one round trip).
+            // Reads going on from there double the range as usual.
+            tuning.min_window = 0;
+        }
+        let handle = ReadHandle::new(ino, path, meta, tuning);
         let fh = self.add_handle(Handle::Read(Arc::new(handle)));
         self.watch_idle_reads();
         let mut o = Opened::new(fh, keep_cache, mode);

@@ -53,7 +53,9 @@ pub struct ReadTuning {
     pub max_window: u64,
     /// Bytes retained behind the read position. Default 4 MiB.
     pub keep_behind: u64,
-    /// A forward gap up to this size is read through rather than a new request. Default 1 MiB.
+    /// A forward gap up to this size is read through rather than a new request, also past the
+    /// end of the response's range (its rest is on the way already, and a response given up
+    /// midway costs its connection: the next one starts in slow start). Default 1 MiB.
     /// Within the window already asked for, gaps up to `keep_behind` are read through too:
     /// the kernel's read-ahead asks for several places at once, and over a slow link a
     /// read arriving before the one in front of it must not start a second response (a new
@@ -431,7 +433,6 @@ impl ReadHandle {
                     && (offset <= a.pos + self.tuning.max_skip
                         || st.ranges == Some(false)
                         || (offset < a.end && offset <= a.pos + self.tuning.keep_behind))
-                    && offset < a.end
             }
             None => false,
         };
