@@ -78,7 +78,15 @@ mount_dav() {
   done
   return 1
 }
-unmount_dav() { "$BIN" unmount "$MNT" --cache-dir "$WORK/cache"; wait "$DAEMON" || true; DAEMON=; }
+# unmount_dav passes the mount's --cache-dir (from MOUNT_ARGS), so that unmount finds the
+# daemon and waits for its uploads.
+unmount_dav() {
+  local args=() i
+  for ((i = 0; i < ${#MOUNT_ARGS[@]}; i++)); do
+    [ "${MOUNT_ARGS[i]}" != --cache-dir ] || args=(--cache-dir "${MOUNT_ARGS[i + 1]}")
+  done
+  "$BIN" unmount "$MNT" "${args[@]}"; wait "$DAEMON" || true; DAEMON=
+}
 
 # Starts Apache on $PORT serving $WORK, makes the mount point $MNT, sets $URL, and stops
 # both on exit.

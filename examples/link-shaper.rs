@@ -14,9 +14,9 @@
 //! - TCP's windows on each connection: a sender has at most `cwnd` bytes unacknowledged, an
 //!   acknowledgement comes back one delay after its bytes arrived, and `cwnd` starts at ten
 //!   segments and grows by the bytes acknowledged (slow start) up to the receive window (4 MiB,
-//!   Linux's default `tcp_rmem` maximum is 6 MiB); after an idle period longer than the
-//!   retransmission timeout (200 ms minimum, as Linux's `tcp_slow_start_after_idle`) it starts
-//!   again from ten segments;
+//!   Linux's default `tcp_rmem` maximum is 6 MiB); after an idle period it is halved once per
+//!   retransmission timeout (the round trip plus 200 ms), down to ten segments, as Linux's
+//!   `tcp_slow_start_after_idle` does;
 //! - the connection handshake: a client's first bytes leave one round trip after it connected
 //!   (SYN, SYN-ACK), as its request would.
 //!
@@ -38,6 +38,7 @@ const SEGMENT: usize = 1448;
 const INITIAL_WINDOW: usize = 10 * SEGMENT;
 const RECEIVE_WINDOW: usize = 4 << 20;
 const CHUNK: usize = 16 * 1024;
+/// Linux's `tcp_rto_min`: the retransmission timeout is the smoothed round trip plus this.
 const MIN_RTO: Duration = Duration::from_millis(200);
 
 /// One direction of the link, shared by every connection: when it is free again.
@@ -74,6 +75,8 @@ struct WindowState {
     cwnd: usize,
     in_flight: usize,
     last_send: Option<Instant>,
+    /// The receiving end is gone: nothing more is sent.
+    closed: bool,
 }
 
 impl Window {
@@ -83,6 +86,7 @@ impl Window {
                 cwnd: INITIAL_WINDOW,
                 in_flight: 0,
                 last_send: None,
+                closed: false,
             }),
             acked: Notify::new(),
         }
@@ -95,18 +99,24 @@ impl Window {
         }
     }
 
-    /// Waits until at least one segment (or `want`) fits; returns how many bytes may go.
+    /// Waits until at least one segment (or `want`) fits; returns how many bytes may go, or
+    /// 0 once the receiving end is gone.
     async fn acquire(&self, want: usize, rto: Duration) -> usize {
         loop {
             let notified = self.acked.notified();
             {
                 let mut s = self.lock();
+                if s.closed {
+                    return 0;
+                }
                 let now = Instant::now();
                 if s.in_flight == 0
                     && let Some(last) = s.last_send
-                    && now.duration_since(last) > rto
                 {
-                    s.cwnd = s.cwnd.min(INITIAL_WINDOW);
+                    let idle = now.duration_since(last).as_nanos() / rto.as_nanos().max(1);
+                    for _ in 0..idle.min(32) {
+                        s.cwnd = (s.cwnd / 2).max(INITIAL_WINDOW);
+                    }
                 }
                 let room = s.cwnd.saturating_sub(s.in_flight);
                 if room >= want.min(SEGMENT) {
@@ -118,6 +128,11 @@ impl Window {
             }
             notified.await;
         }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.acked.notify_waiters();
     }
 
     fn ack(&self, n: usize) {
@@ -144,7 +159,7 @@ async fn pump(
     not_before: Instant,
 ) {
     let window = Arc::new(Window::new());
-    let rto = (link.rtt * 2).max(MIN_RTO);
+    let rto = link.rtt + MIN_RTO;
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let delay = if upward {
         link.up.delay
@@ -156,6 +171,9 @@ async fn pump(
         while let Some((arrive, data)) = rx.recv().await {
             sleep_until(arrive).await;
             if to.write_all(&data).await.is_err() {
+                // The receiver is gone: the sender stops too (and its socket closes), as a
+                // reset would tell it.
+                acker.close();
                 break;
             }
             // The acknowledgement travels back for one delay.
@@ -178,6 +196,10 @@ async fn pump(
         let mut off = 0;
         while off < n {
             let len = window.acquire(n - off, rto).await;
+            if len == 0 {
+                let _ = writer.await;
+                return;
+            }
             let l = if upward { &link.up } else { &link.down };
             let arrive = l.send(len);
             if tx.send((arrive, buf[off..off + len].to_vec())).is_err() {

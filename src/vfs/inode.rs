@@ -110,6 +110,9 @@ pub struct Node {
     /// A listing of this directory the server's answer made impossible (too large,
     /// malformed), and when: not fetched again while the listing would have been fresh.
     pub listing_failed: Option<(Instant, crate::vfs::error::VfsError)>,
+    /// When fetching this directory's listing ahead failed (see `Vfs::prefetch_subfolders`):
+    /// not tried ahead again while a listing would be fresh.
+    pub prefetch_failed: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -145,6 +148,7 @@ impl InodeTable {
                 writer: None,
                 changes: 0,
                 listing_failed: None,
+                prefetch_failed: None,
             },
         );
         t.by_path.insert(DavPath::root(), ROOT_INO);
@@ -221,6 +225,7 @@ impl InodeTable {
                 writer: None,
                 changes: 0,
                 listing_failed: None,
+                prefetch_failed: None,
             },
         );
         self.by_path.insert(path.clone(), ino);

@@ -1128,9 +1128,21 @@ impl Vfs {
     /// (see `dir.rs`). Returns once the server has answered, so that a missing or forbidden
     /// directory fails here.
     pub async fn opendir(self: &Arc<Self>, ino: Ino) -> VfsResult<u64> {
+        self.opendir_with(ino, true).await
+    }
+
+    /// As [`Vfs::opendir`], without fetching the subfolders' listings ahead: for a look at
+    /// the entries that is not someone browsing (an emptiness check).
+    pub async fn opendir_quietly(self: &Arc<Self>, ino: Ino) -> VfsResult<u64> {
+        self.opendir_with(ino, false).await
+    }
+
+    async fn opendir_with(self: &Arc<Self>, ino: Ino, prefetch: bool) -> VfsResult<u64> {
         let stream = match self.cached_listing(ino)? {
             Some(l) => {
-                self.prefetch_subfolders(&l);
+                if prefetch {
+                    self.prefetch_subfolders(&l);
+                }
                 Arc::new(DirStream::complete(self.entries_of(&l)))
             }
             None => {
@@ -1140,7 +1152,9 @@ impl Vfs {
                     // Whatever happens to this task, readers are not left waiting.
                     let _ended = dir::EndGuard(s.clone());
                     let result = vfs.listing_into(ino, Some(&s)).await;
-                    if let Ok(l) = &result {
+                    if let Ok(l) = &result
+                        && prefetch
+                    {
                         vfs.prefetch_subfolders(l);
                     }
                     s.finish(result.map(|_| ()));
@@ -1161,7 +1175,8 @@ impl Vfs {
     /// listing's order, `PREFETCH_PARALLEL` at a time. Only folders someone opened have their
     /// subfolders fetched ahead, not the listings fetched ahead themselves, so it reaches one
     /// level below what was opened, and a folder nobody opens again costs nothing more for
-    /// `dir_ttl`. A subfolder whose listing fails is left for whoever opens it.
+    /// `dir_ttl`. A subfolder whose listing fails is left for whoever opens it, and not
+    /// fetched ahead again for `dir_ttl`.
     fn prefetch_subfolders(self: &Arc<Self>, listing: &Listing) {
         let max = self.cfg.prefetch_listings;
         if max == 0 {
@@ -1172,15 +1187,8 @@ impl Vfs {
             listing
                 .order
                 .iter()
-                .filter_map(|(_, ino)| {
-                    let n = t.get(*ino)?;
-                    let folder = n
-                        .meta
-                        .as_ref()
-                        .is_some_and(|m| m.kind == FileKind::Directory);
-                    let listed = n.listing.as_ref().is_some_and(|l| self.fresh(l.fetched));
-                    (folder && !listed && !n.gone && n.listing_failed.is_none()).then_some(*ino)
-                })
+                .filter(|(_, ino)| self.worth_prefetching(&t, *ino))
+                .map(|(_, ino)| *ino)
                 .take(max)
                 .collect()
         };
@@ -1196,13 +1204,36 @@ impl Vfs {
                 }
                 let v = vfs.clone();
                 running.spawn(async move {
+                    // Listed or gone meanwhile (by someone opening it, or a prefetch of
+                    // another opendir of the parent: single-flight does the rest).
+                    if !v.worth_prefetching(&v.table(), ino) {
+                        return;
+                    }
                     if let Err(e) = v.listing(ino).await {
                         tracing::debug!("listing fetched ahead failed: {e}");
+                        if let Some(n) = v.table().get_mut(ino) {
+                            n.prefetch_failed = Some(Instant::now());
+                        }
                     }
                 });
             }
             while running.join_next().await.is_some() {}
         });
+    }
+
+    /// Whether `ino` is a folder whose listing is worth fetching ahead: none fresh, not gone,
+    /// and no recent failure.
+    fn worth_prefetching(&self, t: &InodeTable, ino: Ino) -> bool {
+        let Some(n) = t.get(ino) else {
+            return false;
+        };
+        let folder = n
+            .meta
+            .as_ref()
+            .is_some_and(|m| m.kind == FileKind::Directory);
+        let listed = n.listing.as_ref().is_some_and(|l| self.fresh(l.fetched));
+        let failed = n.prefetch_failed.is_some_and(|at| self.fresh(at));
+        folder && !listed && !failed && !n.gone && n.listing_failed.is_none()
     }
 
     /// Up to `max` entries of open directory `fh` (without `.` and `..`) from index `from`,
@@ -1288,7 +1319,7 @@ impl Vfs {
         };
         let direct = self.cfg.direct_reads || around_cache;
         let mut tuning = self.cfg.read.clone();
-        if keep_cache {
+        if keep_cache && !self.cfg.direct_reads {
             // The kernel has this version's pages: reads reaching us are for pages it lacks,
             // often holes of a few pages (docs/PERFORMANCE.md). A range of just what is asked
             // is used up, so its connection serves the next hole; a 1 MiB range would be

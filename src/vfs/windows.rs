@@ -360,7 +360,7 @@ impl WinFs {
             }
             if h.dir && !self.vfs.readdir(h.fh, 0, 1).await?.is_empty() {
                 // The handle's listing may be older than the folder: ask again.
-                let fresh = self.vfs.opendir(h.ino).await?;
+                let fresh = self.vfs.opendir_quietly(h.ino).await?;
                 let entries = self.vfs.readdir(fresh, 0, 1).await;
                 self.vfs.releasedir(fresh);
                 if !entries?.is_empty() {
