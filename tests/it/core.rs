@@ -364,3 +364,59 @@ fn times_are_kept_apart_creation_change_and_modification() {
         vfs.release_path(o.fh).await;
     });
 }
+
+/// A file whose pages the kernel kept (a second open of the same version) is read in ranges
+/// of just what is asked: the reads that reach the core then are the page cache's holes, and
+/// a larger range would be given up after a few pages, with its connection. A first open
+/// still reads ahead.
+#[test]
+fn reads_of_a_file_whose_pages_were_kept_ask_for_just_the_read() {
+    use crate::support::apache::{self, apache};
+    let Some(a) = apache() else { return };
+    let rt = rt();
+    let dir = a.fresh_dir("core-kept");
+    let data = pattern(4 << 20, 5);
+    std::fs::write(dir.join("f.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    let c = core_with(&a.url("core-kept"), |_| {});
+    let vfs = c.vfs.clone();
+    let gets = |from: usize| -> Vec<String> {
+        a.settled_requests("core-kept")[from..]
+            .iter()
+            .filter(|r| r.method == "GET")
+            .map(|r| r.range.clone())
+            .collect()
+    };
+    within(&rt, async {
+        vfs.probe().await.expect("probe");
+        let attr = vfs.lookup(ROOT_INO, "f.bin").await.expect("lookup");
+        let o = vfs.open(attr.ino, READ).await.expect("open");
+        assert!(!o.keep_cache, "nothing to keep on a first open");
+        let before = a.settled_requests("core-kept").len();
+        let d = vfs.read(o.fh, 1 << 20, 8192).await.expect("read");
+        assert_eq!(&d.to_bytes()[..], &data[1 << 20..(1 << 20) + 8192]);
+        assert_eq!(read_all(&vfs, o.fh).await.expect("read"), data);
+        // A seek on a first open reads ahead (1 MiB; Apache logs it once it is given up).
+        let first = gets(before);
+        assert!(
+            first.iter().any(|r| r == "bytes=1048576-2097151"),
+            "{first:?}"
+        );
+        vfs.release(o.fh).await;
+
+        let o = vfs.open(attr.ino, READ).await.expect("open again");
+        assert!(o.keep_cache, "the same version: the kernel keeps its pages");
+        let before = a.settled_requests("core-kept").len();
+        for (offset, len) in [(1 << 20, 8192), (3 << 20, 4096)] {
+            let d = vfs.read(o.fh, offset, len).await.expect("read a hole");
+            let at = offset as usize;
+            assert_eq!(&d.to_bytes()[..], &data[at..at + len as usize]);
+        }
+        assert_eq!(
+            gets(before),
+            ["bytes=1048576-1056767", "bytes=3145728-3149823"],
+            "one range of just the read per hole"
+        );
+        vfs.release(o.fh).await;
+    });
+}
