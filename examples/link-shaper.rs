@@ -50,8 +50,8 @@ struct Link {
 }
 
 impl Link {
-    /// Queues `len` bytes at `ready` (no earlier than now); returns when their last byte
-    /// arrives at the other end.
+    /// Queues `len` bytes behind what is queued already (no earlier than now); returns when
+    /// their last byte arrives at the other end.
     fn send(&self, len: usize) -> Instant {
         let now = Instant::now();
         let mut free = match self.free_at.lock() {
@@ -233,14 +233,14 @@ async fn main() {
     let rtt = Duration::from_secs_f64(parse(&args[2], "RTT") / 1000.0);
     let mbit = parse(&args[3], "bandwidth");
     let ns_per_byte = if mbit > 0.0 { 8000.0 / mbit } else { 0.0 };
-    let link = |_: ()| Link {
+    let link = || Link {
         free_at: Mutex::new(Instant::now()),
         ns_per_byte,
         delay: rtt / 2,
     };
     let shaper = Arc::new(Shaper {
-        up: link(()),
-        down: link(()),
+        up: link(),
+        down: link(),
         rtt,
     });
     let listener = match TcpListener::bind(("127.0.0.1", port)).await {

@@ -1319,7 +1319,7 @@ impl Vfs {
         };
         let direct = self.cfg.direct_reads || around_cache;
         let mut tuning = self.cfg.read.clone();
-        if keep_cache && !self.cfg.direct_reads {
+        if keep_cache && !direct {
             // The kernel has this version's pages: reads reaching us are for pages it lacks,
             // often holes of a few pages (docs/PERFORMANCE.md). A range of just what is asked
             // is used up, so its connection serves the next hole; a 1 MiB range would be
