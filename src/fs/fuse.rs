@@ -286,13 +286,6 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_readahead(4 << 20);
         // Large writes: fewer callbacks per uploaded MiB.
         let _ = config.set_max_write(1 << 20);
-        // Room for the kernel's asynchronous reads while the server is far away (default: 12
-        // in the background, congested from 9, when the kernel drops read-ahead pages).
-        // Over a 30 ms link (bench/latency.sh, docs/PERFORMANCE.md), a second `cat` of a
-        // 64 MiB file refetched the page cache's holes with 17-57 GETs in 7 runs with the
-        // default and 0-12 in 4 with this, and `head -c 1M` took 0.53-0.63 s against 0.38-0.40.
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
         // One flag per call: fuser grants all flags of a call or none.
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,
