@@ -67,6 +67,7 @@ fn main() -> ExitCode {
             force,
             discard,
         } => recover(&args, force, discard),
+        Command::Doctor { args, json } => doctor(&args, json),
         Command::Trust { url, yes } => trust(&url, yes),
         Command::Login { url, user } => login(&url, user),
         Command::Logout { url } => logout(&url),
@@ -198,9 +199,10 @@ fn trust(url: &str, yes: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// `davdrive recover URL`: uploads what the recovery folder of URL's mounts holds.
-fn recover(args: &davdrive::cli::MountArgs, force: bool, discard: bool) -> Result<(), String> {
-    use davdrive::vfs::recovery::{self, Outcome};
+/// The configuration of `args` for a command that mounts nothing (`doctor`, `recover`).
+fn config_without_mount(
+    args: &davdrive::cli::MountArgs,
+) -> Result<davdrive::config::MountConfig, String> {
     let mut args = args.clone();
     // Nothing is mounted: any directory satisfies the configuration's check.
     args.mountpoint.get_or_insert_with(std::env::temp_dir);
@@ -209,8 +211,19 @@ fn recover(args: &davdrive::cli::MountArgs, force: bool, discard: bool) -> Resul
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     #[cfg(not(unix))]
     let (uid, gid) = (0, 0);
-    let cfg =
-        davdrive::config::MountConfig::from_args(&args, uid, gid).map_err(|e| e.to_string())?;
+    davdrive::config::MountConfig::from_args(&args, uid, gid).map_err(|e| e.to_string())
+}
+
+/// `davdrive doctor URL`: what the server supports and what davdrive does about it.
+fn doctor(args: &davdrive::cli::MountArgs, json: bool) -> Result<(), String> {
+    let cfg = config_without_mount(args)?;
+    davdrive::cli::doctor::run(&cfg, json, args.read_only)
+}
+
+/// `davdrive recover URL`: uploads what the recovery folder of URL's mounts holds.
+fn recover(args: &davdrive::cli::MountArgs, force: bool, discard: bool) -> Result<(), String> {
+    use davdrive::vfs::recovery::{self, Outcome};
+    let cfg = config_without_mount(args)?;
     let kept = recovery::list(&cfg.vfs.cache_dir.join("recovery"));
     let mut out = std::io::stdout().lock();
     if kept.is_empty() {

@@ -9,6 +9,7 @@ pub mod autostart;
 pub mod davmount;
 pub mod detach;
 pub mod docs;
+pub mod doctor;
 pub mod fstab;
 pub mod status;
 
@@ -85,6 +86,18 @@ pub enum Command {
         /// Delete the kept files of URL instead of uploading them (nothing is sent).
         #[arg(long, conflicts_with = "force")]
         discard: bool,
+    },
+    /// Examine a server and say, in plain words, what it supports and what davdrive does
+    /// about it: WebDAV class and methods, sign-in offered, the certificate, clock, round trip,
+    /// ETags, ranges, chunked and partial PUT, preconditions, MOVE/COPY/LOCK, quota,
+    /// sync-collection and throughput. Writes (then deletes) a few `.davdrive-doctor-*` files
+    /// unless --read-only (then no throughput test either). Takes the credential, TLS and network options of `mount`.
+    Doctor {
+        #[command(flatten)]
+        args: Box<MountArgs>,
+        /// Print JSON (the facts and the advice), for a ticket or a script.
+        #[arg(long)]
+        json: bool,
     },
     /// Mount what a .davmount file (RFC 4709) describes under ~/davdrive/HOST-NAME (or use a
     /// running mount of it) and open the folder it names with the desktop's file manager.

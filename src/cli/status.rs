@@ -275,6 +275,15 @@ pub fn wait_for_daemon(sock: &Path, mountpoint: &Path) -> Result<(), String> {
                 Ok(r) => r,
                 // The daemon is gone: everything is done.
                 Err(control::Unanswered::Gone) => return false,
+                // Stopping: its socket closed first, the daemon exits once its uploads are
+                // done (a busy daemon answers again after the unmount; nothing to say here).
+                Err(control::Unanswered::Closing) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = &mut ctrl_c => return true,
+                    }
+                    continue;
+                }
                 // Busy or wedged: ask again (Ctrl-C stops waiting).
                 Err(control::Unanswered::Silent(why)) => {
                     if !said_silent {

@@ -152,6 +152,28 @@ pub struct ResponseMeta {
     pub content_type: Option<String>,
 }
 
+/// An answer as [`DavClient::exchange`] got it.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The body, cut at the caller's limit.
+    pub body: Bytes,
+    /// Where the answer came from, after redirects.
+    pub url: Url,
+    /// `HTTP/1.1`, `HTTP/2.0`.
+    pub version: String,
+    /// From sending the request to the end of the body read.
+    pub elapsed: Duration,
+}
+
+impl Exchange {
+    /// A header's value, if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
 /// A byte range asked of GET: `start..=end`, or `start..` when `end` is `None`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ByteRange {
@@ -561,6 +583,54 @@ impl DavClient {
         })
     }
 
+    /// One request for diagnostics (`davdrive doctor`): any method, with authentication,
+    /// redirects and retries as for every request, and the answer whatever its status, with
+    /// at most `limit` bytes of its body.
+    pub async fn exchange(
+        &self,
+        method: &'static str,
+        path: &DavPath,
+        collection: bool,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+        limit: usize,
+    ) -> Result<Exchange, DavError> {
+        let url = self.inner.root.url_for(path, collection);
+        let body = body.map_or(ReqBody::Empty, ReqBody::Bytes);
+        let started = tokio::time::Instant::now();
+        let mut resp = self.send(method, &url, path, headers, body, true).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let version = format!("{:?}", resp.version());
+        let final_url = resp
+            .extensions()
+            .get::<FinalUrl>()
+            .map_or_else(|| url.clone(), |f| f.0.clone());
+        let mut out = Vec::new();
+        loop {
+            match tokio::time::timeout(self.inner.progress_timeout, resp.chunk()).await {
+                Ok(Ok(Some(c))) => {
+                    let room = limit.saturating_sub(out.len());
+                    out.extend_from_slice(&c[..c.len().min(room)]);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => return Err(transport_error(method, &path.to_string(), &e)),
+                Err(_) => return Err(stalled(method, path)),
+            }
+        }
+        Ok(Exchange {
+            status,
+            headers,
+            body: out.into(),
+            url: final_url,
+            version,
+            elapsed: started.elapsed(),
+        })
+    }
+
     /// PROPFIND with our property list. `collection` picks the URL form (trailing slash).
     pub async fn propfind(
         &self,
@@ -720,7 +790,12 @@ impl DavClient {
         let url = self.inner.root.url_for(path, false);
         let mut h = precondition_headers(pre, &url);
         let body = match body {
-            PutBody::Bytes(b) => ReqBody::Bytes(b),
+            PutBody::Bytes(b) => {
+                // Said even when 0: without it an empty PUT has no body at all, and nginx's
+                // dav module answers 500 ("PUT request body must be in a file").
+                h.insert(reqwest::header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                ReqBody::Bytes(b)
+            }
             PutBody::Stream { stream, len } => {
                 if let Some(n) = len {
                     h.insert(reqwest::header::CONTENT_LENGTH, HeaderValue::from(n));
@@ -1413,6 +1488,14 @@ fn precondition_headers(pre: &Preconditions, url: &Url) -> HeaderMap {
         && let Ok(v) = HeaderValue::from_str(tag)
     {
         h.insert(reqwest::header::IF_MATCH, v);
+    }
+    // Without a strong tag, the date of the version we know (second resolution, as the
+    // server gave it): a change made since by someone else is refused with 412.
+    if !h.contains_key(reqwest::header::IF_MATCH)
+        && let Some(t) = pre.if_unmodified_since
+        && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(t))
+    {
+        h.insert(reqwest::header::IF_UNMODIFIED_SINCE, v);
     }
     if pre.if_none_match_any {
         h.insert(

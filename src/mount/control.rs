@@ -417,6 +417,9 @@ pub enum Unanswered {
     Gone,
     /// It is there but did not answer properly (busy, wedged).
     Silent(String),
+    /// Its socket refuses connections while its process still runs: starting, or stopping
+    /// (the socket closes first, then the uploads drain and the daemon exits).
+    Closing,
 }
 
 /// The status of one running mount, asked through its socket.
@@ -427,11 +430,12 @@ pub fn status_of(path: &Path) -> Result<Report, Unanswered> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Unanswered::Gone),
         // Left by a mount that died, unless its process still runs (starting, or stopping
         // with the socket already closed).
-        Err(e)
-            if e.kind() == std::io::ErrorKind::ConnectionRefused
-                && pid_of(path).is_none_or(|p| !alive(p)) =>
-        {
-            Err(Unanswered::Gone)
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            if pid_of(path).is_none_or(|p| !alive(p)) {
+                Err(Unanswered::Gone)
+            } else {
+                Err(Unanswered::Closing)
+            }
         }
         Err(e) => Err(Unanswered::Silent(e.to_string())),
     }
@@ -469,6 +473,7 @@ pub fn running(base: &Path) -> Running {
                 let _ = std::fs::remove_file(&path);
             }
             Err(Unanswered::Silent(why)) => silent.push((path, why)),
+            Err(Unanswered::Closing) => silent.push((path, "starting or stopping".into())),
         }
     }
     out.sort_by(|a, b| a.1.mount.mountpoint.cmp(&b.1.mount.mountpoint));

@@ -44,6 +44,9 @@ pub struct Meta {
     /// Creation time (`creationdate`), else the modification time.
     pub created: SystemTime,
     pub etag: Option<String>,
+    /// Whether `mtime` is the server's `getlastmodified` (so it can guard an overwrite with
+    /// `If-Unmodified-Since`), not a time of ours.
+    pub server_mtime: bool,
     pub fetched: Instant,
 }
 
@@ -64,6 +67,7 @@ impl Meta {
             mtime,
             created: r.created.unwrap_or(mtime),
             etag: r.etag.clone(),
+            server_mtime: r.last_modified.is_some(),
             fetched: now,
         }
     }

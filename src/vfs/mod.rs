@@ -744,6 +744,7 @@ impl Vfs {
                 mtime: e.mtime,
                 created: e.mtime,
                 etag: None,
+                server_mtime: false,
                 fetched: now,
             };
             // The trash placeholder answers lookups (GIO and KIO look it up) but is not

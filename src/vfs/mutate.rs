@@ -18,6 +18,7 @@ use super::inode::{FileKind, Ino, Listing, Meta};
 use super::recovery::Base;
 use super::write::{Caller, Uploaded, WriteHandle};
 use super::{Attr, Handle, OpenMode, Opened, UploadPolicy, Vfs};
+use crate::dav::probe::ChunkedPut;
 use crate::dav::{DavPath, Depth, ErrorKind, Preconditions, PutBody};
 
 /// Uploads at most running behind closes that returned (`async_close`).
@@ -151,14 +152,19 @@ impl Vfs {
     }
 
     /// What protects an overwrite of the version we know against a lost update: its strong
-    /// entity tag, else its modification date (Apache gives weak tags to files changed in
-    /// the last second; nginx and Orthanc give none).
+    /// entity tag, else, on a server that gives no tags at all (nginx, SabreDAV's plain
+    /// tree, Orthanc), the modification date its listing gave.
+    ///
+    /// Not for a weak tag: Apache gives one to a file changed within the last second, and
+    /// its mod_dav compares `If-Unmodified-Since` on PUT with the time of the request, not
+    /// the file's (every such overwrite would fail with 412). Only a time the server gave:
+    /// one of our clock's would be refused by a server whose clock is behind.
     fn overwrite_preconditions(&self, meta: Option<&Meta>) -> Preconditions {
         let strong = meta
             .and_then(|m| m.etag.clone())
             .filter(|t| !t.starts_with("W/"));
-        let since = match (&strong, meta) {
-            (None, Some(m)) => Some(m.mtime),
+        let since = match meta {
+            Some(m) if m.etag.is_none() && m.server_mtime => Some(m.mtime),
             _ => None,
         };
         Preconditions {
@@ -194,6 +200,7 @@ impl Vfs {
             mtime: now,
             created: now,
             etag,
+            server_mtime: false,
             fetched: Instant::now(),
         }
     }
@@ -222,48 +229,21 @@ impl Vfs {
             self.next_fh
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        let Ok(probe) = dir.join(&name) else {
-            return false;
-        };
-        const PIECE: &[u8] = b"davdrive chunked upload probe\n";
-        let chunks: Vec<Result<Bytes, std::io::Error>> =
-            (0..3).map(|_| Ok(Bytes::from_static(PIECE))).collect();
-        let put = self
-            .client
-            .put(
-                &probe,
-                PutBody::Stream {
-                    stream: Box::new(futures_util::stream::iter(chunks)),
-                    len: None,
-                },
-                &Preconditions::default(),
-            )
-            .await;
-        if put.is_err() {
-            return false;
-        }
-        let verdict = match self.client.propfind(&probe, Depth::Zero, false).await {
-            Ok(ms) => ms
-                .get(&probe)
-                .map(|r| r.content_length == Some(3 * PIECE.len() as u64)),
-            Err(_) => None,
-        };
-        let _ = self
-            .client
-            .delete(&probe, false, &Preconditions::default())
-            .await;
-        match verdict {
-            Some(v) => {
-                if !v {
-                    tracing::info!(
-                        "the server does not store chunked uploads correctly; spooling uploads"
-                    );
-                }
-                g.0 = Some(v);
-                v
+        match crate::dav::probe::chunked_put(&self.client, dir, &name).await {
+            ChunkedPut::Stored => {
+                g.0 = Some(true);
+                true
             }
-            // Inconclusive (e.g. a drop box that ingests files at once): spool this time.
-            None => false,
+            ChunkedPut::Lost { .. } => {
+                tracing::info!(
+                    "the server does not store chunked uploads correctly; spooling uploads"
+                );
+                g.0 = Some(false);
+                false
+            }
+            // Refused, or inconclusive (e.g. a drop box that ingests files at once): spool
+            // this time.
+            ChunkedPut::Refused(_) | ChunkedPut::Undecided(_) => false,
         }
     }
 
@@ -678,6 +658,39 @@ impl Vfs {
         true
     }
 
+    /// Deletes what stands at `path` after the upload of a new file failed (an empty
+    /// placeholder, or the part the server kept), conditionally: only the version with our
+    /// own entity tag `known` when we have one, else the version the server lists now, by
+    /// its entity tag or, without one, `If-Unmodified-Since` its date. A file another client
+    /// writes there meanwhile is refused the DELETE (412) and stays. Whether it is gone.
+    async fn remove_failed_new(&self, path: &DavPath, known: Option<String>) -> bool {
+        use super::write::delete_version;
+        let listed = match self.client.propfind(path, Depth::Zero, false).await {
+            Ok(ms) => ms.get(path).cloned(),
+            Err(e) if e.kind() == ErrorKind::NotFound => return true,
+            Err(_) => return false,
+        };
+        let Some(r) = listed.filter(|r| !r.is_collection) else {
+            return false;
+        };
+        match (known, r.etag) {
+            // Someone else's version stands there now.
+            (Some(ours), Some(now))
+                if ours.trim_start_matches("W/") != now.trim_start_matches("W/") =>
+            {
+                false
+            }
+            (Some(tag), _) | (None, Some(tag)) => delete_version(&self.client, path, &tag).await,
+            (None, None) => {
+                let pre = Preconditions {
+                    if_unmodified_since: r.last_modified,
+                    ..Default::default()
+                };
+                r.last_modified.is_some() && self.client.delete(path, false, &pre).await.is_ok()
+            }
+        }
+    }
+
     /// Deletes the hidden temporary files of a directory about to be removed when all are
     /// abandoned (a davdrive that died mid-upload; see `segments::abandoned`). `Err` when one
     /// is still in use, here or possibly by another client.
@@ -803,13 +816,12 @@ impl Vfs {
             // A new file whose data never arrived: remove the empty placeholder (the data is
             // in the recovery folder), so nobody takes it for the real file. Best effort.
             let path = w.path();
-            if self.local.get(&path).is_none()
-                && self
-                    .client
-                    .delete(&path, false, &Preconditions::default())
-                    .await
-                    .is_ok()
-            {
+            let known = self
+                .table()
+                .get(ino)
+                .and_then(|n| n.meta.as_ref())
+                .and_then(|m| m.etag.clone());
+            if self.local.get(&path).is_none() && self.remove_failed_new(&path, known).await {
                 let parent = self.table().get(ino).map(|n| n.parent);
                 if let (Some(p), Some(name)) = (parent, path.name()) {
                     self.remove_child(p, name);
@@ -914,6 +926,7 @@ impl Vfs {
             mtime: changed,
             created: changed,
             etag: None,
+            server_mtime: false,
             fetched: Instant::now(),
         };
         self.attr_of(ino, &meta)
@@ -969,6 +982,7 @@ impl Vfs {
             mtime: now,
             created: now,
             etag: None,
+            server_mtime: false,
             fetched: Instant::now(),
         };
         let ino = self.insert_child(parent, name, &path, meta.clone());

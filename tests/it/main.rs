@@ -11,6 +11,8 @@
 //!   orders and in races a mount cannot steer.
 //! - `reftest`: random operation sequences on the core against an in-memory model.
 //! - `layering`: the core stays free of frontend crates.
+//! - `servers`: one suite over Apache, nginx, lighttpd, rclone, WsgiDAV and SabreDAV, with
+//!   each server's known differences written down.
 //! - `profiles`: mounting by profile name from the TOML configuration file.
 //! - `windows`: the Windows semantics layer (what the WinFsp adapter translates) in the
 //!   orders Windows calls it: dispositions, delete on close, paging with a marker.
@@ -35,5 +37,6 @@ mod mount_read;
 pub(crate) mod mount_write;
 mod profiles;
 mod reftest;
+mod servers;
 mod tls;
 mod windows;

@@ -67,7 +67,8 @@ use callers::Writers;
 pub use callers::{Caller, ProcessOf};
 use journal::{JournalItem, JournalWriter, around_page_cache, journal_thread};
 use state::{Segmented, State};
-use stream::{Streaming, abort_stream, client_stall, delete_version, start_stream};
+pub(crate) use stream::delete_version;
+use stream::{Streaming, abort_stream, client_stall, start_stream};
 
 /// How far a session's running upload got: the offset in the file up to which bytes were
 /// handed to the HTTP library (`davdrive status` shows it beside the file's size). Every

@@ -117,49 +117,9 @@ impl SegmentPolicy {
 
 /// `Some(verdict)`, or `None` when the probe could not decide (try again later).
 async fn probe(client: &DavClient, dir: &DavPath) -> Option<bool> {
-    let first = dir.join(&temp_name()).ok()?;
-    let moved = dir.join(&temp_name()).ok()?;
-    const A: &[u8] = b"davdrive segment probe, first piece\n";
-    const B: &[u8] = b"davdrive segment probe, second piece\n";
-    let none = Preconditions::default();
-    client
-        .put(&first, PutBody::Bytes(Bytes::from_static(A)), &none)
+    crate::dav::probe::partial_put(client, dir, &temp_name(), &temp_name())
         .await
-        .ok()?;
-    let piece: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from_static(B))];
-    let verdict = match client
-        .put_range(
-            &first,
-            A.len() as u64,
-            B.len() as u64,
-            Box::new(futures_util::stream::iter(piece)),
-        )
-        .await
-    {
-        Err(e) if e.answered() => Some(false),
-        Err(_) => None,
-        Ok(_) => match client.get_bytes(&first).await {
-            Ok(got) if got.len() == A.len() + B.len() && got.starts_with(A) && got.ends_with(B) => {
-                let create_only = Preconditions {
-                    if_none_match_any: true,
-                    ..Default::default()
-                };
-                match client.move_onto(&first, &moved, &create_only).await {
-                    Ok(()) => Some(true),
-                    Err(e) if e.answered() => Some(false),
-                    Err(_) => None,
-                }
-            }
-            Ok(_) => Some(false),
-            // Gone at once (a drop box that ingests files) or refused: not for segments.
-            Err(e) if e.answered() => Some(false),
-            Err(_) => None,
-        },
-    };
-    for p in [&first, &moved] {
-        let _ = client.delete(p, false, &none).await;
-    }
-    verdict
+        .usable()
 }
 
 fn temp_name() -> String {

@@ -168,7 +168,7 @@ pub(super) async fn abort_stream(s: Streaming) -> bool {
 /// If-Match compares strongly. Apache marks the tag of a file changed within the last second
 /// as weak and the same tag becomes strong a second later: wait that second out, then name
 /// the version by its strong tag (no other version can carry it).
-pub(super) async fn delete_version(client: &DavClient, path: &DavPath, tag: &str) -> bool {
+pub(crate) async fn delete_version(client: &DavClient, path: &DavPath, tag: &str) -> bool {
     let tag = match tag.strip_prefix("W/") {
         Some(strong) => {
             tokio::time::sleep(std::time::Duration::from_millis(1100)).await;

@@ -23,6 +23,7 @@ pub mod http_proxy;
 pub mod kerberos;
 pub mod ntlm;
 pub mod orthanc;
+pub mod servers;
 pub mod user;
 
 use std::io::{BufRead, BufReader};
