@@ -358,8 +358,8 @@ pub fn advice(r: &Report) -> Vec<String> {
     if r.sync_collection.as_ref().is_some_and(|x| x.supported) {
         a.push(
             "The server offers sync-collection (RFC 6578); davdrive does not use it yet: \
-             changes made by others show when a listing expires (--dir-cache-ttl) or after \
-             `davdrive refresh`."
+             folders in use are checked for changes made by others with a small PROPFIND \
+             every --revalidate seconds instead."
                 .into(),
         );
     }

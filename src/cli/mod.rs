@@ -278,6 +278,17 @@ pub struct MountArgs {
     /// when nobody goes there); 0: never [default: 64].
     #[arg(long, value_name = "N", help_heading = "Caching")]
     pub prefetch_listings: Option<usize>,
+    /// Seconds between checks of the folders in use (opened or looked in lately, see
+    /// --revalidate-for)
+    /// and of files open for reading, so that changes made on the server by others show
+    /// within about that (one small request per folder and open file per check); 0: never,
+    /// changes then show when a listing expires [default: 2].
+    #[arg(long, value_name = "SECONDS", help_heading = "Caching")]
+    pub revalidate: Option<u64>,
+    /// Seconds a folder counts as in use after it was last opened or looked in: checked by
+    /// --revalidate until then, never after [default: 120].
+    #[arg(long, value_name = "SECONDS", help_heading = "Caching")]
+    pub revalidate_for: Option<u64>,
     /// Seconds the kernel may cache names and attributes before asking davdrive again
     /// [default: 1].
     #[arg(long, value_name = "SECONDS", help_heading = "Caching")]

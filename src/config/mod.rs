@@ -232,6 +232,12 @@ impl MountConfig {
             prefetch_listings: (args.prefetch_listings)
                 .or(profile.prefetch_listings)
                 .unwrap_or(64),
+            revalidate: Duration::from_secs(secs(args.revalidate, profile.revalidate, 2)),
+            revalidate_for: Duration::from_secs(secs(
+                args.revalidate_for,
+                profile.revalidate_for,
+                120,
+            )),
             upload_retry: Duration::from_secs(secs(
                 args.upload_retry_time,
                 profile.upload_retry_time,

@@ -51,6 +51,8 @@ pub struct Profile {
     pub async_close: Option<bool>,
     pub dir_cache_ttl: Option<u64>,
     pub prefetch_listings: Option<usize>,
+    pub revalidate: Option<u64>,
+    pub revalidate_for: Option<u64>,
     pub kernel_ttl: Option<u64>,
     pub direct_io: Option<bool>,
     pub ca_cert: Option<PathBuf>,

@@ -639,14 +639,19 @@ impl DavClient {
         collection: bool,
     ) -> Result<Multistatus, DavError> {
         let mut resources = Vec::new();
-        let skipped = self
+        let (skipped, date) = self
             .propfind_each(path, depth, collection, |r| resources.push(r))
             .await?;
-        Ok(Multistatus { resources, skipped })
+        Ok(Multistatus {
+            resources,
+            skipped,
+            date,
+        })
     }
 
     /// As [`DavClient::propfind`], handing each resource to `sink` as soon as it is parsed,
-    /// while the rest of the listing downloads. Returns the hrefs that were refused. On an
+    /// while the rest of the listing downloads. Returns the hrefs that were refused and the
+    /// server's `Date`. On an
     /// error, what `sink` received stays valid (complete responses) but the listing is not.
     pub async fn propfind_each(
         &self,
@@ -654,7 +659,7 @@ impl DavClient {
         depth: Depth,
         collection: bool,
         sink: impl FnMut(Resource),
-    ) -> Result<Vec<HrefError>, DavError> {
+    ) -> Result<(Vec<HrefError>, Option<SystemTime>), DavError> {
         let url = self.inner.root.url_for(path, collection);
         let mut h = HeaderMap::new();
         h.insert(
@@ -686,11 +691,16 @@ impl DavClient {
         if resp.content_length().is_some_and(|n| n > limit as u64) {
             return Err(too_large("PROPFIND", path, limit));
         }
+        let date = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::dates::parse_any);
         // Parsed as it downloads: a large listing costs little more than its transfer.
         let mut body = BodyReader::new(resp, limit, self.inner.progress_timeout);
         let parsed = multistatus::parse_each(&mut body, &url, &self.inner.root, sink).await;
         match (parsed, body.failure) {
-            (Ok(skipped), _) => Ok(skipped),
+            (Ok(skipped), _) => Ok((skipped, date)),
             (Err(_), Some(BodyFailure::TooLarge)) => Err(too_large("PROPFIND", path, limit)),
             (Err(_), Some(BodyFailure::Transport(e))) => {
                 Err(transport_error("PROPFIND", &path.to_string(), &e))

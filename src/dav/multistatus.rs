@@ -58,6 +58,8 @@ pub struct Multistatus {
     pub resources: Vec<Resource>,
     /// Hrefs that were refused, with the reason; logged by the caller.
     pub skipped: Vec<HrefError>,
+    /// The server's clock when it answered (its `Date` header), when known.
+    pub date: Option<std::time::SystemTime>,
 }
 
 impl Multistatus {
@@ -275,7 +277,11 @@ pub fn parse(body: &[u8], request_url: &Url, root: &Root) -> Result<Multistatus,
         }
     }
     let skipped = collector.skipped;
-    Ok(Multistatus { resources, skipped })
+    Ok(Multistatus {
+        resources,
+        skipped,
+        date: None,
+    })
 }
 
 /// As [`parse`], reading the body as it arrives: parsing overlaps the download (a listing of
@@ -288,7 +294,11 @@ pub async fn parse_async<R: tokio::io::AsyncBufRead + Unpin>(
 ) -> Result<Multistatus, ParseError> {
     let mut resources = Vec::new();
     let skipped = parse_each(body, request_url, root, |r| resources.push(r)).await?;
-    Ok(Multistatus { resources, skipped })
+    Ok(Multistatus {
+        resources,
+        skipped,
+        date: None,
+    })
 }
 
 /// As [`parse_async`], handing each resource to `sink` as soon as it is parsed (a directory

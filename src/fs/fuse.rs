@@ -25,8 +25,8 @@ use tokio::runtime::Handle;
 #[cfg(target_os = "linux")]
 use crate::vfs::zerocopy::{self, SpliceSink};
 use crate::vfs::{
-    AccessWanted, Attr, Caller, ErrorKind, FileKind, OpenMode, Opened, ReadData, SetAttr, Vfs,
-    VfsError,
+    AccessWanted, Attr, Caller, ErrorKind, FileKind, Invalidation, OpenMode, Opened, ReadData,
+    SetAttr, Vfs, VfsError,
 };
 
 /// Directory entries asked of the core per readdir reply: more than a reply can hold, so
@@ -838,9 +838,33 @@ pub fn mount(
         SessionACL::Owner
     };
     cfg.n_threads = Some(2);
-    let adapter = FuseAdapter::new(vfs, rt);
+    let adapter = FuseAdapter::new(vfs.clone(), rt);
     let dev = adapter.dev.clone();
     let session = fuser::Session::new(adapter, mountpoint, &cfg)?;
+    // Changes the core saw on the server (see `vfs::watch`): the kernel forgets the names,
+    // attributes and pages concerned. A name the kernel does not hold answers ENOENT: fine.
+    let notifier = session.notifier();
+    vfs.set_invalidator(Arc::new(move |changes: &[Invalidation]| {
+        for c in changes {
+            let r = match c {
+                Invalidation::Entry { parent, name } => {
+                    notifier.inval_entry(INodeNo(*parent), OsStr::new(name))
+                }
+                Invalidation::Deleted {
+                    parent,
+                    child,
+                    name,
+                } => notifier
+                    .delete(INodeNo(*parent), INodeNo(*child), OsStr::new(name))
+                    .or_else(|_| notifier.inval_entry(INodeNo(*parent), OsStr::new(name))),
+                Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(*ino), 0, 0),
+            };
+            match r {
+                Ok(()) => tracing::debug!("kernel told of {c:?}"),
+                Err(e) => tracing::debug!("kernel not told of {c:?}: {e}"),
+            }
+        }
+    }));
     // Requests are read only once the session runs, so the descriptor is in place before the
     // first read. Without it, replies are copied into one buffer and sent by fuser. A reply
     // must go to the descriptor its request was read from: this works because fuser's

@@ -171,6 +171,7 @@ pub fn connect(
     }
     vfs.watch_recovery(rt.handle());
     vfs.watch_memory(rt.handle());
+    vfs.watch_changes(rt.handle());
     Ok(vfs)
 }
 

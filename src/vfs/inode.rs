@@ -92,6 +92,11 @@ pub struct Listing {
     /// read), with their last modification: the directory is not empty for rmdir even when
     /// `order` is, unless they are abandoned.
     pub hidden: Vec<(crate::dav::DavPath, Option<std::time::SystemTime>)>,
+    /// Whether any later change to the folder's entries shows in its entity tag or date (see
+    /// `watch`): it has a tag, or the server's clock was at least a second past the folder's
+    /// date when it answered (dates count whole seconds: a change in the same second as
+    /// the listing would not move it).
+    pub settled: bool,
 }
 
 #[derive(Debug)]
@@ -117,6 +122,8 @@ pub struct Node {
     /// When fetching this directory's listing ahead failed (see `Vfs::prefetch_subfolders`):
     /// not tried ahead again while a listing would be fresh.
     pub prefetch_failed: Option<Instant>,
+    /// When someone last opened this directory or looked a name up in it (see `watch`).
+    pub used: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -153,6 +160,7 @@ impl InodeTable {
                 changes: 0,
                 listing_failed: None,
                 prefetch_failed: None,
+                used: None,
             },
         );
         t.by_path.insert(DavPath::root(), ROOT_INO);
@@ -169,6 +177,11 @@ impl InodeTable {
 
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Every node, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (Ino, &Node)> {
+        self.nodes.iter().map(|(i, n)| (*i, n))
     }
 
     /// Drops the listings and metadata of every node at or below `under` (every node when
@@ -230,6 +243,7 @@ impl InodeTable {
                 changes: 0,
                 listing_failed: None,
                 prefetch_failed: None,
+                used: None,
             },
         );
         self.by_path.insert(path.clone(), ino);
@@ -425,6 +439,7 @@ mod tests {
             by_name: order.iter().cloned().collect(),
             order,
             hidden: Vec::new(),
+            settled: true,
         };
         t.get_mut(b).expect("b").listing = Some(listing(vec![("listed".into(), listed)], now));
         let stale = std::time::Duration::from_secs(10);

@@ -32,6 +32,7 @@ pub mod names;
 mod path;
 mod read;
 pub mod recovery;
+mod watch;
 pub mod windows;
 mod write;
 #[cfg(target_os = "linux")]
@@ -60,6 +61,7 @@ pub use names::NamePolicy;
 pub use path::{IfExists, components};
 use read::ReadHandle;
 pub use read::{ReadData, ReadTuning};
+pub use watch::{Invalidation, Invalidator};
 pub use write::{Caller, ProcessOf};
 use write::{WriteHandle, segments};
 
@@ -110,6 +112,13 @@ pub struct VfsConfig {
     /// When a folder is opened, the listings of up to this many of its subfolders are
     /// fetched ahead in the background (`--prefetch-listings`; 0: never). Default 64.
     pub prefetch_listings: usize,
+    /// How often folders in use and open files are revalidated against the server, so that
+    /// changes made there by others show without waiting for `dir_ttl` (`--revalidate`; 0:
+    /// never). Default 2 s. See `watch`.
+    pub revalidate: Duration,
+    /// How long after its last use (opened, or a name looked up in it) a folder is still
+    /// revalidated (`--revalidate-for`). Default 120 s.
+    pub revalidate_for: Duration,
 }
 
 /// Listings of subfolders fetched ahead at once (see `Vfs::prefetch_subfolders`).
@@ -151,6 +160,8 @@ impl Default for VfsConfig {
             process_of: None,
             async_close: false,
             prefetch_listings: 64,
+            revalidate: Duration::from_secs(2),
+            revalidate_for: Duration::from_secs(120),
             upload_retry: Duration::from_secs(60),
         }
     }
@@ -343,6 +354,8 @@ pub struct Vfs {
     next_transfer: AtomicU64,
     /// Failed uploads nobody could be told about (see `notices`).
     notices: tokio::sync::broadcast::Sender<Notice>,
+    /// How invalidations reach the kernel, set by the frontend (see `watch`).
+    invalidator: std::sync::OnceLock<Invalidator>,
 }
 
 impl Vfs {
@@ -476,6 +489,7 @@ impl Vfs {
             transfers: Ranked::new(Rank::Transfers, HashMap::new()),
             next_transfer: AtomicU64::new(1),
             notices: tokio::sync::broadcast::channel(64).0,
+            invalidator: std::sync::OnceLock::new(),
         }))
     }
 
@@ -637,6 +651,7 @@ impl Vfs {
         let mut attempt = 0;
         // Inodes numbered for entries of a first attempt, which the second may not list.
         let mut numbered: Vec<Ino> = Vec::new();
+        let mut server_date: Option<SystemTime>;
         let (path, acc, mut t) = loop {
             attempt += 1;
             let (path, changes) = {
@@ -659,7 +674,10 @@ impl Vfs {
                 })
                 .await;
             let skipped = match fetched {
-                Ok(s) => s,
+                Ok((s, date)) => {
+                    server_date = date;
+                    s
+                }
                 Err(e) => {
                     let err = VfsError::from(e);
                     let mut t = self.table();
@@ -705,6 +723,12 @@ impl Vfs {
             numbered.extend(acc.order.iter().map(|(_, ino)| *ino));
         };
         let now = acc.now;
+        let settled = acc.me.as_ref().is_some_and(|me| {
+            me.etag.is_some()
+                || (me.server_mtime
+                    && server_date
+                        .is_some_and(|d| d >= me.mtime + std::time::Duration::from_secs(1)))
+        });
         if let Some(meta) = acc.me
             && let Some(n) = t.get_mut(dir)
         {
@@ -796,8 +820,11 @@ impl Vfs {
             if current.contains(&ino) {
                 continue;
             }
-            // A file still being written may not be on the server yet: it stays listed.
-            let writing = t.get(ino).is_some_and(|n| n.writer.is_some() && !n.gone);
+            // A file still being written, or uploaded behind its close, may not be on the
+            // server yet: it stays listed.
+            let writing = t
+                .get(ino)
+                .is_some_and(|n| (n.writer.is_some() || uploading.contains(&ino)) && !n.gone);
             if writing && !by_name.contains_key(&name) {
                 if let Some(m) = t.get(ino).and_then(|n| n.meta.as_ref()) {
                     late.push(DirEntry {
@@ -828,6 +855,7 @@ impl Vfs {
             order,
             by_name,
             hidden,
+            settled,
         };
         if let Some(n) = t.get_mut(dir) {
             n.listing = Some(listing.clone());
@@ -1004,6 +1032,9 @@ impl Vfs {
         if count && let Some(n) = t.get_mut(ino) {
             n.lookups += 1;
         }
+        if let Some(p) = t.get_mut(parent) {
+            p.used = Some(Instant::now());
+        }
         Ok(attr)
     }
 
@@ -1139,6 +1170,9 @@ impl Vfs {
     }
 
     async fn opendir_with(self: &Arc<Self>, ino: Ino, prefetch: bool) -> VfsResult<u64> {
+        if prefetch {
+            self.note_used(ino);
+        }
         let stream = match self.cached_listing(ino)? {
             Some(l) => {
                 if prefetch {

@@ -994,6 +994,8 @@ impl Vfs {
                 order: Vec::new(),
                 by_name: Default::default(),
                 hidden: Vec::new(),
+                // Its tag and date are not known yet.
+                settled: false,
             });
             n.lookups += 1;
         }

@@ -167,7 +167,8 @@ fn async_close_orders_namespace_changes_after_the_upload() {
     write_file(&m.path().join("d.bin"), &data);
     write_file(&m.path().join("d.bin"), b"second version");
     let d = m.path().join("d.bin");
-    let through = bounded(Duration::from_secs(60), move || std::fs::read(d)).expect("read d");
+    let through = bounded(Duration::from_secs(60), move || std::fs::read(d))
+        .unwrap_or_else(|e| panic!("read d: {e}\n{}", m.log()));
     assert_eq!(through, b"second version");
 
     proxy.limit_uploads(0);

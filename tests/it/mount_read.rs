@@ -1044,3 +1044,127 @@ fn a_listing_over_the_cap_fails_once_and_the_mount_stays_up() {
     assert!(m.log().contains("cannot list /big"), "{}", m.log());
     assert!(m.unmount().success());
 }
+
+/// Changes made on the server by someone else reach the kernel within 5 s even where it may
+/// cache names and attributes for a minute (`--kernel-ttl 60`): a new name appears, a deleted
+/// one goes, a rewritten file shows its new size and content (a descriptor opened before
+/// keeps to its version). What it costs: about one PROPFIND of the folder per
+/// `--revalidate` while it is in use, and nothing once it was not used for
+/// `--revalidate-for`.
+#[test]
+fn changes_by_others_reach_the_kernel_within_5_s_and_cost_requests_only_while_in_use() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("coherence");
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for (name, content) in [("change.txt", &b"before"[..]), ("gone.txt", b"to go")] {
+        std::fs::write(dir.join(name), content).expect("seed");
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join(name))
+            .and_then(|f| f.set_modified(hour_ago))
+            .expect("mtime");
+    }
+    apache::give_to_server(&dir);
+    let m = Mount::new(
+        &a.url("coherence"),
+        &[
+            "--kernel-ttl",
+            "60",
+            "--revalidate",
+            "1",
+            "--revalidate-for",
+            "4",
+        ],
+    );
+    let p = m.path();
+    let names = |p: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(p)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(names(p).len(), 2);
+    // The kernel caches these answers for 60 s: the miss, the size, the pages.
+    assert!(!p.join("new.txt").exists());
+    assert_eq!(
+        std::fs::metadata(p.join("change.txt")).expect("stat").len(),
+        6
+    );
+    let reader = std::fs::File::open(p.join("change.txt")).expect("open");
+    let mut buf = vec![0u8; 6];
+    reader.read_exact_at(&mut buf, 0).expect("read");
+    assert_eq!(buf, b"before");
+
+    let t0 = Instant::now();
+    std::fs::write(dir.join("new.txt"), b"new").expect("add");
+    std::fs::remove_file(dir.join("gone.txt")).expect("delete");
+    std::fs::write(dir.join("change.txt"), b"after, and longer").expect("rewrite");
+    apache::give_to_server(&dir);
+    let deadline = t0 + Duration::from_secs(10);
+    let seen = loop {
+        let ok = p.join("new.txt").exists()
+            && !p.join("gone.txt").exists()
+            && std::fs::metadata(p.join("change.txt")).is_ok_and(|m| m.len() == 17)
+            && std::fs::read(p.join("change.txt")).is_ok_and(|c| c == b"after, and longer");
+        if ok {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let delay = t0.elapsed();
+    eprintln!("coherence: seen after {:.2} s", delay.as_secs_f64());
+    assert!(
+        seen,
+        "not seen within 10 s: {:?}, new.txt {}, gone.txt {}, {:?}, {:?}\n{}",
+        names(p),
+        p.join("new.txt").exists(),
+        p.join("gone.txt").exists(),
+        std::fs::metadata(p.join("change.txt")).map(|m| m.len()),
+        std::fs::read(p.join("change.txt")).map(|c| String::from_utf8_lossy(&c).into_owned()),
+        m.log()
+    );
+    assert!(delay <= Duration::from_secs(5), "seen after {delay:?}");
+    // The descriptor opened before the change keeps to its version (SEMANTICS.md): what it
+    // reads is the old content or an error, never the two mixed.
+    let mut buf = vec![0u8; 17];
+    match reader.read_at(&mut buf, 0) {
+        Ok(n) => assert_eq!(&buf[..n], &b"before"[..n], "{:?}", &buf[..n]),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::ESTALE), "{e}"),
+    }
+    drop(reader);
+
+    // In use (listed every 0.5 s): about one PROPFIND of the folder per second, nothing else.
+    let start = a.settled_requests("coherence").len();
+    let window = Instant::now();
+    while window.elapsed() < Duration::from_secs(3) {
+        assert_eq!(names(p).len(), 2);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let all = a.settled_requests("coherence");
+    let in_use = &all[start..];
+    eprintln!("coherence: {} requests in 3 s of use", in_use.len());
+    assert!((2..=5).contains(&in_use.len()), "{in_use:?}");
+    assert!(
+        in_use
+            .iter()
+            .all(|r| r.method == "PROPFIND" && r.path.ends_with("/coherence/")),
+        "{in_use:?}"
+    );
+
+    // Unused for longer than --revalidate-for: nothing at all.
+    std::thread::sleep(Duration::from_secs(5));
+    let before = a.settled_requests("coherence").len();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = a.settled_requests("coherence");
+    assert_eq!(after.len(), before, "{:?}", &after[before..]);
+    assert!(m.unmount().success());
+}

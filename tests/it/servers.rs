@@ -429,6 +429,68 @@ fn every_server_works_with_cp_diff_sqlite_and_rm() {
     });
 }
 
+/// Changes made on the server by someone else (a file added, one deleted, one rewritten)
+/// show through the mount within 5 s, without anything asking for them (the folder is in
+/// use: it was listed), on every server. Prints the delay measured per server.
+#[test]
+fn every_server_shows_changes_made_by_others_within_5_s() {
+    on_every_server("others", &[], |m, disk| {
+        seed_hour_old(&disk.join("change.txt"), b"before")?;
+        seed_hour_old(&disk.join("gone.txt"), b"to be deleted")?;
+        let names = listing(m)?;
+        ensure!(names == ["change.txt", "gone.txt"], "listing {names:?}");
+        same_bytes(
+            "change.txt",
+            &io("read", fs::read(m.join("change.txt")))?,
+            b"before",
+        )?;
+        // Someone else, on the server.
+        let t0 = std::time::Instant::now();
+        io("add", fs::write(disk.join("new.txt"), b"new"))?;
+        io("delete", fs::remove_file(disk.join("gone.txt")))?;
+        io(
+            "rewrite",
+            fs::write(disk.join("change.txt"), b"after, and longer"),
+        )?;
+        let seen = wait_until(std::time::Duration::from_secs(10), || {
+            listing(m).is_ok_and(|n| n == ["change.txt", "new.txt"])
+                && fs::read(m.join("change.txt")).is_ok_and(|c| c == b"after, and longer")
+        });
+        let delay = t0.elapsed();
+        eprintln!("others: seen after {:.2} s", delay.as_secs_f64());
+        ensure!(seen, "not seen within 10 s: {:?}", listing(m));
+        ensure!(
+            delay <= std::time::Duration::from_secs(5),
+            "seen only after {delay:?}"
+        );
+        Ok(())
+    });
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = io("read_dir", fs::read_dir(dir))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Polls `done` every 50 ms until it holds (true) or `limit` passes (false).
+fn wait_until(limit: std::time::Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A file changed on the server by someone else between our read and our overwrite keeps
 /// the other version: the overwrite carries `If-Match` (strong tags) or
 /// `If-Unmodified-Since` (none), the server refuses it, the writer gets ESTALE.
