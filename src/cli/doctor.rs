@@ -413,8 +413,8 @@ pub fn advice(r: &Report) -> Vec<String> {
             }
             if w.lock.as_ref().is_some_and(|x| x.supported) {
                 a.push(
-                    "Locks work (WebDAV class 2); davdrive does not take locks yet, so other \
-                     clients do not see files open here as locked."
+                    "Locks work (WebDAV class 2): with --lock, a file open for writing here \
+                     is locked on the server, so other clients see it locked."
                         .into(),
                 );
             }

@@ -269,6 +269,11 @@ pub struct MountArgs {
     /// instead of by close().
     #[arg(long, help_heading = "Writing")]
     pub async_close: bool,
+    /// Lock a file on the server (WebDAV LOCK) while it is open for writing here, so that
+    /// other clients see it locked; a file someone else locked then fails to open for
+    /// writing (EBUSY). Locks expire on the server within 2 minutes if davdrive dies.
+    #[arg(long, help_heading = "Writing")]
+    pub lock: bool,
 
     /// Seconds a directory listing is trusted before it is fetched again [default: 30].
     #[arg(long, value_name = "SECONDS", help_heading = "Caching")]

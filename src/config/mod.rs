@@ -229,6 +229,7 @@ impl MountConfig {
                 .unwrap_or(16)
                 .saturating_mul(1 << 20),
             async_close: flag(args.async_close, profile.async_close),
+            lock_files: flag(args.lock, profile.lock),
             prefetch_listings: (args.prefetch_listings)
                 .or(profile.prefetch_listings)
                 .unwrap_or(64),

@@ -49,6 +49,7 @@ pub struct Profile {
     pub upload_os_files: Option<bool>,
     pub segment_size: Option<u64>,
     pub async_close: Option<bool>,
+    pub lock: Option<bool>,
     pub dir_cache_ttl: Option<u64>,
     pub prefetch_listings: Option<usize>,
     pub revalidate: Option<u64>,

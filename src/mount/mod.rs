@@ -172,6 +172,7 @@ pub fn connect(
     vfs.watch_recovery(rt.handle());
     vfs.watch_memory(rt.handle());
     vfs.watch_changes(rt.handle());
+    vfs.watch_locks(rt.handle());
     Ok(vfs)
 }
 
@@ -457,4 +458,5 @@ pub async fn drain(vfs: &Arc<Vfs>) {
     vfs.stop_waiting_for_the_server();
     vfs.release_all().await;
     vfs.wait_for_uploads().await;
+    vfs.release_locks().await;
 }

@@ -124,6 +124,11 @@ pub struct Node {
     pub prefetch_failed: Option<Instant>,
     /// When someone last opened this directory or looked a name up in it (see `watch`).
     pub used: Option<Instant>,
+    /// A directory made through this mount: kept when the server drops it (a drop box such
+    /// as Orthanc's `uploads/` removes empty folders) and made again for a file written into
+    /// it; `vanished` says the server no longer has it.
+    pub made_here: bool,
+    pub vanished: bool,
 }
 
 #[derive(Debug)]
@@ -161,6 +166,8 @@ impl InodeTable {
                 listing_failed: None,
                 prefetch_failed: None,
                 used: None,
+                made_here: false,
+                vanished: false,
             },
         );
         t.by_path.insert(DavPath::root(), ROOT_INO);
@@ -244,6 +251,8 @@ impl InodeTable {
                 listing_failed: None,
                 prefetch_failed: None,
                 used: None,
+                made_here: false,
+                vanished: false,
             },
         );
         self.by_path.insert(path.clone(), ino);

@@ -53,6 +53,8 @@ pub enum Rank {
     Quota,
     /// Uploads going on after their close (`Vfs::transfers`, see `activity`).
     Transfers,
+    /// Server locks held for write sessions (`Vfs::held_locks`, see `locks`).
+    ServerLocks,
     /// Inside one handle: where it points (`ReadHandle::path`, `WriteHandle::target`) and who
     /// wrote through it (`WriteHandle::writers`).
     HandleInner,

@@ -27,6 +27,7 @@ mod fileio;
 mod inode;
 pub mod local;
 pub mod lock;
+mod locks;
 mod mutate;
 pub mod names;
 mod path;
@@ -56,6 +57,7 @@ pub use error::{VfsError, VfsResult};
 use inode::{FastMap, InodeTable, Listing, Meta};
 pub use inode::{FileKind, Ino, ROOT_INO};
 use lock::{Rank, Ranked, RankedGuard};
+pub use locks::LOCK_TIMEOUT;
 pub use mutate::SetAttr;
 pub use names::NamePolicy;
 pub use path::{IfExists, components};
@@ -119,6 +121,8 @@ pub struct VfsConfig {
     /// How long after its last use (opened, or a name looked up in it) a folder is still
     /// revalidated (`--revalidate-for`). Default 120 s.
     pub revalidate_for: Duration,
+    /// Lock files on the server while they are open for writing (`--lock`). Default off.
+    pub lock_files: bool,
 }
 
 /// Listings of subfolders fetched ahead at once (see `Vfs::prefetch_subfolders`).
@@ -162,6 +166,7 @@ impl Default for VfsConfig {
             prefetch_listings: 64,
             revalidate: Duration::from_secs(2),
             revalidate_for: Duration::from_secs(120),
+            lock_files: false,
             upload_retry: Duration::from_secs(60),
         }
     }
@@ -356,6 +361,12 @@ pub struct Vfs {
     notices: tokio::sync::broadcast::Sender<Notice>,
     /// How invalidations reach the kernel, set by the frontend (see `watch`).
     invalidator: std::sync::OnceLock<Invalidator>,
+    /// Server locks of write sessions: the path locked and the token (see `locks`).
+    held_locks: Ranked<HashMap<Ino, (DavPath, String)>>,
+    /// The server refused a LOCK as a method it does not have: no more are tried.
+    no_locks: AtomicBool,
+    /// The server removed a folder made here (a drop box): see `make_again_if_vanished`.
+    folders_vanish: AtomicBool,
 }
 
 impl Vfs {
@@ -490,6 +501,9 @@ impl Vfs {
             next_transfer: AtomicU64::new(1),
             notices: tokio::sync::broadcast::channel(64).0,
             invalidator: std::sync::OnceLock::new(),
+            held_locks: Ranked::new(Rank::ServerLocks, HashMap::new()),
+            no_locks: AtomicBool::new(false),
+            folders_vanish: AtomicBool::new(false),
         }))
     }
 
@@ -687,6 +701,22 @@ impl Vfs {
                             t.mark_gone(*ino);
                         }
                     }
+                    // A folder made here that the server dropped lists as empty.
+                    if err.kind == ErrorKind::NotFound
+                        && let Some(n) = t.get_mut(dir).filter(|n| n.made_here && !n.gone)
+                    {
+                        n.vanished = true;
+                        let empty = Listing {
+                            fetched: Instant::now(),
+                            order: Vec::new(),
+                            by_name: Default::default(),
+                            hidden: Vec::new(),
+                            settled: false,
+                        };
+                        n.listing = Some(empty.clone());
+                        drop(t);
+                        return Ok(self.hand_out(empty, sink));
+                    }
                     if err.kind == ErrorKind::NotFound {
                         t.mark_gone(dir);
                     }
@@ -821,11 +851,29 @@ impl Vfs {
                 continue;
             }
             // A file still being written, or uploaded behind its close, may not be on the
-            // server yet: it stays listed.
+            // server yet: it stays listed. So does a folder made here that the server
+            // dropped (a drop box removes empty folders): made again when a file is written
+            // into it (`make_again_if_vanished`).
             let writing = t
                 .get(ino)
                 .is_some_and(|n| (n.writer.is_some() || uploading.contains(&ino)) && !n.gone);
-            if writing && !by_name.contains_key(&name) {
+            let dropped_folder = t.get(ino).is_some_and(|n| {
+                n.made_here
+                    && !n.gone
+                    && n.meta
+                        .as_ref()
+                        .is_some_and(|m| m.kind == FileKind::Directory)
+            });
+            if dropped_folder && let Some(n) = t.get_mut(ino) {
+                n.vanished = true;
+                if !self.folders_vanish.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        "the server removes folders made here (a drop box?): they are kept, \
+                         and made again when a file is written into them"
+                    );
+                }
+            }
+            if (writing || dropped_folder) && !by_name.contains_key(&name) {
                 if let Some(m) = t.get(ino).and_then(|n| n.meta.as_ref()) {
                     late.push(DirEntry {
                         name: name.clone(),

@@ -102,7 +102,7 @@ impl Vfs {
         }
     }
 
-    fn path_of(&self, ino: Ino) -> VfsResult<DavPath> {
+    pub(super) fn path_of(&self, ino: Ino) -> VfsResult<DavPath> {
         self.table()
             .get(ino)
             .map(|n| n.path.clone())
@@ -247,6 +247,40 @@ impl Vfs {
         }
     }
 
+    /// Before a file is created in `dir`: makes `dir` (and the folders above it made here)
+    /// again on the server when it dropped them. Whether files in `dir` need the empty
+    /// placeholder first: `dir` was made here on a server that drops folders, so the
+    /// placeholder keeps it alive until the file's content arrives (Orthanc removes empty
+    /// folders of `uploads/` and never ingests an empty file).
+    async fn make_again_if_vanished(&self, dir: Ino) -> VfsResult<bool> {
+        let (made_here, chain) = {
+            let t = self.table();
+            let made_here = t.get(dir).is_some_and(|n| n.made_here);
+            let mut chain = Vec::new();
+            let mut at = dir;
+            while let Some(n) = t.get(at).filter(|n| n.made_here && n.vanished) {
+                chain.push((at, n.path.clone()));
+                if n.parent == at {
+                    break;
+                }
+                at = n.parent;
+            }
+            (made_here, chain)
+        };
+        for (ino, path) in chain.into_iter().rev() {
+            match self.client.mkcol(&path).await {
+                Ok(()) => tracing::info!("{path}: the server had removed this folder; made again"),
+                // 405: it is there (made again by someone else).
+                Err(e) if e.status() == Some(405) => {}
+                Err(e) => return Err(VfsError::from(e)),
+            }
+            if let Some(n) = self.table().get_mut(ino) {
+                n.vanished = false;
+            }
+        }
+        Ok(made_here && self.folders_vanish.load(Ordering::Relaxed))
+    }
+
     /// Creates and opens `name` in `parent`.
     pub async fn create(
         &self,
@@ -267,16 +301,32 @@ impl Vfs {
         };
         let mut meta = Self::file_meta(0, None);
         let mut base = Base::Absent;
-        if !self.is_writable(parent) {
+        let keep_alive = self.make_again_if_vanished(parent).await?;
+        if !self.is_writable(parent) || keep_alive {
             // The first file in a directory not yet known to be writable is created empty at
             // once, so that a server refusing writes here (Orthanc outside uploads/, a
             // read-only share) fails the create itself with EACCES rather than a close()
             // that many programs never check. Later files in the directory skip this.
-            match self
+            let mut put = self
                 .client
                 .put(&path, PutBody::Bytes(Bytes::new()), &pre)
-                .await
+                .await;
+            // The folder went meanwhile (a drop box removes empty folders): made again once.
+            if put
+                .as_ref()
+                .is_err_and(|e| matches!(e.status(), Some(403 | 404 | 409)))
+                && self.table().get(parent).is_some_and(|n| n.made_here)
             {
+                if let Some(n) = self.table().get_mut(parent) {
+                    n.vanished = true;
+                }
+                self.make_again_if_vanished(parent).await?;
+                put = self
+                    .client
+                    .put(&path, PutBody::Bytes(Bytes::new()), &pre)
+                    .await;
+            }
+            match put {
                 Ok(m) => {
                     self.note_writable(parent);
                     pre = Preconditions {
@@ -381,8 +431,27 @@ impl Vfs {
                 "cannot write to a directory",
             ));
         }
-        let (path, parent, pre, base) = self.overwrite_of(ino)?;
+        // `--lock`: the file is ours on the server until the session ends, and the version
+        // this session changes is the one the server has now (nobody can change it while
+        // we hold the lock; our view may be older than the lock).
+        let token = {
+            let (path, parent, _, _) = self.overwrite_of(ino)?;
+            self.check_not_forbidden(parent, &path.to_string())?;
+            self.lock_for_writing(ino, &path).await?
+        };
+        let attr = match &token {
+            Some(_) => match self.reread_locked(ino).await {
+                Ok(a) => a,
+                Err(e) => {
+                    self.unlock_after_writing(ino).await;
+                    return Err(e);
+                }
+            },
+            None => attr,
+        };
+        let (path, parent, mut pre, base) = self.overwrite_of(ino)?;
         self.check_not_forbidden(parent, &path.to_string())?;
+        pre.lock_token = token;
         let w = if mode.truncate {
             let dir = path.parent().unwrap_or_default();
             let stream = self.can_stream(&dir).await;
@@ -829,20 +898,22 @@ impl Vfs {
                 self.table().mark_gone(ino);
             }
         }
-        let mut t = self.table();
-        if let Some(n) = t.get_mut(ino) {
-            if n.writer.is_some_and(|f| f == fh || self.handle(f).is_err()) {
-                n.writer = None;
-            }
-            if failed_new && n.meta.as_ref().is_some_and(|m| m.etag.is_none()) {
-                // What the listing shows may not exist on the server: ask again next time.
-                n.meta = None;
+        {
+            let mut t = self.table();
+            if let Some(n) = t.get_mut(ino) {
+                if n.writer.is_some_and(|f| f == fh || self.handle(f).is_err()) {
+                    n.writer = None;
+                }
+                if failed_new && n.meta.as_ref().is_some_and(|m| m.etag.is_none()) {
+                    // What the listing shows may not exist on the server: ask again next time.
+                    n.meta = None;
+                }
             }
         }
-        drop(t);
         if failed_new {
             self.invalidate(ino);
         }
+        self.unlock_after_writing(ino).await;
         tracing::debug!(path = %w.path(), "write session closed");
     }
 
@@ -989,6 +1060,8 @@ impl Vfs {
         self.note_writable(ino);
         self.note_writable(parent);
         if let Some(n) = self.table().get_mut(ino) {
+            n.made_here = true;
+            n.vanished = false;
             n.listing = Some(Listing {
                 fetched: Instant::now(),
                 order: Vec::new(),
@@ -1109,9 +1182,26 @@ impl Vfs {
                 format!("{name}: directory not empty (a file in it is open for writing)"),
             ));
         }
-        self.client
+        let made_here = self.table().get(ino).is_some_and(|n| n.made_here);
+        match self
+            .client
             .delete(&path, true, &Preconditions::default())
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            // Made here, and gone from the server (dropped by a drop box, which may answer
+            // 403 for a missing folder, as Orthanc does): nothing to delete there.
+            Err(e) if made_here && matches!(e.status(), Some(403 | 404)) => {
+                let gone = matches!(
+                    self.client.propfind(&path, Depth::Zero, true).await,
+                    Err(p) if p.kind() == ErrorKind::NotFound
+                );
+                if !gone {
+                    return Err(e.into());
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.remove_child(parent, name);
         self.table().mark_gone(ino);
         Ok(())

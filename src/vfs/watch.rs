@@ -134,7 +134,8 @@ impl Vfs {
         {
             let t = self.table();
             for (ino, n) in t.iter() {
-                if n.gone {
+                // A folder kept here after the server dropped it has nothing to look at.
+                if n.gone || n.vanished {
                     continue;
                 }
                 let in_use = n

@@ -763,6 +763,73 @@ fn orthanc_uploads_drop_box_and_read_only_views() {
     assert!(m.unmount().success());
 }
 
+/// Orthanc's `uploads/` removes a folder once it is empty (its clean-up tick, within 30 s):
+/// a folder made through the mount stays as the user made it (listed, listable, removable),
+/// and is made again on the server when a file is written into it, which Orthanc ingests.
+#[test]
+fn a_folder_made_in_a_drop_box_stays_and_is_made_again_for_a_file() {
+    let Some(o) = orthanc() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let m = Mount::new(&o.webdav_url(), &["--dir-cache-ttl", "1"]);
+    let name = format!("kept-{}", std::process::id());
+    let folder = m.path().join("uploads").join(&name);
+    std::fs::create_dir(&folder).expect("mkdir in uploads/");
+    // Orthanc's clean-up removes it: the same for the mount as another client removing it
+    // (and no wait for Orthanc's tick).
+    crate::support::rt().block_on(async {
+        let c = davdrive::dav::DavClient::new(davdrive::dav::ClientConfig::new(
+            url::Url::parse(&o.webdav_url()).expect("url"),
+        ))
+        .expect("client");
+        let p = davdrive::dav::DavPath::root()
+            .join("uploads")
+            .and_then(|u| u.join(&name))
+            .expect("path");
+        c.delete(&p, true, &Default::default())
+            .await
+            .expect("DELETE of the empty folder");
+    });
+    // Listed again (after the 1 s listing lifetime), the folder is still there for the user.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !m.log().contains("the server removes folders made here") {
+        let names: Vec<String> = std::fs::read_dir(m.path().join("uploads"))
+            .expect("ls uploads/")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&name), "{names:?}\n{}", m.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mount never listed uploads/ again\n{}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        std::fs::read_dir(&folder)
+            .expect("ls of the kept folder")
+            .count(),
+        0
+    );
+    // A DICOM file copied into it: the folder is made again, the file goes in.
+    let sample = project_dir().join("tests/data/dicom/pydicom/CT_small.dcm");
+    run(Command::new("cp").arg(&sample).arg(&folder));
+    assert!(
+        m.log()
+            .contains("the server had removed this folder; made again"),
+        "{}",
+        m.log()
+    );
+    assert!(!m.log().contains("could not upload"), "{}", m.log());
+    // And the user can remove it.
+    let _ = std::fs::remove_file(folder.join("CT_small.dcm"));
+    std::fs::remove_dir(&folder).expect("rmdir of the kept folder");
+    assert!(!folder.exists());
+    assert!(m.unmount().success());
+}
+
 #[test]
 fn os_litter_stays_local() {
     let Some(a) = apache() else { return };

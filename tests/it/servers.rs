@@ -26,6 +26,9 @@ fn expected(kind: Kind, scenario: &str) -> Option<&'static str> {
             "nginx lists no entity tags and ignores both If-Match and If-Unmodified-Since on \
              PUT: nothing can guard an overwrite",
         ),
+        (Kind::Nginx, "lock") => {
+            Some("nginx has no LOCK without dav_ext_lock_zone (405): davdrive writes without locks")
+        }
         (Kind::Rclone, "lost-update") => Some(
             "rclone (Go's x/net/webdav) gives strong entity tags but ignores If-Match and \
              If-Unmodified-Since on PUT",
@@ -489,6 +492,96 @@ fn wait_until(limit: std::time::Duration, done: impl Fn() -> bool) -> bool {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// `--lock` on two mounts of the same folder (two colleagues): a file open for writing on
+/// one is locked on the server, so the other cannot open it for writing (EBUSY) but can read
+/// it; the lock goes when the writer closes (after its upload).
+#[test]
+fn with_lock_a_file_open_for_writing_is_locked_for_other_clients() {
+    if !have_fuse() {
+        return;
+    }
+    let mut table = Vec::new();
+    let mut wrong = false;
+    for s in targets() {
+        let outcome = locked_for_others(s);
+        let want = expected(s.kind, "lock");
+        let name = s.kind.name();
+        let line = match (&outcome, want) {
+            (Ok(()), None) => format!("{name:9} ok"),
+            (Err(e), Some(why)) => format!("{name:9} fails as written down ({why}): {e}"),
+            (Err(e), None) => {
+                wrong = true;
+                format!("{name:9} FAILED: {e}")
+            }
+            (Ok(()), Some(why)) => {
+                wrong = true;
+                format!("{name:9} PASSED but a failure is written down ({why})")
+            }
+        };
+        eprintln!("lock: {line}");
+        table.push(line);
+    }
+    assert!(!wrong, "lock:\n{}", table.join("\n"));
+}
+
+fn locked_for_others(s: &Server) -> Result<(), String> {
+    let disk = s.fresh_dir("suite-lock");
+    seed_hour_old(&disk.join("doc.txt"), b"original")?;
+    let url = s.url("suite-lock");
+    let a = Mount::try_new(&url, &["--lock"], &[])?;
+    let b = Mount::try_new(&url, &["--lock"], &[])?;
+    let open_rw = |m: &Mount| {
+        OpenOptions::new()
+            .write(true)
+            .open(m.path().join("doc.txt"))
+    };
+    let mut fa = io("A opens for writing", open_rw(&a))?;
+    io("A writes", fa.write_all(b"A's"))?;
+    match open_rw(&b) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+        other => {
+            return Err(format!(
+                "B opened a file A holds open for writing: {other:?}"
+            ));
+        }
+    }
+    same_bytes(
+        "B reads while A writes",
+        &io("B reads", fs::read(b.path().join("doc.txt")))?,
+        b"original",
+    )?;
+    drop(fa);
+    same_bytes(
+        "A's version",
+        &io("read", fs::read(disk.join("doc.txt")))?,
+        b"A'sginal",
+    )?;
+    // A closed: the lock goes with its session, when the kernel releases the file (just
+    // after close() returns).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut fb = loop {
+        match open_rw(&b) {
+            Err(e)
+                if e.raw_os_error() == Some(libc::EBUSY)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break io("B opens for writing after A closed", other)?,
+        }
+    };
+    io("B writes", fb.write_all(b"B"))?;
+    drop(fb);
+    same_bytes(
+        "B's version",
+        &io("read", fs::read(disk.join("doc.txt")))?,
+        b"B'sginal",
+    )?;
+    ensure!(a.unmount().success(), "A's daemon failed");
+    ensure!(b.unmount().success(), "B's daemon failed");
+    Ok(())
 }
 
 /// A file changed on the server by someone else between our read and our overwrite keeps
