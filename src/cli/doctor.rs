@@ -14,9 +14,12 @@ pub fn run(cfg: &crate::config::MountConfig, json: bool, read_only: bool) -> Res
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let client = crate::dav::DavClient::new(cfg.client.clone()).map_err(|e| e.to_string())?;
+    // As `mount` does: a URL that redirects is examined where it leads.
+    let client = crate::mount::client_following_redirect(cfg, &rt)?;
+    let target = client.root().url().clone();
     let anonymous = if cfg.client.credentials.is_some() || cfg.client.bearer.is_some() {
         let mut c = cfg.client.clone();
+        c.url = target.clone();
         c.credentials = None;
         c.bearer = None;
         crate::dav::DavClient::new(c).ok()
@@ -27,7 +30,11 @@ pub fn run(cfg: &crate::config::MountConfig, json: bool, read_only: bool) -> Res
         read_only,
         throughput_bytes: 4 * 1024 * 1024,
     };
-    let report = rt.block_on(doctor::examine(&client, anonymous.as_ref(), &opts));
+    let mut report = rt.block_on(doctor::examine(&client, anonymous.as_ref(), &opts));
+    if target != cfg.url {
+        report.url = crate::dav::client::redact_url(&cfg.url);
+        report.redirected_to = Some(crate::dav::client::redact_url(&target));
+    }
     let advice = advice(&report);
     if json {
         let mut v = serde_json::to_value(&report).map_err(|e| e.to_string())?;
@@ -134,8 +141,20 @@ pub fn text(r: &Report, advice: &[String]) -> String {
                 c.not_before,
                 c.not_after,
                 c.fingerprint,
-                if c.trusted { "trusted" } else { "NOT trusted" }
+                match (&c.refused_because, c.trusted) {
+                    (_, true) => "trusted".to_owned(),
+                    (Some(why), false) => format!("NOT trusted: {why}"),
+                    (None, false) => "NOT trusted".to_owned(),
+                }
             ),
+        );
+        line(
+            "chain",
+            if c.chain.is_empty() {
+                "the server sends its own certificate only".into()
+            } else {
+                c.chain.join("; ")
+            },
         );
     }
     if let Some(s) = r.clock_skew_seconds {
@@ -307,8 +326,10 @@ pub fn advice(r: &Report) -> Vec<String> {
     if let Some(l) = &r.listing {
         // Without a file in the listing, the tag of the scratch file's PUT tells.
         let etags = l.etags.or_else(|| writes_ok.and_then(|w| w.put_etag));
-        match etags.unwrap_or(Tags::None) {
-            Tags::Strong => a.push(format!(
+        match etags {
+            // No file listed and nothing written: nothing to tell.
+            None => {}
+            Some(Tags::Strong) => a.push(format!(
                 "Listings carry strong ETags: changes are recognised by tag and reads resume \
                  with If-Range.{}",
                 match writes_ok
@@ -326,7 +347,7 @@ pub fn advice(r: &Report) -> Vec<String> {
                     None => "",
                 }
             )),
-            _ => {
+            Some(_) => {
                 let guarded = writes_ok
                     .and_then(|w| w.if_unmodified_since.as_ref())
                     .is_some_and(|x| x.supported);

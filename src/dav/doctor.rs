@@ -92,6 +92,11 @@ pub struct Certificate {
     /// Whether davdrive's requests went through with the trust settings given (system store,
     /// `--ca-cert`, a pin from `davdrive trust`).
     pub trusted: bool,
+    /// Why not, when not.
+    pub refused_because: Option<String>,
+    /// The certificates sent after the server's own (intermediates, perhaps the root), as
+    /// "subject (issued by issuer)".
+    pub chain: Vec<String>,
 }
 
 /// Entity tags as a server gives them.
@@ -218,18 +223,20 @@ pub async fn examine(client: &DavClient, anonymous: Option<&DavClient>, opts: &O
     let first = client
         .exchange("OPTIONS", &root, true, HeaderMap::new(), None, 64 * 1024)
         .await;
-    if https {
-        r.certificate = super::tls::peer_certificate(client.root().url())
-            .await
-            .ok()
-            .map(|c| Certificate {
-                subject: c.subject,
-                issuer: c.issuer,
-                not_before: c.not_before,
-                not_after: c.not_after,
-                fingerprint: c.fingerprint,
-                trusted: first.is_ok(),
-            });
+    if https && let Ok(chain) = super::tls::peer_chain(client.root().url()).await {
+        let mut certs = chain.into_iter();
+        r.certificate = certs.next().map(|c| Certificate {
+            subject: c.subject,
+            issuer: c.issuer,
+            not_before: c.not_before,
+            not_after: c.not_after,
+            fingerprint: c.fingerprint,
+            trusted: first.is_ok(),
+            refused_because: first.as_ref().err().map(|e| e.to_string()),
+            chain: certs
+                .map(|c| format!("{} (issued by {})", c.subject, c.issuer))
+                .collect(),
+        });
     }
     let options = match first {
         Ok(x) => x,

@@ -364,6 +364,54 @@ pub async fn asks_for_client_cert(url: &Url) -> bool {
     asked.0.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// The certificates `url`'s server presents, leaf first, as sent (without trusting them):
+/// what `davdrive doctor` shows of the chain.
+pub async fn peer_chain(url: &Url) -> Result<Vec<CertSummary>, String> {
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return Err("no host in the URL".into());
+    };
+    if url.scheme() != "https" {
+        return Err("not an https URL".into());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = Arc::new(VouchedVerifier {
+        pins: None,
+        provider: provider.clone(),
+    });
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+        Ok::<_, String>(
+            tls.get_ref()
+                .1
+                .peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| summarize(c.as_ref()))
+                .collect(),
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(10), handshake)
+        .await
+        .map_err(|_| "no TLS handshake within 10 s".to_string())?
+}
+
 /// Fingerprint, subject and issuer CN (or whole name), validity of a DER certificate. The
 /// fields are best effort: a certificate we cannot parse still has its fingerprint.
 pub fn summarize(der: &[u8]) -> CertSummary {

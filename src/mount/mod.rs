@@ -115,13 +115,13 @@ where
     }
 }
 
-/// Makes the client (following a redirect of the mounted URL), the core with `vfs_cfg`, and
-/// probes the server. The error says what went wrong and what to do.
-pub fn connect(
+/// The client of `cfg`, for the URL the server redirects the mounted URL to, when it does
+/// (IIS's HTTP->HTTPS rule, a moved share): later requests go there directly. Credentials
+/// never follow a redirect to another host: that is refused, saying what to mount instead.
+pub fn client_following_redirect(
     cfg: &MountConfig,
-    vfs_cfg: VfsConfig,
     rt: &tokio::runtime::Runtime,
-) -> Result<Arc<Vfs>, Refusal> {
+) -> Result<DavClient, String> {
     let shown_url = redact_url(&cfg.url);
     let client = DavClient::new(cfg.client.clone()).map_err(|e| e.to_string())?;
     // A server that redirects the mounted URL (IIS's HTTP->HTTPS rule, a moved share) is
@@ -137,8 +137,7 @@ pub fn connect(
                     "{shown_url} redirects to {shown_target}, on another host; davdrive \
                      does not send your credentials there. If you trust that server, \
                      mount {shown_target} instead."
-                )
-                .into());
+                ));
             }
             tracing::info!("{shown_url} redirects to {shown_target}; mounting that URL");
             let mut c = cfg.client.clone();
@@ -152,9 +151,20 @@ pub fn connect(
             c.url = target;
             DavClient::new(c).map_err(|e| e.to_string())?
         }
-        // Errors show up, with their explanation, in the probe below.
+        // Errors show up, with their explanation, in the caller's first request.
         Ok(None) | Err(_) => client,
     };
+    Ok(client)
+}
+
+/// Makes the client (following a redirect of the mounted URL), the core with `vfs_cfg`, and
+/// probes the server. The error says what went wrong and what to do.
+pub fn connect(
+    cfg: &MountConfig,
+    vfs_cfg: VfsConfig,
+    rt: &tokio::runtime::Runtime,
+) -> Result<Arc<Vfs>, Refusal> {
+    let client = client_following_redirect(cfg, rt)?;
     let vfs = Vfs::new(client, vfs_cfg).map_err(|e| e.to_string())?;
     if let Err(e) = rt.block_on(vfs.probe()) {
         let no_credentials = cfg.client.credentials.is_none() && cfg.client.bearer.is_none();

@@ -774,7 +774,14 @@ fn server_side_changes_appear_after_the_listing_ttl() {
         &a.url("mount-ttl"),
         // Without the revalidation of folders in use, which shows changes sooner (see
         // `changes_by_others_reach_the_kernel_within_5_s_and_cost_requests_only_while_in_use`).
-        &["--dir-cache-ttl", "2", "--kernel-ttl", "0", "--revalidate", "0"],
+        &[
+            "--dir-cache-ttl",
+            "2",
+            "--kernel-ttl",
+            "0",
+            "--revalidate",
+            "0",
+        ],
     );
     let names = |p: &Path| -> BTreeSet<String> {
         std::fs::read_dir(p)

@@ -906,6 +906,51 @@ fn doctor_read_only_writes_nothing_and_a_non_webdav_url_is_named() {
     );
 }
 
+/// `doctor` over TLS and a redirect (Apache): a certificate from a CA nobody trusts is shown
+/// (subject, SHA-256) as not trusted, with what to do and a non-zero exit; with `--ca-cert`
+/// it is trusted, and a URL that redirects from http to https says where it leads.
+#[test]
+fn doctor_shows_the_certificate_and_the_redirect() {
+    let Some(a) = crate::support::apache::apache() else {
+        return;
+    };
+    let dir = a.fresh_dir("doctor-tls");
+    std::fs::write(dir.join("f.txt"), b"over tls").expect("seed");
+    crate::support::apache::give_to_server(&dir);
+    let doctor = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_davdrive"))
+            .arg("doctor")
+            .args(args)
+            .output()
+            .expect("doctor");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let url = a.tls_url("doctor-tls");
+    let (ok, text) = doctor(&[&url]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("NOT trusted"), "{text}");
+    assert!(text.contains("SHA-256"), "{text}");
+    assert!(text.contains("davdrive trust URL"), "{text}");
+    let ca = a.ca.to_string_lossy().into_owned();
+    let (ok, text) = doctor(&["--ca-cert", &ca, "--read-only", &url]);
+    assert!(ok, "{text}");
+    assert!(text.contains("; trusted"), "{text}");
+    assert!(text.contains("listing             1 entries"), "{text}");
+    let redirecting = format!("http://127.0.0.1:{}/redir/doctor-tls/", a.port);
+    let (ok, text) = doctor(&["--ca-cert", &ca, "--read-only", "--json", &redirecting]);
+    assert!(ok, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["redirected_to"].as_str(), Some(url.as_str()), "{text}");
+    assert_eq!(
+        v["certificate"]["trusted"],
+        serde_json::json!(true),
+        "{text}"
+    );
+}
+
 /// Runs `cmd`, returning its output or what it said (bounded by the scenario's limit).
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
