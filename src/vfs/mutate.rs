@@ -729,9 +729,10 @@ impl Vfs {
 
     /// Deletes what stands at `path` after the upload of a new file failed (an empty
     /// placeholder, or the part the server kept), conditionally: only the version with our
-    /// own entity tag `known` when we have one, else the version the server lists now, by
-    /// its entity tag or, without one, `If-Unmodified-Since` its date. A file another client
-    /// writes there meanwhile is refused the DELETE (412) and stays. Whether it is gone.
+    /// own entity tag `known` when we have one; else only an empty file (our placeholder: a
+    /// file with content may be another client's), by its entity tag or, without one,
+    /// `If-Unmodified-Since` its date. A file another client writes there meanwhile is
+    /// refused the DELETE (412) and stays. Whether it is gone.
     async fn remove_failed_new(&self, path: &DavPath, known: Option<String>) -> bool {
         use super::write::delete_version;
         let listed = match self.client.propfind(path, Depth::Zero, false).await {
@@ -747,6 +748,16 @@ impl Vfs {
             (Some(ours), Some(now))
                 if ours.trim_start_matches("W/") != now.trim_start_matches("W/") =>
             {
+                tracing::info!(
+                    "{path}: left alone after the failed upload: another version stands there now"
+                );
+                false
+            }
+            (None, _) if r.content_length != Some(0) => {
+                tracing::info!(
+                    "{path}: left alone after the failed upload: it has content, which may be \
+                     another client's"
+                );
                 false
             }
             (Some(tag), _) | (None, Some(tag)) => delete_version(&self.client, path, &tag).await,

@@ -460,6 +460,58 @@ fn full_cache_disk_fails_the_writer_and_leaves_no_half_file_on_the_server() {
     drop(m);
 }
 
+/// The clean-up after a failed new file is conditional: a file another client wrote at that
+/// name meanwhile (after our empty placeholder) stays.
+#[test]
+fn the_clean_up_of_a_failed_new_file_leaves_another_clients_file_alone() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() || !crate::support::have("mount") {
+        return;
+    }
+    let dir = a.fresh_dir("fault-full-other");
+    let (cache, _tmpfs) = small_tmpfs("4m");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    // Spooled: nothing is sent before close, so the other client's file meets no upload of
+    // ours, only the clean-up.
+    let m = Mount::new(
+        &a.url("fault-full-other"),
+        &["--cache-dir", &cache_arg, "--upload", "spool"],
+    );
+    let path = m.path().join("big.bin");
+    let mut f = std::fs::File::create(&path).expect("create (the empty placeholder)");
+    assert_eq!(
+        std::fs::metadata(dir.join("big.bin"))
+            .expect("placeholder")
+            .len(),
+        0
+    );
+    std::fs::write(dir.join("big.bin"), b"someone else's file").expect("other client");
+    apache::give_to_server(&dir);
+    let data = pattern(16 << 20, 6);
+    let result = bounded(Duration::from_secs(60), move || {
+        for chunk in data.chunks(1 << 20) {
+            f.write_all(chunk)?;
+        }
+        f.sync_all()
+    });
+    let e = result.expect_err("the writer must be told");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !m.log().contains("left alone after the failed upload") {
+        assert!(
+            Instant::now() < deadline,
+            "no clean-up decision:\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read(dir.join("big.bin")).expect("the other client's file"),
+        b"someone else's file"
+    );
+    drop(m);
+}
+
 /// Unmounts a tmpfs when dropped.
 struct Unmount(std::path::PathBuf);
 
