@@ -166,11 +166,36 @@ impl Vfs {
     }
 
     /// Drops every cached listing and file attribute under `path` (the whole mount when
-    /// `None`), so that changes made on the server by others show at the next look (the
-    /// kernel's own cache of names and attributes lasts `kernel_ttl` more at most).
+    /// `None`), so that changes made on the server by others show at the next look; the
+    /// kernel is told to forget its names, attributes and pages there too (FUSE).
     /// Returns how many folders' listings were dropped.
     pub fn refresh(&self, path: Option<&crate::dav::DavPath>) -> usize {
-        let mut t = self.table();
-        t.refresh_under(path)
+        use super::watch::Invalidation;
+        let mut forget = Vec::new();
+        let dropped = {
+            let mut t = self.table();
+            for (ino, n) in t.iter() {
+                if n.gone || path.is_some_and(|u| !n.path.starts_with(u)) {
+                    continue;
+                }
+                forget.push(Invalidation::Inode(ino));
+                if ino != super::ROOT_INO
+                    && let Some(name) = n.path.name()
+                {
+                    forget.push(Invalidation::Entry {
+                        parent: n.parent,
+                        name: self.cfg.names.to_local(name),
+                    });
+                }
+            }
+            t.refresh_under(path)
+        };
+        if let Some(f) = self.invalidator.get() {
+            let f = f.clone();
+            // On a thread of its own (the caller is a task of the runtime), waited for: when
+            // `davdrive refresh` returns, the kernel has forgotten too.
+            let _ = std::thread::spawn(move || f(&forget)).join();
+        }
+        dropped
     }
 }

@@ -283,32 +283,50 @@ fn refresh_shows_a_change_made_on_the_server_at_once() {
     let dir = a.fresh_dir("desk-refresh");
     let mnt = u.dir("refresh");
     let _guard = Unmount(u, mnt.clone());
+    std::fs::write(dir.join("old.txt"), b"x").expect("write");
+    apache::give_to_server(&dir);
     let out = dd(
         u,
         &[
             "mount",
             "--dir-cache-ttl",
             "3600",
+            "--kernel-ttl",
+            "3600",
+            // Only `refresh` shows changes here (not the folder's revalidation).
+            "--revalidate",
+            "0",
             &a.url("desk-refresh"),
             "refresh",
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
+    let size = || {
+        let mut c = u.command("stat");
+        c.args(["-c", "%s", "refresh/old.txt"]);
+        String::from_utf8_lossy(&u.run(c, LIMIT).stdout)
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(size(), "1");
+    std::fs::write(dir.join("old.txt"), b"xyz").expect("rewrite");
+    apache::give_to_server(&dir);
     let ls = || {
         let mut c = u.command("ls");
         c.arg("refresh");
         String::from_utf8_lossy(&u.run(c, LIMIT).stdout).into_owned()
     };
-    assert_eq!(ls(), "");
+    assert_eq!(ls(), "old.txt\n");
     std::fs::write(dir.join("new.txt"), b"x").expect("write");
     apache::give_to_server(&dir);
-    // Cached for an hour: not seen (the kernel's own second passes first).
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(ls(), "");
+    // Cached for an hour, by davdrive and by the kernel: not seen.
+    assert_eq!(ls(), "old.txt\n");
+    assert_eq!(size(), "1");
     let out = dd(u, &["refresh", &abs(&mnt)]);
     assert!(out.status.success(), "{}", text(&out));
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(ls(), "new.txt\n");
+    // The kernel was told to forget too: the new size at once, not in an hour.
+    assert_eq!(ls(), "new.txt\nold.txt\n");
+    assert_eq!(size(), "3");
     let out = dd(u, &["unmount", &abs(&mnt)]);
     assert!(out.status.success(), "{}", text(&out));
 }
