@@ -152,6 +152,18 @@ pub struct ResponseMeta {
     pub content_type: Option<String>,
 }
 
+/// The comma-separated values of every `name` header (`DAV`, `Allow`, `Connection`).
+pub fn header_list(headers: &HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
 /// An answer as [`DavClient::exchange`] got it.
 #[derive(Debug, Clone)]
 pub struct Exchange {
@@ -564,16 +576,7 @@ impl DavClient {
         let path = DavPath::root();
         let (resp, _) = self.options_of_root().await?;
         let resp = check("OPTIONS", &path, resp).await?;
-        let list = |name: &str| -> Vec<String> {
-            resp.headers()
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect()
-        };
+        let list = |name: &str| header_list(resp.headers(), name);
         Ok(Capabilities {
             dav_classes: list("dav"),
             allow: list("allow")

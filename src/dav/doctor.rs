@@ -187,14 +187,7 @@ fn status_line(x: &Exchange) -> String {
 }
 
 fn header_list(x: &Exchange, name: &str) -> Vec<String> {
-    x.headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
+    super::client::header_list(&x.headers, name)
 }
 
 fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
