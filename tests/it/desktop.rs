@@ -331,6 +331,27 @@ fn refresh_shows_a_change_made_on_the_server_at_once() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// An ordinary user's `davdrive doctor --json`: the report of the server (WebDAV, ranges,
+/// chunked and partial PUT, locks), with its scratch files gone again.
+#[test]
+fn doctor_works_for_an_ordinary_user() {
+    let Some((a, u)) = setup() else { return };
+    let dir = a.fresh_dir("desk-doctor");
+    let out = dd(u, &["doctor", "--json", &a.url("desk-doctor")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    assert_eq!(v["writes"]["chunked_put"]["result"], "stored", "{v}");
+    assert_eq!(v["writes"]["partial_put"]["result"], "applied", "{v}");
+    assert_eq!(v["writes"]["lock"]["supported"], true, "{v}");
+    assert!(v["advice"].as_array().is_some_and(|a| !a.is_empty()), "{v}");
+    assert_eq!(
+        std::fs::read_dir(&dir).expect("dir").count(),
+        0,
+        "scratch files left"
+    );
+}
+
 /// /etc/fstab, restored when dropped.
 struct Fstab(String);
 
