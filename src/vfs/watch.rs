@@ -5,8 +5,10 @@
 //! fresh are revalidated every `revalidate` (`--revalidate`, default 2 s) with one
 //! `PROPFIND Depth: 0` of the folder: its entity tag and modification date change when an
 //! entry is added, removed or renamed on servers that keep folders on a filesystem (all the
-//! servers in tests/it/servers.rs; a date counts whole seconds, so a folder listed within
-//! the second of its last change is listed again until a listing comes a second later).
+//! servers in tests/it/servers.rs but rclone; a date counts whole seconds, so a folder listed
+//! within the second of its last change is listed again until a listing comes a second later;
+//! a folder without a tag and of at most [`RELIST_UP_TO`] entries is listed again each round,
+//! as rclone does not move a folder's date when its entries change).
 //! Only when they changed is the folder listed again
 //! (Depth 1), and the differences are handed to the frontend, which tells the kernel (FUSE
 //! notifications) so that cached names, attributes and pages of changed files go at once.
@@ -29,6 +31,10 @@ const PARALLEL: usize = 4;
 
 /// At most this many folders and open files per round (the most recently used first).
 const MAX_PER_ROUND: usize = 64;
+
+/// A folder without an entity tag and with at most this many entries is listed again each
+/// round rather than trusted by its date.
+const RELIST_UP_TO: usize = 100;
 
 /// What the frontend must make the kernel forget.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,7 +150,12 @@ impl Vfs {
                 if let Some(l) = n.listing.as_ref().filter(|l| self.fresh(l.fetched))
                     && in_use
                 {
-                    targets.push((n.used.unwrap_or(now), ino, n.path.clone(), true, l.settled));
+                    // Without a tag, a folder's date is all there is, and some servers do not
+                    // move it (rclone keeps the date it first saw): a small folder is listed
+                    // again each round instead.
+                    let dated_only = n.meta.as_ref().is_none_or(|m| m.etag.is_none());
+                    let settled = l.settled && !(dated_only && l.order.len() <= RELIST_UP_TO);
+                    targets.push((n.used.unwrap_or(now), ino, n.path.clone(), true, settled));
                 }
             }
             for ino in reading {
@@ -301,12 +312,14 @@ impl Vfs {
             }
         }
         drop(t);
-        tracing::debug!(
-            path = %path,
-            changes = out.len(),
-            "changed on the server; listed again"
-        );
-        out.push(Invalidation::Inode(dir));
+        if !out.is_empty() {
+            tracing::debug!(
+                path = %path,
+                changes = out.len(),
+                "changed on the server; listed again"
+            );
+            out.push(Invalidation::Inode(dir));
+        }
         out
     }
 }

@@ -447,6 +447,14 @@ fn every_server_shows_changes_made_by_others_within_5_s() {
             &io("read", fs::read(m.join("change.txt")))?,
             b"before",
         )?;
+        // Not a synchronisation: the change must come seconds after the folder was listed
+        // (a listing within the second of the folder's last change is listed again anyway),
+        // so that what is tested is the folder's tag or date moving, or its relisting.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        ensure!(
+            listing(m)? == ["change.txt", "gone.txt"],
+            "listing changed by itself"
+        );
         // Someone else, on the server.
         let t0 = std::time::Instant::now();
         io("add", fs::write(disk.join("new.txt"), b"new"))?;
