@@ -62,11 +62,7 @@ pub fn errno_for(kind: ErrorKind) -> i32 {
 }
 
 fn errno(e: &VfsError) -> Errno {
-    if e.is_expected() {
-        tracing::debug!("{e}");
-    } else {
-        tracing::warn!("{e}");
-    }
+    e.report();
     Errno::from_i32(errno_for(e.kind))
 }
 

@@ -94,9 +94,7 @@ pub fn ntstatus(kind: ErrorKind) -> i32 {
 }
 
 fn fsp(e: VfsError) -> FspError {
-    if !e.is_expected() {
-        tracing::warn!("{e}");
-    }
+    e.report();
     FspError::NTSTATUS(ntstatus(e.kind))
 }
 

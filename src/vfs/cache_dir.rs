@@ -372,8 +372,8 @@ impl CacheDir {
             std::fs::copy(data, &dest)?;
             let _ = std::fs::remove_file(data);
         }
-        let _ = std::fs::remove_file(data.with_extension("info"));
-        Kept {
+        let old_info = data.with_extension("info");
+        let kept = Kept {
             data: dest.clone(),
             url: self.url.clone(),
             path: Some(why.target.clone()),
@@ -382,8 +382,19 @@ impl CacheDir {
             whole: why.whole,
             retry: why.retry,
             temp: why.temp.clone(),
+        };
+        if let Err(e) = kept.write_info() {
+            // The data is moved already (a full disk lets a rename through but not a new
+            // note): the journal's own note, which names the URL, path and base, goes with it.
+            let _ = std::fs::rename(&old_info, super::recovery::info_of(&dest));
+            tracing::warn!(
+                "{} is kept without its reason ({e}): it was going to {}",
+                dest.display(),
+                why.target
+            );
+            return Ok(dest);
         }
-        .write_info()?;
+        let _ = std::fs::remove_file(&old_info);
         if why.retry {
             self.retry_pending.store(true, Ordering::SeqCst);
         }

@@ -41,6 +41,30 @@ impl VfsError {
                 | ErrorKind::ReadOnly
         )
     }
+
+    /// Logs an error a frontend answers with: a warning, unless it is an ordinary outcome or
+    /// the very error warned of last, less than a minute ago (a program writing on after its
+    /// file failed gets the same error for each of thousands of writes: the log says it once).
+    pub fn report(&self) {
+        static LAST: std::sync::Mutex<Option<(String, std::time::Instant)>> =
+            std::sync::Mutex::new(None);
+        if self.is_expected() {
+            tracing::debug!("{self}");
+            return;
+        }
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if let Some((msg, at)) = last.as_ref()
+            && *msg == self.message
+            && now.duration_since(*at) < std::time::Duration::from_secs(60)
+        {
+            tracing::debug!("{self} (again)");
+            return;
+        }
+        *last = Some((self.message.clone(), now));
+        drop(last);
+        tracing::warn!("{self}");
+    }
 }
 
 impl fmt::Display for VfsError {

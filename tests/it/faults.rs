@@ -538,18 +538,6 @@ fn small_tmpfs(size: &str) -> (tempfile::TempDir, Unmount) {
     (dir, guard)
 }
 
-/// Every file under `dir`, recursively.
-fn files_below(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_below(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
 /// Issue 22, item 2: once the journal failed on a full cache disk, every later write fails
 /// with ENOSPC (before, writes went on succeeding and their bytes existed nowhere), and a
 /// copy kept for recovery holds only bytes that were written (before, it was padded with
@@ -606,26 +594,30 @@ fn a_full_cache_disk_fails_every_later_write_and_keeps_no_invented_bytes() {
             closed.is_some(),
             "{segment} MiB: fsync did not report the failure"
         );
+        // The session ends after the close returned: its data is kept then (bounded wait).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !m.log().contains("The data is kept in") && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = m.log();
         drop(m);
-        // Whatever was kept (a recovery copy, or the journal itself where the full disk left
-        // no room for a copy) is a prefix of what was written: no zeros for lost bytes.
-        let mut kept = Vec::new();
-        files_below(cache.path(), &mut kept);
-        let kept: Vec<_> = kept
+        // What was kept is in the recovery folder (a copy, or the journal itself moved there
+        // where the full disk left no room for a copy), the log says where, and it is a prefix
+        // of what was written: no zeros for lost bytes.
+        let kept: Vec<_> = crate::mount_write::recovered(cache.path())
             .into_iter()
-            .filter(|p| {
-                let in_data = p
-                    .components()
-                    .any(|c| c.as_os_str() == "recovery" || c.as_os_str() == "journal");
-                let len = std::fs::metadata(p).map_or(0, |m| m.len());
-                in_data && len > 0 && p.extension().is_none_or(|x| x != "info")
-            })
+            .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
             .collect();
         assert!(
             !kept.is_empty(),
-            "{segment} MiB: nothing of the file was kept"
+            "{segment} MiB: nothing of the file is in the recovery folder\n{log}"
         );
         for k in &kept {
+            assert!(
+                log.contains(&format!("The data is kept in {}", k.display())),
+                "{segment} MiB: the log does not say where the data is ({})\n{log}",
+                k.display()
+            );
             let got = std::fs::read(k).expect("kept copy");
             assert!(
                 got.len() <= data.len() && got[..] == data[..got.len()],
@@ -763,12 +755,13 @@ fn server_killed_mid_upload_and_restarted_loses_nothing() {
             "1",
         ],
     );
-    let data = pattern(200 << 20, 99);
+    // 64 MiB, the server killed after 16: the upload cannot have finished.
+    let data = pattern(64 << 20, 99);
     let path = m.path().join("big.bin");
     let mut f = std::fs::File::create(&path).expect("create");
     let mut written = 0usize;
     for chunk in data.chunks(1 << 20) {
-        if written == 50 << 20 {
+        if written == 16 << 20 {
             drop(server.take()); // SIGKILL
         }
         match f.write_all(chunk) {

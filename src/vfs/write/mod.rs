@@ -1163,39 +1163,14 @@ impl WriteHandle {
                 return;
             }
         };
-        // Never more than the local file holds: bytes that never reached it (a full cache
-        // disk) must not come back as zeros in the copy; a shorter copy says so.
-        let held = std::fs::metadata(&st.file_path).map_or(st.size, |m| m.len());
-        let keep = st.size.min(held);
-        let reason = if keep < st.size {
-            format!(
-                "{e}; only the first {keep} of {} bytes reached the cache directory",
-                st.size
-            )
-        } else {
-            e.to_string()
-        };
+        let (keep, reason) = self.kept_length(st, e);
+        let target = self.path();
         let copied = std::fs::copy(&st.file_path, &copy)
             .and_then(|_| {
                 let f = std::fs::OpenOptions::new().write(true).open(&copy)?;
                 f.set_len(keep)
             })
-            .and_then(|_| {
-                let why = Keep {
-                    target: &self.path(),
-                    reason: &reason,
-                    base: match Base::of(&st.pre) {
-                        Base::Unknown => st.base.clone(),
-                        b => b,
-                    },
-                    whole: st.complete && keep == st.size,
-                    // Only the server was missing: the mount uploads it once it is back.
-                    retry: unreachable(e) && st.complete && keep == st.size,
-                    // Removed at release when the server answers; else by the retry.
-                    temp: st.resume.as_ref().map(|r| r.temp.clone()),
-                };
-                cache.recover(&copy, &why)
-            });
+            .and_then(|_| cache.recover(&copy, &self.keep_as(st, e, &target, &reason, keep)));
         match copied {
             Ok(kept) => {
                 tracing::warn!(
@@ -1214,6 +1189,75 @@ impl WriteHandle {
                     st.file_path.display()
                 );
             }
+        }
+    }
+
+    /// At the end of a failed session whose data could not be copied aside (a full disk: the
+    /// copy needs as much room again), the local file itself goes to the recovery folder. A
+    /// rename needs no room, and the recovery folder is where the user and `davdrive status`
+    /// look; left in the journal folder, the file would only be found at the next mount.
+    fn keep_local_file(&self, cache: &CacheDir, st: &mut State, e: &VfsError) {
+        let _ = st.file.sync_data();
+        let (keep, reason) = self.kept_length(st, e);
+        if std::fs::metadata(&st.file_path).is_ok_and(|m| m.len() > keep) {
+            let _ = st.file.set_len(keep);
+        }
+        let target = self.path();
+        match cache.recover(&st.file_path, &self.keep_as(st, e, &target, &reason, keep)) {
+            Ok(kept) => {
+                tracing::warn!(
+                    "could not upload {}: {reason}. The data is kept in {}",
+                    self.path(),
+                    kept.display()
+                );
+                st.recovered = Some(kept);
+            }
+            Err(io) => tracing::error!(
+                "could not upload {} ({e}) nor move it to the recovery folder ({io}); it stays in {}",
+                self.path(),
+                st.file_path.display()
+            ),
+        }
+    }
+
+    /// How much of the data can be kept, and why it is kept. Never more than the local file
+    /// holds: bytes that never reached it (a full cache disk) must not come back as zeros in
+    /// the kept copy; a shorter copy says so.
+    fn kept_length(&self, st: &State, e: &VfsError) -> (u64, String) {
+        let held = std::fs::metadata(&st.file_path).map_or(st.size, |m| m.len());
+        let keep = st.size.min(held);
+        let reason = if keep < st.size {
+            format!(
+                "{e}; only the first {keep} of {} bytes reached the cache directory",
+                st.size
+            )
+        } else {
+            e.to_string()
+        };
+        (keep, reason)
+    }
+
+    /// What the recovery folder's note says of `keep` bytes of this session's data.
+    fn keep_as<'a>(
+        &self,
+        st: &State,
+        e: &VfsError,
+        target: &'a DavPath,
+        reason: &'a str,
+        keep: u64,
+    ) -> Keep<'a> {
+        Keep {
+            target,
+            reason,
+            base: match Base::of(&st.pre) {
+                Base::Unknown => st.base.clone(),
+                b => b,
+            },
+            whole: st.complete && keep == st.size,
+            // Only the server was missing: the mount uploads it once it is back.
+            retry: unreachable(e) && st.complete && keep == st.size,
+            // Removed at release when the server answers; else by the retry.
+            temp: st.resume.as_ref().map(|r| r.temp.clone()),
         }
     }
 
@@ -1491,8 +1535,12 @@ impl WriteHandle {
             // recovery folder when the upload failed).
             segments::discard(client, &r).await;
         }
-        if outcome.is_err() && st.recovered.is_none() && (st.size > 0 || st.dirty) {
-            // No copy could be made aside: leave the only copy where it is.
+        if let Err(e) = &outcome
+            && st.recovered.is_none()
+            && (st.size > 0 || st.dirty)
+        {
+            // No copy could be made aside: the only copy is kept as it is.
+            self.keep_local_file(cache, &mut st, e);
             return outcome;
         }
         cache.discard(&st.file_path);
