@@ -54,6 +54,8 @@ pub struct SegmentPolicy {
     open_direct: Option<OpenDirect>,
     /// The probe's verdict and how many probes were tried.
     verdict: tokio::sync::Mutex<(Option<bool>, u32)>,
+    /// A probe was started ahead of need (see [`SegmentPolicy::probe_ahead`]).
+    probed_ahead: std::sync::atomic::AtomicBool,
 }
 
 impl SegmentPolicy {
@@ -63,7 +65,26 @@ impl SegmentPolicy {
             size,
             open_direct: None,
             verdict: tokio::sync::Mutex::new((None, 0)),
+            probed_ahead: false.into(),
         }
+    }
+
+    /// Whether a streaming upload should start the probe ahead of the switch (once a mount).
+    pub fn wants_probe_ahead(&self) -> bool {
+        self.size > 0 && !self.probed_ahead.load(Ordering::Relaxed)
+    }
+
+    /// Starts the probe in the background, once a mount, when a streaming upload is a quarter
+    /// of the way to the switch: its round trips (about eight) are then over when the switch
+    /// comes, instead of stalling the writer there. Must run on the runtime.
+    pub fn probe_ahead(self: &Arc<Self>, client: &DavClient, dir: &DavPath) {
+        if !self.wants_probe_ahead() || self.probed_ahead.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (policy, client, dir) = (self.clone(), client.clone(), dir.clone());
+        tokio::spawn(async move {
+            policy.usable(&client, &dir).await;
+        });
     }
 
     pub fn size(&self) -> u64 {

@@ -45,6 +45,11 @@ impl UploadTask {
     pub(super) fn abort(&self) {
         self.0.abort();
     }
+
+    /// The request ended (the server answered before the body did, or it failed).
+    pub(super) fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
 }
 
 impl std::future::Future for UploadTask {
