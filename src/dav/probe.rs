@@ -26,10 +26,27 @@ pub enum ChunkedPut {
 
 /// Streams a small body without a length to `dir/name`, reads its length back, deletes it.
 pub async fn chunked_put(client: &DavClient, dir: &DavPath, name: &str) -> ChunkedPut {
+    let (verdict, left) = chunked_put_leaving(client, dir, name).await;
+    if let Some(probe) = left {
+        let _ = client
+            .delete(&probe, false, &Preconditions::default())
+            .await;
+    }
+    verdict
+}
+
+/// [`chunked_put`] without the clean-up: also returns the file it left on the server (if
+/// any), for the caller to delete (a mount does it in the background, off the path of the
+/// first file created).
+pub async fn chunked_put_leaving(
+    client: &DavClient,
+    dir: &DavPath,
+    name: &str,
+) -> (ChunkedPut, Option<DavPath>) {
     const PIECE: &[u8] = b"davdrive chunked upload probe\n";
     let probe = match dir.join(name) {
         Ok(p) => p,
-        Err(e) => return ChunkedPut::Undecided(e.to_string()),
+        Err(e) => return (ChunkedPut::Undecided(e.to_string()), None),
     };
     let chunks: Vec<Result<Bytes, std::io::Error>> =
         (0..3).map(|_| Ok(Bytes::from_static(PIECE))).collect();
@@ -44,11 +61,12 @@ pub async fn chunked_put(client: &DavClient, dir: &DavPath, name: &str) -> Chunk
         )
         .await;
     if let Err(e) = put {
-        return if e.answered() {
+        let verdict = if e.answered() {
             ChunkedPut::Refused(e.to_string())
         } else {
             ChunkedPut::Undecided(e.to_string())
         };
+        return (verdict, None);
     }
     let verdict = match client.propfind(&probe, Depth::Zero, false).await {
         Ok(ms) => match ms.get(&probe) {
@@ -60,10 +78,7 @@ pub async fn chunked_put(client: &DavClient, dir: &DavPath, name: &str) -> Chunk
         },
         Err(e) => ChunkedPut::Undecided(e.to_string()),
     };
-    let _ = client
-        .delete(&probe, false, &Preconditions::default())
-        .await;
-    verdict
+    (verdict, Some(probe))
 }
 
 /// What a PUT with `Content-Range` into an existing file did.

@@ -208,7 +208,10 @@ impl Vfs {
     /// Whether new files may be streamed (chunked) to this server. Decided once by a probe:
     /// a small chunked PUT next to the first file created, checked by PROPFIND, then deleted.
     /// Some nginx/PHP setups answer 201 to a chunked PUT and store 0 bytes.
-    async fn can_stream(&self, dir: &DavPath) -> bool {
+    /// The probe's PUT is a write into `dir` like any other: when the server took it, `dir`
+    /// (inode `parent`) is known writable, and the first file created there needs no empty
+    /// placeholder (one round trip less, see `create`).
+    async fn can_stream(&self, dir: &DavPath, parent: Option<Ino>) -> bool {
         match self.cfg.upload {
             UploadPolicy::Stream => return true,
             UploadPolicy::Spool => return false,
@@ -229,7 +232,23 @@ impl Vfs {
             self.next_fh
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
-        match crate::dav::probe::chunked_put(&self.client, dir, &name).await {
+        let (verdict, left) =
+            crate::dav::probe::chunked_put_leaving(&self.client, dir, &name).await;
+        if let Some(probe) = left {
+            // Deleted off the path of the file being created (one round trip less).
+            let client = self.client.clone();
+            let delete = async move {
+                let _ = client.delete(&probe, false, &Default::default()).await;
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(delete)),
+                Err(_) => delete.await,
+            }
+        }
+        if let (ChunkedPut::Stored | ChunkedPut::Lost { .. }, Some(p)) = (&verdict, parent) {
+            self.note_writable(p);
+        }
+        match verdict {
             ChunkedPut::Stored => {
                 g.0 = Some(true);
                 true
@@ -241,9 +260,14 @@ impl Vfs {
                 g.0 = Some(false);
                 false
             }
-            // Refused, or inconclusive (e.g. a drop box that ingests files at once): spool
-            // this time.
-            ChunkedPut::Refused(_) | ChunkedPut::Undecided(_) => false,
+            // Refused: this folder takes no writes (the create's placeholder then fails
+            // too), which says nothing of chunked uploads, so it is not counted as a try.
+            ChunkedPut::Refused(_) => {
+                g.1 -= 1;
+                false
+            }
+            // Inconclusive (e.g. a drop box that ingests files at once): spool this time.
+            ChunkedPut::Undecided(_) => false,
         }
     }
 
@@ -302,6 +326,7 @@ impl Vfs {
         let mut meta = Self::file_meta(0, None);
         let mut base = Base::Absent;
         let keep_alive = self.make_again_if_vanished(parent).await?;
+        let stream = self.can_stream(&dir, Some(parent)).await;
         if !self.is_writable(parent) || keep_alive {
             // The first file in a directory not yet known to be writable is created empty at
             // once, so that a server refusing writes here (Orthanc outside uploads/, a
@@ -346,7 +371,6 @@ impl Vfs {
                 }
             }
         }
-        let stream = self.can_stream(&dir).await;
         let ino = self.insert_child(parent, name, &path, meta.clone());
         let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, base, stream)?
             .with_segments(self.segments.clone())
@@ -454,7 +478,7 @@ impl Vfs {
         pre.lock_token = token;
         let w = if mode.truncate {
             let dir = path.parent().unwrap_or_default();
-            let stream = self.can_stream(&dir).await;
+            let stream = self.can_stream(&dir, Some(parent)).await;
             WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, base, stream)?
                 .with_segments(self.segments.clone())
                 .with_patience(self.cfg.upload_retry, self.stopping.clone())

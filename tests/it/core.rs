@@ -428,3 +428,40 @@ fn reads_of_a_file_whose_pages_were_kept_ask_for_just_the_read() {
         vfs.release(o.fh).await;
     });
 }
+
+/// The first file of a mount: the chunked-upload probe's PUT into its folder proves the
+/// folder writable, so the file needs no empty placeholder before its upload; the first file
+/// of another folder still gets one (a folder that refuses writes fails the create itself).
+#[test]
+fn the_first_file_of_a_mount_needs_no_placeholder() {
+    let rt = rt();
+    let server = DavServer::start();
+    std::fs::create_dir(server.root.join("other")).expect("mkdir");
+    let c = core_with(&server.url(), |_| {});
+    let vfs = c.vfs.clone();
+    within(&rt, async {
+        vfs.probe().await.expect("probe");
+        let other = vfs.lookup(ROOT_INO, "other").await.expect("other").ino;
+        for (dir, name) in [(ROOT_INO, "first.txt"), (other, "second.txt")] {
+            let (_, o) = vfs.create(dir, name, WRITE).await.expect("create");
+            vfs.write(o.fh, 0, Bytes::from_static(b"hello"), ME)
+                .await
+                .expect("write");
+            vfs.close(o.fh, ME).await.expect("close");
+            vfs.release(o.fh).await;
+        }
+    });
+    let puts = |path: &str| {
+        server
+            .requests()
+            .iter()
+            .filter(|(m, p)| m == "PUT" && p == path)
+            .count()
+    };
+    assert_eq!(puts("/first.txt"), 1, "{:?}", server.requests());
+    assert_eq!(puts("/other/second.txt"), 2, "{:?}", server.requests());
+    assert_eq!(
+        on_server(&server.root, "first.txt").as_deref(),
+        Some(&b"hello"[..])
+    );
+}

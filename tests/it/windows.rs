@@ -427,6 +427,14 @@ fn an_allocation_hint_is_not_a_truncate() {
         // Each the first new file of its folder, so that both are uploaded alike.
         std::fs::create_dir(server.root.join("p")).expect("mkdir");
         std::fs::create_dir(server.root.join("h")).expect("mkdir");
+        // The mount's first file probes chunked uploads (a PUT that also proves its folder
+        // writable): done here, so that it is neither of the two compared.
+        let o = w.create("\\first.txt", false).await.expect("create");
+        w.write(&o.handle, b"x", 0, false, false)
+            .await
+            .expect("write");
+        assert_eq!(w.cleanup(&o.handle, false).await.map(|e| e.kind), None);
+        w.close(o.handle).await;
         for (name, hint) in [("p/plain.bin", None), ("h/hinted.bin", Some(1u64 << 30))] {
             let o = w.create(&format!("\\{name}"), false).await.expect("create");
             if let Some(h) = hint {

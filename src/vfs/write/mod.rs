@@ -1366,7 +1366,8 @@ impl WriteHandle {
         // Everything written must be in the journal before the server may complete the file.
         self.journal_barrier(st).await?;
         if let Some(g) = st.take_segmented() {
-            let (resume, r) = g.follower.complete(st.size).await;
+            let (mut resume, r) = g.follower.complete(st.size).await;
+            resume.verified = r.is_ok() && resume.acked == st.size && resume.extent <= st.size;
             st.resume = Some(resume);
             if let Err(e) = r {
                 if !transient(&e) {
@@ -1539,6 +1540,9 @@ impl WriteHandle {
                 return Ok(meta);
             }
             r.moving = false;
+        }
+        if r.verified && r.acked == st.size {
+            return segments::finish(client, r, &target, &st.pre).await;
         }
         if r.acked > 0 && segments::lost_start(client, &r.temp, r.acked).await {
             // Resuming into a temporary file that lost bytes would leave a hole of zeros.

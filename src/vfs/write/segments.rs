@@ -373,6 +373,10 @@ pub struct Resume {
     pub extent: u64,
     /// A MOVE into place was sent: if its answer was lost, it may have happened.
     pub moving: bool,
+    /// The follower had every byte up to `acked` acknowledged, in order, just now, and
+    /// nothing changed since: the MOVE may follow without looking at the temporary file
+    /// first (two round trips less at every close of a large file).
+    pub verified: bool,
 }
 
 impl Resume {
@@ -382,6 +386,7 @@ impl Resume {
             acked: 0,
             extent: 0,
             moving: false,
+            verified: false,
         }
     }
 
@@ -390,6 +395,7 @@ impl Resume {
         self.acked = self.acked.min(offset);
         // A MOVE whose answer was lost carried other bytes: it proves nothing any more.
         self.moving = false;
+        self.verified = false;
     }
 }
 
@@ -687,6 +693,7 @@ impl Follower {
             acked,
             extent: acked.saturating_add(self.seg),
             moving: false,
+            verified: false,
         }
     }
 
