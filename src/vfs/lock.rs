@@ -55,6 +55,8 @@ pub enum Rank {
     Transfers,
     /// Server locks held for write sessions (`Vfs::held_locks`, see `locks`).
     ServerLocks,
+    /// Local copies of files just written (`Vfs::copies`, see `copies`).
+    Copies,
     /// Inside one handle: where it points (`ReadHandle::path`, `WriteHandle::target`) and who
     /// wrote through it (`WriteHandle::writers`).
     HandleInner,

@@ -22,6 +22,7 @@
 
 pub mod activity;
 pub mod cache_dir;
+mod copies;
 mod dir;
 mod fileio;
 mod inode;
@@ -356,6 +357,8 @@ pub struct Vfs {
     path_refs: Ranked<HashMap<u64, (Ino, FileKind)>>,
     /// Uploads going on after their close, for `davdrive status` (see `activity`).
     transfers: Ranked<HashMap<u64, activity::Transfer>>,
+    /// Files this mount just wrote, read back from their local copy (see `copies`).
+    copies: Ranked<copies::Copies>,
     next_transfer: AtomicU64,
     /// Failed uploads nobody could be told about (see `notices`).
     notices: tokio::sync::broadcast::Sender<Notice>,
@@ -498,6 +501,7 @@ impl Vfs {
             stopping: Arc::default(),
             hidden: Ranked::new(Rank::Hidden, HashMap::new()),
             transfers: Ranked::new(Rank::Transfers, HashMap::new()),
+            copies: Ranked::new(Rank::Copies, copies::Copies::default()),
             next_transfer: AtomicU64::new(1),
             notices: tokio::sync::broadcast::channel(64).0,
             invalidator: std::sync::OnceLock::new(),
@@ -1367,12 +1371,37 @@ impl Vfs {
             let fh = self.add_handle(Handle::Reading(w));
             return Ok(Opened::new(fh, false, mode));
         }
+        // Just closed, its session still ending (the kernel's release comes after close()
+        // returned): the session's local file is what the server has now (see `copies`).
+        let ending = {
+            let t = self.table();
+            let writer = t.get(ino).and_then(|n| n.writer);
+            writer.and_then(|fh| match self.handles.lock().get(&fh) {
+                Some(Handle::Write(w)) => Some(w.clone()),
+                _ => None,
+            })
+        };
+        // Or its last descriptor released, the session's end under way.
+        let ending = ending.or_else(|| self.copies.lock().ending_session(ino));
+        if let Some(w) = ending
+            && w.holds_what_was_uploaded().await
+        {
+            let fh = self.add_handle(Handle::Reading(w));
+            return Ok(Opened::new(fh, false, mode));
+        }
         let attr = self.getattr(ino).await?;
         if attr.kind == FileKind::Directory {
             return Err(VfsError::new(
                 ErrorKind::IsADirectory,
                 "cannot open a directory as a file",
             ));
+        }
+        // Written here a moment ago, and still the server's version: read from the copy.
+        let current = self.table().get(ino).and_then(|n| n.meta.clone());
+        let copy = current.and_then(|meta| self.copies.lock().of(ino, &meta));
+        if let Some(w) = copy {
+            let fh = self.add_handle(Handle::Reading(w));
+            return Ok(Opened::new(fh, false, mode));
         }
         let (path, meta, keep_cache, around_cache) = {
             let mut t = self.table();

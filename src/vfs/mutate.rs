@@ -878,6 +878,9 @@ impl Vfs {
         }
         let pending = w.as_ref().map(|w| self.pending(Some(w)));
         let tracked = w.as_ref().filter(|_| !shared).map(|w| self.track(w, false));
+        if let Some(w) = w.as_ref().filter(|_| !shared) {
+            self.copies.lock().ending(w.ino(), w.clone());
+        }
         let this = self.clone();
         async move {
             let _tracked = tracked;
@@ -907,6 +910,7 @@ impl Vfs {
         let r = w.release(&self.client, &self.cache, gone).await;
         let mut failed_new = false;
         let mut conflict = false;
+        let uploaded = r.is_ok();
         match r {
             Ok(Some(up)) => self.apply_upload(ino, &up),
             Ok(None) => {}
@@ -933,6 +937,19 @@ impl Vfs {
                 self.table().mark_gone(ino);
             }
         }
+        // Kept before the session stops being the node's writer: a read open in between
+        // finds one or the other (see `Vfs::open`).
+        if uploaded && !gone && w.holds_what_was_uploaded().await {
+            let meta = self
+                .table()
+                .get(ino)
+                .filter(|n| !n.gone)
+                .and_then(|n| n.meta.clone());
+            if let Some(meta) = meta {
+                self.copies.lock().keep(ino, w.clone(), meta);
+            }
+        }
+        self.copies.lock().ended(ino, w);
         {
             let mut t = self.table();
             if let Some(n) = t.get_mut(ino) {

@@ -1550,3 +1550,55 @@ fn a_segmented_upload_killed_mid_way_is_recovered_and_its_temporary_file_removed
     );
     assert!(recovered(cache.path()).is_empty());
 }
+
+/// A file just written through write-only descriptors (no pages in the kernel's cache) is
+/// read back from the mount's local copy, without a request, for as long as the server's
+/// version is the one uploaded; once another client changed it, reads go to the server.
+#[test]
+fn a_file_just_written_is_read_back_from_its_local_copy() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("mount-copies");
+    let m = Mount::new(&a.url("mount-copies"), &["--revalidate", "1"]);
+    let path = m.path().join("config");
+    for (round, len) in [(1u64, 300_000usize), (2, 1000)] {
+        let data = pattern(len, round);
+        std::fs::write(&path, &data).expect("write");
+        for _ in 0..2 {
+            assert_eq!(
+                std::fs::read(&path).unwrap_or_else(|e| panic!("read back: {e}\n{}", m.log())),
+                data,
+                "round {round}"
+            );
+        }
+    }
+    let gets = |a: &apache::Apache| {
+        a.settled_requests("mount-copies/config")
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .count()
+    };
+    assert_eq!(
+        gets(a),
+        0,
+        "{:?}\n{}",
+        a.requests("mount-copies/"),
+        m.log()
+    );
+    // Another client's version: read from the server once the mount has seen the change
+    // (revalidation every second; bounded wait).
+    std::fs::write(dir.join("config"), b"theirs").expect("other client");
+    apache::give_to_server(&dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::fs::read(&path).expect("read") != b"theirs" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other client's version never showed:\n{}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(gets(a) >= 1, "the other version was not fetched");
+}

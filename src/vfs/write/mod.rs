@@ -1592,6 +1592,20 @@ impl WriteHandle {
             .await?)
     }
 
+    /// After a release that succeeded: whether the local file holds exactly what the server
+    /// now has (the whole file, nothing written since, nothing failed), so that it may serve
+    /// reads of that version (see `vfs::copies`).
+    pub(super) async fn holds_what_was_uploaded(&self) -> bool {
+        super::lock::before_await();
+        let st = self.state.lock().await;
+        !st.is_local()
+            && st.complete
+            && !st.dirty
+            && st.failed.is_none()
+            && st.recovered.is_none()
+            && !self.is_unlinked()
+    }
+
     /// Ends the session: uploads what is left (a failure leaves the data in the recovery
     /// folder, see `flush`) and deletes the local copy. `discard` (the file was deleted
     /// meanwhile) uploads nothing.
