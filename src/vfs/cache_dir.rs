@@ -142,8 +142,16 @@ impl CacheDir {
         if let Some(base) = root.parent() {
             crate::sys::files::private_dir(base)?;
         }
-        for sub in ["", "journal", "spool", "recovery"] {
+        for sub in ["", "journal", "spool", "recovery", "read"] {
             crate::sys::files::private_dir(&root.join(sub))?;
+        }
+        // Bytes of files read by an earlier run (see `vfs::data_cache`): only a cache.
+        for e in std::fs::read_dir(root.join("read"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(e.path());
         }
         Ok(CacheDir {
             root,
@@ -180,6 +188,11 @@ impl CacheDir {
 
     pub fn recovery_dir(&self) -> PathBuf {
         self.root.join("recovery")
+    }
+
+    /// Where bytes of files read are kept (see `vfs::data_cache`).
+    pub fn stored_reads_dir(&self) -> PathBuf {
+        self.root.join("read")
     }
 
     fn unique(&self) -> String {
@@ -403,6 +416,10 @@ impl CacheDir {
 }
 
 /// Creates `p` (it must not exist), readable and writable by the user only, and opens it.
+pub(crate) fn create_private(p: &Path) -> io::Result<std::fs::File> {
+    create_private_file(p)
+}
+
 fn create_private_file(p: &Path) -> io::Result<std::fs::File> {
     let mut o = std::fs::OpenOptions::new();
     o.read(true).write(true).create_new(true);

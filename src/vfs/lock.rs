@@ -57,6 +57,8 @@ pub enum Rank {
     ServerLocks,
     /// Local copies of files just written (`Vfs::copies`, see `copies`).
     Copies,
+    /// Bytes of files read, kept on disk (`Vfs::stored_reads`, see `data_cache`).
+    StoredReads,
     /// Inside one handle: where it points (`ReadHandle::path`, `WriteHandle::target`) and who
     /// wrote through it (`WriteHandle::writers`).
     HandleInner,

@@ -23,6 +23,7 @@
 pub mod activity;
 pub mod cache_dir;
 mod copies;
+mod data_cache;
 mod dir;
 mod fileio;
 mod inode;
@@ -115,6 +116,9 @@ pub struct VfsConfig {
     /// When a folder is opened, the listings of up to this many of its subfolders are
     /// fetched ahead in the background (`--prefetch-listings`; 0: never). Default 64.
     pub prefetch_listings: usize,
+    /// Bytes of files read are kept on local disk for later reads of the same version (see
+    /// `data_cache`). Default on.
+    pub store_reads: bool,
     /// How often folders in use and open files are revalidated against the server, so that
     /// changes made there by others show without waiting for `dir_ttl` (`--revalidate`; 0:
     /// never). Default 2 s. See `watch`.
@@ -165,6 +169,7 @@ impl Default for VfsConfig {
             process_of: None,
             async_close: false,
             prefetch_listings: 64,
+            store_reads: true,
             revalidate: Duration::from_secs(2),
             revalidate_for: Duration::from_secs(120),
             lock_files: false,
@@ -359,6 +364,8 @@ pub struct Vfs {
     transfers: Ranked<HashMap<u64, activity::Transfer>>,
     /// Files this mount just wrote, read back from their local copy (see `copies`).
     copies: Ranked<copies::Copies>,
+    /// Bytes of files read, kept for later reads of the same version (see `data_cache`).
+    stored_reads: Ranked<data_cache::DataCache>,
     next_transfer: AtomicU64,
     /// Failed uploads nobody could be told about (see `notices`).
     notices: tokio::sync::broadcast::Sender<Notice>,
@@ -502,6 +509,7 @@ impl Vfs {
             hidden: Ranked::new(Rank::Hidden, HashMap::new()),
             transfers: Ranked::new(Rank::Transfers, HashMap::new()),
             copies: Ranked::new(Rank::Copies, copies::Copies::default()),
+            stored_reads: Ranked::new(Rank::StoredReads, data_cache::DataCache::default()),
             next_transfer: AtomicU64::new(1),
             notices: tokio::sync::broadcast::channel(64).0,
             invalidator: std::sync::OnceLock::new(),
@@ -1440,7 +1448,13 @@ impl Vfs {
             // Reads going on from there double the range as usual.
             tuning.min_window = 0;
         }
-        let handle = ReadHandle::new(ino, path, meta, tuning);
+        let stored = if direct || !self.cfg.store_reads {
+            None
+        } else {
+            let dir = self.cache.stored_reads_dir();
+            self.stored_reads.lock().for_version(ino, &meta, &dir)
+        };
+        let handle = ReadHandle::new(ino, path, meta, tuning, stored);
         let fh = self.add_handle(Handle::Read(Arc::new(handle)));
         self.watch_idle_reads();
         let mut o = Opened::new(fh, keep_cache, mode);

@@ -263,10 +263,18 @@ pub(super) struct ReadHandle {
     size: u64,
     tuning: ReadTuning,
     state: Mutex<State>,
+    /// Where the bytes read are kept, and later reads found (see `data_cache`).
+    stored: Option<Arc<super::data_cache::Stored>>,
 }
 
 impl ReadHandle {
-    pub(super) fn new(ino: Ino, path: DavPath, version: Meta, tuning: ReadTuning) -> Self {
+    pub(super) fn new(
+        ino: Ino,
+        path: DavPath,
+        version: Meta,
+        tuning: ReadTuning,
+        stored: Option<Arc<super::data_cache::Stored>>,
+    ) -> Self {
         let (size, etag) = (version.size, version.etag.clone());
         ReadHandle {
             ino,
@@ -292,6 +300,7 @@ impl ReadHandle {
                 no_zero_copy: false,
             }),
             tuning,
+            stored,
         }
     }
 
@@ -338,12 +347,22 @@ impl ReadHandle {
         if offset >= self.size || size == 0 {
             return Ok(ReadData::default());
         }
+        let end = (offset + u64::from(size)).min(self.size);
+        if let Some(s) = &self.stored
+            && s.covers(offset, end)
+            && let Some(d) = s.read(offset, end)
+        {
+            return Ok(ReadData::from(d));
+        }
         super::lock::before_await();
         let mut st = self.state.lock().await;
         let r = self.read_locked(client, &mut st, offset, size).await;
         st.last_used = Instant::now();
         if let Ok(d) = &r {
             st.read_end = offset + d.len() as u64;
+            if let Some(s) = &self.stored {
+                s.store(offset, d.chunks());
+            }
         }
         r
     }

@@ -1177,3 +1177,61 @@ fn changes_by_others_reach_the_kernel_within_5_s_and_cost_requests_only_while_in
     assert_eq!(after.len(), before, "{:?}", &after[before..]);
     assert!(m.unmount().success());
 }
+
+/// Bytes read once are kept on local disk: when the kernel has dropped the file's pages (here
+/// by `POSIX_FADV_DONTNEED`; over a slow link it drops some by itself), reading them again
+/// makes no request. A new version on the server is fetched again.
+#[test]
+fn bytes_read_once_are_read_again_without_a_request() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("mount-stored");
+    let data = pattern(3 << 20, 23);
+    std::fs::write(dir.join("f.bin"), &data).expect("write");
+    apache::give_to_server(&dir);
+    let m = Mount::new(&a.url("mount-stored"), &["--revalidate", "1"]);
+    let path = m.path().join("f.bin");
+    let gets = || {
+        a.settled_requests("mount-stored/f.bin")
+            .into_iter()
+            .filter(|r| r.method == "GET")
+            .count()
+    };
+    let drop_pages = || {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&path).expect("open");
+        // SAFETY: a valid descriptor; the call only advises the kernel.
+        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(r, 0, "fadvise");
+    };
+    assert!(std::fs::read(&path).expect("first read") == data);
+    let first = gets();
+    assert!(first >= 1, "the first read made no GET");
+    for _ in 0..2 {
+        drop_pages();
+        assert!(std::fs::read(&path).expect("read again") == data);
+    }
+    assert_eq!(
+        gets(),
+        first,
+        "{:?}\n{}",
+        a.requests("mount-stored/"),
+        m.log()
+    );
+    // Another version (same size): fetched, not the stored bytes.
+    let other = pattern(3 << 20, 24);
+    std::fs::write(dir.join("f.bin"), &other).expect("rewrite");
+    apache::give_to_server(&dir);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        drop_pages();
+        if std::fs::read(&path).expect("read") == other {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new version never showed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(gets() > first);
+}

@@ -1580,13 +1580,7 @@ fn a_file_just_written_is_read_back_from_its_local_copy() {
             .filter(|r| r.method == "GET")
             .count()
     };
-    assert_eq!(
-        gets(a),
-        0,
-        "{:?}\n{}",
-        a.requests("mount-copies/"),
-        m.log()
-    );
+    assert_eq!(gets(a), 0, "{:?}\n{}", a.requests("mount-copies/"), m.log());
     // Another client's version: read from the server once the mount has seen the change
     // (revalidation every second; bounded wait).
     std::fs::write(dir.join("config"), b"theirs").expect("other client");
