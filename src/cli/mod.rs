@@ -308,6 +308,11 @@ pub struct MountArgs {
     /// programs that read in small pieces and for files read again (nothing is cached).
     #[arg(long, help_heading = "Caching")]
     pub direct_io: bool,
+    /// Do not keep the bytes of files read on local disk (by default they are kept in the
+    /// cache directory, up to 256 MiB per mount, and read again from there while the file's
+    /// version is unchanged).
+    #[arg(long, help_heading = "Caching")]
+    pub no_store_reads: bool,
 
     /// Also trust this CA (or self-signed server) certificate, PEM, for this mount only.
     #[arg(long, value_name = "FILE.pem", help_heading = "TLS")]

@@ -224,6 +224,7 @@ impl MountConfig {
             keep_os_litter_local: !flag(args.upload_os_files, profile.upload_os_files),
             server_trash: args.trash == Some(crate::cli::TrashMode::Server),
             direct_reads: flag(args.direct_io, profile.direct_io),
+            store_reads: !args.no_store_reads && profile.store_reads.unwrap_or(true),
             segment_size: (args.segment_size)
                 .or(profile.segment_size)
                 .unwrap_or(16)

@@ -56,6 +56,7 @@ pub struct Profile {
     pub revalidate_for: Option<u64>,
     pub kernel_ttl: Option<u64>,
     pub direct_io: Option<bool>,
+    pub store_reads: Option<bool>,
     pub ca_cert: Option<PathBuf>,
     pub insecure: Option<bool>,
     pub allow_http_redirect: Option<bool>,
