@@ -429,8 +429,17 @@ pub fn status_of(path: &Path) -> Result<Report, Unanswered> {
         // The socket went with its mount.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Unanswered::Gone),
         // Left by a mount that died, unless its process still runs (starting, or stopping
-        // with the socket already closed).
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+        // with the socket already closed). A connection the daemon dropped as it closed its
+        // socket (broken pipe, reset, no answer at all) is the same.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
             if pid_of(path).is_none_or(|p| !alive(p)) {
                 Err(Unanswered::Gone)
             } else {
