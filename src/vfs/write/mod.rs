@@ -1255,12 +1255,7 @@ impl WriteHandle {
             .and_then(|_| cache.recover(&copy, &self.keep_as(st, e, &target, &reason, keep)));
         match copied {
             Ok(kept) => {
-                tracing::warn!(
-                    "could not upload {}: {reason}. The data is kept in {}",
-                    self.path(),
-                    kept.display()
-                );
-                st.recovered = Some(kept);
+                self.now_kept(st, kept, &reason);
                 st.changed_since_recovery = false;
             }
             Err(io) => {
@@ -1286,20 +1281,23 @@ impl WriteHandle {
         }
         let target = self.path();
         match cache.recover(&st.file_path, &self.keep_as(st, e, &target, &reason, keep)) {
-            Ok(kept) => {
-                tracing::warn!(
-                    "could not upload {}: {reason}. The data is kept in {}",
-                    self.path(),
-                    kept.display()
-                );
-                st.recovered = Some(kept);
-            }
+            Ok(kept) => self.now_kept(st, kept, &reason),
             Err(io) => tracing::error!(
                 "could not upload {} ({e}) nor move it to the recovery folder ({io}); it stays in {}",
                 self.path(),
                 st.file_path.display()
             ),
         }
+    }
+
+    /// The data is in the recovery folder at `kept`: the log says where, and why.
+    fn now_kept(&self, st: &mut State, kept: PathBuf, reason: &str) {
+        tracing::warn!(
+            "could not upload {}: {reason}. The data is kept in {}",
+            self.path(),
+            kept.display()
+        );
+        st.recovered = Some(kept);
     }
 
     /// How much of the data can be kept, and why it is kept. Never more than the local file
