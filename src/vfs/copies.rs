@@ -52,18 +52,10 @@ pub struct Copies {
 /// aside); without a tag (Apache answers a PUT without one), the very metadata the upload
 /// left, not replaced since by a listing or a revalidation.
 fn same_content(uploaded: &Meta, current: &Meta) -> bool {
-    let tag = |m: &Meta| {
-        m.etag
-            .as_deref()
-            .map(|t| t.trim_start_matches("W/").to_owned())
-    };
-    match tag(uploaded) {
-        Some(t) => {
-            uploaded.kind == current.kind
-                && uploaded.size == current.size
-                && Some(t) == tag(current)
-        }
-        None => uploaded == current,
+    if uploaded.etag.is_some() {
+        uploaded.same_tagged_content(current)
+    } else {
+        uploaded == current
     }
 }
 

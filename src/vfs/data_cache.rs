@@ -44,8 +44,11 @@ impl Stored {
         if self.broken.load(Ordering::Relaxed) {
             return false;
         }
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.iter().any(|&(s, e)| s <= start && end <= e)
+        covers(
+            &self.held.lock().unwrap_or_else(|e| e.into_inner()),
+            start,
+            end,
+        )
     }
 
     /// `[start, end)`, which [`Stored::covers`] said is here.
@@ -82,6 +85,14 @@ impl Drop for Stored {
     }
 }
 
+/// Whether `held` covers `[start, end)`: by the last range beginning at or before `start`
+/// (the ranges are sorted and disjoint; a file read at random holds many, and this runs for
+/// every read).
+fn covers(held: &[(u64, u64)], start: u64, end: u64) -> bool {
+    let i = held.partition_point(|&(s, _)| s <= start);
+    i > 0 && held[i - 1].1 >= end
+}
+
 /// Adds `[start, end)` to `held`, merging what it overlaps or touches.
 fn insert(held: &mut Vec<(u64, u64)>, start: u64, end: u64) {
     let (mut s, mut e) = (start, end);
@@ -96,16 +107,6 @@ fn insert(held: &mut Vec<(u64, u64)>, start: u64, end: u64) {
     });
     let at = held.partition_point(|&(a, _)| a < s);
     held.insert(at, (s, e));
-}
-
-/// Whether `a` and `b` are one version: the same size and entity tag (`W/` aside).
-fn same_version(a: &Meta, b: &Meta) -> bool {
-    let tag = |m: &Meta| {
-        m.etag
-            .as_deref()
-            .map(|t| t.trim_start_matches("W/").to_owned())
-    };
-    a.size == b.size && tag(a).is_some() && tag(a) == tag(b)
 }
 
 /// The stored files of one mount, by inode.
@@ -129,7 +130,7 @@ impl DataCache {
         dir: &std::path::Path,
     ) -> Option<Arc<Stored>> {
         if let Some(s) = self.by_ino.get(&ino)
-            && same_version(&s.version, version)
+            && s.version.same_tagged_content(version)
             && !s.broken.load(Ordering::Relaxed)
         {
             let s = s.clone();
@@ -172,7 +173,15 @@ impl DataCache {
 
 #[cfg(test)]
 mod tests {
-    use super::insert;
+    use super::{covers, insert};
+
+    #[test]
+    fn covered_ranges_are_found_by_their_start() {
+        let held = [(0u64, 10u64), (20, 30), (40, 50)];
+        let c = |start, end| covers(&held, start, end);
+        assert!(c(0, 10) && c(20, 25) && c(45, 50));
+        assert!(!c(5, 15) && !c(10, 20) && !c(35, 41) && !c(50, 51));
+    }
 
     #[test]
     fn ranges_merge_when_they_overlap_or_touch() {

@@ -79,6 +79,19 @@ impl Meta {
             && self.mtime == other.mtime
             && self.etag == other.etag
     }
+
+    /// Whether both carry an entity tag and they name the same content: the same kind, size
+    /// and tag, weak or strong (Apache marks the tag of a file changed within the last second
+    /// weak, and the same tag strong a second later).
+    pub fn same_tagged_content(&self, other: &Meta) -> bool {
+        fn tag(m: &Meta) -> Option<&str> {
+            m.etag.as_deref().map(|t| t.trim_start_matches("W/"))
+        }
+        self.kind == other.kind
+            && self.size == other.size
+            && tag(self).is_some()
+            && tag(self) == tag(other)
+    }
 }
 
 /// A directory's children as last listed.
