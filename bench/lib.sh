@@ -26,7 +26,8 @@ KeepAliveTimeout 5
 EnableSendfile On
 LimitRequestBody 0
 DavLockDB "$dir/run/davlock"
-LogFormat "%m\t%U\t%>s\t%O\t%{Range}i" davlog
+# Then when the request arrived (microseconds since the epoch) and how long it took (µs).
+LogFormat "%m\t%U\t%>s\t%O\t%{Range}i\t%{usec}t\t%D" davlog
 CustomLog "$dir/access.log" davlog
 Alias /dav/ "$dir/www/"
 <Directory "$dir/www">

@@ -345,13 +345,18 @@ pub struct Vfs {
     _cache_lock: Option<std::fs::File>,
     /// Uploads that have not finished (flush or release in progress), for unmount.
     uploads: tokio::sync::watch::Sender<usize>,
-    /// Uploads going on after a close returned, and the sessions they end (`async_close`):
-    /// id → the file and where it goes. Opening the file, and namespace changes that concern
-    /// it, wait for them (see `Vfs::settle`). Ids are never reused.
-    settling: tokio::sync::watch::Sender<HashMap<u64, (Ino, crate::dav::DavPath)>>,
+    /// What the server is still to do after a call returned (`async_close`): uploads behind
+    /// closes, and folders being made. id → what, where. Opening a file, namespace changes,
+    /// listings and requests below a folder being made wait for what concerns them (see
+    /// `Vfs::settle`); ids grow, so a later entry can wait for earlier ones only.
+    settling: tokio::sync::watch::Sender<HashMap<u64, mutate::Behind>>,
     next_settling: AtomicU64,
-    /// Slots for uploads started by closes that did not wait for them (`ASYNC_UPLOADS`).
+    /// Closes whose uploads have not finished (`QUEUED_UPLOADS`): a close beyond them waits.
     behind_close: Arc<tokio::sync::Semaphore>,
+    /// Bytes of those uploads, in units of `QUEUE_UNIT` (`QUEUED_BYTES` in all).
+    behind_bytes: Arc<tokio::sync::Semaphore>,
+    /// Uploads behind closes that run at once (`ASYNC_UPLOADS`).
+    uploading_now: Arc<tokio::sync::Semaphore>,
     /// Handles opened by path and the node each holds a reference to (see `path`).
     /// Files deleted (or replaced by a rename) while descriptors still read them: moved to
     /// a hidden name on the server, which the last of those descriptors deletes at close.
@@ -503,7 +508,9 @@ impl Vfs {
             uploads: tokio::sync::watch::channel(0).0,
             settling: tokio::sync::watch::channel(HashMap::new()).0,
             next_settling: AtomicU64::new(1),
-            behind_close: Arc::new(tokio::sync::Semaphore::new(mutate::ASYNC_UPLOADS)),
+            behind_close: Arc::new(tokio::sync::Semaphore::new(mutate::QUEUED_UPLOADS)),
+            behind_bytes: Arc::new(tokio::sync::Semaphore::new(mutate::QUEUED_UNITS)),
+            uploading_now: Arc::new(tokio::sync::Semaphore::new(mutate::ASYNC_UPLOADS)),
             path_refs: Ranked::new(Rank::PathRefs, HashMap::new()),
             stopping: Arc::default(),
             hidden: Ranked::new(Rank::Hidden, HashMap::new()),
@@ -692,6 +699,8 @@ impl Vfs {
             {
                 s.fetching_again();
             }
+            // A folder still being made (or one below it) is asked for once it exists.
+            self.settle_ancestors(&path).await;
             let mut acc = Gathered::new(Instant::now());
             let fetched = self
                 .client

@@ -22,9 +22,27 @@ use crate::dav::probe::ChunkedPut;
 use crate::dav::{DavPath, Depth, ErrorKind, Preconditions, PutBody};
 
 /// Uploads at most running behind closes that returned (`async_close`).
-pub(super) const ASYNC_UPLOADS: usize = 4;
+pub(super) const ASYNC_UPLOADS: usize = 8;
+/// Closes at most whose uploads have not finished (`async_close`): one more waits for the
+/// first of them to end, so a copy of many files never runs far ahead of the server.
+pub(super) const QUEUED_UPLOADS: usize = 64;
+/// The bytes of those uploads, at most (a file counts at least one unit).
+const QUEUED_BYTES: u64 = 256 << 20;
+const QUEUE_UNIT: u64 = 64 << 10;
+pub(super) const QUEUED_UNITS: usize = (QUEUED_BYTES / QUEUE_UNIT) as usize;
 
-/// An upload counted in `Vfs::uploads` (and `settling`) until dropped.
+/// Something the server is still to do after the call that asked for it returned
+/// (`async_close`): an upload behind a close, or a folder being made (MKCOL behind mkdir).
+#[derive(Debug, Clone)]
+pub(super) struct Behind {
+    pub(super) ino: Ino,
+    pub(super) path: DavPath,
+    /// A folder being made: nothing below it goes to the server before it exists.
+    pub(super) folder: bool,
+}
+
+/// An upload (or folder being made) counted in `Vfs::uploads` (and `settling`) until
+/// dropped.
 struct Pending {
     vfs: Arc<Vfs>,
     settling: Option<u64>,
@@ -325,8 +343,16 @@ impl Vfs {
         };
         let mut meta = Self::file_meta(0, None);
         let mut base = Base::Absent;
+        // In a folder still being made (a mkdir that returned, `async_close`), nothing goes
+        // to the server before the folder exists: the file is written locally and uploaded
+        // behind its close, after the folder. A folder not known writable is waited for.
+        let mut later = self.folder_behind(&path);
+        if later && (!self.is_writable(parent) || self.folders_vanish.load(Ordering::Relaxed)) {
+            self.settle_ancestors(&path).await;
+            later = false;
+        }
         let keep_alive = self.make_again_if_vanished(parent).await?;
-        let stream = self.can_stream(&dir, Some(parent)).await;
+        let stream = !later && self.can_stream(&dir, Some(parent)).await;
         if !self.is_writable(parent) || keep_alive {
             // The first file in a directory not yet known to be writable is created empty at
             // once, so that a server refusing writes here (Orthanc outside uploads/, a
@@ -557,9 +583,10 @@ impl Vfs {
     /// close() that does not wait for the server: returns the error of an earlier failure of
     /// the session, else waits until the cache directory holds every byte written (a davdrive
     /// that stops before the upload finished leaves them to the next start's recovery
-    /// folder), starts the upload and returns. At most [`ASYNC_UPLOADS`] run at once: a close
-    /// beyond them waits for one to finish, so a copy of many files never has more than a
-    /// few uploads behind it (and the server never sees hundreds at once). An upload that
+    /// folder), starts the upload and returns. At most [`ASYNC_UPLOADS`] run at once (the
+    /// server never sees hundreds at once), after the folders they go into were made; a
+    /// close beyond [`QUEUED_UPLOADS`] unfinished ones, or `QUEUED_BYTES` of them, waits
+    /// for one to finish, so a copy of many files never runs far ahead of the server. An upload that
     /// fails ends in the recovery folder as at any close, logged and listed by
     /// `davdrive status`; a later close or fsync of the same open file tries again or
     /// returns the error.
@@ -570,8 +597,19 @@ impl Vfs {
             return Ok(());
         }
         let tracked = self.track(&w, true);
-        let Ok(slot) = self.behind_close.clone().acquire_owned().await else {
-            // The semaphore is never closed; if it were, this close would wait for its upload.
+        let units = w
+            .size_now()
+            .div_ceil(QUEUE_UNIT)
+            .clamp(1, QUEUED_UNITS as u64);
+        let (Ok(slot), Ok(bytes)) = (
+            self.behind_close.clone().acquire_owned().await,
+            self.behind_bytes
+                .clone()
+                .acquire_many_owned(u32::try_from(units).unwrap_or(1))
+                .await,
+        ) else {
+            // The semaphores are never closed; if they were, this close would wait for its
+            // upload.
             drop(behind);
             return self.flush_handle(&w).await;
         };
@@ -587,10 +625,13 @@ impl Vfs {
             m.fetched = Instant::now();
         }
         let pending = self.pending(Some(&w));
-        tracked.started();
         let this = self.clone();
         tokio::spawn(async move {
-            let (_slot, _pending, _behind, _tracked) = (slot, pending, behind, tracked);
+            let (_slot, _bytes, _pending, _behind) = (slot, bytes, pending, behind);
+            // The folders it goes into first (made behind a mkdir that returned), then a turn.
+            this.settle_ancestors(&w.path()).await;
+            let _running = this.uploading_now.clone().acquire_owned().await;
+            tracked.started();
             if let Err(e) = this.flush_handle(&w).await {
                 tracing::warn!(
                     "{}: the upload after close() failed ({e}); close() had already returned \
@@ -613,17 +654,29 @@ impl Vfs {
     /// Counts an upload (for unmount) until the returned guard is dropped, also when its task
     /// ends in a panic; with `async_close`, also in `settling` (for `session`).
     fn pending(self: &Arc<Self>, session: Option<&WriteHandle>) -> Pending {
-        self.uploads.send_modify(|n| *n += 1);
-        let settling = match session {
-            Some(w) if self.cfg.async_close => {
-                let id = self.next_settling.fetch_add(1, Ordering::Relaxed);
-                self.settling.send_modify(|m| {
-                    m.insert(id, (w.ino(), w.path()));
-                });
-                Some(id)
-            }
-            _ => None,
-        };
+        let behind = session.filter(|_| self.cfg.async_close).map(|w| Behind {
+            ino: w.ino(),
+            path: w.path(),
+            folder: false,
+        });
+        self.pending_behind(behind)
+    }
+
+    /// As [`Vfs::pending`] for what `behind` describes, if given, also counted in `settling`
+    /// (with an id greater than every earlier one).
+    fn pending_behind(self: &Arc<Self>, behind: Option<Behind>) -> Pending {
+        if behind.is_none() {
+            self.uploads.send_modify(|n| *n += 1);
+        }
+        let settling = behind.map(|b| {
+            let id = self.next_settling.fetch_add(1, Ordering::Relaxed);
+            // Counted and listed in one step: an unmount sees both or neither.
+            self.uploads.send_modify(|n| *n += 1);
+            self.settling.send_modify(|m| {
+                m.insert(id, b);
+            });
+            id
+        });
         Pending {
             vfs: self.clone(),
             settling,
@@ -638,20 +691,27 @@ impl Vfs {
         self.settling
             .borrow()
             .values()
-            .map(|(ino, _)| *ino)
+            .filter(|b| !b.folder)
+            .map(|b| b.ino)
             .collect()
     }
 
     /// Whether `ino`'s upload goes on behind a close (`async_close`). Called with the table
     /// held (no code holds `settling` while taking the table).
     pub(super) fn is_uploading(&self, ino: Ino) -> bool {
-        self.cfg.async_close && self.settling.borrow().values().any(|(i, _)| *i == ino)
+        self.cfg.async_close
+            && self
+                .settling
+                .borrow()
+                .values()
+                .any(|b| b.ino == ino && !b.folder)
     }
 
-    /// Waits until no upload going on after a close concerns a file `which` selects (by inode
-    /// and path) - only those running when called, so a stream of new ones cannot hold the
-    /// caller up (`async_close`).
-    async fn settle_where(&self, which: impl Fn(Ino, &DavPath) -> bool) {
+    /// Waits until nothing the server is still to do after a call returned (an upload behind
+    /// a close, a folder being made) is one that `which` selects (by id and what) - only
+    /// those there when called, so a stream of new ones cannot hold the caller up
+    /// (`async_close`).
+    async fn settle_where(&self, which: impl Fn(u64, &Behind) -> bool) {
         if !self.cfg.async_close {
             return;
         }
@@ -659,7 +719,7 @@ impl Vfs {
             .settling
             .borrow()
             .iter()
-            .filter(|(_, (ino, path))| which(*ino, path))
+            .filter(|(id, b)| which(**id, b))
             .map(|(id, _)| *id)
             .collect();
         if ids.is_empty() {
@@ -672,13 +732,31 @@ impl Vfs {
     /// Waits until no upload of `ino` goes on after its close (`async_close`): opening the
     /// file then sees what was written, and a write starts from the uploaded version.
     pub(super) async fn settle(&self, ino: Ino) {
-        self.settle_where(|i, _| i == ino).await;
+        self.settle_where(|_, b| b.ino == ino).await;
     }
 
-    /// As [`Vfs::settle`] for whatever is at `path` or below it, before a namespace change
-    /// there.
+    /// As [`Vfs::settle`] for whatever is at `path` or below it, and the folders above it
+    /// being made, before a namespace change there.
     async fn settle_path(&self, path: &DavPath) {
-        self.settle_where(|_, p| p.starts_with(path)).await;
+        self.settle_where(|_, b| b.path.starts_with(path) || path.starts_with(&b.path))
+            .await;
+    }
+
+    /// Waits until the folders above `path` (and `path` itself) that are being made exist
+    /// on the server: before any request there (`async_close`).
+    pub(super) async fn settle_ancestors(&self, path: &DavPath) {
+        self.settle_where(|_, b| b.folder && path.starts_with(&b.path))
+            .await;
+    }
+
+    /// Whether a folder above `path` is being made (`async_close`).
+    fn folder_behind(&self, path: &DavPath) -> bool {
+        self.cfg.async_close
+            && self
+                .settling
+                .borrow()
+                .values()
+                .any(|b| b.folder && path.starts_with(&b.path))
     }
 
     /// fsync(), and close() by a writer: returns once the server holds the data.
@@ -691,6 +769,7 @@ impl Vfs {
     }
 
     async fn flush_handle(&self, w: &Arc<WriteHandle>) -> VfsResult<()> {
+        self.settle_ancestors(&w.path()).await;
         match w.flush(&self.client, &self.cache).await {
             Ok(Some(up)) => {
                 self.apply_upload(w.ino(), &up);
@@ -905,6 +984,7 @@ impl Vfs {
     }
 
     async fn finish_session(&self, fh: u64, w: &Arc<WriteHandle>) {
+        self.settle_ancestors(&w.path()).await;
         let ino = w.ino();
         let gone = self.table().get(ino).is_none_or(|n| n.gone);
         let r = w.release(&self.client, &self.cache, gone).await;
@@ -1079,7 +1159,9 @@ impl Vfs {
     }
 
     /// mkdir: MKCOL. The new directory is known to be empty: listing it costs nothing.
-    pub async fn mkdir(&self, parent: Ino, name: &str) -> VfsResult<Attr> {
+    /// With `async_close`, in a folder known writable whose fresh listing lacks the name, the
+    /// MKCOL goes on after mkdir returned (see [`Vfs::mkdir_behind`]).
+    pub async fn mkdir(self: &Arc<Self>, parent: Ino, name: &str) -> VfsResult<Attr> {
         self.check_writable()?;
         if parent == super::ROOT_INO && !self.cfg.server_trash && super::is_trash_name(name) {
             return Err(VfsError::new(
@@ -1093,10 +1175,14 @@ impl Vfs {
         let dir = self.path_of(parent)?;
         let path = dir.join(name)?;
         self.check_not_forbidden(parent, &path.to_string())?;
-        if let Err(e) = self.client.mkcol(&path).await {
-            let e = VfsError::from(e);
-            self.note_forbidden(parent, &e);
-            return Err(e);
+        let behind = self.may_mkdir_behind(parent, name);
+        if !behind {
+            self.settle_path(&path).await;
+            if let Err(e) = self.client.mkcol(&path).await {
+                let e = VfsError::from(e);
+                self.note_forbidden(parent, &e);
+                return Err(e);
+            }
         }
         let now = SystemTime::now();
         let meta = Meta {
@@ -1124,7 +1210,71 @@ impl Vfs {
             });
             n.lookups += 1;
         }
+        if behind {
+            self.mkdir_behind(parent, name, ino, path);
+        }
         Ok(self.attr_of(ino, &meta))
+    }
+
+    /// Whether mkdir of `name` in `parent` may return before the MKCOL (`async_close`): the
+    /// parent is known writable (a write or mkdir there succeeded), its listing is fresh and
+    /// lacks the name (the kernel looked it up just before), and the server does not drop
+    /// folders (a drop box: files there need the folder at once). Anything else waits for
+    /// the server's answer, so a refusal is mkdir's error.
+    fn may_mkdir_behind(&self, parent: Ino, name: &str) -> bool {
+        if !self.cfg.async_close
+            || !self.is_writable(parent)
+            || self.folders_vanish.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        let t = self.table();
+        t.get(parent).is_some_and(|n| {
+            !n.vanished
+                && n.listing
+                    .as_ref()
+                    .is_some_and(|l| self.fresh(l.fetched) && !l.by_name.contains_key(name))
+        })
+    }
+
+    /// The MKCOL of folder `ino` (`path`), after mkdir returned: counted in `settling` as a
+    /// folder being made, so that uploads, listings and namespace changes below it wait for
+    /// it, after the folders above it. A refusal is logged and told to the desktop as a
+    /// failed upload is; the folder leaves the listing, and what was written into it fails
+    /// its upload and is kept in the recovery folder.
+    fn mkdir_behind(self: &Arc<Self>, parent: Ino, name: &str, ino: Ino, path: DavPath) {
+        let pending = self.pending_behind(Some(Behind {
+            ino,
+            path: path.clone(),
+            folder: true,
+        }));
+        let Some(id) = pending.settling else {
+            return;
+        };
+        let this = self.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let _pending = pending;
+            this.settle_where(|other, b| other < id && b.folder && path.starts_with(&b.path))
+                .await;
+            let Err(e) = this.client.mkcol(&path).await else {
+                tracing::debug!(path = %path, "folder made (after mkdir returned)");
+                return;
+            };
+            let e = VfsError::from(e);
+            tracing::warn!(
+                "{path}: making the folder failed ({e}); mkdir had already returned \
+                 (--async-close): files written into it are kept, see `davdrive status`"
+            );
+            let _ = this.notices.send(super::Notice {
+                path: path.to_string(),
+                error: e.to_string(),
+            });
+            this.note_forbidden(parent, &e);
+            this.writable.lock().remove(&ino);
+            this.remove_child(parent, &name);
+            this.table().mark_gone(ino);
+        });
     }
 
     async fn child(&self, parent: Ino, name: &str) -> VfsResult<(Ino, FileKind)> {
@@ -1322,8 +1472,10 @@ impl Vfs {
         let new_dir = self.path_of(new_parent)?;
         let to = new_dir.join(new_name)?;
         let from = self.path_of(ino)?;
-        // Uploads behind closes of what is moved, and of what it replaces, end first.
+        // Uploads behind closes of what is moved, and of what it replaces, end first; so do
+        // folders being made above either name.
         self.settle_path(&from).await;
+        self.settle_path(&to).await;
         if from == to {
             return Ok(());
         }

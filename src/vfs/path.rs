@@ -193,7 +193,7 @@ impl Vfs {
     }
 
     /// Makes the directory `path`.
-    pub async fn mkdir_path(&self, path: &str) -> VfsResult<Attr> {
+    pub async fn mkdir_path(self: &Arc<Self>, path: &str) -> VfsResult<Attr> {
         let (dir, name) = self.parent_and_name(path).await?;
         if self.spelled(dir, name).await?.is_some() {
             return Err(VfsError::new(

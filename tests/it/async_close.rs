@@ -342,3 +342,100 @@ fn async_close_with_two_descriptors_keeps_both_writes() {
         on_server.len()
     );
 }
+
+/// Releases a [`FaultProxy::hold`] when dropped, also when the test fails first (the
+/// mount's unmount would wait for the held requests).
+struct Released<'a>(&'a FaultProxy);
+
+impl Drop for Released<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+/// With `--async-close`, mkdir returns before the server made the folder (a clone or an
+/// unpacked archive makes hundreds, each a round trip): a tree is made and filled while no
+/// request reaches the server, shown by the mount at once, and once the server answers every
+/// folder is made before anything goes into it, and every byte arrives.
+#[test]
+fn async_close_mkdir_returns_before_the_server_made_the_folder() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("async-mkdir");
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/async-mkdir/", proxy.port);
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let m = Mount::new(&url, &["--async-close", "--cache-dir", &cache_arg]);
+    // A write that arrived shows the root writable (a mkdir in a folder not known writable
+    // waits for the server, so that a refusal is mkdir's error).
+    std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
+    let warm = m.path().join("warm.txt");
+    assert_eq!(
+        bounded(Duration::from_secs(60), move || std::fs::read(warm)).expect("read warm"),
+        b"warm"
+    );
+    let _ = std::fs::read_dir(m.path()).expect("list").count();
+
+    proxy.hold();
+    let _released = Released(&proxy);
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("a/top.txt", pattern(1000, 1)),
+        ("a/b/mid.bin", pattern(300_000, 2)),
+        ("a/b/c/deep.txt", pattern(10, 3)),
+        ("a/b/c/d/e/empty", Vec::new()),
+    ];
+    let root = m.path().to_owned();
+    let f = files.clone();
+    bounded(Duration::from_secs(30), move || {
+        std::fs::create_dir_all(root.join("a/b/c/d/e")).expect("mkdir -p while held");
+        for (rel, data) in &f {
+            std::fs::write(root.join(rel), data).expect("write while held");
+        }
+    });
+    assert!(
+        !dir.join("a").exists(),
+        "a request reached the server while it was held"
+    );
+    // The mount shows the tree at once.
+    let names: Vec<String> = std::fs::read_dir(m.path().join("a/b"))
+        .expect("list a/b")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.contains(&"c".to_owned()) && names.contains(&"mid.bin".to_owned()),
+        "a/b lists {names:?}"
+    );
+    assert_eq!(
+        std::fs::metadata(m.path().join("a/b/mid.bin"))
+            .expect("stat")
+            .len(),
+        300_000
+    );
+
+    proxy.release();
+    assert!(m.unmount().success());
+    for (rel, data) in &files {
+        let got = std::fs::read(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert!(&got == data, "{rel} differs on the server");
+    }
+    assert!(recovered(cache.path()).is_empty(), "nothing failed");
+    // Each folder made once, before what goes into it; nothing refused.
+    let reqs = a.requests("async-mkdir/a");
+    let at = |method: &str, path: &str| {
+        reqs.iter()
+            .position(|r| r.method == method && r.path == format!("/dav/async-mkdir/{path}"))
+            .unwrap_or_else(|| panic!("no {method} {path} in {reqs:?}"))
+    };
+    assert!(at("MKCOL", "a/") < at("MKCOL", "a/b/"));
+    assert!(at("MKCOL", "a/b/") < at("PUT", "a/b/mid.bin"));
+    assert!(at("MKCOL", "a/b/c/d/") < at("MKCOL", "a/b/c/d/e/"));
+    assert!(at("MKCOL", "a/b/c/d/e/") < at("PUT", "a/b/c/d/e/empty"));
+    let refused: Vec<_> = reqs.iter().filter(|r| r.status >= 400).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    let mkcols = reqs.iter().filter(|r| r.method == "MKCOL").count();
+    assert_eq!(mkcols, 5, "{reqs:?}");
+}

@@ -226,10 +226,10 @@ fn unmount_waits_for_uploads_behind_closes_and_status_shows_them() {
     let _guard = Unmount(u, mnt.clone());
     let out = dd(u, &["mount", "--async-close", &url, &abs(&mnt)]);
     assert!(out.status.success(), "{}", text(&out));
-    // Uploads crawl at 512 KiB/s: closes return once the data is local, 4 uploads run and
-    // the next closes wait for a slot.
+    // Uploads crawl at 512 KiB/s: closes return once the data is local, 8 uploads run and
+    // the next ones wait for their turn.
     proxy.limit_uploads(512 << 10);
-    let files = 8;
+    let files = 12;
     for i in 0..files {
         let f = u.home.join(format!("drain-src{i}"));
         std::fs::write(&f, pattern(1 << 20, i)).expect("source");

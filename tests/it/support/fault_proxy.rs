@@ -54,7 +54,35 @@ pub struct FaultProxy {
     /// Connections the client closed while the server's side was still open.
     client_closes: Arc<AtomicUsize>,
     /// While set, nothing is forwarded in either direction (requests are swallowed).
-    frozen: Arc<std::sync::atomic::AtomicBool>,
+    gate: Arc<Gate>,
+}
+
+/// Whether the server seems frozen (see [`FaultProxy::freeze`]), whether requests are held
+/// back (see [`FaultProxy::hold`]), and their wake-up.
+#[derive(Default)]
+struct Gate {
+    frozen: std::sync::atomic::AtomicBool,
+    on: Mutex<bool>,
+    released: std::sync::Condvar,
+}
+
+impl Gate {
+    fn wait(&self) {
+        let Ok(mut on) = self.on.lock() else { return };
+        while *on {
+            match self.released.wait(on) {
+                Ok(g) => on = g,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn set(&self, value: bool) {
+        if let Ok(mut on) = self.on.lock() {
+            *on = value;
+        }
+        self.released.notify_all();
+    }
 }
 
 impl FaultProxy {
@@ -67,9 +95,9 @@ impl FaultProxy {
         let upload_rate: Arc<AtomicUsize> = Arc::default();
         let packet_size: Arc<AtomicUsize> = Arc::default();
         let client_closes: Arc<AtomicUsize> = Arc::default();
-        let frozen: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let gate: Arc<Gate> = Arc::default();
         let (f, c, u) = (faults.clone(), connections.clone(), upload_rate.clone());
-        let (ps, cc, fz) = (packet_size.clone(), client_closes.clone(), frozen.clone());
+        let (ps, cc, gt) = (packet_size.clone(), client_closes.clone(), gate.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if let Ok(mut n) = c.lock() {
@@ -79,9 +107,9 @@ impl FaultProxy {
                 let rate = u.clone();
                 let packets = ps.clone();
                 let closes = cc.clone();
-                let frozen = fz.clone();
+                let gate = gt.clone();
                 std::thread::spawn(move || {
-                    serve(client, upstream, faults, rate, packets, closes, frozen)
+                    serve(client, upstream, faults, rate, packets, closes, gate)
                 });
             }
         });
@@ -92,19 +120,30 @@ impl FaultProxy {
             upload_rate,
             packet_size,
             client_closes,
-            frozen,
+            gate,
         }
+    }
+
+    /// From now on no request reaches the server until [`FaultProxy::release`]: each waits
+    /// in the proxy (connections are accepted), then goes on as if the network were slow.
+    pub fn hold(&self) {
+        self.gate.set(true);
+    }
+
+    /// Ends [`FaultProxy::hold`]: the held requests go to the server, in order.
+    pub fn release(&self) {
+        self.gate.set(false);
     }
 
     /// From now on the server seems frozen: connections open, requests vanish, no answer.
     pub fn freeze(&self) {
-        self.frozen.store(true, Ordering::SeqCst);
+        self.gate.frozen.store(true, Ordering::SeqCst);
     }
 
     /// Ends [`FaultProxy::freeze`]: new requests reach the server again (the ones swallowed
     /// meanwhile stay unanswered).
     pub fn thaw(&self) {
-        self.frozen.store(false, Ordering::SeqCst);
+        self.gate.frozen.store(false, Ordering::SeqCst);
     }
 
     /// Connections the client closed while the server's side was still open (an answer
@@ -208,7 +247,7 @@ fn serve(
     upload_rate: Arc<AtomicUsize>,
     packet_size: Arc<AtomicUsize>,
     client_closes: Arc<AtomicUsize>,
-    frozen: Arc<std::sync::atomic::AtomicBool>,
+    gate: Arc<Gate>,
 ) {
     // The fault for the next answer (or none), armed when its request goes out, taken when
     // the answer starts: a fault that an answer did not reach (an answer shorter than its
@@ -228,7 +267,7 @@ fn serve(
     };
     // Client -> server; a queued Busy fault answers the next request head itself.
     let s_busy = server.try_clone();
-    let (frozen_up, frozen_down) = (frozen.clone(), frozen);
+    let (frozen_up, frozen_down) = (gate.clone(), gate);
     // A connection that saw the freeze stays swallowed: the answer to a request it forwarded
     // before must not arrive after a thaw as if it answered a later request.
     let swallowed: Arc<std::sync::atomic::AtomicBool> = Arc::default();
@@ -247,10 +286,11 @@ fn serve(
                 }
                 Ok(n) => n,
             };
-            if frozen_up.load(Ordering::SeqCst) || swallowed.load(Ordering::SeqCst) {
+            if frozen_up.frozen.load(Ordering::SeqCst) || swallowed.load(Ordering::SeqCst) {
                 swallowed.store(true, Ordering::SeqCst);
                 continue;
             }
+            frozen_up.wait();
             let head = METHODS.iter().any(|m| buf[..n].starts_with(m));
             if head && take_if(&faults, |f| *f == Fault::Busy).is_some() {
                 let _ = c_busy.write_all(
@@ -301,7 +341,7 @@ fn serve(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if frozen_down.load(Ordering::SeqCst) || swallowed_down.load(Ordering::SeqCst) {
+        if frozen_down.frozen.load(Ordering::SeqCst) || swallowed_down.load(Ordering::SeqCst) {
             swallowed_down.store(true, Ordering::SeqCst);
             continue;
         }
