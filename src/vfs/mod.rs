@@ -21,6 +21,7 @@
 //! handles; no ranked lock across an await).
 
 pub mod activity;
+mod behind;
 pub mod cache_dir;
 mod copies;
 mod data_cache;
@@ -349,7 +350,7 @@ pub struct Vfs {
     /// closes, and folders being made. id → what, where. Opening a file, namespace changes,
     /// listings and requests below a folder being made wait for what concerns them (see
     /// `Vfs::settle`); ids grow, so a later entry can wait for earlier ones only.
-    settling: tokio::sync::watch::Sender<HashMap<u64, mutate::Behind>>,
+    settling: tokio::sync::watch::Sender<HashMap<u64, behind::Behind>>,
     next_settling: AtomicU64,
     /// Closes whose uploads have not finished (`QUEUED_UPLOADS`): a close beyond them waits.
     behind_close: Arc<tokio::sync::Semaphore>,
@@ -508,9 +509,9 @@ impl Vfs {
             uploads: tokio::sync::watch::channel(0).0,
             settling: tokio::sync::watch::channel(HashMap::new()).0,
             next_settling: AtomicU64::new(1),
-            behind_close: Arc::new(tokio::sync::Semaphore::new(mutate::QUEUED_UPLOADS)),
-            behind_bytes: Arc::new(tokio::sync::Semaphore::new(mutate::QUEUED_UNITS)),
-            uploading_now: Arc::new(tokio::sync::Semaphore::new(mutate::ASYNC_UPLOADS)),
+            behind_close: Arc::new(tokio::sync::Semaphore::new(behind::QUEUED_UPLOADS)),
+            behind_bytes: Arc::new(tokio::sync::Semaphore::new(behind::QUEUED_UNITS)),
+            uploading_now: Arc::new(tokio::sync::Semaphore::new(behind::ASYNC_UPLOADS)),
             path_refs: Ranked::new(Rank::PathRefs, HashMap::new()),
             stopping: Arc::default(),
             hidden: Ranked::new(Rank::Hidden, HashMap::new()),
@@ -699,8 +700,9 @@ impl Vfs {
             {
                 s.fetching_again();
             }
-            // A folder still being made (or one below it) is asked for once it exists.
-            self.settle_ancestors(&path).await;
+            // A folder still being made is asked for once it exists, and names changing in
+            // it once they changed (`behind`).
+            self.settle_listing(&path).await;
             let mut acc = Gathered::new(Instant::now());
             let fetched = self
                 .client

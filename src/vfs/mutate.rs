@@ -5,7 +5,6 @@
 //! its size and time, or the entry removed), so a listing right after a write shows it
 //! without another PROPFIND.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
@@ -13,6 +12,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::behind::{Change, QUEUE_UNIT, QUEUED_UNITS};
 use super::error::{Cause, VfsError, VfsResult};
 use super::inode::{FileKind, Ino, Listing, Meta};
 use super::recovery::Base;
@@ -20,44 +20,6 @@ use super::write::{Caller, Uploaded, WriteHandle};
 use super::{Attr, Handle, OpenMode, Opened, UploadPolicy, Vfs};
 use crate::dav::probe::ChunkedPut;
 use crate::dav::{DavPath, Depth, ErrorKind, Preconditions, PutBody};
-
-/// Uploads at most running behind closes that returned (`async_close`).
-pub(super) const ASYNC_UPLOADS: usize = 8;
-/// Closes at most whose uploads have not finished (`async_close`): one more waits for the
-/// first of them to end, so a copy of many files never runs far ahead of the server.
-pub(super) const QUEUED_UPLOADS: usize = 64;
-/// The bytes of those uploads, at most (a file counts at least one unit).
-const QUEUED_BYTES: u64 = 256 << 20;
-const QUEUE_UNIT: u64 = 64 << 10;
-pub(super) const QUEUED_UNITS: usize = (QUEUED_BYTES / QUEUE_UNIT) as usize;
-
-/// Something the server is still to do after the call that asked for it returned
-/// (`async_close`): an upload behind a close, or a folder being made (MKCOL behind mkdir).
-#[derive(Debug, Clone)]
-pub(super) struct Behind {
-    pub(super) ino: Ino,
-    pub(super) path: DavPath,
-    /// A folder being made: nothing below it goes to the server before it exists.
-    pub(super) folder: bool,
-}
-
-/// An upload (or folder being made) counted in `Vfs::uploads` (and `settling`) until
-/// dropped.
-struct Pending {
-    vfs: Arc<Vfs>,
-    settling: Option<u64>,
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if let Some(id) = self.settling {
-            self.vfs.settling.send_modify(|m| {
-                m.remove(&id);
-            });
-        }
-        self.vfs.uploads.send_modify(|n| *n = n.saturating_sub(1));
-    }
-}
 
 /// A close of the session that does not wait for its upload, counted in the session from
 /// the start of the close to the end of the upload (see `WriteHandle::uploads_behind_close`).
@@ -106,15 +68,15 @@ impl Vfs {
         Ok(())
     }
 
-    fn is_writable(&self, dir: Ino) -> bool {
+    pub(super) fn is_writable(&self, dir: Ino) -> bool {
         self.writable.lock().contains(&dir)
     }
 
-    fn note_writable(&self, dir: Ino) {
+    pub(super) fn note_writable(&self, dir: Ino) {
         self.writable.lock().insert(dir);
     }
 
-    fn note_forbidden(&self, dir: Ino, e: &VfsError) {
+    pub(super) fn note_forbidden(&self, dir: Ino, e: &VfsError) {
         if e.kind == ErrorKind::PermissionDenied {
             self.forbidden.lock().insert(dir);
         }
@@ -137,7 +99,7 @@ impl Vfs {
     }
 
     /// Records `name` → a node at `path` with `meta` in `parent`'s listing (if cached).
-    fn insert_child(&self, parent: Ino, name: &str, path: &DavPath, meta: Meta) -> Ino {
+    pub(super) fn insert_child(&self, parent: Ino, name: &str, path: &DavPath, meta: Meta) -> Ino {
         let mut t = self.table();
         let ino = t.ensure(parent, path);
         if let Some(n) = t.get_mut(ino) {
@@ -157,7 +119,7 @@ impl Vfs {
     }
 
     /// Removes `name` from `parent`'s cached listing.
-    fn remove_child(&self, parent: Ino, name: &str) {
+    pub(super) fn remove_child(&self, parent: Ino, name: &str) {
         let mut t = self.table();
         if let Some(n) = t.get_mut(parent) {
             n.changes += 1;
@@ -343,12 +305,13 @@ impl Vfs {
         };
         let mut meta = Self::file_meta(0, None);
         let mut base = Base::Absent;
-        // In a folder still being made (a mkdir that returned, `async_close`), nothing goes
-        // to the server before the folder exists: the file is written locally and uploaded
-        // behind its close, after the folder. A folder not known writable is waited for.
-        let mut later = self.folder_behind(&path);
+        // In a folder still being made (a mkdir that returned, `async_close`), or under a
+        // name a rename or unlink behind the call frees, nothing goes to the server before
+        // that is done: the file is written locally and uploaded behind its close, in turn
+        // (see `behind`). A folder not known writable is waited for.
+        let mut later = self.changes_behind(&path);
         if later && (!self.is_writable(parent) || self.folders_vanish.load(Ordering::Relaxed)) {
-            self.settle_ancestors(&path).await;
+            self.settle_changes(&path).await;
             later = false;
         }
         let keep_alive = self.make_again_if_vanished(parent).await?;
@@ -611,6 +574,7 @@ impl Vfs {
             // The semaphores are never closed; if they were, this close would wait for its
             // upload.
             drop(behind);
+            self.settle_changes(&w.path()).await;
             return self.flush_handle(&w).await;
         };
         let ino = w.ino();
@@ -624,15 +588,20 @@ impl Vfs {
             m.mtime = SystemTime::now();
             m.fetched = Instant::now();
         }
+        let path = w.path();
         let pending = self.pending(Some(&w));
         let this = self.clone();
         tokio::spawn(async move {
-            let (_slot, _bytes, _pending, _behind) = (slot, bytes, pending, behind);
-            // The folders it goes into first (made behind a mkdir that returned), then a turn.
-            this.settle_ancestors(&w.path()).await;
-            let _running = this.uploading_now.clone().acquire_owned().await;
+            let (_slot, _bytes, _behind) = (slot, bytes, behind);
+            // Its turn (after the folder it goes into was made, and so on), then a slot.
+            let running = this.upload_behind(&w, &pending, &path).await;
             tracked.started();
-            if let Err(e) = this.flush_handle(&w).await {
+            let done = match running {
+                Ok(_running) => this.flush_handle(&w).await,
+                Err(e) => Err(e),
+            };
+            drop(pending);
+            if let Err(e) = done {
                 tracing::warn!(
                     "{}: the upload after close() failed ({e}); close() had already returned \
                      (--async-close), so the program that wrote it was not told. \
@@ -651,125 +620,19 @@ impl Vfs {
         Ok(())
     }
 
-    /// Counts an upload (for unmount) until the returned guard is dropped, also when its task
-    /// ends in a panic; with `async_close`, also in `settling` (for `session`).
-    fn pending(self: &Arc<Self>, session: Option<&WriteHandle>) -> Pending {
-        let behind = session.filter(|_| self.cfg.async_close).map(|w| Behind {
-            ino: w.ino(),
-            path: w.path(),
-            folder: false,
-        });
-        self.pending_behind(behind)
-    }
-
-    /// As [`Vfs::pending`] for what `behind` describes, if given, also counted in `settling`
-    /// (with an id greater than every earlier one).
-    fn pending_behind(self: &Arc<Self>, behind: Option<Behind>) -> Pending {
-        if behind.is_none() {
-            self.uploads.send_modify(|n| *n += 1);
-        }
-        let settling = behind.map(|b| {
-            let id = self.next_settling.fetch_add(1, Ordering::Relaxed);
-            // Counted and listed in one step: an unmount sees both or neither.
-            self.uploads.send_modify(|n| *n += 1);
-            self.settling.send_modify(|m| {
-                m.insert(id, b);
-            });
-            id
-        });
-        Pending {
-            vfs: self.clone(),
-            settling,
-        }
-    }
-
-    /// Files whose upload goes on behind a close (`async_close`).
-    pub(super) fn uploading(&self) -> HashSet<Ino> {
-        if !self.cfg.async_close {
-            return HashSet::new();
-        }
-        self.settling
-            .borrow()
-            .values()
-            .filter(|b| !b.folder)
-            .map(|b| b.ino)
-            .collect()
-    }
-
-    /// Whether `ino`'s upload goes on behind a close (`async_close`). Called with the table
-    /// held (no code holds `settling` while taking the table).
-    pub(super) fn is_uploading(&self, ino: Ino) -> bool {
-        self.cfg.async_close
-            && self
-                .settling
-                .borrow()
-                .values()
-                .any(|b| b.ino == ino && !b.folder)
-    }
-
-    /// Waits until nothing the server is still to do after a call returned (an upload behind
-    /// a close, a folder being made) is one that `which` selects (by id and what) - only
-    /// those there when called, so a stream of new ones cannot hold the caller up
-    /// (`async_close`).
-    async fn settle_where(&self, which: impl Fn(u64, &Behind) -> bool) {
-        if !self.cfg.async_close {
-            return;
-        }
-        let ids: HashSet<u64> = self
-            .settling
-            .borrow()
-            .iter()
-            .filter(|(id, b)| which(**id, b))
-            .map(|(id, _)| *id)
-            .collect();
-        if ids.is_empty() {
-            return;
-        }
-        let mut rx = self.settling.subscribe();
-        let _ = rx.wait_for(|m| !m.keys().any(|id| ids.contains(id))).await;
-    }
-
-    /// Waits until no upload of `ino` goes on after its close (`async_close`): opening the
-    /// file then sees what was written, and a write starts from the uploaded version.
-    pub(super) async fn settle(&self, ino: Ino) {
-        self.settle_where(|_, b| b.ino == ino).await;
-    }
-
-    /// As [`Vfs::settle`] for whatever is at `path` or below it, and the folders above it
-    /// being made, before a namespace change there.
-    async fn settle_path(&self, path: &DavPath) {
-        self.settle_where(|_, b| b.path.starts_with(path) || path.starts_with(&b.path))
-            .await;
-    }
-
-    /// Waits until the folders above `path` (and `path` itself) that are being made exist
-    /// on the server: before any request there (`async_close`).
-    pub(super) async fn settle_ancestors(&self, path: &DavPath) {
-        self.settle_where(|_, b| b.folder && path.starts_with(&b.path))
-            .await;
-    }
-
-    /// Whether a folder above `path` is being made (`async_close`).
-    fn folder_behind(&self, path: &DavPath) -> bool {
-        self.cfg.async_close
-            && self
-                .settling
-                .borrow()
-                .values()
-                .any(|b| b.folder && path.starts_with(&b.path))
-    }
-
     /// fsync(), and close() by a writer: returns once the server holds the data.
     pub async fn flush(self: &Arc<Self>, fh: u64) -> VfsResult<()> {
         let Handle::Write(w) = self.handle(fh)? else {
             return Ok(());
         };
         let _pending = self.pending(None);
+        self.settle_changes(&w.path()).await;
         self.flush_handle(&w).await
     }
 
+    /// Uploads what `w` holds. Callers wait for what must be on the server first (see
+    /// `behind`).
     async fn flush_handle(&self, w: &Arc<WriteHandle>) -> VfsResult<()> {
-        self.settle_ancestors(&w.path()).await;
         match w.flush(&self.client, &self.cache).await {
             Ok(Some(up)) => {
                 self.apply_upload(w.ino(), &up);
@@ -971,6 +834,10 @@ impl Vfs {
                 return;
             };
             let _pending = pending;
+            // An entry of `settling` (`async_close`): its turn, after what touches the file.
+            if let Some(id) = _pending.as_ref().and_then(|p| p.settling) {
+                this.settle_before(id, &w.path()).await;
+            }
             if shared {
                 let _ = this.flush_handle(&w).await;
             } else {
@@ -984,7 +851,6 @@ impl Vfs {
     }
 
     async fn finish_session(&self, fh: u64, w: &Arc<WriteHandle>) {
-        self.settle_ancestors(&w.path()).await;
         let ino = w.ino();
         let gone = self.table().get(ino).is_none_or(|n| n.gone);
         let r = w.release(&self.client, &self.cache, gone).await;
@@ -1216,77 +1082,31 @@ impl Vfs {
         Ok(self.attr_of(ino, &meta))
     }
 
-    /// Whether mkdir of `name` in `parent` may return before the MKCOL (`async_close`): the
-    /// parent is known writable (a write or mkdir there succeeded), its listing is fresh and
-    /// lacks the name (the kernel looked it up just before), and the server does not drop
-    /// folders (a drop box: files there need the folder at once). Anything else waits for
-    /// the server's answer, so a refusal is mkdir's error.
-    fn may_mkdir_behind(&self, parent: Ino, name: &str) -> bool {
-        if !self.cfg.async_close
-            || !self.is_writable(parent)
-            || self.folders_vanish.load(Ordering::Relaxed)
-        {
-            return false;
-        }
-        let t = self.table();
-        t.get(parent).is_some_and(|n| {
-            !n.vanished
-                && n.listing
-                    .as_ref()
-                    .is_some_and(|l| self.fresh(l.fetched) && !l.by_name.contains_key(name))
-        })
-    }
-
-    /// The MKCOL of folder `ino` (`path`), after mkdir returned: counted in `settling` as a
-    /// folder being made, so that uploads, listings and namespace changes below it wait for
-    /// it, after the folders above it. A refusal is logged and told to the desktop as a
-    /// failed upload is; the folder leaves the listing, and what was written into it fails
-    /// its upload and is kept in the recovery folder.
-    fn mkdir_behind(self: &Arc<Self>, parent: Ino, name: &str, ino: Ino, path: DavPath) {
-        let pending = self.pending_behind(Some(Behind {
-            ino,
-            path: path.clone(),
-            folder: true,
-        }));
-        let Some(id) = pending.settling else {
-            return;
-        };
-        let this = self.clone();
-        let name = name.to_owned();
-        tokio::spawn(async move {
-            let _pending = pending;
-            this.settle_where(|other, b| other < id && b.folder && path.starts_with(&b.path))
-                .await;
-            let Err(e) = this.client.mkcol(&path).await else {
-                tracing::debug!(path = %path, "folder made (after mkdir returned)");
-                return;
-            };
-            let e = VfsError::from(e);
-            tracing::warn!(
-                "{path}: making the folder failed ({e}); mkdir had already returned \
-                 (--async-close): files written into it are kept, see `davdrive status`"
-            );
-            let _ = this.notices.send(super::Notice {
-                path: path.to_string(),
-                error: e.to_string(),
-            });
-            this.note_forbidden(parent, &e);
-            this.writable.lock().remove(&ino);
-            this.remove_child(parent, &name);
-            this.table().mark_gone(ino);
-        });
-    }
-
     async fn child(&self, parent: Ino, name: &str) -> VfsResult<(Ino, FileKind)> {
         let attr = self.child_attr(parent, name).await?;
         Ok((attr.ino, attr.kind))
     }
 
-    /// unlink: DELETE of a file.
-    pub async fn unlink(&self, parent: Ino, name: &str) -> VfsResult<()> {
+    /// unlink: DELETE of a file. With `async_close`, where it most likely succeeds, the
+    /// DELETE goes on after unlink returned (see `behind`).
+    pub async fn unlink(self: &Arc<Self>, parent: Ino, name: &str) -> VfsResult<()> {
         self.check_writable()?;
         let (ino, kind) = self.child(parent, name).await?;
-        self.settle_path(&self.path_of(ino)?).await;
+        let path = self.path_of(ino)?;
+        if self.is_plain_file(kind, &path) && self.may_change_behind(&[parent], ino, None) {
+            let session = self.writer_of(ino);
+            self.remove_child(parent, name);
+            {
+                let mut t = self.table();
+                if let Some(n) = t.get_mut(ino) {
+                    n.writer = None;
+                }
+                t.unlinked(ino);
+            }
+            self.change_behind(ino, path, Change::Delete(session), vec![parent]);
+            return Ok(());
+        }
+        self.settle_path(&path).await;
         if kind == FileKind::Directory {
             return Err(VfsError::new(
                 ErrorKind::IsADirectory,
@@ -1449,9 +1269,62 @@ impl Vfs {
         Ok(())
     }
 
+    /// A rename of a file whose MOVE goes on behind the call (`async_close`), if it may (see
+    /// `Vfs::may_change_behind`): the mount's view changes now, as after the MOVE. Whether
+    /// it was done so.
+    async fn rename_behind(
+        self: &Arc<Self>,
+        (parent, name, ino, kind, from): (Ino, &str, Ino, FileKind, &DavPath),
+        (new_parent, new_name, to): (Ino, &str, &DavPath),
+        noreplace: bool,
+    ) -> VfsResult<bool> {
+        if from == to || to.starts_with(from) || !self.is_plain_file(kind, from) {
+            return Ok(false);
+        }
+        let existing = match self.child(new_parent, new_name).await {
+            Ok(x) => Some(x),
+            Err(e) if e.kind == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let replaced = match existing {
+            Some(_) if noreplace => {
+                return Err(VfsError::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{to} exists"),
+                ));
+            }
+            Some((dst, FileKind::File)) if self.local.get(to).is_none() => Some(dst),
+            Some(_) => return Ok(false),
+            None => None,
+        };
+        if !self.may_change_behind(&[parent, new_parent], ino, replaced) {
+            return Ok(false);
+        }
+        let session = self.writer_of(ino);
+        let replaced = replaced.and_then(|d| self.writer_of(d));
+        let meta = self.table().get(ino).and_then(|n| n.meta.clone());
+        self.remove_child(parent, name);
+        self.remove_child(new_parent, new_name);
+        self.table().rename(ino, new_parent, to);
+        self.readers_follow_renames();
+        if let Some(m) = meta {
+            self.insert_child(new_parent, new_name, to, m);
+        }
+        let change = Change::Move {
+            to: to.clone(),
+            overwrite: !noreplace,
+            session,
+            replaced,
+        };
+        self.change_behind(ino, from.clone(), change, vec![parent, new_parent]);
+        Ok(true)
+    }
+
     /// rename: MOVE with POSIX overwrite semantics. `noreplace` keeps an existing target.
+    /// With `async_close`, a file's MOVE goes on after rename returned where it most likely
+    /// succeeds (see `rename_behind`).
     pub async fn rename(
-        &self,
+        self: &Arc<Self>,
         parent: Ino,
         name: &str,
         new_parent: Ino,
@@ -1472,6 +1345,16 @@ impl Vfs {
         let new_dir = self.path_of(new_parent)?;
         let to = new_dir.join(new_name)?;
         let from = self.path_of(ino)?;
+        if self
+            .rename_behind(
+                (parent, name, ino, kind, &from),
+                (new_parent, new_name, &to),
+                noreplace,
+            )
+            .await?
+        {
+            return Ok(());
+        }
         // Uploads behind closes of what is moved, and of what it replaces, end first; so do
         // folders being made above either name.
         self.settle_path(&from).await;

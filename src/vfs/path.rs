@@ -205,7 +205,7 @@ impl Vfs {
     }
 
     /// Deletes the file at `path` (open handles keep reading and writing it, as on POSIX).
-    pub async fn unlink_path(&self, path: &str) -> VfsResult<()> {
+    pub async fn unlink_path(self: &Arc<Self>, path: &str) -> VfsResult<()> {
         let (dir, name) = self.parent_and_name(path).await?;
         let spelled = self
             .spelled(dir, name)
@@ -228,7 +228,12 @@ impl Vfs {
     /// the move fails with [`ErrorKind::AlreadyExists`]. A rename that changes only the case
     /// of a name is sent to the server as such (also under a case-insensitive policy, where
     /// `to` then names `from` itself).
-    pub async fn rename_path(&self, from: &str, to: &str, replace: bool) -> VfsResult<()> {
+    pub async fn rename_path(
+        self: &Arc<Self>,
+        from: &str,
+        to: &str,
+        replace: bool,
+    ) -> VfsResult<()> {
         let (src_dir, src_name) = self.parent_and_name(from).await?;
         let src = self
             .spelled(src_dir, src_name)

@@ -207,7 +207,7 @@ impl Vfs {
         if is_dir && !settled {
             return self.relist(ino, &path).await;
         }
-        self.settle_ancestors(&path).await;
+        self.settle_changes(&path).await;
         let now = match self.client.propfind(&path, Depth::Zero, is_dir).await {
             Ok(ms) => match ms.get(&path).or(ms.resources.first()) {
                 Some(r) => r.clone(),

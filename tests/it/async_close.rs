@@ -148,20 +148,27 @@ fn async_close_orders_namespace_changes_after_the_upload() {
         on_server < data.len() as u64,
         "an unrelated unlink waited for the upload"
     );
-    // A rename waits for the upload: the new name gets every byte, the old one nothing.
+    // A rename returns before the upload ended (its MOVE goes after it); the mount shows
+    // the new name at once, and opening it waits for both: every byte under the new name.
     let (from, to) = (m.path().join("a.bin"), m.path().join("b.bin"));
     bounded(Duration::from_secs(60), move || std::fs::rename(from, to)).expect("rename");
+    assert!(
+        !dir.join("b.bin").exists(),
+        "the rename waited for the upload"
+    );
+    assert!(!m.path().join("a.bin").exists(), "the mount shows the old name");
+    let b = m.path().join("b.bin");
+    let through = bounded(Duration::from_secs(60), move || std::fs::read(b)).expect("read b");
+    assert!(through == data, "b.bin through the mount differs");
     assert!(std::fs::read(dir.join("b.bin")).expect("b.bin") == data);
     assert!(!dir.join("a.bin").exists(), "the old name stayed");
 
-    // An unlink right after close: no late upload brings the file back.
+    // An unlink right after close: the name is gone at once, and no late upload brings the
+    // file back (checked after the unmount, below).
     write_file(&m.path().join("c.bin"), &data);
     let c = m.path().join("c.bin");
     bounded(Duration::from_secs(60), move || std::fs::remove_file(c)).expect("unlink");
-    assert!(
-        !dir.join("c.bin").exists(),
-        "the deleted file is on the server"
-    );
+    assert!(!m.path().join("c.bin").exists(), "the mount shows c.bin");
 
     // Rewritten right after close: the second version wins, on the server and the mount.
     write_file(&m.path().join("d.bin"), &data);
