@@ -37,7 +37,7 @@ use crate::dav::{DavPath, ErrorKind, Preconditions};
 pub(super) const ASYNC_UPLOADS: usize = 8;
 /// Closes at most whose uploads have not finished (`async_close`): one more waits for the
 /// first of them to end, so a copy of many files never runs far ahead of the server.
-pub(super) const QUEUED_UPLOADS: usize = 64;
+pub(super) const QUEUED_UPLOADS: usize = 256;
 /// The bytes of those uploads, at most (a file counts at least one unit).
 const QUEUED_BYTES: u64 = 256 << 20;
 pub(super) const QUEUE_UNIT: u64 = 64 << 10;
@@ -164,6 +164,11 @@ impl Vfs {
             .filter(|b| b.work == Work::Upload)
             .map(|b| b.ino)
             .collect()
+    }
+
+    /// Whether an upload or rename of `ino` goes on behind a call (`async_close`).
+    pub(super) fn has_work_behind(&self, ino: Ino) -> bool {
+        self.cfg.async_close && self.settling.borrow().values().any(|b| b.ino == ino)
     }
 
     /// Whether `ino`'s upload goes on behind a close (`async_close`). Called with the table

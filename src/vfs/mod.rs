@@ -1366,6 +1366,15 @@ impl Vfs {
     /// Opens a file. Reading makes no request: data is fetched on the first read. Writing
     /// starts a write session (see `write.rs`).
     pub async fn open(&self, ino: Ino, mode: OpenMode) -> VfsResult<Opened> {
+        // Its upload or rename still going on behind a call (`async_close`): read from what
+        // was written here, without waiting for the server (git reads its config right
+        // after renaming config.lock over it).
+        if !mode.write
+            && self.has_work_behind(ino)
+            && let Some(o) = self.open_written(ino, mode, true).await
+        {
+            return Ok(o);
+        }
         self.settle(ino).await;
         if let Some(o) = self.open_local(ino, mode)? {
             return Ok(o);
@@ -1373,6 +1382,29 @@ impl Vfs {
         if mode.write {
             return self.open_for_write(ino, mode).await;
         }
+        if let Some(o) = self.open_written(ino, mode, false).await {
+            return Ok(o);
+        }
+        let attr = self.getattr(ino).await?;
+        if attr.kind == FileKind::Directory {
+            return Err(VfsError::new(
+                ErrorKind::IsADirectory,
+                "cannot open a directory as a file",
+            ));
+        }
+        // Written here a moment ago, and still the server's version: read from the copy.
+        if let Some(o) = self.open_copy(ino, mode) {
+            return Ok(o);
+        }
+        self.open_for_read(ino, mode).await
+    }
+
+    /// A read-only descriptor of what this mount wrote to `ino` last, where that is still
+    /// the file's content: a session with data the server does not have yet, one whose end
+    /// is under way. With `behind` (its upload or rename still going on behind a call), also
+    /// a session whose end waits for that upload, and a copy kept of a file just written
+    /// (see `copies`).
+    async fn open_written(&self, ino: Ino, mode: OpenMode, behind: bool) -> Option<Opened> {
         // Being written, with data the server does not have yet: this descriptor reads what
         // was written so far, not the server's older copy. The kernel's pages then hold the
         // session's bytes, which no version on the server has (yet).
@@ -1388,7 +1420,7 @@ impl Vfs {
         };
         if let Some(w) = session {
             let fh = self.add_handle(Handle::Reading(w));
-            return Ok(Opened::new(fh, false, mode));
+            return Some(Opened::new(fh, false, mode));
         }
         // Just closed, its session still ending (the kernel's release comes after close()
         // returned): the session's local file is what the server has now (see `copies`).
@@ -1403,25 +1435,28 @@ impl Vfs {
         // Or its last descriptor released, the session's end under way.
         let ending = ending.or_else(|| self.copies.lock().ending_session(ino));
         if let Some(w) = ending
-            && w.holds_what_was_uploaded().await
+            && ((behind && w.dirty_now()) || w.holds_what_was_uploaded().await)
         {
             let fh = self.add_handle(Handle::Reading(w));
-            return Ok(Opened::new(fh, false, mode));
+            return Some(Opened::new(fh, false, mode));
         }
-        let attr = self.getattr(ino).await?;
-        if attr.kind == FileKind::Directory {
-            return Err(VfsError::new(
-                ErrorKind::IsADirectory,
-                "cannot open a directory as a file",
-            ));
+        if behind {
+            return self.open_copy(ino, mode);
         }
-        // Written here a moment ago, and still the server's version: read from the copy.
-        let current = self.table().get(ino).and_then(|n| n.meta.clone());
-        let copy = current.and_then(|meta| self.copies.lock().of(ino, &meta));
-        if let Some(w) = copy {
-            let fh = self.add_handle(Handle::Reading(w));
-            return Ok(Opened::new(fh, false, mode));
-        }
+        None
+    }
+
+    /// A read-only descriptor of the copy kept of `ino` just written, if it is still the
+    /// version the mount knows (see `copies`).
+    fn open_copy(&self, ino: Ino, mode: OpenMode) -> Option<Opened> {
+        let current = self.table().get(ino).and_then(|n| n.meta.clone())?;
+        let w = self.copies.lock().of(ino, &current)?;
+        let fh = self.add_handle(Handle::Reading(w));
+        Some(Opened::new(fh, false, mode))
+    }
+
+    /// A read-only descriptor of `ino` read from the server.
+    async fn open_for_read(&self, ino: Ino, mode: OpenMode) -> VfsResult<Opened> {
         let (path, meta, keep_cache, around_cache) = {
             let mut t = self.table();
             let n = t

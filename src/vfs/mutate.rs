@@ -1278,7 +1278,11 @@ impl Vfs {
         (new_parent, new_name, to): (Ino, &str, &DavPath),
         noreplace: bool,
     ) -> VfsResult<bool> {
-        if from == to || to.starts_with(from) || !self.is_plain_file(kind, from) {
+        if !self.cfg.async_close
+            || from == to
+            || to.starts_with(from)
+            || !self.is_plain_file(kind, from)
+        {
             return Ok(false);
         }
         let existing = match self.child(new_parent, new_name).await {

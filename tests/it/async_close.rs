@@ -149,19 +149,20 @@ fn async_close_orders_namespace_changes_after_the_upload() {
         "an unrelated unlink waited for the upload"
     );
     // A rename returns before the upload ended (its MOVE goes after it); the mount shows
-    // the new name at once, and opening it waits for both: every byte under the new name.
+    // the new name at once, with what was written.
     let (from, to) = (m.path().join("a.bin"), m.path().join("b.bin"));
     bounded(Duration::from_secs(60), move || std::fs::rename(from, to)).expect("rename");
     assert!(
         !dir.join("b.bin").exists(),
         "the rename waited for the upload"
     );
-    assert!(!m.path().join("a.bin").exists(), "the mount shows the old name");
+    assert!(
+        !m.path().join("a.bin").exists(),
+        "the mount shows the old name"
+    );
     let b = m.path().join("b.bin");
     let through = bounded(Duration::from_secs(60), move || std::fs::read(b)).expect("read b");
     assert!(through == data, "b.bin through the mount differs");
-    assert!(std::fs::read(dir.join("b.bin")).expect("b.bin") == data);
-    assert!(!dir.join("a.bin").exists(), "the old name stayed");
 
     // An unlink right after close: the name is gone at once, and no late upload brings the
     // file back (checked after the unmount, below).
@@ -360,12 +361,13 @@ impl Drop for Released<'_> {
     }
 }
 
-/// With `--async-close`, mkdir returns before the server made the folder (a clone or an
-/// unpacked archive makes hundreds, each a round trip): a tree is made and filled while no
-/// request reaches the server, shown by the mount at once, and once the server answers every
-/// folder is made before anything goes into it, and every byte arrives.
+/// With `--async-close`, mkdir, rename and unlink of files return before the server did
+/// them (a clone or an unpacked archive makes hundreds, each a round trip): a tree is made,
+/// filled, changed and read back while no request reaches the server, shown by the mount at
+/// once, and once the server answers every folder is made before anything goes into it, a
+/// file is uploaded before it is moved, and every byte arrives under its last name.
 #[test]
-fn async_close_mkdir_returns_before_the_server_made_the_folder() {
+fn async_close_namespace_changes_return_before_the_server_did_them() {
     let Some(a) = apache() else { return };
     if !have_fuse() {
         return;
@@ -401,11 +403,18 @@ fn async_close_mkdir_returns_before_the_server_made_the_folder() {
         for (rel, data) in &f {
             std::fs::write(root.join(rel), data).expect("write while held");
         }
+        // Renamed, deleted and read back, still without the server (an editor's save, a
+        // lock file, git reading what it just wrote).
+        std::fs::write(root.join("a/gone.txt"), b"soon deleted").expect("write gone.txt");
+        std::fs::remove_file(root.join("a/gone.txt")).expect("unlink while held");
+        std::fs::rename(root.join("a/top.txt"), root.join("a/top2.txt")).expect("rename");
+        assert!(std::fs::read(root.join("a/top2.txt")).expect("read while held") == f[0].1);
     });
     assert!(
         !dir.join("a").exists(),
         "a request reached the server while it was held"
     );
+    assert!(!m.path().join("a/top.txt").exists() && !m.path().join("a/gone.txt").exists());
     // The mount shows the tree at once.
     let names: Vec<String> = std::fs::read_dir(m.path().join("a/b"))
         .expect("list a/b")
@@ -426,9 +435,11 @@ fn async_close_mkdir_returns_before_the_server_made_the_folder() {
     proxy.release();
     assert!(m.unmount().success());
     for (rel, data) in &files {
-        let got = std::fs::read(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let rel = rel.replace("top.txt", "top2.txt");
+        let got = std::fs::read(dir.join(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
         assert!(&got == data, "{rel} differs on the server");
     }
+    assert!(!dir.join("a/top.txt").exists() && !dir.join("a/gone.txt").exists());
     assert!(recovered(cache.path()).is_empty(), "nothing failed");
     // Each folder made once, before what goes into it; nothing refused.
     let reqs = a.requests("async-mkdir/a");
@@ -441,6 +452,7 @@ fn async_close_mkdir_returns_before_the_server_made_the_folder() {
     assert!(at("MKCOL", "a/b/") < at("PUT", "a/b/mid.bin"));
     assert!(at("MKCOL", "a/b/c/d/") < at("MKCOL", "a/b/c/d/e/"));
     assert!(at("MKCOL", "a/b/c/d/e/") < at("PUT", "a/b/c/d/e/empty"));
+    assert!(at("PUT", "a/top.txt") < at("MOVE", "a/top.txt"));
     let refused: Vec<_> = reqs.iter().filter(|r| r.status >= 400).collect();
     assert!(refused.is_empty(), "refused: {refused:?}");
     let mkcols = reqs.iter().filter(|r| r.method == "MKCOL").count();
