@@ -264,6 +264,24 @@ impl Vfs {
             .map_err(|_| VfsError::new(ErrorKind::Io, format!("{}: stopping", w.path())))
     }
 
+    /// Whether a session created now streams (`stream`, what the server allows), and the
+    /// slot it holds while it does: with `async_close`, at most [`ASYNC_UPLOADS`] uploads
+    /// start before their close (a copy of many files would otherwise open one PUT per file
+    /// at once, since closes no longer wait); a file created beyond them is spooled and
+    /// uploaded behind its close, in turn.
+    pub(super) fn stream_slot(
+        &self,
+        stream: bool,
+    ) -> (bool, Option<tokio::sync::OwnedSemaphorePermit>) {
+        if !stream || !self.cfg.async_close {
+            return (stream, None);
+        }
+        match self.streams_now.clone().try_acquire_owned() {
+            Ok(slot) => (true, Some(slot)),
+            Err(_) => (false, None),
+        }
+    }
+
     /// Whether a name in `parent` (and `new_parent`) may change behind the call
     /// (`async_close`): the folders are known writable (a write or mkdir there succeeded),
     /// the server does not drop folders (a drop box, where a change waits for its answer),

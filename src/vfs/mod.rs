@@ -358,6 +358,9 @@ pub struct Vfs {
     behind_bytes: Arc<tokio::sync::Semaphore>,
     /// Uploads behind closes that run at once (`ASYNC_UPLOADS`).
     uploading_now: Arc<tokio::sync::Semaphore>,
+    /// Uploads that start before their close (streaming) with `async_close` (`ASYNC_UPLOADS`,
+    /// see `Vfs::stream_slot`).
+    streams_now: Arc<tokio::sync::Semaphore>,
     /// Handles opened by path and the node each holds a reference to (see `path`).
     /// Files deleted (or replaced by a rename) while descriptors still read them: moved to
     /// a hidden name on the server, which the last of those descriptors deletes at close.
@@ -512,6 +515,7 @@ impl Vfs {
             behind_close: Arc::new(tokio::sync::Semaphore::new(behind::QUEUED_UPLOADS)),
             behind_bytes: Arc::new(tokio::sync::Semaphore::new(behind::QUEUED_UNITS)),
             uploading_now: Arc::new(tokio::sync::Semaphore::new(behind::ASYNC_UPLOADS)),
+            streams_now: Arc::new(tokio::sync::Semaphore::new(behind::ASYNC_UPLOADS)),
             path_refs: Ranked::new(Rank::PathRefs, HashMap::new()),
             stopping: Arc::default(),
             hidden: Ranked::new(Rank::Hidden, HashMap::new()),

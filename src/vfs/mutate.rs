@@ -316,6 +316,7 @@ impl Vfs {
         }
         let keep_alive = self.make_again_if_vanished(parent).await?;
         let stream = !later && self.can_stream(&dir, Some(parent)).await;
+        let (stream, slot) = self.stream_slot(stream);
         if !self.is_writable(parent) || keep_alive {
             // The first file in a directory not yet known to be writable is created empty at
             // once, so that a server refusing writes here (Orthanc outside uploads/, a
@@ -364,7 +365,8 @@ impl Vfs {
         let w = WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, base, stream)?
             .with_segments(self.segments.clone())
             .with_patience(self.cfg.upload_retry, self.stopping.clone())
-            .with_process_of(self.cfg.process_of);
+            .with_process_of(self.cfg.process_of)
+            .with_stream_slot(slot);
         w.mark_new_file();
         Ok(self.created(ino, &meta, w, mode))
     }
@@ -468,10 +470,12 @@ impl Vfs {
         let w = if mode.truncate {
             let dir = path.parent().unwrap_or_default();
             let stream = self.can_stream(&dir, Some(parent)).await;
+            let (stream, slot) = self.stream_slot(stream);
             WriteHandle::new_empty(&self.client, &self.cache, ino, path, pre, base, stream)?
                 .with_segments(self.segments.clone())
                 .with_patience(self.cfg.upload_retry, self.stopping.clone())
                 .with_process_of(self.cfg.process_of)
+                .with_stream_slot(slot)
         } else {
             WriteHandle::new_existing(&self.cache, ino, path, attr.size, pre, base)?
                 .with_segments(self.segments.clone())
@@ -633,7 +637,9 @@ impl Vfs {
     /// Uploads what `w` holds. Callers wait for what must be on the server first (see
     /// `behind`).
     async fn flush_handle(&self, w: &Arc<WriteHandle>) -> VfsResult<()> {
-        match w.flush(&self.client, &self.cache).await {
+        let flushed = w.flush(&self.client, &self.cache).await;
+        w.end_stream_slot();
+        match flushed {
             Ok(Some(up)) => {
                 self.apply_upload(w.ino(), &up);
                 let local = self.local.get(&w.path()).is_some();
@@ -912,6 +918,7 @@ impl Vfs {
             self.invalidate(ino);
         }
         self.unlock_after_writing(ino).await;
+        w.end_stream_slot();
         tracing::debug!(path = %w.path(), "write session closed");
     }
 

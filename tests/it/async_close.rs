@@ -458,3 +458,46 @@ fn async_close_namespace_changes_return_before_the_server_did_them() {
     let mkcols = reqs.iter().filter(|r| r.method == "MKCOL").count();
     assert_eq!(mkcols, 5, "{reqs:?}");
 }
+
+/// With `--async-close`, closes no longer hold a copy back, so the mount bounds what runs at
+/// once itself: a copy of 60 files over a slow uplink opens at most 8 uploads before their
+/// close and 8 behind closes (plus a listing or two), not one PUT per file at once.
+#[test]
+fn async_close_copy_of_many_files_keeps_few_uploads_at_once() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("async-many");
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/async-many/", proxy.port);
+    let m = Mount::new(&url, &["--async-close"]);
+    std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
+    let src = tempfile::tempdir().expect("src");
+    let mut files = Vec::new();
+    for i in 0..60u64 {
+        let data = pattern(40_000, 500 + i);
+        std::fs::write(src.path().join(format!("f{i:02}")), &data).expect("source");
+        files.push((format!("f{i:02}"), data));
+    }
+    // Every upload takes a while: they overlap as much as the mount lets them.
+    proxy.limit_uploads(200 << 10);
+    let before = proxy.connections();
+    let (from, to) = (src.path().to_owned(), m.path().join("copy"));
+    let out = bounded(Duration::from_secs(120), move || {
+        Command::new("cp").arg("-r").arg(from).arg(to).output()
+    })
+    .expect("cp");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(m.unmount().success());
+    let opened = proxy.connections() - before;
+    assert!(opened <= 20, "{opened} connections for 60 files");
+    for (name, data) in &files {
+        let got = std::fs::read(dir.join("copy").join(name)).expect("on the server");
+        assert!(&got == data, "{name} differs");
+    }
+}

@@ -144,6 +144,10 @@ pub(super) struct WriteHandle {
     /// their start to the end of that upload: the session ends only after them (see
     /// `Vfs::release`).
     behind_close: tokio::sync::watch::Sender<usize>,
+    /// With `--async-close`, a streaming session holds one of the mount's slots for uploads
+    /// that start before the close, until its upload ended (see `Vfs::stream_slot`). A leaf
+    /// lock, never held across an await.
+    stream_slot: std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
     /// `State::progress`, readable without waiting for the state.
     progress: Progress,
     /// When the session began.
@@ -334,7 +338,22 @@ impl WriteHandle {
             opened: std::time::Instant::now(),
             state: Mutex::new(state),
             behind_close: tokio::sync::watch::channel(0).0,
+            stream_slot: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Holds `slot` until [`WriteHandle::end_stream_slot`] (see `stream_slot`).
+    pub(super) fn with_stream_slot(self, slot: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        if let Ok(mut s) = self.stream_slot.lock() {
+            *s = slot;
+        }
+        self
+    }
+
+    /// The session's upload ended (or the session did): its slot is free.
+    pub(super) fn end_stream_slot(&self) {
+        let slot = self.stream_slot.lock().ok().and_then(|mut s| s.take());
+        drop(slot);
     }
 
     /// A close that does not wait for its upload starts (see `behind_close`)...
