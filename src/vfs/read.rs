@@ -6,7 +6,7 @@
 //! - Sequential reads (each starting where the previous ended, or slightly ahead, as the
 //!   kernel's asynchronous read-ahead delivers them out of order) continue the same response.
 //!   When a ranged response is used up, the next range is requested with a window twice as
-//!   large, up to `max_window`.
+//!   large (from 4 MiB on four times, see `grown`), up to `max_window`.
 //! - A seek outside the retained bytes drops the response and starts a new range with the
 //!   window reset to `min_window`, so random reads fetch small ranges.
 //! - A few MiB behind the read position are retained so that reads arriving slightly out of
@@ -39,13 +39,28 @@ use super::inode::{Ino, Meta};
 use crate::dav::multistatus::etags_match;
 use crate::dav::{ByteRange, DavClient, DavError, DavPath, ErrorKind, GetStream};
 
+/// The window of a sequential reader's next range after one of `window` (then bounded by
+/// `ReadTuning::max_window`). Every new range costs a round trip with nothing arriving (the
+/// next is asked for when the current is used up): over 30 ms, doubling from 1 MiB took seven
+/// requests for 64 MiB, about 0.2 s of a 5.6 s `cat`. From 4 MiB on each is four times as
+/// large (five requests); below, doubling, since a reader that stops early (`head`) has had
+/// up to a TCP window of the range sent anyway: quadrupling from 1 MiB fetched 5 MiB for a
+/// `head -c 1M` over 30 ms instead of 3.
+fn grown(window: u64) -> u64 {
+    if window >= 4 << 20 {
+        window.saturating_mul(4)
+    } else {
+        window.saturating_mul(2)
+    }
+}
+
 /// Read-ahead settings.
 #[derive(Debug, Clone)]
 pub struct ReadTuning {
     /// The window of a handle's first request from the start of the file. Default 64 KiB:
     /// file managers open every file of a folder to sniff its type from the first 4 KiB
     /// (GIO's `standard::content-type`), and a 1 MiB first window downloaded whole any file
-    /// up to 1 MiB for that; a reader that goes on doubles it at each request.
+    /// up to 1 MiB for that; a reader that goes on gets larger ones (see `grown`).
     pub first_window: u64,
     /// The window after a seek. Default 1 MiB.
     pub min_window: u64,
@@ -458,7 +473,7 @@ impl ReadHandle {
         if !can_continue {
             let (start, window) = if sequential && st.active.is_none() && st.buf_end > 0 {
                 // The previous range was used up: continue at its end with a larger window.
-                let grown = (st.window * 2)
+                let grown = grown(st.window)
                     .max(self.tuning.min_window)
                     .min(self.tuning.max_window);
                 (st.buf_end, grown)
@@ -490,7 +505,7 @@ impl ReadHandle {
                 None => true,
             };
             if need_new {
-                let grown = (st.window * 2)
+                let grown = grown(st.window)
                     .max(self.tuning.min_window)
                     .min(self.tuning.max_window);
                 st.window = grown.max(end - st.buf_end);
@@ -676,7 +691,7 @@ impl ReadHandle {
         offset: u64,
         end: u64,
     ) -> VfsResult<()> {
-        let window = (st.window * 2)
+        let window = grown(st.window)
             .min(self.tuning.max_window)
             .max(end - offset);
         let want_end = (offset + window).min(self.size);
