@@ -2,13 +2,13 @@
 //! what the mount does next waits for the upload it concerns, and a failed upload is kept.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use crate::faults::bounded;
 use crate::mount_write::recovered;
-use crate::support::apache::apache;
+use crate::support::apache::{Apache, apache};
 use crate::support::dav_server::DavServer;
 use crate::support::fault_proxy::FaultProxy;
 use crate::support::{Mount, have_fuse, pattern};
@@ -98,6 +98,20 @@ fn async_close_copies_many_files_and_reads_them_back() {
     );
 }
 
+/// An `--async-close` mount (with `args`) of a fresh folder `name` of `a` through a fault
+/// proxy, with one file written (`warm.txt`), so that the folder is known writable: the
+/// server's folder, the proxy, the mount.
+fn through_proxy(a: &Apache, name: &str, args: &[&str]) -> (PathBuf, FaultProxy, Mount) {
+    let dir = a.fresh_dir(name);
+    let proxy = FaultProxy::start(a.port);
+    let url = format!("http://127.0.0.1:{}/dav/{name}/", proxy.port);
+    let mut all = vec!["--async-close"];
+    all.extend_from_slice(args);
+    let m = Mount::new(&url, &all);
+    std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
+    (dir, proxy, m)
+}
+
 /// Writes `data` to `p` and closes it, bounded.
 fn write_file(p: &Path, data: &[u8]) {
     let (p, d) = (p.to_owned(), data.to_vec());
@@ -117,12 +131,8 @@ fn async_close_orders_namespace_changes_after_the_upload() {
     if !have_fuse() {
         return;
     }
-    let dir = a.fresh_dir("async-ns");
+    let (dir, proxy, m) = through_proxy(a, "async-ns", &[]);
     // A slow uplink, so that every upload is still going on when its close returned.
-    let proxy = FaultProxy::start(a.port);
-    let url = format!("http://127.0.0.1:{}/dav/async-ns/", proxy.port);
-    let m = Mount::new(&url, &["--async-close"]);
-    std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
     proxy.limit_uploads(4 << 20);
     let data = pattern(6 << 20, 31);
 
@@ -372,15 +382,11 @@ fn async_close_namespace_changes_return_before_the_server_did_them() {
     if !have_fuse() {
         return;
     }
-    let dir = a.fresh_dir("async-mkdir");
-    let proxy = FaultProxy::start(a.port);
-    let url = format!("http://127.0.0.1:{}/dav/async-mkdir/", proxy.port);
     let cache = tempfile::tempdir().expect("cache");
     let cache_arg = cache.path().to_string_lossy().into_owned();
-    let m = Mount::new(&url, &["--async-close", "--cache-dir", &cache_arg]);
+    let (dir, proxy, m) = through_proxy(a, "async-mkdir", &["--cache-dir", &cache_arg]);
     // A write that arrived shows the root writable (a mkdir in a folder not known writable
     // waits for the server, so that a refusal is mkdir's error).
-    std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
     let warm = m.path().join("warm.txt");
     assert_eq!(
         bounded(Duration::from_secs(60), move || std::fs::read(warm)).expect("read warm"),
@@ -468,11 +474,7 @@ fn async_close_copy_of_many_files_keeps_few_uploads_at_once() {
     if !have_fuse() {
         return;
     }
-    let dir = a.fresh_dir("async-many");
-    let proxy = FaultProxy::start(a.port);
-    let url = format!("http://127.0.0.1:{}/dav/async-many/", proxy.port);
-    let m = Mount::new(&url, &["--async-close"]);
-    std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
+    let (dir, proxy, m) = through_proxy(a, "async-many", &[]);
     let src = tempfile::tempdir().expect("src");
     let mut files = Vec::new();
     for i in 0..60u64 {
