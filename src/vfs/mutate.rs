@@ -797,7 +797,26 @@ impl Vfs {
         self: &Arc<Self>,
         fh: u64,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let h = self.handles.lock().remove(&fh);
+        let (h, other) = {
+            let mut handles = self.handles.lock();
+            let h = handles.remove(&fh);
+            // Other descriptors share the session: this close only flushes, and the session
+            // is found through one of them from now on.
+            let other = match &h {
+                Some(Handle::Write(w)) => handles
+                    .iter()
+                    .find(|(_, h)| matches!(h, Handle::Write(o) if Arc::ptr_eq(o, w)))
+                    .map(|(other, _)| *other),
+                _ => None,
+            };
+            // The last descriptor: the session's end is under way, and a read open finds it
+            // there from the moment it is no longer among the handles (registered in the same
+            // step: an open between the two found neither, and read the server's copy).
+            if let (Some(Handle::Write(w)), None) = (&h, other) {
+                self.copies.lock().ending(w.ino(), w.clone());
+            }
+            (h, other)
+        };
         let unhide = match &h {
             Some(Handle::Read(r)) => self.hidden_unread(r.ino()),
             _ => None,
@@ -808,15 +827,6 @@ impl Vfs {
             Some(Handle::Write(w)) => Some(w),
             _ => None,
         };
-        // Other descriptors share the session: this close only flushes, and the session is
-        // found through one of them from now on.
-        let other = w.as_ref().and_then(|w| {
-            self.handles
-                .lock()
-                .iter()
-                .find(|(_, h)| matches!(h, Handle::Write(o) if Arc::ptr_eq(o, w)))
-                .map(|(other, _)| *other)
-        });
         let shared = other.is_some();
         if let (Some(w), Some(other)) = (&w, other)
             && let Some(n) = self.table().get_mut(w.ino())
@@ -826,9 +836,6 @@ impl Vfs {
         }
         let pending = w.as_ref().map(|w| self.pending(Some(w)));
         let tracked = w.as_ref().filter(|_| !shared).map(|w| self.track(w, false));
-        if let Some(w) = w.as_ref().filter(|_| !shared) {
-            self.copies.lock().ending(w.ino(), w.clone());
-        }
         let this = self.clone();
         async move {
             let _tracked = tracked;
