@@ -206,8 +206,8 @@ fn open_rw(p: &std::path::Path) -> io::Result<std::fs::File> {
 }
 
 /// Stops a follower where it is; it never sent past `size` bytes (the file's size now).
-fn stopped(f: Follower, size: u64) -> Resume {
-    let mut r = f.stop();
+async fn stopped(f: Follower, size: u64) -> Resume {
+    let mut r = f.stop_after_segment().await;
     r.extent = r.extent.min(size);
     r
 }
@@ -515,7 +515,7 @@ impl WriteHandle {
         if let Some(g) = st.take_segmented() {
             // Its temporary file goes at release.
             kept = kept.and(g.journal.barrier().await);
-            st.resume = Some(stopped(g.follower, st.size));
+            st.resume = Some(stopped(g.follower, st.size).await);
         }
         if let Err(e) = kept {
             st.failed = Some(self.journal_lost(ErrorKind::NoSpace, &e));
@@ -600,7 +600,7 @@ impl WriteHandle {
             if let Err(e) = seg.journal.barrier().await {
                 st.failed = Some(self.journal_lost(ErrorKind::Io, &e));
             }
-            st.resume = Some(stopped(seg.follower, st.size));
+            st.resume = Some(stopped(seg.follower, st.size).await);
         }
         if let Some(s) = st.take_stream() {
             tracing::debug!(path = %self.path(), size = st.size, "streaming stops; spooling");
@@ -637,7 +637,7 @@ impl WriteHandle {
                 abort_stream(s).await;
             }
             if let Some(g) = st.take_segmented() {
-                st.resume = Some(stopped(g.follower, st.size));
+                st.resume = Some(stopped(g.follower, st.size).await);
             }
             st.failed = Some(err.clone());
             return Err(err);
