@@ -469,7 +469,7 @@ impl Vfs {
     }
 
     /// Logs a failure of work behind a call that returned, and tells the desktop.
-    fn behind_failed(&self, path: &DavPath, what: &str, call: &str, e: &VfsError) {
+    pub(super) fn behind_failed(&self, path: &DavPath, what: &str, call: &str, e: &VfsError) {
         tracing::warn!(
             "{path}: {what} failed on the server ({e}); {call} had already returned \
              (--async-close), so the program was not told. Data written is kept, see \
@@ -481,7 +481,8 @@ impl Vfs {
         });
     }
 
-    /// Whether `kind` at `ino` is a file this mount may rename or delete behind the call.
+    /// Whether a node of `kind` at `path` is a file on the server (not a directory, not a
+    /// file kept local): one whose rename or unlink may go behind the call.
     pub(super) fn is_plain_file(&self, kind: FileKind, path: &DavPath) -> bool {
         kind == FileKind::File && self.local.get(path).is_none()
     }

@@ -347,9 +347,9 @@ pub struct Vfs {
     /// Uploads that have not finished (flush or release in progress), for unmount.
     uploads: tokio::sync::watch::Sender<usize>,
     /// What the server is still to do after a call returned (`async_close`): uploads behind
-    /// closes, and folders being made. id → what, where. Opening a file, namespace changes,
-    /// listings and requests below a folder being made wait for what concerns them (see
-    /// `Vfs::settle`); ids grow, so a later entry can wait for earlier ones only.
+    /// closes, folders being made, files renamed or deleted. id → what, where. Each waits for
+    /// the earlier ones touching its paths; calls that need the server's state wait for what
+    /// concerns them (see `behind`).
     settling: tokio::sync::watch::Sender<HashMap<u64, behind::Behind>>,
     next_settling: AtomicU64,
     /// Closes whose uploads have not finished (`QUEUED_UPLOADS`): a close beyond them waits.

@@ -606,17 +606,8 @@ impl Vfs {
             };
             drop(pending);
             if let Err(e) = done {
-                tracing::warn!(
-                    "{}: the upload after close() failed ({e}); close() had already returned \
-                     (--async-close), so the program that wrote it was not told. \
-                     `davdrive status` lists the kept data",
-                    w.path()
-                );
-                // Nobody else will hear of it: the desktop is told (`Vfs::notices`).
-                let _ = this.notices.send(super::Notice {
-                    path: w.path().to_string(),
-                    error: e.to_string(),
-                });
+                // Nobody else will hear of it: logged, and the desktop is told.
+                this.behind_failed(&w.path(), "the upload", "close()", &e);
                 // What the server holds is not what was noted above: ask it next time.
                 this.invalidate(ino);
             }
@@ -1320,14 +1311,7 @@ impl Vfs {
         }
         let session = self.writer_of(ino);
         let replaced = replaced.and_then(|d| self.writer_of(d));
-        let meta = self.table().get(ino).and_then(|n| n.meta.clone());
-        self.remove_child(parent, name);
-        self.remove_child(new_parent, new_name);
-        self.table().rename(ino, new_parent, to);
-        self.readers_follow_renames();
-        if let Some(m) = meta {
-            self.insert_child(new_parent, new_name, to, m);
-        }
+        self.renamed_here(ino, (parent, name), (new_parent, new_name, to));
         let change = Change::Move {
             to: to.clone(),
             overwrite: !noreplace,
@@ -1464,17 +1448,25 @@ impl Vfs {
         {
             w.mark_unlinked().await;
         }
+        self.renamed_here(ino, (parent, name), (new_parent, new_name, &to));
+        Ok(())
+    }
+
+    /// The mount's view of a rename of `ino` from `name` in `parent` to `to`: the listings,
+    /// the inode's path, and the descriptors reading it.
+    fn renamed_here(
+        &self,
+        ino: Ino,
+        (parent, name): (Ino, &str),
+        (new_parent, new_name, to): (Ino, &str, &DavPath),
+    ) {
         let meta = self.table().get(ino).and_then(|n| n.meta.clone());
         self.remove_child(parent, name);
         self.remove_child(new_parent, new_name);
-        {
-            let mut t = self.table();
-            t.rename(ino, new_parent, &to);
-        }
+        self.table().rename(ino, new_parent, to);
         self.readers_follow_renames();
         if let Some(m) = meta {
-            self.insert_child(new_parent, new_name, &to, m);
+            self.insert_child(new_parent, new_name, to, m);
         }
-        Ok(())
     }
 }

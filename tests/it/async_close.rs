@@ -59,16 +59,7 @@ fn async_close_copies_many_files_and_reads_them_back() {
         &a.url("async-cp"),
         &["--async-close", "--cache-dir", &cache_arg],
     );
-    let (from, to) = (src.path().to_owned(), m.path().join("tree"));
-    let out = bounded(Duration::from_secs(120), move || {
-        Command::new("cp").arg("-r").arg(from).arg(to).output()
-    })
-    .expect("cp");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp_r(src.path(), &m.path().join("tree"));
     // Sizes right after the copy, some uploads still going on: what was written.
     for (rel, data) in &files {
         let md = std::fs::metadata(m.path().join("tree").join(rel)).expect("stat");
@@ -110,6 +101,20 @@ fn through_proxy(a: &Apache, name: &str, args: &[&str]) -> (PathBuf, FaultProxy,
     let m = Mount::new(&url, &all);
     std::fs::write(m.path().join("warm.txt"), b"warm").expect("warm-up write");
     (dir, proxy, m)
+}
+
+/// `cp -r from to`, bounded; it must succeed.
+fn cp_r(from: &Path, to: &Path) {
+    let (from, to) = (from.to_owned(), to.to_owned());
+    let out = bounded(Duration::from_secs(120), move || {
+        Command::new("cp").arg("-r").arg(from).arg(to).output()
+    })
+    .expect("cp");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Writes `data` to `p` and closes it, bounded.
@@ -485,16 +490,7 @@ fn async_close_copy_of_many_files_keeps_few_uploads_at_once() {
     // Every upload takes a while: they overlap as much as the mount lets them.
     proxy.limit_uploads(200 << 10);
     let before = proxy.connections();
-    let (from, to) = (src.path().to_owned(), m.path().join("copy"));
-    let out = bounded(Duration::from_secs(120), move || {
-        Command::new("cp").arg("-r").arg(from).arg(to).output()
-    })
-    .expect("cp");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp_r(src.path(), &m.path().join("copy"));
     assert!(m.unmount().success());
     let opened = proxy.connections() - before;
     assert!(opened <= 20, "{opened} connections for 60 files");
