@@ -27,7 +27,7 @@ EnableSendfile On
 LimitRequestBody 0
 DavLockDB "$dir/run/davlock"
 # Then when the request arrived (microseconds since the epoch) and how long it took (µs).
-LogFormat "%m\t%U\t%>s\t%O\t%{Range}i\t%{usec}t\t%D" davlog
+LogFormat "%m\t%U\t%>s\t%O\t%{Range}i\t%{usec}t\t%D\t%{remote}p\t%k" davlog
 CustomLog "$dir/access.log" davlog
 Alias /dav/ "$dir/www/"
 <Directory "$dir/www">
