@@ -55,12 +55,48 @@ pub struct Keep<'a> {
 /// Empty journal files (an empty `.info` beside each) created ahead, off the path of the
 /// upload that will use one: creating the two files when a file is created on the mount cost
 /// about 0.4 ms of each small file's copy (ext4 allocating inodes, docs/PERFORMANCE.md).
-/// Every journal is used once and deleted after its upload. A spare is empty, so one left by
-/// a davdrive that stopped is discarded at the next start like any empty journal.
+/// A journal whose upload succeeded is emptied and becomes a spare again (see
+/// [`CacheDir::recycle`]). A spare is empty, so one left by a davdrive that stopped is
+/// discarded at the next start like any empty journal.
 type Spares = std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>;
 
 /// Spare journals kept ready.
 const SPARES: usize = 4;
+
+/// Spare journals kept at most, counting the journals of finished uploads kept for reuse.
+const RECYCLED: usize = 16;
+
+/// The `.info` of a journal whose upload finished (see [`CacheDir::finished`]).
+const DONE: &str = "done=1\n";
+
+/// Makes the journal of a finished session a spare again (or deletes it when enough are
+/// kept), once the session goes.
+#[derive(Clone)]
+pub struct Recycler {
+    spares: Spares,
+}
+
+impl Recycler {
+    /// Deletes journal `data` instead.
+    pub fn discard(&self, data: &Path) {
+        let _ = std::fs::remove_file(data);
+        let _ = std::fs::remove_file(data.with_extension("info"));
+    }
+
+    /// `file` is the journal `data`, open.
+    pub fn recycle(&self, file: &std::fs::File, data: &Path) {
+        let info = data.with_extension("info");
+        let room = self.spares.lock().unwrap_or_else(|e| e.into_inner()).len() < RECYCLED;
+        if room && file.set_len(0).is_ok() && write_private(&info, b"").is_ok() {
+            self.spares
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(data.to_path_buf());
+            return;
+        }
+        self.discard(data);
+    }
+}
 
 /// `$XDG_CACHE_HOME/davdrive`, or `~/.cache/davdrive`, or (with neither set) the private
 /// `$XDG_RUNTIME_DIR/davdrive`, or a folder of this user's own in the system temp dir, which
@@ -298,6 +334,11 @@ impl CacheDir {
                     continue;
                 }
                 let info = std::fs::read_to_string(p.with_extension("info")).unwrap_or_default();
+                if info == DONE {
+                    // Uploaded; only kept for reading.
+                    self.discard(&p);
+                    continue;
+                }
                 let noted = Kept::parse(&p, &info);
                 let target = noted.path.unwrap_or_default();
                 let why = Keep {
@@ -353,6 +394,26 @@ impl CacheDir {
                 spares.lock().unwrap_or_else(|e| e.into_inner()).push(data);
             }
         }
+    }
+
+    /// The session whose local file is `data` ended with everything on the server. A spool
+    /// file is deleted. A journal stays while the session's readers may use it (a kept copy,
+    /// see `vfs::copies`), its `.info` saying it is done (a davdrive stopping now leaves
+    /// nothing to recover), and the returned [`Recycler`] makes it a spare for a later upload
+    /// when the session goes. A copy of many small files created and deleted two files per
+    /// file: on ext4 without a journal (this project's test machines) each new inode is found
+    /// by skipping the inodes deleted in the last 30 s, one disk block looked up per inode
+    /// skipped, which took 45 % of the daemon's time in a loopback `cp -r` of 500 files of
+    /// 100 KiB.
+    pub fn finished(&self, data: &Path) -> Option<Recycler> {
+        let journal = data.parent() == Some(self.root.join("journal").as_path());
+        if journal && write_private(&data.with_extension("info"), DONE.as_bytes()).is_ok() {
+            return Some(Recycler {
+                spares: self.spares.clone(),
+            });
+        }
+        self.discard(data);
+        None
     }
 
     /// Deletes a journal or spool file and its `.info`.
@@ -552,5 +613,39 @@ mod tests {
             .expect("dir")
             .count();
         assert_eq!(left, 0, "spares left behind");
+    }
+
+    #[test]
+    fn a_finished_journal_is_reused_and_never_recovered() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cd = CacheDir::open(tmp.path().join("m"), "http://h/dav/").expect("open");
+        let target = DavPath::parse("/c.bin").expect("path");
+        let (j, mut f) = cd.new_journal(&target, &Base::Absent).expect("journal");
+        std::io::Write::write_all(&mut f, b"uploaded").expect("write");
+        let recycler = cd.finished(&j).expect("a journal is recycled");
+        // Still there for the session's readers; a davdrive that stops now recovers nothing.
+        assert_eq!(std::fs::read(&j).expect("journal"), b"uploaded");
+        let crashed = CacheDir::open(tmp.path().join("m"), "http://h/dav/").expect("open");
+        assert!(crashed.recover_leftovers().is_empty());
+        assert!(!j.exists(), "a finished journal is not left behind");
+        // Once the session goes, its journal is emptied and used by the next upload.
+        let (j, mut f) = cd.new_journal(&target, &Base::Absent).expect("journal");
+        std::io::Write::write_all(&mut f, b"second").expect("write");
+        let recycler2 = cd.finished(&j).expect("recycled");
+        drop(recycler);
+        recycler2.recycle(&f, &j);
+        assert_eq!(std::fs::metadata(&j).expect("spare").len(), 0);
+        assert_eq!(std::fs::read(j.with_extension("info")).expect("info"), b"");
+        let (again, _) = cd.new_journal(&target, &Base::Absent).expect("journal");
+        assert_eq!(again, j, "the emptied journal is reused");
+        assert!(
+            std::fs::read_to_string(again.with_extension("info"))
+                .expect("info")
+                .contains("path=/c.bin")
+        );
+        // A spool file is deleted at once.
+        let (spool, _) = cd.new_spool(None).expect("spool");
+        assert!(cd.finished(&spool).is_none());
+        assert!(!spool.exists());
     }
 }

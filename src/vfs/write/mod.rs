@@ -1660,7 +1660,7 @@ impl WriteHandle {
             self.keep_local_file(cache, &mut st, e);
             return outcome;
         }
-        cache.discard(&st.file_path);
+        st.recycle = cache.finished(&st.file_path);
         outcome
     }
 }

@@ -82,6 +82,33 @@ pub(super) struct State {
     pub(super) adopted: bool,
     /// How far the running upload got (for `davdrive status`).
     pub(super) progress: super::Progress,
+    /// The session ended with everything uploaded: its journal is reused when it goes.
+    pub(super) recycle: Option<crate::vfs::cache_dir::Recycler>,
+}
+
+impl Drop for State {
+    /// A journal is emptied by the journal thread, after whatever was queued for it before
+    /// (writes of this session, which must not land in the journal's next use); when that
+    /// cannot be queued, it is deleted.
+    fn drop(&mut self) {
+        let Some(r) = self.recycle.take() else {
+            return;
+        };
+        let path = self.file_path.clone();
+        let queued = match (self.file.try_clone(), journal::journal_thread()) {
+            (Ok(file), Ok(tx)) => {
+                let (r2, p2) = (r.clone(), path.clone());
+                tx.try_send(journal::JournalItem::Run(Box::new(move || {
+                    r2.recycle(&file, &p2)
+                })))
+                .is_ok()
+            }
+            _ => false,
+        };
+        if !queued {
+            r.discard(&path);
+        }
+    }
 }
 
 /// The journal of a segmented streaming session and the task uploading behind it.
@@ -136,6 +163,7 @@ impl State {
             failed_round: None,
             adopted: false,
             progress: super::Progress::default(),
+            recycle: None,
         }
     }
 }
