@@ -71,6 +71,7 @@ if [ ! -f "$SRC/.done" ]; then
   done
   touch "$SRC/.done"
 fi
+sync   # data just generated is written back first, not during the measurements
 chown -R www-data:www-data "$WWW"
 cat "$SRC/big.bin" > /dev/null
 

@@ -31,6 +31,9 @@ if [ ! -f "$WORK/www/big.bin" ] || [ "$(stat -c %s "$WORK/www/big.bin")" != $((S
   head -c $((SIZE_MIB << 20)) /dev/urandom > "$WORK/www/big.bin"
   for i in $(seq -w 1 10000); do head -c 1024 /dev/zero > "$WORK/www/small10k/f$i.txt"; done
 fi
+# Data just generated is still being written back to the disk for a while: measured then, the
+# default read of the first run took 1.49 s instead of 0.93 s (0.27x curl instead of 0.45x).
+sync
 bench_start
 PROPS='<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/><D:creationdate/><D:displayname/><D:quota-available-bytes/><D:quota-used-bytes/></D:prop></D:propfind>'
 

@@ -29,6 +29,7 @@ if [ ! -f "$SRC/big.bin" ] || [ "$(stat -c %s "$SRC/big.bin")" != $((SIZE_MIB <<
   head -c $((SIZE_MIB << 20)) /dev/urandom > "$SRC/big.bin"
   for i in $(seq -w 1 500); do head -c 102400 /dev/urandom > "$SRC/src500/f$i.bin"; done
 fi
+sync   # data just generated is written back first, not during the measurements
 bench_start
 cat "$SRC/big.bin" > /dev/null   # warm the page cache of the source for everybody
 

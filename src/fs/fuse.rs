@@ -344,7 +344,8 @@ impl Filesystem for FuseAdapter {
         let vfs = self.vfs.clone();
         self.run(async move {
             match vfs.access(ino.0, want).await {
-                Ok(()) => reply.ok(),
+                Ok(None) => reply.ok(),
+                Ok(Some(refused)) => reply.error(Errno::from_i32(errno_for(refused))),
                 Err(e) => reply.error(errno(&e)),
             }
         });

@@ -1687,16 +1687,18 @@ impl Vfs {
     /// `access()`: the modes shown decide, as the mount's user owns everything shown. A file
     /// without execute bits is not executable (shells and file managers ask before running
     /// one), and nothing is writable on a read-only mount.
-    pub async fn access(&self, ino: Ino, want: AccessWanted) -> VfsResult<()> {
+    /// `Ok(Some(kind))`: the access asked for is refused, an ordinary answer (`cp` and file
+    /// managers ask whether plain files are executable), not an error to log as one.
+    pub async fn access(&self, ino: Ino, want: AccessWanted) -> VfsResult<Option<ErrorKind>> {
         let a = self.getattr(ino).await?;
         if want.write && a.perm & 0o222 == 0 {
-            return Err(VfsError::new(ErrorKind::ReadOnly, "read-only"));
+            return Ok(Some(ErrorKind::ReadOnly));
         }
         let executable = a.kind == FileKind::Directory || a.perm & 0o111 != 0;
         if (want.exec && !executable) || (want.read && a.perm & 0o444 == 0) {
-            return Err(VfsError::new(ErrorKind::PermissionDenied, "not permitted"));
+            return Ok(Some(ErrorKind::PermissionDenied));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Tells about uploads that failed after the close that could have reported them

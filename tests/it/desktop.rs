@@ -180,6 +180,12 @@ fn an_ordinary_user_mounts_copies_sees_status_and_unmounts() {
         .expect("daemon.log");
     let bytes = std::fs::read(&log).expect("log");
     assert!(!bytes.contains(&0x1b), "escape codes in the log file");
+    // A refused access() is an answer, not a problem to warn of.
+    let said = String::from_utf8_lossy(&bytes);
+    assert!(
+        !said.lines().any(|l| l.contains("WARN")),
+        "warnings in the log of an ordinary session:\n{said}"
+    );
     let md = std::fs::metadata(&log).expect("log metadata");
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
