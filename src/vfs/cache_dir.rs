@@ -623,8 +623,10 @@ mod tests {
         let (j, mut f) = cd.new_journal(&target, &Base::Absent).expect("journal");
         std::io::Write::write_all(&mut f, b"uploaded").expect("write");
         let recycler = cd.finished(&j).expect("a journal is recycled");
-        // Still there for the session's readers; a davdrive that stops now recovers nothing.
+        // Still there for the session's readers; a davdrive that stops now recovers nothing
+        // (and has nothing open: Windows deletes an open file only when it is closed).
         assert_eq!(std::fs::read(&j).expect("journal"), b"uploaded");
+        drop(f);
         let crashed = CacheDir::open(tmp.path().join("m"), "http://h/dav/").expect("open");
         assert!(crashed.recover_leftovers().is_empty());
         assert!(!j.exists(), "a finished journal is not left behind");
