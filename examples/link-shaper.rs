@@ -21,6 +21,8 @@
 //!   (SYN, SYN-ACK), as its request would.
 //!
 //! Not modelled: losses, congestion avoidance (no loss, so slow start until the window), Nagle.
+//! Its timers tick by the millisecond: a round trip takes about 2.5 ms more than asked (a tiny
+//! GET on a kept-alive connection: 32.9 ms at 30 ms, 4.7 ms at 2 ms, Apache's answer included).
 //! Each connection it accepts is counted on standard error (`link-shaper: connection N`), so
 //! a benchmark can tell how many connections a client opened.
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::mount::control::{self, Report};
-use crate::vfs::activity::Phase;
+use crate::vfs::activity::{ChangeKind, Phase};
 use crate::vfs::recovery::Kept;
 
 /// `1.5 MiB`.
@@ -74,6 +74,18 @@ pub fn render(reports: &[Report], kept: &[Kept], base: &Path) -> String {
         }
         if r.activity.uploads.is_empty() {
             out.push_str("  uploads: none in progress\n");
+        }
+        for c in &r.activity.changes {
+            let what = match (c.kind, &c.to) {
+                (ChangeKind::MakeFolder, _) => format!("making folder {}", c.path),
+                (ChangeKind::Rename, Some(to)) => format!("renaming {} to {to}", c.path),
+                (ChangeKind::Rename, None) => format!("renaming {}", c.path),
+                (ChangeKind::Delete, _) => format!("deleting {}", c.path),
+            };
+            out.push_str(&format!(
+                "  on the server after the call returned: {what} ({} ago)\n",
+                duration(c.secs as u64)
+            ));
         }
         for u in &r.activity.uploads {
             let what = match u.phase {

@@ -549,6 +549,12 @@ mod tests {
                     size: 10,
                     secs: 0.5,
                 }],
+                changes: vec![crate::vfs::activity::Change {
+                    kind: crate::vfs::activity::ChangeKind::Rename,
+                    path: "/x".into(),
+                    to: Some("/y".into()),
+                    secs: 0.2,
+                }],
                 server_silent_secs: Some(4),
             },
         };
@@ -556,6 +562,15 @@ mod tests {
         assert!(json.contains("\"phase\":\"queued\""), "{json}");
         let back: Report = serde_json::from_str(&json).expect("parses");
         assert_eq!(back.activity.uploads[0].path, "/a b");
+        assert_eq!(back.activity.changes[0].to.as_deref(), Some("/y"));
+        // A report from a davdrive that did not list changes still reads.
+        let mut old = serde_json::to_value(&back).expect("json");
+        assert!(old.get("changes").is_some(), "{old}");
+        if let Some(a) = old.as_object_mut() {
+            a.remove("changes");
+        }
+        let older: Report = serde_json::from_value(old).expect("an older report");
+        assert!(older.activity.changes.is_empty());
         assert_eq!(back.activity.server_silent_secs, Some(4));
     }
 

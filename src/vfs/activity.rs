@@ -1,6 +1,8 @@
 //! What the mount is doing now, for `davdrive status` and a waiting `davdrive unmount`:
 //! the uploads in flight (files still being written, uploads going on after a close, closes
-//! waiting for a slot behind `--async-close`) and whether the server answers.
+//! waiting for a slot behind `--async-close`), the folders, renames and deletions the server
+//! is still to make behind calls that returned (`--async-close`, see `behind`), and whether
+//! the server answers.
 //!
 //! Uploads that outlive their close are registered in `Vfs::transfers` (rank `Transfers`, a
 //! leaf: nothing else is taken while it is held) by a [`Tracked`] guard for as long as they
@@ -42,10 +44,38 @@ pub struct Upload {
     pub secs: f64,
 }
 
+/// What a namespace change behind a call (`--async-close`) does on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChangeKind {
+    /// MKCOL behind a mkdir.
+    MakeFolder,
+    /// MOVE behind a rename.
+    Rename,
+    /// DELETE behind an unlink.
+    Delete,
+}
+
+/// A namespace change the server is still to make after the call returned.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Change {
+    pub kind: ChangeKind,
+    /// The path in the mount, `/`-separated (for a rename, where the file was).
+    pub path: String,
+    /// Where a rename takes it.
+    pub to: Option<String>,
+    /// Seconds since the call returned.
+    pub secs: f64,
+}
+
 /// A snapshot of the mount's activity.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Activity {
     pub uploads: Vec<Upload>,
+    /// MKCOLs, MOVEs and DELETEs behind calls, oldest first (none from a davdrive before
+    /// session 20 of the project, which did not report them).
+    #[serde(default)]
+    pub changes: Vec<Change>,
     /// Seconds since the server last answered, when it is silent now.
     pub server_silent_secs: Option<u64>,
 }
@@ -159,8 +189,32 @@ impl Vfs {
                 .duration_since(at)
                 .map_or(0, |d| d.as_secs())
         });
+        let mut changes: Vec<(u64, Change)> = self
+            .settling
+            .borrow()
+            .iter()
+            .filter_map(|(id, b)| {
+                let kind = match (b.work, &b.to) {
+                    (super::behind::Work::Upload, _) => return None,
+                    (super::behind::Work::Folder, _) => ChangeKind::MakeFolder,
+                    (super::behind::Work::Change, Some(_)) => ChangeKind::Rename,
+                    (super::behind::Work::Change, None) => ChangeKind::Delete,
+                };
+                Some((
+                    *id,
+                    Change {
+                        kind,
+                        path: b.path.to_string(),
+                        to: b.to.as_ref().map(|t| t.to_string()),
+                        secs: now.saturating_duration_since(b.since).as_secs_f64(),
+                    },
+                ))
+            })
+            .collect();
+        changes.sort_by_key(|(id, _)| *id);
         Activity {
             uploads,
+            changes: changes.into_iter().map(|(_, c)| c).collect(),
             server_silent_secs,
         }
     }

@@ -62,6 +62,8 @@ pub(super) struct Behind {
     /// Where a rename takes the file.
     pub(super) to: Option<DavPath>,
     pub(super) work: Work,
+    /// When the call returned (for `davdrive status`).
+    pub(super) since: std::time::Instant,
 }
 
 impl Behind {
@@ -125,6 +127,7 @@ impl Vfs {
             path: w.path(),
             to: None,
             work: Work::Upload,
+            since: std::time::Instant::now(),
         });
         self.pending_behind(behind)
     }
@@ -339,6 +342,7 @@ impl Vfs {
             path: path.clone(),
             to: None,
             work: Work::Folder,
+            since: std::time::Instant::now(),
         }));
         let this = self.clone();
         let name = name.to_owned();
@@ -379,6 +383,7 @@ impl Vfs {
             path: from.clone(),
             to: to.clone(),
             work: Work::Change,
+            since: std::time::Instant::now(),
         }));
         let this = self.clone();
         tokio::spawn(async move {

@@ -442,6 +442,28 @@ fn async_close_namespace_changes_return_before_the_server_did_them() {
             .len(),
         300_000
     );
+    // `davdrive status` lists what the server is still to do, uploads and the rest.
+    let arg = cache_arg.clone();
+    let out = bounded(Duration::from_secs(30), move || {
+        Command::new(env!("CARGO_BIN_EXE_davdrive"))
+            .args(["status", "--cache-dir", &arg])
+            .output()
+    })
+    .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for wanted in [
+        "making folder /a/b/c/d/e",
+        "renaming /a/top.txt to /a/top2.txt",
+        "deleting /a/gone.txt",
+        "mid.bin",
+    ] {
+        assert!(text.contains(wanted), "status lacks {wanted:?}: {text}");
+    }
+    assert!(
+        text.find("making folder /a (")
+            .is_some_and(|i| i < text.find("making folder /a/b (").unwrap_or(0)),
+        "folders not listed oldest first: {text}"
+    );
 
     proxy.release();
     assert!(m.unmount().success());
