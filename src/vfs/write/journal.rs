@@ -66,6 +66,10 @@ pub(super) fn journal_thread() -> Result<mpsc::Sender<JournalItem>, String> {
                                         || e.kind() == io::ErrorKind::StorageFull;
                                     j.no_space.store(full, std::sync::atomic::Ordering::Relaxed);
                                     *error = Some(e.to_string());
+                                    drop(error);
+                                    // Whoever waits for the journal to grow learns it never
+                                    // will (a write held back for a segmented upload).
+                                    j.written.send_modify(|_| {});
                                 }
                             }
                         }

@@ -800,14 +800,22 @@ impl WriteHandle {
         };
         let window = 2 * self.switch_at;
         let mut progress = g.follower.progress.clone();
-        let wait = |p: segments::Progress| !p.failing && st.size.saturating_sub(p.acked) > window;
+        // A journal that failed never feeds the follower again: the next write reports the
+        // failure instead of waiting (`stall`, a minute by default) for a segment that will
+        // not come. Its watchers are woken when a write fails (see `journal_thread`).
+        let mut grown = g.journal.file.written.subscribe();
+        let journal = g.journal.file.clone();
+        let wait = |p: segments::Progress| {
+            !p.failing && st.size.saturating_sub(p.acked) > window && journal.error.lock().is_none()
+        };
         if !wait(*progress.borrow()) {
             return;
         }
         let waited = tokio::time::timeout(self.stall, async {
             while wait(*progress.borrow_and_update()) {
-                if progress.changed().await.is_err() {
-                    break;
+                tokio::select! {
+                    changed = progress.changed() => if changed.is_err() { break },
+                    changed = grown.changed() => if changed.is_err() { break },
                 }
             }
         })
