@@ -56,7 +56,7 @@ pub struct Keep<'a> {
 /// upload that will use one: creating the two files when a file is created on the mount cost
 /// about 0.4 ms of each small file's copy (ext4 allocating inodes, docs/PERFORMANCE.md).
 /// A journal whose upload succeeded is emptied and becomes a spare again (see
-/// [`CacheDir::recycle`]). A spare is empty, so one left by a davdrive that stopped is
+/// [`CacheDir::finished`]). A spare is empty, so one left by a davdrive that stopped is
 /// discarded at the next start like any empty journal.
 type Spares = std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>;
 
@@ -69,20 +69,19 @@ const RECYCLED: usize = 16;
 /// The `.info` of a journal whose upload finished (see [`CacheDir::finished`]).
 const DONE: &str = "done=1\n";
 
+/// Deletes a journal or spool file and its `.info`.
+pub fn discard_files(data: &Path) {
+    let _ = std::fs::remove_file(data);
+    let _ = std::fs::remove_file(data.with_extension("info"));
+}
+
 /// Makes the journal of a finished session a spare again (or deletes it when enough are
 /// kept), once the session goes.
-#[derive(Clone)]
 pub struct Recycler {
     spares: Spares,
 }
 
 impl Recycler {
-    /// Deletes journal `data` instead.
-    pub fn discard(&self, data: &Path) {
-        let _ = std::fs::remove_file(data);
-        let _ = std::fs::remove_file(data.with_extension("info"));
-    }
-
     /// `file` is the journal `data`, open.
     pub fn recycle(&self, file: &std::fs::File, data: &Path) {
         let info = data.with_extension("info");
@@ -94,7 +93,7 @@ impl Recycler {
                 .push(data.to_path_buf());
             return;
         }
-        self.discard(data);
+        discard_files(data);
     }
 }
 
@@ -418,8 +417,7 @@ impl CacheDir {
 
     /// Deletes a journal or spool file and its `.info`.
     pub fn discard(&self, data: &Path) {
-        let _ = std::fs::remove_file(data);
-        let _ = std::fs::remove_file(data.with_extension("info"));
+        discard_files(data);
     }
 
     /// Moves `data` into the recovery folder with a note of where it was going and why.

@@ -96,17 +96,15 @@ impl Drop for State {
         };
         let path = self.file_path.clone();
         let queued = match (self.file.try_clone(), journal::journal_thread()) {
-            (Ok(file), Ok(tx)) => {
-                let (r2, p2) = (r.clone(), path.clone());
-                tx.try_send(journal::JournalItem::Run(Box::new(move || {
-                    r2.recycle(&file, &p2)
+            (Ok(file), Ok(tx)) => tx
+                .try_send(journal::JournalItem::Run(Box::new(move || {
+                    r.recycle(&file, &path)
                 })))
-                .is_ok()
-            }
+                .is_ok(),
             _ => false,
         };
         if !queued {
-            r.discard(&path);
+            crate::vfs::cache_dir::discard_files(&self.file_path);
         }
     }
 }
