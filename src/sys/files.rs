@@ -34,6 +34,31 @@ pub fn write_private(p: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     std::io::Write::write_all(&mut o.open(p)?, bytes)
 }
 
+/// Writes `bytes` over the start of `p` (created if missing, readable by the user only,
+/// never through a symbolic link) without truncating it: what is left of a longer old text
+/// becomes line breaks, which a reader of `key=value` lines skips. Truncating a file that
+/// holds data frees its disk blocks, and on a file system mounted with `discard` (ext4 on
+/// this project's test machines, and on many laptops with an SSD) every freed block is
+/// trimmed while the caller waits: rewriting the `.info` of each upload that way made the
+/// daemon wait for the disk about twice per small file copied in (docs/PERFORMANCE.md).
+pub fn rewrite_private(p: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    no_follow(&mut o);
+    let mut f = o.open(p)?;
+    let old = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
+    let mut text = bytes.to_vec();
+    if old > text.len() {
+        text.resize(old, b'\n');
+    }
+    std::io::Write::write_all(&mut f, &text)
+}
+
 /// Makes `p` (and its parents) a folder only this user can use, refusing a symbolic link or
 /// a folder that someone else made.
 pub fn private_dir(p: &std::path::Path) -> std::io::Result<()> {

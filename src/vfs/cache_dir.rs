@@ -24,7 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::recovery::{Base, Kept};
 use crate::dav::DavPath;
-use crate::sys::files::write_private;
+use crate::sys::files::{rewrite_private, write_private};
 
 /// The cache directory of one mount.
 #[derive(Debug)]
@@ -63,8 +63,12 @@ type Spares = std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>;
 /// Spare journals kept ready.
 const SPARES: usize = 4;
 
-/// Spare journals kept at most, counting the journals of finished uploads kept for reuse.
-const RECYCLED: usize = 16;
+/// Spare journals kept at most, counting the journals of finished uploads kept for reuse and
+/// those an earlier davdrive left (see [`CacheDir::recover_leftovers`]): more than the kept
+/// copies hold (`copies::MAX_FILES`), so that once they are at their limit a copy of many
+/// files neither creates nor deletes journals, and a mount started again reuses the last
+/// one's. Each is an empty file and a few bytes of `.info`.
+const RECYCLED: usize = 160;
 
 /// The `.info` of a journal whose upload finished (see [`CacheDir::finished`]).
 const DONE: &str = "done=1\n";
@@ -84,9 +88,9 @@ pub struct Recycler {
 impl Recycler {
     /// `file` is the journal `data`, open.
     pub fn recycle(&self, file: &std::fs::File, data: &Path) {
-        let info = data.with_extension("info");
         let room = self.spares.lock().unwrap_or_else(|e| e.into_inner()).len() < RECYCLED;
-        if room && file.set_len(0).is_ok() && write_private(&info, b"").is_ok() {
+        // Its `.info` still says done: an empty journal is never recovered anyway.
+        if room && file.set_len(0).is_ok() {
             self.spares
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -252,7 +256,7 @@ impl CacheDir {
                 break;
             };
             let taken =
-                write_private(&data.with_extension("info"), info.as_bytes()).and_then(|()| {
+                rewrite_private(&data.with_extension("info"), info.as_bytes()).and_then(|()| {
                     std::fs::OpenOptions::new()
                         .read(true)
                         .write(true)
@@ -298,7 +302,7 @@ impl CacheDir {
         if let Ok(text) = std::fs::read_to_string(&info) {
             let kept: String = text
                 .lines()
-                .filter(|l| !l.starts_with("temp="))
+                .filter(|l| !l.is_empty() && !l.starts_with("temp="))
                 .map(|l| format!("{l}\n"))
                 .collect();
             let _ = write_private(&info, format!("{kept}temp={temp}\n").as_bytes());
@@ -328,14 +332,14 @@ impl CacheDir {
                 if p.extension().is_none_or(|x| x != "data") {
                     continue;
                 }
-                if e.metadata().is_ok_and(|m| m.len() == 0) {
-                    self.discard(&p);
-                    continue;
-                }
+                let empty = e.metadata().is_ok_and(|m| m.len() == 0);
                 let info = std::fs::read_to_string(p.with_extension("info")).unwrap_or_default();
-                if info == DONE {
-                    // Uploaded; only kept for reading.
-                    self.discard(&p);
+                // Empty, or uploaded (only kept for reading): nothing to recover. A journal
+                // becomes a spare for this davdrive's uploads.
+                if empty || info.trim_end() == DONE.trim_end() {
+                    if !(sub == "journal" && self.adopt(&p, empty)) {
+                        self.discard(&p);
+                    }
                     continue;
                 }
                 let noted = Kept::parse(&p, &info);
@@ -356,6 +360,28 @@ impl CacheDir {
             }
         }
         out
+    }
+
+    /// Makes the journal `data` of an earlier davdrive, whose upload finished (or that was
+    /// empty), a spare; `false` when enough are kept or it cannot be emptied.
+    fn adopt(&self, data: &Path, empty: bool) -> bool {
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.iter().any(|s| s == data) {
+            return true;
+        }
+        if spares.len() >= RECYCLED {
+            return false;
+        }
+        let emptied = empty
+            || std::fs::OpenOptions::new()
+                .write(true)
+                .open(data)
+                .and_then(|f| f.set_len(0))
+                .is_ok();
+        if emptied {
+            spares.push(data.to_path_buf());
+        }
+        emptied
     }
 
     /// Whether fewer than enough spare journals are ready.
@@ -406,7 +432,7 @@ impl CacheDir {
     /// 100 KiB.
     pub fn finished(&self, data: &Path) -> Option<Recycler> {
         let journal = data.parent() == Some(self.root.join("journal").as_path());
-        if journal && write_private(&data.with_extension("info"), DONE.as_bytes()).is_ok() {
+        if journal && rewrite_private(&data.with_extension("info"), DONE.as_bytes()).is_ok() {
             return Some(Recycler {
                 spares: self.spares.clone(),
             });
@@ -602,15 +628,24 @@ mod tests {
         assert_eq!(info, "url=http://h/dav/\npath=/b.bin\nbase=none\nwhole=1\n");
         std::io::Write::write_all(&mut f, b"in flight").expect("write");
         // A davdrive that stops now: the journal with data is recovered under its target's
-        // name, the empty spares are discarded.
+        // name, the empty spares stay spares (never recovered).
         let kept = cd.recover_leftovers();
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!(std::fs::read(&kept[0]).expect("kept"), b"in flight");
         assert!(kept[0].to_string_lossy().ends_with("b.bin"), "{kept:?}");
-        let left = std::fs::read_dir(tmp.path().join("m/journal"))
+        let left: Vec<_> = std::fs::read_dir(tmp.path().join("m/journal"))
             .expect("dir")
-            .count();
-        assert_eq!(left, 0, "spares left behind");
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "data"))
+            .collect();
+        assert!(!left.is_empty(), "the spares went");
+        assert!(
+            left.iter()
+                .all(|p| std::fs::metadata(p).is_ok_and(|m| m.len() == 0)),
+            "{left:?}"
+        );
+        assert!(cd.recover_leftovers().is_empty());
     }
 
     #[test]
@@ -627,22 +662,42 @@ mod tests {
         drop(f);
         let crashed = CacheDir::open(tmp.path().join("m"), "http://h/dav/").expect("open");
         assert!(crashed.recover_leftovers().is_empty());
-        assert!(!j.exists(), "a finished journal is not left behind");
+        assert_eq!(
+            std::fs::metadata(&j).expect("spare").len(),
+            0,
+            "not emptied"
+        );
+        let (reused, _) = crashed
+            .new_journal(&target, &Base::Absent)
+            .expect("journal");
+        assert_eq!(reused, j, "the next davdrive does not reuse it");
         // Once the session goes, its journal is emptied and used by the next upload.
-        let (j, mut f) = cd.new_journal(&target, &Base::Absent).expect("journal");
+        let long = DavPath::parse("/a/much/longer/name/than/the/next/one.bin").expect("path");
+        let (j, mut f) = cd.new_journal(&long, &Base::Absent).expect("journal");
         std::io::Write::write_all(&mut f, b"second").expect("write");
         let recycler2 = cd.finished(&j).expect("recycled");
         drop(recycler);
         recycler2.recycle(&f, &j);
         assert_eq!(std::fs::metadata(&j).expect("spare").len(), 0);
-        assert_eq!(std::fs::read(j.with_extension("info")).expect("info"), b"");
-        let (again, _) = cd.new_journal(&target, &Base::Absent).expect("journal");
+        let (again, mut f) = cd.new_journal(&target, &Base::Absent).expect("journal");
         assert_eq!(again, j, "the emptied journal is reused");
-        assert!(
-            std::fs::read_to_string(again.with_extension("info"))
-                .expect("info")
-                .contains("path=/c.bin")
+        // Its `.info` is written over, never truncated: what is left of the longer one is
+        // blank lines, and a crash now recovers the data under the new name.
+        let info = std::fs::read_to_string(again.with_extension("info")).expect("info");
+        assert!(!info.contains("longer"), "{info:?}");
+        assert_eq!(
+            Kept::parse(&again, &info).path.as_ref(),
+            Some(&target),
+            "{info:?}"
         );
+        std::io::Write::write_all(&mut f, b"third").expect("write");
+        drop(f);
+        let kept = CacheDir::open(tmp.path().join("m"), "http://h/dav/")
+            .expect("open")
+            .recover_leftovers();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).expect("kept"), b"third");
+        assert_eq!(Kept::read(&kept[0]).path.as_ref(), Some(&target));
         // A spool file is deleted at once.
         let (spool, _) = cd.new_spool(None).expect("spool");
         assert!(cd.finished(&spool).is_none());

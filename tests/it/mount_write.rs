@@ -1551,6 +1551,63 @@ fn a_segmented_upload_killed_mid_way_is_recovered_and_its_temporary_file_removed
     assert!(recovered(cache.path()).is_empty());
 }
 
+/// The journals a mount leaves (emptied, or done with: never recovered) are the next mount's
+/// spares: a mount started again creates no journal files while those last, and deletes
+/// none (on ext4 without a journal, this project's test machines, each new file scans past
+/// every file deleted in the last 30 s, docs/PERFORMANCE.md).
+#[test]
+fn a_mount_started_again_reuses_the_journals_of_the_last_one() {
+    let Some(a) = apache() else { return };
+    if !have_fuse() {
+        return;
+    }
+    let dir = a.fresh_dir("mount-journals");
+    let cache = tempfile::tempdir().expect("cache");
+    let cache_arg = cache.path().to_string_lossy().into_owned();
+    let journals = || {
+        let mut out = std::collections::BTreeSet::new();
+        for m in std::fs::read_dir(cache.path()).expect("cache").flatten() {
+            if let Ok(rd) = std::fs::read_dir(m.path().join("journal")) {
+                out.extend(
+                    rd.flatten()
+                        .map(|f| f.path())
+                        .filter(|p| p.extension().is_some_and(|e| e == "data")),
+                );
+            }
+        }
+        out
+    };
+    let mut left = Vec::new();
+    for (round, files) in [(0u64, 12u64), (1, 6)] {
+        let m = Mount::new(&a.url("mount-journals"), &["--cache-dir", &cache_arg]);
+        for i in 0..files {
+            std::fs::write(
+                m.path().join(format!("r{round}-{i}.bin")),
+                pattern(50_000, round * 100 + i),
+            )
+            .unwrap_or_else(|e| panic!("write: {e}\n{}", m.log()));
+        }
+        drop(m);
+        left.push(journals());
+    }
+    assert!(!left[0].is_empty(), "no journal was left to reuse");
+    let new: Vec<_> = left[1].difference(&left[0]).collect();
+    assert!(new.is_empty(), "the second mount created journals: {new:?}");
+    assert_eq!(left[1], left[0], "the second mount deleted journals");
+    for (round, files) in [(0u64, 12u64), (1, 6)] {
+        for i in 0..files {
+            assert_eq!(
+                std::fs::read(dir.join(format!("r{round}-{i}.bin"))).expect("on the server"),
+                pattern(50_000, round * 100 + i)
+            );
+        }
+    }
+    assert!(
+        recovered(cache.path()).is_empty(),
+        "a journal was recovered"
+    );
+}
+
 /// A file just written through write-only descriptors (no pages in the kernel's cache) is
 /// read back from the mount's local copy, without a request, for as long as the server's
 /// version is the one uploaded; once another client changed it, reads go to the server.

@@ -1388,8 +1388,12 @@ impl WriteHandle {
             }));
         }
         let mut result = None;
-        // Everything written must be in the journal before the server may complete the file.
-        self.journal_barrier(st).await?;
+        // Everything written must be in the journal before the server may complete the file
+        // from it (a segmented upload sends from the journal). A streaming body comes from
+        // memory: its end need not wait (see below).
+        if !st.streaming() {
+            self.journal_barrier(st).await?;
+        }
         if let Some(g) = st.take_segmented() {
             let (mut resume, r) = g.follower.complete(st.size).await;
             resume.verified = r.is_ok() && resume.acked == st.size && resume.extent <= st.size;
@@ -1404,18 +1408,35 @@ impl WriteHandle {
             }
         }
         if let Some(s) = st.take_stream() {
-            match s.complete().await {
-                Ok(Ok(meta)) => result = Some(meta),
-                Ok(Err(e)) => {
-                    let err = VfsError::from(e);
-                    if !transient(&err) {
-                        st.failed = Some(err.clone());
-                        return Err(err);
+            let (journaled, outcome) = s.complete_journaled().await;
+            if let Err(e) = journaled {
+                // The journal lacks bytes (a full cache disk): the local copy is no longer
+                // the file. Uploaded anyway, the file is complete on the server and the
+                // local copy is only a part of it (fetched again before it is used);
+                // otherwise nothing holds all of it, and the error says why.
+                let Ok(Ok(meta)) = outcome else {
+                    let err = self.journal_lost(ErrorKind::NoSpace, &e);
+                    st.failed = Some(err.clone());
+                    return Err(err);
+                };
+                tracing::warn!(path = %self.path(), "uploaded; the local copy is incomplete: {e}");
+                st.complete = false;
+                st.original_size = st.size;
+                result = Some(meta);
+            } else {
+                match outcome {
+                    Ok(Ok(meta)) => result = Some(meta),
+                    Ok(Err(e)) => {
+                        let err = VfsError::from(e);
+                        if !transient(&err) {
+                            st.failed = Some(err.clone());
+                            return Err(err);
+                        }
+                        tracing::info!(path = %self.path(), "streaming upload failed ({err}); sending it again");
+                        self.adopt_partial(client, st).await;
                     }
-                    tracing::info!(path = %self.path(), "streaming upload failed ({err}); sending it again");
-                    self.adopt_partial(client, st).await;
+                    Err(_) => self.adopt_partial(client, st).await,
                 }
-                Err(_) => self.adopt_partial(client, st).await,
             }
         }
         let seg = self.segments.as_ref().map_or(0, |p| p.size());

@@ -88,23 +88,20 @@ pub(super) struct State {
 
 impl Drop for State {
     /// A journal is emptied by the journal thread, after whatever was queued for it before
-    /// (writes of this session, which must not land in the journal's next use); when that
-    /// cannot be queued, it is deleted.
+    /// (writes of this session, which must not land in the journal's next use). When that
+    /// cannot be queued (the queue is full: the kept copies all go at once when the mount
+    /// stops), it is left as it is: its `.info` says done, and the next davdrive to start
+    /// makes it a spare (or deletes it). Deleting them made each mount create its journals
+    /// again, two new files per uploaded file for the first hundred or so.
     fn drop(&mut self) {
         let Some(r) = self.recycle.take() else {
             return;
         };
         let path = self.file_path.clone();
-        let queued = match (self.file.try_clone(), journal::journal_thread()) {
-            (Ok(file), Ok(tx)) => tx
-                .try_send(journal::JournalItem::Run(Box::new(move || {
-                    r.recycle(&file, &path)
-                })))
-                .is_ok(),
-            _ => false,
-        };
-        if !queued {
-            crate::vfs::cache_dir::discard_files(&self.file_path);
+        if let (Ok(file), Ok(tx)) = (self.file.try_clone(), journal::journal_thread()) {
+            let _ = tx.try_send(journal::JournalItem::Run(Box::new(move || {
+                r.recycle(&file, &path)
+            })));
         }
     }
 }

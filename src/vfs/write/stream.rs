@@ -35,6 +35,29 @@ impl Streaming {
         drop(self.tx);
         self.task.await
     }
+
+    /// Ends the body, and waits for both the server's answer and the journal's last writes:
+    /// the body comes from memory, not from the journal, so the server may complete the file
+    /// while the journal is still being written (a small file's close no longer waits for
+    /// its journal before the last chunk goes). Returns the journal's outcome and the
+    /// upload's.
+    pub(super) async fn complete_journaled(
+        self,
+    ) -> (
+        Result<(), String>,
+        Result<Result<ResponseMeta, DavError>, tokio::task::JoinError>,
+    ) {
+        let Streaming {
+            tx,
+            task,
+            journal,
+            complete,
+            ..
+        } = self;
+        complete.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(tx);
+        tokio::join!(journal.barrier(), task)
+    }
 }
 
 /// The task running a streaming PUT; aborted when dropped, so that a session that ends
