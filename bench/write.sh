@@ -76,7 +76,7 @@ aside() { local p; for p in "$@"; do [ ! -e "$p" ] || mv "$p" "$(mktemp -d "$TRA
 landed() { find "$WORK/www/cp500a" -maxdepth 1 -name 'f*.bin' -size 102400c 2>/dev/null | wc -l; }
 files=$(cd "$SRC/src500" && ls | paste -sd, -)
 for r in $(seq 1 "$RUNS"); do
-  aside "$WORK/www/curl500" "$WORK/www/cp500"; mkdir -p "$WORK/www/curl500"; chown www-data: "$WORK/www/curl500"
+  aside "$WORK/www/curl500" "$WORK/www/cp500"; mkdir -p "$WORK/www/curl500"; chown www-data: "$WORK/www/curl500"; sync
   s=$(now); (cd "$SRC/src500" && curl -s -T "{$files}" "$URL/curl500/" -o /dev/null); e=$(now); c+=("$(secs "$s" "$e")")
   mount_dav
   before=$(loglines)
@@ -87,7 +87,7 @@ for r in $(seq 1 "$RUNS"); do
   [ "$n" = 500 ] || echo "WARNING: $n files on the server" >&2
   unmount_dav
   # --async-close: cp returns earlier; timed until all 500 are complete on the server.
-  aside "$WORK/www/cp500a"
+  aside "$WORK/www/cp500a"; sync
   MOUNT_ARGS+=(--async-close); mount_dav; unset 'MOUNT_ARGS[-1]'
   before=$(loglines)
   s=$(now); cp -r "$SRC/src500" "$MNT/cp500a"; e=$(now)
