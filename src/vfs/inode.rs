@@ -117,7 +117,9 @@ pub struct Node {
     pub path: DavPath,
     pub parent: Ino,
     pub meta: Option<Meta>,
-    pub listing: Option<Listing>,
+    /// Shared with whoever looks at it (a lookup takes the listing without copying it); a
+    /// change to a listing someone still holds copies it first (`Arc::make_mut`).
+    pub listing: Option<std::sync::Arc<Listing>>,
     /// Kernel lookup count (FUSE `lookup` minus `forget`).
     pub lookups: u64,
     /// No longer listed by the server.
@@ -463,7 +465,10 @@ mod tests {
             hidden: Vec::new(),
             settled: true,
         };
-        t.get_mut(b).expect("b").listing = Some(listing(vec![("listed".into(), listed)], now));
+        t.get_mut(b).expect("b").listing = Some(std::sync::Arc::new(listing(
+            vec![("listed".into(), listed)],
+            now,
+        )));
         let stale = std::time::Duration::from_secs(10);
         let busy = [open].into_iter().collect();
         let dropped = t.sweep(now, stale, &busy, &Default::default());

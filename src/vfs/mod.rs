@@ -664,7 +664,7 @@ impl Vfs {
     }
 
     /// A fresh listing of directory `dir`, from the cache or one PROPFIND Depth 1.
-    async fn listing(&self, dir: Ino) -> VfsResult<Listing> {
+    async fn listing(&self, dir: Ino) -> VfsResult<Arc<Listing>> {
         self.listing_into(dir, None).await
     }
 
@@ -672,7 +672,7 @@ impl Vfs {
     /// is known (while the PROPFIND still downloads), and the sink is told when the server
     /// has answered. The cache, the inode metadata and lookups see the listing only once it
     /// is complete.
-    async fn listing_into(&self, dir: Ino, sink: Option<&DirStream>) -> VfsResult<Listing> {
+    async fn listing_into(&self, dir: Ino, sink: Option<&DirStream>) -> VfsResult<Arc<Listing>> {
         if let Some(l) = self.cached_listing(dir)? {
             return Ok(self.hand_out(l, sink));
         }
@@ -733,13 +733,13 @@ impl Vfs {
                         && let Some(n) = t.get_mut(dir).filter(|n| n.made_here && !n.gone)
                     {
                         n.vanished = true;
-                        let empty = Listing {
+                        let empty = Arc::new(Listing {
                             fetched: Instant::now(),
                             order: Vec::new(),
                             by_name: Default::default(),
                             hidden: Vec::new(),
                             settled: false,
-                        };
+                        });
                         n.listing = Some(empty.clone());
                         drop(t);
                         return Ok(self.hand_out(empty, sink));
@@ -925,13 +925,13 @@ impl Vfs {
                 t.mark_gone(ino);
             }
         }
-        let listing = Listing {
+        let listing = Arc::new(Listing {
             fetched: now,
             order,
             by_name,
             hidden,
             settled,
-        };
+        });
         if let Some(n) = t.get_mut(dir) {
             n.listing = Some(listing.clone());
             n.listing_failed = None;
@@ -1016,7 +1016,7 @@ impl Vfs {
     }
 
     /// A cached listing, also handed to `sink` in full.
-    fn hand_out(&self, l: Listing, sink: Option<&DirStream>) -> Listing {
+    fn hand_out(&self, l: Arc<Listing>, sink: Option<&DirStream>) -> Arc<Listing> {
         if let Some(s) = sink {
             for e in self.entries_of(&l) {
                 s.push(e);
@@ -1059,7 +1059,7 @@ impl Vfs {
         }
     }
 
-    fn cached_listing(&self, dir: Ino) -> VfsResult<Option<Listing>> {
+    fn cached_listing(&self, dir: Ino) -> VfsResult<Option<Arc<Listing>>> {
         let t = self.table();
         let n = t
             .get(dir)

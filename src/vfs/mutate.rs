@@ -109,7 +109,10 @@ impl Vfs {
         if let Some(n) = t.get_mut(parent) {
             n.changes += 1;
         }
-        if let Some(l) = t.get_mut(parent).and_then(|n| n.listing.as_mut())
+        if let Some(l) = t
+            .get_mut(parent)
+            .and_then(|n| n.listing.as_mut())
+            .map(Arc::make_mut)
             && !l.by_name.contains_key(name)
         {
             l.by_name.insert(name.to_owned(), ino);
@@ -124,7 +127,10 @@ impl Vfs {
         if let Some(n) = t.get_mut(parent) {
             n.changes += 1;
         }
-        if let Some(l) = t.get_mut(parent).and_then(|n| n.listing.as_mut())
+        if let Some(l) = t
+            .get_mut(parent)
+            .and_then(|n| n.listing.as_mut())
+            .map(Arc::make_mut)
             && l.by_name.remove(name).is_some()
         {
             l.order.retain(|(n, _)| n != name);
@@ -1071,14 +1077,14 @@ impl Vfs {
         if let Some(n) = self.table().get_mut(ino) {
             n.made_here = true;
             n.vanished = false;
-            n.listing = Some(Listing {
+            n.listing = Some(Arc::new(Listing {
                 fetched: Instant::now(),
                 order: Vec::new(),
                 by_name: Default::default(),
                 hidden: Vec::new(),
                 // Its tag and date are not known yet.
                 settled: false,
-            });
+            }));
             n.lookups += 1;
         }
         if behind {

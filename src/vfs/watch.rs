@@ -75,7 +75,11 @@ impl Vfs {
     fn expire_listing(&self, dir: Ino) {
         let ttl = self.cfg.dir_ttl + std::time::Duration::from_secs(1);
         let mut t = self.table();
-        if let Some(l) = t.get_mut(dir).and_then(|n| n.listing.as_mut()) {
+        if let Some(l) = t
+            .get_mut(dir)
+            .and_then(|n| n.listing.as_mut())
+            .map(std::sync::Arc::make_mut)
+        {
             match Instant::now().checked_sub(ttl) {
                 Some(old) => l.fetched = old,
                 None => {
