@@ -277,6 +277,55 @@ fn a_path_open_holds_its_node_across_a_listing_that_drops_it() {
     });
 }
 
+/// The body of a streaming upload is sent from memory, so a close does not wait for the
+/// journal before the server may complete the file. When the journal's last writes fail (a
+/// full cache disk) although every write was taken, the server has the whole file: the close
+/// succeeds, and the local copy, which lacks bytes, is never read (a new open reads the
+/// server's file).
+#[test]
+fn a_journal_that_fails_only_at_the_close_leaves_a_complete_upload() {
+    if !crate::support::have("mount") {
+        return;
+    }
+    let rt = rt();
+    let server = DavServer::start();
+    let (tmpfs, _unmount) = crate::faults::small_tmpfs("256k");
+    let c = core_with(&server.url(), |cfg| {
+        cfg.cache_dir = tmpfs.path().join("mount")
+    });
+    let vfs = c.vfs.clone();
+    within(&rt, async {
+        vfs.probe().await.expect("probe");
+        let data = pattern(1 << 20, 21);
+        let (attr, o) = vfs
+            .create(ROOT_INO, "full.bin", WRITE)
+            .await
+            .expect("create");
+        // One write, taken at once: the journal thread finds the disk full only after.
+        let n = vfs
+            .write(o.fh, 0, Bytes::copy_from_slice(&data), ME)
+            .await
+            .expect("write");
+        assert_eq!(n as usize, data.len());
+        vfs.close(o.fh, ME)
+            .await
+            .expect("the upload is complete: the close succeeds");
+        vfs.release(o.fh).await;
+        assert_eq!(
+            on_server(&server.root, "full.bin").map(|d| d == data),
+            Some(true),
+            "the server's file is not what was written"
+        );
+        let o = vfs.open(attr.ino, READ).await.expect("open");
+        assert_eq!(
+            read_all(&vfs, o.fh).await.expect("read"),
+            data,
+            "read from the incomplete local copy"
+        );
+        vfs.release(o.fh).await;
+    });
+}
+
 #[test]
 fn a_rename_during_a_streaming_upload_lands_every_byte_at_the_new_name() {
     let rt = rt();

@@ -514,7 +514,7 @@ fn the_clean_up_of_a_failed_new_file_leaves_another_clients_file_alone() {
 }
 
 /// Unmounts a tmpfs when dropped.
-struct Unmount(std::path::PathBuf);
+pub(crate) struct Unmount(std::path::PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
@@ -524,7 +524,7 @@ impl Drop for Unmount {
 
 /// A temporary directory with a tmpfs of `size` (e.g. "4m") mounted on it: a small disk for
 /// the cache directory. Drop the guard before the directory.
-fn small_tmpfs(size: &str) -> (tempfile::TempDir, Unmount) {
+pub(crate) fn small_tmpfs(size: &str) -> (tempfile::TempDir, Unmount) {
     let dir = tempfile::tempdir().expect("cache");
     let st = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
