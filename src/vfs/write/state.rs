@@ -90,18 +90,23 @@ impl Drop for State {
     /// A journal is emptied by the journal thread, after whatever was queued for it before
     /// (writes of this session, which must not land in the journal's next use). When that
     /// cannot be queued (the queue is full: the kept copies all go at once when the mount
-    /// stops), it is left as it is: its `.info` says done, and the next davdrive to start
-    /// makes it a spare (or deletes it). Deleting them made each mount create its journals
-    /// again, two new files per uploaded file for the first hundred or so.
+    /// stops), it is emptied here: nothing of this session is queued any more, its last
+    /// flush having waited for the journal. Deleting it instead made each mount create its
+    /// journals again, two new files per uploaded file for the first hundred or so; the next
+    /// mount takes the emptied ones as spares.
     fn drop(&mut self) {
         let Some(r) = self.recycle.take() else {
             return;
         };
         let path = self.file_path.clone();
-        if let (Ok(file), Ok(tx)) = (self.file.try_clone(), journal::journal_thread()) {
-            let _ = tx.try_send(journal::JournalItem::Run(Box::new(move || {
-                r.recycle(&file, &path)
-            })));
+        let (Ok(file), Ok(tx)) = (self.file.try_clone(), journal::journal_thread()) else {
+            return;
+        };
+        let work: Box<dyn FnOnce() + Send> = Box::new(move || r.recycle(&file, &path));
+        if let Err(e) = tx.try_send(journal::JournalItem::Run(work))
+            && let journal::JournalItem::Run(work) = e.into_inner()
+        {
+            work();
         }
     }
 }
