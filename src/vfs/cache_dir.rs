@@ -12,8 +12,11 @@
 //! recovery/<time>-<name>.info   where it was going, why it failed (see `recovery`)
 //! ```
 //!
-//! Journal and spool files are deleted once the server acknowledged the data. A file in the
-//! recovery folder is deleted only once it was uploaded from there (`davdrive recover`, or
+//! A spool file is deleted once the server acknowledged the data. A journal is then marked
+//! done (`done=1` in its `.info`) and, once nothing reads it any more, emptied and kept as a
+//! spare for a later upload (`spare=1`; at most [`RECYCLED`], the rest deleted); the mount
+//! that next uses the cache directory alone takes the empty and done journals a mount left
+//! as its spares. A file in the recovery folder is deleted only once it was uploaded from there (`davdrive recover`, or
 //! the mount itself when the server was only unreachable); `davdrive status` lists them.
 //! Everything is created private (0600 files, 0700 folders), never through a symbolic link.
 
@@ -52,12 +55,13 @@ pub struct Keep<'a> {
     pub temp: Option<DavPath>,
 }
 
-/// Empty journal files (an empty `.info` beside each) created ahead, off the path of the
-/// upload that will use one: creating the two files when a file is created on the mount cost
-/// about 0.4 ms of each small file's copy (ext4 allocating inodes, docs/PERFORMANCE.md).
-/// A journal whose upload succeeded is emptied and becomes a spare again (see
-/// [`CacheDir::finished`]). A spare is empty, so one left by a davdrive that stopped is
-/// discarded at the next start like any empty journal.
+/// Empty journal files (an empty `.info` beside each, or `spare=1`) created ahead, off the
+/// path of the upload that will use one: creating the two files when a file is created on
+/// the mount cost about 0.4 ms of each small file's copy (ext4 allocating inodes,
+/// docs/PERFORMANCE.md). A journal whose upload succeeded is emptied and becomes a spare
+/// again (see [`CacheDir::finished`]). A spare is empty, so one left by a davdrive that
+/// stopped is never recovered: the next davdrive that uses the cache directory alone takes
+/// it as a spare (see [`CacheDir::recover_leftovers`]).
 type Spares = std::sync::Arc<std::sync::Mutex<Vec<PathBuf>>>;
 
 /// Spare journals kept ready.
@@ -72,6 +76,13 @@ const RECYCLED: usize = 160;
 
 /// The `.info` of a journal whose upload finished (see [`CacheDir::finished`]).
 const DONE: &str = "done=1\n";
+
+/// The `.info` of an emptied journal kept for reuse (see [`Recycler::recycle`]).
+const SPARE: &str = "spare=1\n";
+
+fn info_of(data: &Path) -> PathBuf {
+    data.with_extension("info")
+}
 
 /// Deletes a journal or spool file and its `.info`.
 pub fn discard_files(data: &Path) {
@@ -89,8 +100,13 @@ impl Recycler {
     /// `file` is the journal `data`, open.
     pub fn recycle(&self, file: &std::fs::File, data: &Path) {
         let room = self.spares.lock().unwrap_or_else(|e| e.into_inner()).len() < RECYCLED;
-        // Its `.info` still says done: an empty journal is never recovered anyway.
-        if room && file.set_len(0).is_ok() {
+        // Empty, it is never recovered. Its `.info` says it is a spare, not done: after a
+        // power loss that kept a later upload's data but not the `.info` written over this
+        // one, the data is recovered (without a name) rather than taken for uploaded.
+        if room
+            && file.set_len(0).is_ok()
+            && rewrite_private(&info_of(data), SPARE.as_bytes()).is_ok()
+        {
             self.spares
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -309,6 +325,17 @@ impl CacheDir {
         }
     }
 
+    /// The local file `data` no longer holds the whole file (its journal lost bytes after
+    /// the upload took them all): a recovery after a crash must not take it for the file.
+    pub fn mark_partial(data: &Path) {
+        let info = info_of(data);
+        if let Ok(text) = std::fs::read_to_string(&info)
+            && text.contains("whole=1")
+        {
+            let _ = rewrite_private(&info, text.replace("whole=1", "whole=0").as_bytes());
+        }
+    }
+
     /// The spool file `data` now holds the whole file.
     pub fn mark_whole(data: &Path) {
         let info = data.with_extension("info");
@@ -377,6 +404,7 @@ impl CacheDir {
                 .write(true)
                 .open(data)
                 .and_then(|f| f.set_len(0))
+                .and_then(|()| rewrite_private(&info_of(data), SPARE.as_bytes()))
                 .is_ok();
         if emptied {
             spares.push(data.to_path_buf());
@@ -646,6 +674,31 @@ mod tests {
             "{left:?}"
         );
         assert!(cd.recover_leftovers().is_empty());
+    }
+
+    #[test]
+    fn a_reused_journal_whose_new_info_was_lost_is_recovered() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cd = CacheDir::open(tmp.path().join("m"), "http://h/dav/").expect("open");
+        let target = DavPath::parse("/d.bin").expect("path");
+        let (j, mut f) = cd.new_journal(&target, &Base::Absent).expect("journal");
+        std::io::Write::write_all(&mut f, b"uploaded").expect("write");
+        cd.finished(&j).expect("recycled").recycle(&f, &j);
+        assert_eq!(
+            std::fs::read_to_string(j.with_extension("info"))
+                .expect("info")
+                .trim_end(),
+            "spare=1"
+        );
+        // A power loss that kept the next upload's data but not the `.info` written over
+        // the spare's: the data is recovered, not taken for an upload that finished.
+        drop(f);
+        std::fs::write(&j, b"next").expect("write");
+        let kept = CacheDir::open(tmp.path().join("m"), "http://h/dav/")
+            .expect("open")
+            .recover_leftovers();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).expect("kept"), b"next");
     }
 
     #[test]

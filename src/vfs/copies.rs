@@ -15,8 +15,8 @@
 //! folder in use) ends the copy, and the next read goes to the server.
 //!
 //! Bounded: files up to [`MAX_FILE`], at most [`MAX_FILES`] of them and [`MAX_BYTES`] in all,
-//! the oldest going first. A copy's disk space is its session's unlinked local file, freed
-//! when the copy goes (or its last reader closes).
+//! the oldest going first. A copy's disk space is its session's journal, emptied for reuse
+//! when the copy goes (or its last reader closes; see `cache_dir::Recycler`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

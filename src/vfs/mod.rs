@@ -342,8 +342,9 @@ pub struct Vfs {
     writable: Ranked<HashSet<Ino>>,
     /// Local-only files (OS litter).
     local: local::LocalFiles,
-    /// Held for the mount's lifetime: marks the cache directory as in use.
-    _cache_lock: Option<std::fs::File>,
+    /// Held for the mount's lifetime: `lock` by one mount at a time, `users` (shared) by
+    /// every mount of the cache directory (see `Vfs::new`).
+    _cache_lock: (Option<std::fs::File>, Option<std::fs::File>),
     /// Uploads that have not finished (flush or release in progress), for unmount.
     uploads: tokio::sync::watch::Sender<usize>,
     /// What the server is still to do after a call returned (`async_close`): uploads behind
@@ -448,17 +449,25 @@ impl Vfs {
             )
         };
         let cache = CacheDir::open(cfg.cache_dir.clone(), &url).map_err(cache_err)?;
-        // Only the first davdrive using this cache directory may treat leftovers as orphans:
-        // a second mount of the same URL must not take the first one's journals.
-        let lock = {
+        // Only the sole davdrive using this cache directory may treat leftovers as orphans:
+        // a second mount of the same URL must not take the first one's journals. Every mount
+        // holds `users` shared for its lifetime; the one holding `lock` (for its lifetime,
+        // so one at a time) checks that nobody else holds `users`, and holds it exclusively
+        // while it takes over the leftovers. Before, with `lock` alone, a mount started
+        // while a second one still ran, after the first stopped, took the second one's
+        // journals (since journals are reused, two uploads could then share one file).
+        let open_lock = |name: &str| {
             let mut o = std::fs::OpenOptions::new();
             o.write(true).create(true).truncate(false);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
             crate::sys::files::no_follow(&mut o);
-            o.open(cfg.cache_dir.join("lock")).ok()
+            o.open(cfg.cache_dir.join(name)).ok()
         };
-        let sole_user = lock.as_ref().is_some_and(|f| f.try_lock().is_ok());
+        let lock = open_lock("lock");
+        let users = open_lock("users");
+        let sole_user = lock.as_ref().is_some_and(|f| f.try_lock().is_ok())
+            && users.as_ref().is_some_and(|f| f.try_lock().is_ok());
         let leftovers = if sole_user {
             cache.recover_leftovers()
         } else {
@@ -479,6 +488,13 @@ impl Vfs {
         if sole_user {
             let _ = std::fs::remove_dir_all(&locals);
         }
+        if let Some(u) = &users {
+            // Only the holder of `lock` ever holds `users` exclusively, and only until here.
+            if sole_user {
+                let _ = u.unlock();
+            }
+            let _ = u.lock_shared();
+        }
         let local = local::LocalFiles::new(locals.join(std::process::id().to_string()))
             .map_err(cache_err)?;
         if !cfg.server_trash
@@ -494,7 +510,7 @@ impl Vfs {
             client,
             cfg,
             local,
-            _cache_lock: lock,
+            _cache_lock: (lock, users),
             table: Ranked::new(Rank::Table, InodeTable::new()),
             listing_locks: Ranked::new(Rank::ListingLocks, HashMap::new()),
             handles: Arc::new(Ranked::new(Rank::Handles, HashMap::new())),

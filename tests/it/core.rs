@@ -326,6 +326,49 @@ fn a_journal_that_fails_only_at_the_close_leaves_a_complete_upload() {
     });
 }
 
+/// Two mounts of one URL share a cache directory; a third started after the first stopped,
+/// while the second still runs, must not take the second one's journals for leftovers (it
+/// emptied the journal of a file the second had just written, whose kept copy then read as
+/// zeros).
+#[test]
+fn a_mount_started_while_another_uses_the_cache_takes_none_of_its_journals() {
+    let rt = rt();
+    let server = DavServer::start();
+    let shared = tempfile::tempdir().expect("cache");
+    let at = |c: &mut davdrive::vfs::VfsConfig| c.cache_dir = shared.path().join("mount");
+    let first = core_with(&server.url(), at);
+    let second = core_with(&server.url(), at);
+    let vfs = second.vfs.clone();
+    let data = pattern(200_000, 31);
+    let ino = within(&rt, async {
+        vfs.probe().await.expect("probe");
+        let (attr, o) = vfs
+            .create(ROOT_INO, "kept.bin", WRITE)
+            .await
+            .expect("create");
+        vfs.write(o.fh, 0, Bytes::copy_from_slice(&data), ME)
+            .await
+            .expect("write");
+        vfs.close(o.fh, ME).await.expect("close");
+        vfs.release(o.fh).await;
+        attr.ino
+    });
+    drop(first);
+    let _third = core_with(&server.url(), at);
+    // Another client's version on the server: the second mount has not looked since, so it
+    // reads its kept copy, which must still hold what it wrote.
+    std::fs::write(server.root.join("kept.bin"), b"theirs").expect("other client");
+    within(&rt, async {
+        let o = vfs.open(ino, READ).await.expect("open");
+        assert_eq!(
+            read_all(&vfs, o.fh).await.expect("read"),
+            data,
+            "the kept copy changed under the second mount"
+        );
+        vfs.release(o.fh).await;
+    });
+}
+
 #[test]
 fn a_rename_during_a_streaming_upload_lands_every_byte_at_the_new_name() {
     let rt = rt();

@@ -14,7 +14,8 @@ pub(super) struct Streaming {
     pub(super) tx: mpsc::Sender<Chunk>,
     pub(super) task: UploadTask,
     pub(super) journal: JournalWriter,
-    /// Set by [`Streaming::complete`] only: our body stream ends only when we say so; a
+    /// Set only by [`Streaming::complete`] and [`Streaming::complete_journaled`]: our body
+    /// stream ends only when we say so; a
     /// dropped sender alone never ends it. Abandoning is [`abort_stream`]'s job, which also
     /// checks whether the server stored the upload anyway.
     pub(super) complete: Arc<std::sync::atomic::AtomicBool>,
