@@ -20,18 +20,24 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// Writes `bytes` to `p` (created or truncated), readable by the user only, never through a
+/// Options that open a file for writing, created readable by the user only, never through a
 /// symbolic link.
-pub fn write_private(p: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+fn private_writer(truncate: bool) -> std::fs::OpenOptions {
     let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
+    o.write(true).create(true).truncate(truncate);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
     no_follow(&mut o);
-    std::io::Write::write_all(&mut o.open(p)?, bytes)
+    o
+}
+
+/// Writes `bytes` to `p` (created or truncated), readable by the user only, never through a
+/// symbolic link.
+pub fn write_private(p: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    std::io::Write::write_all(&mut private_writer(true).open(p)?, bytes)
 }
 
 /// Writes `bytes` over the start of `p` (created if missing, readable by the user only,
@@ -42,15 +48,7 @@ pub fn write_private(p: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 /// trimmed while the caller waits: rewriting the `.info` of each upload that way made the
 /// daemon wait for the disk about twice per small file copied in (docs/PERFORMANCE.md).
 pub fn rewrite_private(p: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    no_follow(&mut o);
-    let mut f = o.open(p)?;
+    let mut f = private_writer(false).open(p)?;
     let old = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
     let mut text = bytes.to_vec();
     if old > text.len() {

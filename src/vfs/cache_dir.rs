@@ -80,8 +80,10 @@ const DONE: &str = "done=1\n";
 /// The `.info` of an emptied journal kept for reuse (see [`Recycler::recycle`]).
 const SPARE: &str = "spare=1\n";
 
-fn info_of(data: &Path) -> PathBuf {
-    data.with_extension("info")
+/// Empties the journal `data` (open as `file`) and marks it a spare.
+fn empty_as_spare(file: &std::fs::File, data: &Path) -> io::Result<()> {
+    file.set_len(0)?;
+    rewrite_private(&data.with_extension("info"), SPARE.as_bytes())
 }
 
 /// Deletes a journal or spool file and its `.info`.
@@ -103,10 +105,7 @@ impl Recycler {
         // Empty, it is never recovered. Its `.info` says it is a spare, not done: after a
         // power loss that kept a later upload's data but not the `.info` written over this
         // one, the data is recovered (without a name) rather than taken for uploaded.
-        if room
-            && file.set_len(0).is_ok()
-            && rewrite_private(&info_of(data), SPARE.as_bytes()).is_ok()
-        {
+        if room && empty_as_spare(file, data).is_ok() {
             self.spares
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -325,24 +324,21 @@ impl CacheDir {
         }
     }
 
-    /// The local file `data` no longer holds the whole file (its journal lost bytes after
-    /// the upload took them all): a recovery after a crash must not take it for the file.
-    pub fn mark_partial(data: &Path) {
-        let info = info_of(data);
-        if let Ok(text) = std::fs::read_to_string(&info)
-            && text.contains("whole=1")
-        {
-            let _ = rewrite_private(&info, text.replace("whole=1", "whole=0").as_bytes());
-        }
-    }
-
-    /// The spool file `data` now holds the whole file.
-    pub fn mark_whole(data: &Path) {
+    /// Whether the local file `data` holds the whole file, for a recovery after a crash: a
+    /// spool file once the parts not written were fetched (`true`); a local copy whose
+    /// journal lost bytes after the upload took them all (`false`), which a recovery must
+    /// not take for the file.
+    pub fn mark_whole(data: &Path, whole: bool) {
         let info = data.with_extension("info");
+        let (from, to) = if whole {
+            ("whole=0", "whole=1")
+        } else {
+            ("whole=1", "whole=0")
+        };
         if let Ok(text) = std::fs::read_to_string(&info)
-            && text.contains("whole=0")
+            && text.contains(from)
         {
-            let _ = write_private(&info, text.replace("whole=0", "whole=1").as_bytes());
+            let _ = rewrite_private(&info, text.replace(from, to).as_bytes());
         }
     }
 
@@ -403,8 +399,7 @@ impl CacheDir {
             || std::fs::OpenOptions::new()
                 .write(true)
                 .open(data)
-                .and_then(|f| f.set_len(0))
-                .and_then(|()| rewrite_private(&info_of(data), SPARE.as_bytes()))
+                .and_then(|f| empty_as_spare(&f, data))
                 .is_ok();
         if emptied {
             spares.push(data.to_path_buf());

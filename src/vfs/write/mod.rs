@@ -1422,7 +1422,7 @@ impl WriteHandle {
                 tracing::warn!(path = %self.path(), "uploaded; the local copy is incomplete: {e}");
                 st.complete = false;
                 st.original_size = st.size;
-                CacheDir::mark_partial(&st.file_path);
+                CacheDir::mark_whole(&st.file_path, false);
                 result = Some(meta);
             } else {
                 match outcome {

@@ -123,7 +123,7 @@ impl State {
     pub(super) fn now_whole(&mut self) {
         if !self.complete {
             self.complete = true;
-            super::super::cache_dir::CacheDir::mark_whole(&self.file_path);
+            super::super::cache_dir::CacheDir::mark_whole(&self.file_path, true);
         }
     }
 

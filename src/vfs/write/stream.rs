@@ -27,14 +27,26 @@ pub(super) struct Streaming {
 }
 
 impl Streaming {
+    /// Ends the body (the server completes the file once it has everything sent), leaving
+    /// the journal and the request.
+    fn end_body(self) -> (JournalWriter, UploadTask) {
+        let Streaming {
+            tx,
+            task,
+            journal,
+            complete,
+            ..
+        } = self;
+        complete.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(tx);
+        (journal, task)
+    }
+
     /// Ends the body: the server completes the file. Returns the upload's outcome.
     pub(super) async fn complete(
         self,
     ) -> Result<Result<ResponseMeta, DavError>, tokio::task::JoinError> {
-        self.complete
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        drop(self.tx);
-        self.task.await
+        self.end_body().1.await
     }
 
     /// Ends the body, and waits for both the server's answer and the journal's last writes:
@@ -48,15 +60,7 @@ impl Streaming {
         Result<(), String>,
         Result<Result<ResponseMeta, DavError>, tokio::task::JoinError>,
     ) {
-        let Streaming {
-            tx,
-            task,
-            journal,
-            complete,
-            ..
-        } = self;
-        complete.store(true, std::sync::atomic::Ordering::SeqCst);
-        drop(tx);
+        let (journal, task) = self.end_body();
         tokio::join!(journal.barrier(), task)
     }
 }
